@@ -1,0 +1,116 @@
+"""Run moto server on 127.0.0.1 with KMS `MessageType=DIGEST` honoured.
+
+moto 5.2.5 reads `MessageType` in KMS `Sign` and `Verify` but never passes it on:
+the ECDSA key always hashes `Message` with the algorithm's hash, so a caller that
+sends a 32-byte digest (as every Ethereum signer does: KMS cannot compute keccak256)
+gets a signature over sha256(digest), which recovers to a random address. Real KMS
+signs the digest as given. This launcher patches moto in-process before serving:
+
+- the response handlers for `Sign` and `Verify` note, per request, whether the
+  caller said DIGEST (a context variable: moto serves each request on its own thread);
+- the ECDSA key's sign/verify then treat the message as prehashed, after checking
+  its length against the algorithm, as KMS does. RAW requests still run moto's code.
+
+The patch is written against one moto release (MOTO_VERSION in infra/versions.env)
+and refuses to start on any other, so nobody runs an unpatched KMS by accident.
+
+Usage: launch.py PORT
+"""
+
+import contextvars
+import importlib.metadata
+import pathlib
+import sys
+
+VERSIONS_ENV = pathlib.Path(__file__).resolve().parent.parent / "versions.env"
+
+
+def pinned_moto_version() -> str:
+    for line in VERSIONS_ENV.read_text().splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "MOTO_VERSION":
+            return value.strip()
+    sys.exit(f"launch.py: MOTO_VERSION missing from {VERSIONS_ENV}")
+
+
+def patch_kms_digest_signing() -> None:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+    from moto.kms.exceptions import ValidationException
+    from moto.kms.responses import KmsResponse
+    from moto.kms.utils import ECDSAPrivateKey, validate_signing_algorithm
+
+    message_is_digest = contextvars.ContextVar("kms_message_is_digest", default=False)
+
+    def remember_message_type(handler):
+        def handle(self):
+            token = message_is_digest.set(self._get_param("MessageType") == "DIGEST")
+            try:
+                return handler(self)
+            finally:
+                message_is_digest.reset(token)
+
+        handle.__name__ = handler.__name__
+        return handle
+
+    KmsResponse.sign = remember_message_type(KmsResponse.sign)
+    KmsResponse.verify = remember_message_type(KmsResponse.verify)
+
+    # moto's private helper maps ECDSA_SHA_256/384/512 to the hash object.
+    hash_for = ECDSAPrivateKey._ECDSAPrivateKey__hash_algorithm
+
+    def prehashed(key, message: bytes, signing_algorithm: str) -> ec.ECDSA:
+        validate_signing_algorithm(signing_algorithm, key.valid_signing_algorithms)
+        algorithm = hash_for(key, signing_algorithm)
+        if len(message) != algorithm.digest_size:
+            raise ValidationException(
+                f"Digest is invalid length for algorithm {signing_algorithm}."
+            )
+        return ec.ECDSA(Prehashed(algorithm))
+
+    raw_sign = ECDSAPrivateKey.sign
+    raw_verify = ECDSAPrivateKey.verify
+
+    def sign(self, message: bytes, signing_algorithm: str) -> bytes:
+        if not message_is_digest.get():
+            return raw_sign(self, message, signing_algorithm)
+        return self.private_key.sign(message, prehashed(self, message, signing_algorithm))
+
+    def verify(self, message: bytes, signature: bytes, signing_algorithm: str) -> bool:
+        if not message_is_digest.get():
+            return raw_verify(self, message, signature, signing_algorithm)
+        algorithm = prehashed(self, message, signing_algorithm)
+        try:
+            self.private_key.public_key().verify(signature, message, algorithm)
+            return True
+        except InvalidSignature:
+            return False
+
+    ECDSAPrivateKey.sign = sign
+    ECDSAPrivateKey.verify = verify
+
+
+def main() -> None:
+    if len(sys.argv) != 2 or not sys.argv[1].isdigit():
+        sys.exit("usage: launch.py PORT")
+    port = sys.argv[1]
+
+    installed = importlib.metadata.version("moto")
+    pinned = pinned_moto_version()
+    if installed != pinned:
+        sys.exit(
+            f"launch.py: moto {installed} is installed but the KMS DIGEST patch was "
+            f"written for {pinned}; rerun infra/install.sh or re-check the patch"
+        )
+
+    patch_kms_digest_signing()
+
+    from moto.server import main as serve
+
+    print(f"moto {installed} (KMS DIGEST patched) on 127.0.0.1:{port}", flush=True)
+    serve(["--host", "127.0.0.1", "--port", port])
+
+
+if __name__ == "__main__":
+    main()
