@@ -1,0 +1,211 @@
+"""JSON-RPC counting proxy in front of anvil, with switchable faults.
+
+Tests point the facilitator's RPC URL here instead of at anvil so they can assert
+how many chain calls a request made (DESIGN §8: one round trip per verify) and
+make the chain misbehave on purpose (fault tests, DESIGN §7).
+
+    POST /             forwarded to the upstream; counted
+    GET  /__counts     {"http_requests": N, "rpc_requests": M, "methods": {"eth_call": k, ...}}
+    POST /__reset      zero the counts
+    GET  /__fault      the current fault
+    POST /__fault      {"mode": "none"|"error"|"hang"|"drop", "methods": ["eth_call", ...]}
+
+A JSON-RPC batch is one HTTP request and one RPC request per entry. Faulted requests
+are counted too: the counts say what the client sent, not what anvil answered.
+Fault modes: "error" answers HTTP 503; "hang" holds the request until the fault is
+changed (or HANG_LIMIT_S passes, so no thread waits forever); "drop" closes the
+connection without an answer. `methods` limits the fault to requests that contain
+one of those methods; absent or empty means every request.
+
+Stdlib only. Usage: rpc_counter.py LISTEN_PORT UPSTREAM_URL
+"""
+
+import http.client
+import json
+import sys
+import threading
+import urllib.parse
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+HANG_LIMIT_S = 600
+FAULT_MODES = ("none", "error", "hang", "drop")
+
+
+class Stats:
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._reset()
+
+    def _reset(self):
+        self.http_requests = 0
+        self.methods = Counter()
+
+    def record(self, methods):
+        with self._lock:
+            self.http_requests += 1
+            self.methods.update(methods)
+
+    def reset(self):
+        with self._lock:
+            self._reset()
+
+    def snapshot(self):
+        with self._lock:
+            return {
+                "http_requests": self.http_requests,
+                "rpc_requests": sum(self.methods.values()),
+                "methods": dict(self.methods),
+            }
+
+
+class Fault:
+    """The fault to inject; changing it wakes every request held by "hang"."""
+
+    def __init__(self):
+        self._changed = threading.Condition()
+        self.mode, self.methods = "none", frozenset()
+
+    def set(self, mode, methods):
+        with self._changed:
+            self.mode, self.methods = mode, frozenset(methods)
+            self._changed.notify_all()
+
+    def describe(self):
+        with self._changed:
+            return {"mode": self.mode, "methods": sorted(self.methods)}
+
+    def for_request(self, methods):
+        """The mode that applies to a request calling `methods`."""
+        with self._changed:
+            if self.methods and not self.methods.intersection(methods):
+                return "none"
+            return self.mode
+
+    def hang(self):
+        with self._changed:
+            current = (self.mode, self.methods)
+            self._changed.wait_for(lambda: (self.mode, self.methods) != current, HANG_LIMIT_S)
+
+
+def rpc_methods(body):
+    """Method names in a JSON-RPC request or batch; unparseable bodies count once as "(invalid)"."""
+    try:
+        request = json.loads(body)
+    except ValueError:
+        return ["(invalid)"]
+    entries = request if isinstance(request, list) else [request]
+    return [e.get("method", "(invalid)") if isinstance(e, dict) else "(invalid)" for e in entries]
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive towards clients
+    # Headers and body go out in two writes; with Nagle on, the body waits for the
+    # client's delayed ACK (40 ms) and throughput collapses to ~25 requests/s per connection.
+    disable_nagle_algorithm = True
+    stats = Stats()
+    fault = Fault()
+    upstream = None  # urllib.parse result, set in main()
+    local = threading.local()  # one keep-alive upstream connection per handler thread
+
+    def log_message(self, format, *args):  # noqa: A002 - the stdlib's name
+        pass  # hundreds of requests a second; the counts are the log
+
+    def do_GET(self):
+        if self.path == "/__counts":
+            self.reply(200, self.stats.snapshot())
+        elif self.path == "/__fault":
+            self.reply(200, self.fault.describe())
+        else:
+            self.reply(404, {"error": "POST JSON-RPC to /, or GET /__counts"})
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.path == "/__reset":
+            self.stats.reset()
+            self.reply(200, self.stats.snapshot())
+        elif self.path == "/__fault":
+            self.set_fault(body)
+        else:
+            self.forward(body)
+
+    def set_fault(self, body):
+        try:
+            request = json.loads(body or b"{}")
+            mode, methods = request.get("mode", "none"), request.get("methods") or []
+            if mode not in FAULT_MODES or not all(isinstance(m, str) for m in methods):
+                raise ValueError
+        except (ValueError, AttributeError):
+            self.reply(400, {"error": f"expected {{\"mode\": one of {list(FAULT_MODES)}, \"methods\": [str]}}"})
+            return
+        self.fault.set(mode, methods)
+        self.reply(200, self.fault.describe())
+
+    def forward(self, body):
+        methods = rpc_methods(body)
+        self.stats.record(methods)
+        mode = self.fault.for_request(methods)
+        if mode == "hang":
+            self.fault.hang()
+            mode = self.fault.for_request(methods)
+        if mode == "error":
+            self.reply(503, {"error": "fault injected by rpc_counter"})
+            return
+        if mode == "drop":
+            self.close_connection = True
+            return
+        try:
+            status, content_type, answer = self.call_upstream(body)
+        except (http.client.HTTPException, OSError) as e:
+            self.reply(502, {"error": f"upstream unreachable: {e}"})
+            return
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def call_upstream(self, body):
+        conn = getattr(self.local, "conn", None)
+        if conn is not None:
+            try:
+                return self.exchange(conn, body)
+            except (http.client.HTTPException, OSError):
+                # anvil closed the idle kept-alive connection; such a send fails before
+                # anvil reads the request, so one retry on a fresh connection is safe.
+                conn.close()
+        conn = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=HANG_LIMIT_S)
+        self.local.conn = conn
+        try:
+            return self.exchange(conn, body)
+        except (http.client.HTTPException, OSError):
+            conn.close()
+            self.local.conn = None
+            raise
+
+    def exchange(self, conn, body):
+        conn.request("POST", self.upstream.path or "/", body, {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        return response.status, response.getheader("Content-Type", "application/json"), response.read()
+
+    def reply(self, status, document):
+        data = json.dumps(document).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def main():
+    if len(sys.argv) != 3:
+        sys.exit("usage: rpc_counter.py LISTEN_PORT UPSTREAM_URL")
+    Handler.upstream = urllib.parse.urlsplit(sys.argv[2])
+    server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
+    server.daemon_threads = True
+    print(f"rpc_counter on 127.0.0.1:{sys.argv[1]} -> {sys.argv[2]}", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
