@@ -15,7 +15,7 @@ REPO="$(dirname "$INFRA")"
 VENV="$REPO/.local/venv"
 NODE_DIR="$INFRA/node"
 set -a
-# shellcheck source=versions.env
+# shellcheck source-path=SCRIPTDIR source=versions.env
 source "$INFRA/versions.env"
 set +a
 
@@ -53,6 +53,7 @@ fi
 if ! is_current "$node_stamp" "$node_key"; then
   echo "install: npm packages into infra/node/node_modules" >&2
   # package.json repeats the npm pins (npm reads only it); refuse to install if the two drifted.
+  # shellcheck disable=SC2016 # JavaScript, not shell
   node -e '
     const deps = require(process.argv[1]).dependencies;
     const want = {
