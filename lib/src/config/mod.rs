@@ -1,0 +1,269 @@
+//! The facilitator's configuration, read once at cold start from environment variables.
+//!
+//! The same variables drive the local stack, the Lambda functions and the SAM template
+//! (see docs/configuration.md). Every error names the variable and says what was expected.
+
+use std::time::Duration;
+
+use alloy::primitives::Address;
+use serde::Deserialize;
+
+use crate::protocol::EvmNetwork;
+
+/// Networks served: JSON list of `{network, rpcUrl | rpcSecret, assets}`.
+pub const NETWORKS_VAR: &str = "X402_NETWORKS";
+/// Signer lanes: comma-separated KMS key ids, ARNs or aliases.
+pub const LANE_KEYS_VAR: &str = "X402_LANE_KEYS";
+/// Upper bound on one chain RPC request, in milliseconds.
+pub const RPC_TIMEOUT_VAR: &str = "X402_RPC_TIMEOUT_MS";
+/// Largest request body accepted, in bytes.
+pub const MAX_BODY_VAR: &str = "X402_MAX_BODY_BYTES";
+
+const DEFAULT_RPC_TIMEOUT: Duration = Duration::from_secs(5);
+/// x402 bodies are 1–3 KiB; 64 KiB leaves room for extensions and refuses floods early.
+const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Everything a function needs to know about its deployment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub networks: Vec<NetworkConfig>,
+    pub lane_keys: Vec<String>,
+    pub rpc_timeout: Duration,
+    pub max_body_bytes: usize,
+}
+
+/// One EVM network this deployment serves.
+#[derive(Debug, Clone)]
+pub struct NetworkConfig {
+    pub network: EvmNetwork,
+    pub rpc: RpcSource,
+    /// Tokens accepted on this network (EIP-3009 contracts).
+    pub assets: Vec<Address>,
+}
+
+/// Where a network's RPC URL comes from.
+#[derive(Clone)]
+pub enum RpcSource {
+    /// Given in the configuration (fine for URLs without a key).
+    Url(String),
+    /// A Secrets Manager secret (name or ARN) whose string value is the URL, fetched once per instance.
+    Secret(String),
+}
+
+impl std::fmt::Debug for RpcSource {
+    // RPC URLs often embed an API key: never print one.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RpcSource::Url(url) => write!(f, "Url({})", redact_url(url)),
+            RpcSource::Secret(id) => write!(f, "Secret({id})"),
+        }
+    }
+}
+
+/// Keeps scheme, host and port of a URL and hides path, query and credentials, where keys live.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit('@').next().unwrap_or(authority);
+    let hidden = if rest.len() > authority.len() || authority.contains('@') {
+        "/…"
+    } else {
+        ""
+    };
+    format!("{scheme}://{host}{hidden}")
+}
+
+/// A configuration value that is missing or wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("configuration variable {var}: {problem}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub problem: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct NetworkEntry {
+    network: String,
+    #[serde(default)]
+    rpc_url: Option<String>,
+    #[serde(default)]
+    rpc_secret: Option<String>,
+    assets: Vec<String>,
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|var| std::env::var(var).ok())
+    }
+
+    /// Reads configuration through `lookup`, so tests need not touch the process environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let networks = parse_networks(lookup(NETWORKS_VAR).as_deref())?;
+        let lane_keys = lookup(LANE_KEYS_VAR)
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|k| !k.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let rpc_timeout = match lookup(RPC_TIMEOUT_VAR) {
+            None => DEFAULT_RPC_TIMEOUT,
+            Some(ms) => Duration::from_millis(positive(RPC_TIMEOUT_VAR, &ms)?),
+        };
+        let max_body_bytes = match lookup(MAX_BODY_VAR) {
+            None => DEFAULT_MAX_BODY_BYTES,
+            Some(bytes) => usize::try_from(positive(MAX_BODY_VAR, &bytes)?).unwrap_or(usize::MAX),
+        };
+        Ok(Config {
+            networks,
+            lane_keys,
+            rpc_timeout,
+            max_body_bytes,
+        })
+    }
+}
+
+fn positive(var: &'static str, value: &str) -> Result<u64, ConfigError> {
+    value
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|v| *v > 0)
+        .ok_or_else(|| ConfigError {
+            var,
+            problem: format!("expected a positive integer, got {value:?}"),
+        })
+}
+
+fn parse_networks(raw: Option<&str>) -> Result<Vec<NetworkConfig>, ConfigError> {
+    let err = |problem: String| ConfigError {
+        var: NETWORKS_VAR,
+        problem,
+    };
+    let raw = raw.ok_or_else(|| {
+        err(r#"missing; set it to a JSON list such as [{"network":"eip155:84532","rpcUrl":"https://…","assets":["0x036C…"]}]"#.into())
+    })?;
+    let entries: Vec<NetworkEntry> =
+        serde_json::from_str(raw).map_err(|e| err(format!("not valid JSON: {e}")))?;
+    if entries.is_empty() {
+        return Err(err(
+            "the list is empty: configure at least one network".into()
+        ));
+    }
+    let mut networks: Vec<NetworkConfig> = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let network = EvmNetwork::from_caip2(&entry.network).map_err(|e| err(e.to_string()))?;
+        if networks.iter().any(|n| n.network == network) {
+            return Err(err(format!("{} is configured twice", entry.network)));
+        }
+        let rpc = match (entry.rpc_url, entry.rpc_secret) {
+            (Some(url), None) if url.starts_with("http://") || url.starts_with("https://") => {
+                RpcSource::Url(url)
+            }
+            (Some(url), None) => {
+                return Err(err(format!(
+                    "{}: rpcUrl {} is not an http(s) URL",
+                    entry.network,
+                    redact_url(&url)
+                )))
+            }
+            (None, Some(secret)) if !secret.is_empty() => RpcSource::Secret(secret),
+            _ => {
+                return Err(err(format!(
+                    "{}: give exactly one of rpcUrl and rpcSecret",
+                    entry.network
+                )))
+            }
+        };
+        if entry.assets.is_empty() {
+            return Err(err(format!(
+                "{}: assets is empty; list the token addresses to accept",
+                entry.network
+            )));
+        }
+        let assets = entry
+            .assets
+            .iter()
+            .map(|a| {
+                a.parse::<Address>()
+                    .map_err(|_| err(format!("{}: asset {a:?} is not an address", entry.network)))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        networks.push(NetworkConfig {
+            network,
+            rpc,
+            assets,
+        });
+    }
+    Ok(networks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| {
+            vars.iter()
+                .find(|(name, _)| *name == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    const NETS: &str = r#"[{"network":"eip155:84532","rpcUrl":"http://127.0.0.1:8545","assets":["0x036CbD53842c5426634e7929541eC2318f3dCF7e"]}]"#;
+
+    #[test]
+    fn reads_a_minimal_configuration() {
+        let c = Config::from_lookup(lookup(&[
+            (NETWORKS_VAR, NETS),
+            (LANE_KEYS_VAR, "alias/a, alias/b"),
+        ]))
+        .unwrap();
+        assert_eq!(c.networks.len(), 1);
+        assert_eq!(c.networks[0].network.chain_id(), 84532);
+        assert_eq!(c.lane_keys, vec!["alias/a", "alias/b"]);
+        assert_eq!(c.rpc_timeout, DEFAULT_RPC_TIMEOUT);
+        assert_eq!(c.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+    }
+
+    #[test]
+    fn errors_name_the_variable() {
+        let e = Config::from_lookup(lookup(&[])).unwrap_err();
+        assert_eq!(e.var, NETWORKS_VAR);
+        let e = Config::from_lookup(lookup(&[(NETWORKS_VAR, NETS), (RPC_TIMEOUT_VAR, "soon")]))
+            .unwrap_err();
+        assert_eq!(e.var, RPC_TIMEOUT_VAR);
+        for bad in [
+            "[]",
+            "{",
+            r#"[{"network":"base","rpcUrl":"http://x","assets":["0x036CbD53842c5426634e7929541eC2318f3dCF7e"]}]"#,
+            r#"[{"network":"eip155:1","assets":["0x036CbD53842c5426634e7929541eC2318f3dCF7e"]}]"#,
+            r#"[{"network":"eip155:1","rpcUrl":"ftp://x","assets":["0x036CbD53842c5426634e7929541eC2318f3dCF7e"]}]"#,
+            r#"[{"network":"eip155:1","rpcUrl":"http://x","assets":[]}]"#,
+            r#"[{"network":"eip155:1","rpcUrl":"http://x","assets":["0x12"]}]"#,
+            r#"[{"network":"eip155:1","rpcUrl":"http://x","rpcSecret":"s","assets":["0x036CbD53842c5426634e7929541eC2318f3dCF7e"]}]"#,
+        ] {
+            let e = Config::from_lookup(lookup(&[(NETWORKS_VAR, bad)])).unwrap_err();
+            assert_eq!(e.var, NETWORKS_VAR, "{bad}");
+        }
+    }
+
+    #[test]
+    fn rpc_urls_never_print_their_keys() {
+        assert_eq!(
+            redact_url("https://base.example.com/v2/SECRETKEY"),
+            "https://base.example.com/…"
+        );
+        assert_eq!(
+            redact_url("https://user:pw@host:8545"),
+            "https://host:8545/…"
+        );
+        assert_eq!(redact_url("http://127.0.0.1:8545"), "http://127.0.0.1:8545");
+        let shown = format!("{:?}", RpcSource::Url("https://x.io/key123".into()));
+        assert!(!shown.contains("key123"), "{shown}");
+    }
+}

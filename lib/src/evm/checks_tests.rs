@@ -1,0 +1,294 @@
+//! Each local check alone, and `ExactEvm::check` on payloads signed here with a test payer's key.
+
+use std::time::Duration;
+
+use alloy::primitives::{address, keccak256, Address, Bytes, B256, U256};
+use secp256k1::{Message, Secp256k1, SecretKey};
+use serde_json::{json, Value};
+
+use crate::{
+    config::RpcSource,
+    evm::{eip712, payload::ExactPayment, Chain, ExactEvm},
+    protocol::{parse_request, EvmNetwork, Payment, Reason},
+};
+
+const NOW: u64 = 1_800_000_000;
+const TOKEN: Address = address!("0x036CbD53842c5426634e7929541eC2318f3dCF7e");
+const OTHER_TOKEN: Address = address!("0x1111111111111111111111111111111111111111");
+const PAYEE: Address = address!("0x9965507D1a55bcC2695C58ba16FB37d819B0A4dc");
+const CHAIN_ID: u64 = 84532;
+
+fn key(byte: u8) -> SecretKey {
+    SecretKey::from_byte_array([byte; 32]).unwrap()
+}
+
+fn address_of(key: &SecretKey) -> Address {
+    let public = key.public_key(&Secp256k1::new()).serialize_uncompressed();
+    Address::from_slice(&keccak256(&public[1..])[12..])
+}
+
+/// Signs `payment`'s EIP-712 digest and returns `r ‖ s ‖ v` with v = 27/28.
+fn sign(payment: &ExactPayment, key: &SecretKey) -> Bytes {
+    let digest = eip712::signing_digest(payment);
+    let signature = Secp256k1::new().sign_ecdsa_recoverable(Message::from_digest(digest.0), key);
+    let (id, compact) = signature.serialize_compact();
+    let mut bytes = compact.to_vec();
+    bytes.push(27 + i32::from(id) as u8);
+    bytes.into()
+}
+
+fn scheme() -> ExactEvm {
+    let chain = Chain::new(
+        RpcSource::Url("http://127.0.0.1:9".into()),
+        None,
+        Duration::from_secs(1),
+    );
+    ExactEvm::new(EvmNetwork::from_chain_id(CHAIN_ID), vec![TOKEN], chain)
+}
+
+struct Case {
+    authorization: Value,
+    requirements: Value,
+    signature: String,
+    accepted: Value,
+}
+
+impl Case {
+    /// A valid payment of 1 USDC from the payer key `0x11…11` to PAYEE.
+    fn new() -> Self {
+        let payer = address_of(&key(0x11));
+        let requirements = json!({"scheme":"exact","network":"eip155:84532","amount":"1000000","asset":TOKEN,
+            "payTo":PAYEE,"maxTimeoutSeconds":60,"extra":{"name":"USDC","version":"2"}});
+        let authorization = json!({"from":payer,"to":PAYEE,"value":"1000000","validAfter":(NOW - 600).to_string(),
+            "validBefore":(NOW + 60).to_string(),"nonce":B256::repeat_byte(0x42)});
+        let mut case = Case {
+            authorization,
+            accepted: requirements.clone(),
+            requirements,
+            signature: String::new(),
+        };
+        case.sign_with(&key(0x11), CHAIN_ID);
+        case
+    }
+
+    /// Signs what the authorization says now, over the given chain id.
+    fn sign_with(&mut self, key: &SecretKey, chain_id: u64) -> &mut Self {
+        let payment = parse_request(&self.body()).unwrap();
+        let typed = ExactPayment::parse(&payment, chain_id).unwrap();
+        self.signature = sign(&typed, key).to_string();
+        self
+    }
+
+    fn body(&self) -> Vec<u8> {
+        serde_json::to_vec(
+            &json!({"x402Version":2,"paymentPayload":{"x402Version":2,"accepted":self.accepted,
+            "payload":{"signature":self.signature,"authorization":self.authorization}},
+            "paymentRequirements":self.requirements}),
+        )
+        .unwrap()
+    }
+
+    fn payment(&self) -> Payment {
+        parse_request(&self.body()).unwrap()
+    }
+
+    fn reason(&self) -> Option<Reason> {
+        scheme().check(&self.payment(), NOW).err().map(|r| r.reason)
+    }
+}
+
+#[test]
+fn a_well_signed_payment_passes_every_local_check() {
+    let checked = scheme().check(&Case::new().payment(), NOW).unwrap();
+    assert_eq!(checked.payment.authorization.from, address_of(&key(0x11)));
+    // The calldata is the v,r,s overload of transferWithAuthorization.
+    assert_eq!(&checked.transfer_calldata()[..4], &[0xe3, 0xee, 0x16, 0x0e]);
+}
+
+#[test]
+fn wrong_recipient() {
+    let mut case = Case::new();
+    case.authorization["to"] = json!(OTHER_TOKEN);
+    case.sign_with(&key(0x11), CHAIN_ID);
+    assert_eq!(
+        case.reason(),
+        Some(Reason::InvalidExactEvmRecipientMismatch)
+    );
+}
+
+#[test]
+fn amount_below_and_above() {
+    for value in ["999999", "1000001"] {
+        let mut case = Case::new();
+        case.authorization["value"] = json!(value);
+        case.sign_with(&key(0x11), CHAIN_ID);
+        assert_eq!(case.reason(), Some(Reason::ValueMismatch), "{value}");
+    }
+}
+
+#[test]
+fn valid_before_in_the_past_or_within_six_seconds() {
+    for valid_before in [NOW - 1, NOW, NOW + 5] {
+        let mut case = Case::new();
+        case.authorization["validBefore"] = json!(valid_before.to_string());
+        case.sign_with(&key(0x11), CHAIN_ID);
+        assert_eq!(case.reason(), Some(Reason::ValidBefore), "{valid_before}");
+    }
+    let mut case = Case::new();
+    case.authorization["validBefore"] = json!((NOW + 6).to_string());
+    case.sign_with(&key(0x11), CHAIN_ID);
+    assert_eq!(case.reason(), None, "exactly six seconds is enough");
+}
+
+#[test]
+fn valid_after_in_the_future() {
+    let mut case = Case::new();
+    case.authorization["validAfter"] = json!((NOW + 1).to_string());
+    case.sign_with(&key(0x11), CHAIN_ID);
+    assert_eq!(case.reason(), Some(Reason::ValidAfter));
+    case.authorization["validAfter"] = json!(NOW.to_string());
+    case.sign_with(&key(0x11), CHAIN_ID);
+    assert_eq!(case.reason(), None, "validAfter == now is valid");
+}
+
+#[test]
+fn signature_by_another_key() {
+    let mut case = Case::new();
+    case.sign_with(&key(0x22), CHAIN_ID);
+    assert_eq!(case.reason(), Some(Reason::InvalidExactEvmSignature));
+}
+
+#[test]
+fn a_field_changed_after_signing() {
+    let mut case = Case::new();
+    case.authorization["validBefore"] = json!((NOW + 3600).to_string());
+    assert_eq!(case.reason(), Some(Reason::InvalidExactEvmSignature));
+    let mut case = Case::new();
+    case.authorization["nonce"] = json!(B256::repeat_byte(0x43));
+    assert_eq!(case.reason(), Some(Reason::InvalidExactEvmSignature));
+}
+
+#[test]
+fn wrong_chain_id_in_the_domain() {
+    let mut case = Case::new();
+    case.sign_with(&key(0x11), 8453);
+    assert_eq!(case.reason(), Some(Reason::InvalidExactEvmSignature));
+}
+
+#[test]
+fn wrong_domain_name_in_extra() {
+    let mut case = Case::new();
+    case.requirements["extra"]["name"] = json!("USD Coin");
+    case.accepted = case.requirements.clone();
+    assert_eq!(case.reason(), Some(Reason::InvalidExactEvmSignature));
+}
+
+#[test]
+fn v_as_zero_or_one_is_normalised() {
+    let mut case = Case::new();
+    let mut bytes: Vec<u8> = case.signature.parse::<Bytes>().unwrap().to_vec();
+    bytes[64] -= 27;
+    case.signature = Bytes::from(bytes).to_string();
+    assert_eq!(case.reason(), None);
+}
+
+#[test]
+fn high_s_is_refused() {
+    let mut case = Case::new();
+    let mut bytes: Vec<u8> = case.signature.parse::<Bytes>().unwrap().to_vec();
+    // (r, n - s, v ^ 1) is the same signature's malleable twin.
+    let n = U256::from_be_slice(&alloy::primitives::hex!(
+        "fffffffffffffffffffffffffffffffebaaedce6af48a03bbfd25e8cd0364141"
+    ));
+    let s = U256::from_be_slice(&bytes[32..64]);
+    bytes[32..64].copy_from_slice(&(n - s).to_be_bytes::<32>());
+    bytes[64] = if bytes[64] == 27 { 28 } else { 27 };
+    case.signature = Bytes::from(bytes).to_string();
+    assert_eq!(case.reason(), Some(Reason::InvalidExactEvmSignature));
+}
+
+#[test]
+fn smart_wallet_and_6492_signatures_get_a_clear_reason() {
+    let mut case = Case::new();
+    case.signature = Bytes::from(vec![7u8; 100]).to_string();
+    assert_eq!(case.reason(), Some(Reason::InvalidExactEvmSignature));
+    let mut wrapped = vec![7u8; 96];
+    wrapped.extend_from_slice(&[0x64, 0x92].repeat(16));
+    case.signature = Bytes::from(wrapped).to_string();
+    assert_eq!(case.reason(), Some(Reason::Eip6492FactoryNotAllowed));
+}
+
+#[test]
+fn asset_that_is_not_the_token() {
+    let mut case = Case::new();
+    case.requirements["asset"] = json!(OTHER_TOKEN);
+    case.accepted = case.requirements.clone();
+    assert_eq!(case.reason(), Some(Reason::InvalidPaymentRequirements));
+}
+
+#[test]
+fn missing_eip712_domain() {
+    for extra in [
+        json!(null),
+        json!({}),
+        json!({"name":"USDC"}),
+        json!({"name":"","version":"2"}),
+        json!({"name":1,"version":"2"}),
+    ] {
+        let mut case = Case::new();
+        case.requirements["extra"] = extra.clone();
+        case.accepted = case.requirements.clone();
+        assert_eq!(
+            case.reason(),
+            Some(Reason::InvalidExactEvmMissingEip712Domain),
+            "{extra}"
+        );
+    }
+}
+
+#[test]
+fn scheme_and_network_must_match_what_was_accepted() {
+    let mut case = Case::new();
+    case.accepted["scheme"] = json!("upto");
+    assert_eq!(case.reason(), Some(Reason::InvalidExactEvmScheme));
+    let mut case = Case::new();
+    case.accepted["network"] = json!("eip155:8453");
+    assert_eq!(case.reason(), Some(Reason::InvalidExactEvmNetworkMismatch));
+}
+
+#[test]
+fn malformed_authorizations() {
+    let bad: [(&str, Value); 7] = [
+        ("nonce", json!("0x1234")),
+        ("nonce", json!(format!("0x{}", "11".repeat(33)))),
+        ("value", json!("12abc")),
+        ("value", json!(format!("1{}", "0".repeat(78)))),
+        ("validBefore", json!(-5)),
+        ("from", json!("0xnot-an-address")),
+        ("to", json!(null)),
+    ];
+    for (field, value) in bad {
+        let mut case = Case::new();
+        case.authorization[field] = value.clone();
+        assert_eq!(
+            case.reason(),
+            Some(Reason::InvalidExactEvmPayload),
+            "{field} = {value}"
+        );
+    }
+    let mut case = Case::new();
+    case.signature = "0xzz".into();
+    assert_eq!(case.reason(), Some(Reason::InvalidExactEvmPayload));
+}
+
+#[test]
+fn permit2_payloads_are_not_supported_yet() {
+    let case = Case::new();
+    let mut payment = case.payment();
+    payment.payload =
+        json!({"signature":"0x00","permit2Authorization":{"from":address_of(&key(0x11))}});
+    assert_eq!(
+        scheme().check(&payment, NOW).unwrap_err().reason,
+        Reason::UnsupportedPayloadType
+    );
+}

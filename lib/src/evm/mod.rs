@@ -1,0 +1,13 @@
+//! The `exact` payment scheme on EVM chains, EIP-3009 method (`transferWithAuthorization`).
+
+pub mod abi;
+pub mod chain;
+pub mod checks;
+pub mod eip712;
+pub mod payload;
+pub mod signature;
+pub mod verify;
+
+pub use chain::{CallOutcome, Chain, ChainError};
+pub use payload::{Authorization, ExactPayment, TokenDomain};
+pub use verify::{Checked, ExactEvm};

@@ -1,0 +1,204 @@
+//! Verification of `exact` EIP-3009 payments on one EVM network.
+//!
+//! Local checks first, cheapest first, with no I/O ([`ExactEvm::check`]); then exactly one chain
+//! round trip on the happy path: the `eth_call` simulation of `transferWithAuthorization`, which also
+//! covers balance, nonce reuse and the token's own signature check. Only when the simulation fails do
+//! we spend a second call (one Multicall3 batch) to say why.
+
+use alloy::{
+    primitives::{Address, Bytes, U256},
+    sol_types::{SolCall, SolValue},
+};
+use tracing::instrument;
+
+use super::{
+    abi::{IEip3009, IMulticall3, MULTICALL3},
+    chain::{CallOutcome, Chain},
+    checks,
+    payload::ExactPayment,
+    signature::EcdsaSignature,
+};
+use crate::protocol::{EvmNetwork, Payment, Reason, Rejection};
+
+/// The `exact` scheme on one configured EVM network.
+#[derive(Debug)]
+pub struct ExactEvm {
+    network: EvmNetwork,
+    assets: Vec<Address>,
+    chain: Chain,
+}
+
+/// A payment that passed every local check and is ready for the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    pub payment: ExactPayment,
+    pub signature: EcdsaSignature,
+}
+
+impl Checked {
+    /// Calldata of `transferWithAuthorization(…, v, r, s)`, the overload for 65-byte signatures.
+    pub fn transfer_calldata(&self) -> Bytes {
+        let a = &self.payment.authorization;
+        IEip3009::transferWithAuthorization_0Call {
+            from: a.from,
+            to: a.to,
+            value: a.value,
+            validAfter: a.valid_after,
+            validBefore: a.valid_before,
+            nonce: a.nonce,
+            v: self.signature.v,
+            r: self.signature.r,
+            s: self.signature.s,
+        }
+        .abi_encode()
+        .into()
+    }
+}
+
+impl ExactEvm {
+    pub fn new(network: EvmNetwork, assets: Vec<Address>, chain: Chain) -> Self {
+        ExactEvm {
+            network,
+            assets,
+            chain,
+        }
+    }
+
+    pub fn network(&self) -> &EvmNetwork {
+        &self.network
+    }
+
+    /// Every check that needs no chain: scheme, network, payload shape, accepted asset, EIP-712
+    /// domain, recipient, amount, time window and the signer. `now` is unix seconds.
+    pub fn check(&self, payment: &Payment, now: u64) -> Result<Checked, Rejection> {
+        let exact = ExactPayment::parse(payment, self.network.chain_id())?;
+        checks::asset_accepted(exact.asset, &self.assets)?;
+        checks::recipient(&exact)?;
+        checks::amount(&exact)?;
+        checks::valid_before(&exact, now)?;
+        checks::valid_after(&exact, now)?;
+        let signature = checks::signed_by_payer(&exact)?;
+        Ok(Checked {
+            payment: exact,
+            signature,
+        })
+    }
+
+    /// Full verification: the local checks, then the simulation, then a diagnosis if it failed.
+    /// Reads the chain; writes nothing anywhere (DESIGN I1).
+    #[instrument(skip_all, fields(network = %self.network.caip2()))]
+    pub async fn verify(&self, payment: &Payment, now: u64) -> Result<Checked, Rejection> {
+        let checked = self.check(payment, now)?;
+        self.simulate(&checked).await?;
+        Ok(checked)
+    }
+
+    /// Simulates the transfer with `eth_call`. A revert is diagnosed into the most specific reason.
+    pub async fn simulate(&self, checked: &Checked) -> Result<(), Rejection> {
+        let outcome = self
+            .chain
+            .call(checked.payment.asset, checked.transfer_calldata())
+            .await
+            .map_err(|e| Rejection::new(Reason::UnexpectedVerifyError, e.to_string()))?;
+        match outcome {
+            CallOutcome::Returned(_) => Ok(()),
+            CallOutcome::Reverted { message } => {
+                Err(self.diagnose(&checked.payment, &message).await)
+            }
+        }
+    }
+
+    /// One Multicall3 batch of the token's view functions, read in the reference's order
+    /// (x402-protocol.md §6.2 step 11). If the batch itself fails, the generic reason stands.
+    async fn diagnose(&self, payment: &ExactPayment, revert: &str) -> Rejection {
+        let a = &payment.authorization;
+        let call = |data: Vec<u8>| IMulticall3::Call {
+            target: payment.asset,
+            callData: data.into(),
+        };
+        let batch = IMulticall3::tryAggregateCall {
+            requireSuccess: false,
+            calls: vec![
+                call(IEip3009::balanceOfCall { account: a.from }.abi_encode()),
+                call(IEip3009::nameCall {}.abi_encode()),
+                call(IEip3009::versionCall {}.abi_encode()),
+                call(
+                    IEip3009::authorizationStateCall {
+                        authorizer: a.from,
+                        nonce: a.nonce,
+                    }
+                    .abi_encode(),
+                ),
+            ],
+        };
+        let fallback = || {
+            Rejection::new(
+                Reason::SimulationFailed,
+                format!("the transfer simulation failed: {revert}"),
+            )
+        };
+        let results = match self.chain.call(MULTICALL3, batch.abi_encode().into()).await {
+            Ok(CallOutcome::Returned(data)) => {
+                match IMulticall3::tryAggregateCall::abi_decode_returns(&data) {
+                    Ok(results) if results.len() == 4 => results,
+                    _ => return fallback(),
+                }
+            }
+            _ => return fallback(),
+        };
+        let decoded = |i: usize| results[i].success.then_some(&results[i].returnData);
+        let balance = decoded(0).and_then(|d| U256::abi_decode(d).ok());
+        let name = decoded(1).and_then(|d| String::abi_decode(d).ok());
+        let version = decoded(2).and_then(|d| String::abi_decode(d).ok());
+        let used = decoded(3).and_then(|d| bool::abi_decode(d).ok());
+        match used {
+            None => {
+                return Rejection::new(
+                    Reason::Eip3009NotSupported,
+                    format!(
+                        "{} does not answer authorizationState: it is not an EIP-3009 token",
+                        payment.asset
+                    ),
+                )
+            }
+            Some(true) => {
+                return Rejection::new(
+                    Reason::NonceAlreadyUsed,
+                    format!(
+                        "authorization nonce {} of {} is already used or canceled on chain",
+                        a.nonce, a.from
+                    ),
+                )
+            }
+            Some(false) => {}
+        }
+        if let Some(name) = name.filter(|n| *n != payment.domain.name) {
+            return Rejection::new(
+                Reason::TokenNameMismatch,
+                format!(
+                    "the token's EIP-712 name is {name:?}, not {:?} as extra.name says",
+                    payment.domain.name
+                ),
+            );
+        }
+        if let Some(version) = version.filter(|v| *v != payment.domain.version) {
+            return Rejection::new(
+                Reason::TokenVersionMismatch,
+                format!(
+                    "the token's EIP-712 version is {version:?}, not {:?} as extra.version says",
+                    payment.domain.version
+                ),
+            );
+        }
+        if let Some(balance) = balance.filter(|b| *b < payment.amount) {
+            return Rejection::new(
+                Reason::InsufficientBalance,
+                format!(
+                    "{} holds {balance} but the payment needs {}",
+                    a.from, payment.amount
+                ),
+            );
+        }
+        fallback()
+    }
+}

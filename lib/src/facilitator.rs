@@ -1,0 +1,134 @@
+//! The facilitator: routes each payment to the scheme that serves its exact (version, scheme,
+//! network), and describes what it serves for `/supported`.
+//!
+//! Routing never falls back to a wildcard: a network without a configured RPC is `invalid_network`,
+//! not a guess (x402-protocol.md §3.6).
+
+use std::{collections::BTreeMap, time::SystemTime};
+
+use crate::{
+    config::Config,
+    evm::{Chain, ExactEvm},
+    protocol::{
+        payer_hint, Payment, Reason, Rejection, SupportedKind, SupportedResponse, VerifyResponse,
+        X402Version,
+    },
+    signer::{LaneError, Lanes},
+};
+
+/// The only scheme served so far.
+pub const EXACT: &str = "exact";
+
+/// Everything a request handler needs, built once per Lambda instance.
+#[derive(Debug)]
+pub struct Facilitator {
+    networks: Vec<ExactEvm>,
+    lanes: Lanes,
+}
+
+impl Facilitator {
+    /// Builds clients without calling anything: no chain, KMS or Secrets Manager request happens
+    /// before the first request that needs it.
+    pub fn new(config: &Config, aws: &aws_config::SdkConfig) -> Self {
+        let secrets = aws_sdk_secretsmanager::Client::new(aws);
+        let networks = config
+            .networks
+            .iter()
+            .map(|n| {
+                let chain = Chain::new(n.rpc.clone(), Some(secrets.clone()), config.rpc_timeout);
+                ExactEvm::new(n.network.clone(), n.assets.clone(), chain)
+            })
+            .collect();
+        let lanes = Lanes::new(config.lane_keys.clone(), aws_sdk_kms::Client::new(aws));
+        Facilitator { networks, lanes }
+    }
+
+    /// Finds the scheme for this payment's (version, scheme, network).
+    pub fn route(&self, payment: &Payment) -> Result<&ExactEvm, Rejection> {
+        let requirements = &payment.requirements;
+        if requirements.scheme != EXACT {
+            return Err(Rejection::new(
+                Reason::UnsupportedScheme,
+                format!(
+                    "scheme {:?} is not supported; this facilitator serves \"exact\"",
+                    truncate(&requirements.scheme)
+                ),
+            ));
+        }
+        self.networks
+            .iter()
+            .find(|n| n.network().is_named(payment.version, &requirements.network))
+            .ok_or_else(|| {
+                Rejection::new(
+                    Reason::InvalidNetwork,
+                    format!(
+                        "network {:?} is not served for x402 v{}; see /supported",
+                        truncate(&requirements.network),
+                        u8::from(payment.version)
+                    ),
+                )
+            })
+    }
+
+    /// Verifies a payment. Never writes (DESIGN I1).
+    pub async fn verify(&self, payment: &Payment) -> VerifyResponse {
+        let payer = payer_hint(&payment.payload);
+        let result = match self.route(payment) {
+            Ok(scheme) => scheme.verify(payment, unix_now()).await.map(|_| ()),
+            Err(rejection) => Err(rejection),
+        };
+        match result {
+            Ok(()) => VerifyResponse::valid(payer.unwrap_or_default()),
+            Err(r) => {
+                tracing::info!(reason = %r.reason, message = %r.message, "payment refused");
+                VerifyResponse::invalid(r.reason, Some(r.message), payer)
+            }
+        }
+    }
+
+    /// What this deployment serves: every configured network, under v2 (CAIP-2) and, where the
+    /// chain had a v1 name, under v1 too; and the lanes' addresses as signers.
+    pub async fn supported(&self) -> Result<SupportedResponse, LaneError> {
+        let mut kinds = Vec::with_capacity(self.networks.len() * 2);
+        for n in &self.networks {
+            kinds.push(kind(X402Version::V2, n.network().caip2()));
+            if let Some(name) = n.network().v1_name() {
+                kinds.push(kind(X402Version::V1, name));
+            }
+        }
+        let signers = self
+            .lanes
+            .addresses()
+            .await?
+            .iter()
+            .map(|a| a.to_checksum(None))
+            .collect();
+        Ok(SupportedResponse {
+            kinds,
+            extensions: Vec::new(),
+            signers: BTreeMap::from([("eip155:*".to_owned(), signers)]),
+        })
+    }
+}
+
+fn kind(version: X402Version, network: &str) -> SupportedKind {
+    SupportedKind {
+        x402_version: version,
+        scheme: EXACT.to_owned(),
+        network: network.to_owned(),
+        extra: None,
+    }
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(100).collect()
+}
+
+/// Unix seconds now. A clock before 1970 is treated as 0, which refuses every payment as expired
+/// rather than panicking.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

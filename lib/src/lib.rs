@@ -1,0 +1,30 @@
+//! The x402 facilitator's shared library.
+//!
+//! - [`protocol`]: x402 wire types (v1 and v2) and request parsing.
+//! - [`evm`]: the `exact` scheme on EVM chains (EIP-3009): checks, EIP-712, signatures, chain access.
+//! - [`facilitator`]: routing a payment to its scheme; what `/supported` lists.
+//! - [`config`]: the environment variables, read once at cold start.
+//! - [`signer`]: the KMS signer lanes.
+//! - [`http`]: HTTP requests in, HTTP responses out, shared by the Lambda functions and the local server.
+//! - [`telemetry`]: JSON logs.
+//!
+//! Lambda entry points in `functions/` are glue around this crate.
+
+pub mod config;
+pub mod evm;
+pub mod facilitator;
+pub mod http;
+pub mod protocol;
+pub mod signer;
+pub mod telemetry;
+
+pub use config::Config;
+pub use facilitator::Facilitator;
+
+/// Loads the AWS SDK configuration the standard way (environment, then the Lambda role).
+/// `AWS_ENDPOINT_URL` points every client at a local emulator, which is how the local stack works.
+pub async fn aws_config() -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await
+}

@@ -1,0 +1,111 @@
+//! The x402 reason strings we answer with, as one enum so that a typo cannot reach the wire.
+//!
+//! The strings are the reference SDKs' (x402-protocol.md §5). Where the reference implementations
+//! disagree we follow the protocol reference's recommendation: the spec's
+//! `invalid_exact_evm_payload_authorization_value_mismatch` for a value mismatch, and the spec's
+//! `invalid_x402_version` / `unsupported_scheme` / `invalid_network` for routing failures.
+
+use serde::{Serialize, Serializer};
+
+/// Why a payment is invalid or a settlement failed, exactly as the official SDKs spell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    // Envelope and routing.
+    InvalidPayload,
+    InvalidPaymentRequirements,
+    InvalidX402Version,
+    UnsupportedScheme,
+    InvalidNetwork,
+    UnexpectedVerifyError,
+    UnexpectedSettleError,
+    UnsupportedPayloadType,
+    // EVM exact, EIP-3009.
+    InvalidExactEvmScheme,
+    InvalidExactEvmNetworkMismatch,
+    InvalidExactEvmMissingEip712Domain,
+    InvalidExactEvmRecipientMismatch,
+    InvalidExactEvmSignature,
+    InvalidExactEvmPayload,
+    ValidBefore,
+    ValidAfter,
+    ValueMismatch,
+    UndeployedSmartWallet,
+    Eip6492FactoryNotAllowed,
+    TokenNameMismatch,
+    TokenVersionMismatch,
+    Eip3009NotSupported,
+    NonceAlreadyUsed,
+    InsufficientBalance,
+    SimulationFailed,
+    TransactionFailed,
+    TransferEventMismatch,
+    SettlementPending,
+    InvalidTransactionState,
+}
+
+impl Reason {
+    /// The wire string.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Reason::InvalidPayload => "invalid_payload",
+            Reason::InvalidPaymentRequirements => "invalid_payment_requirements",
+            Reason::InvalidX402Version => "invalid_x402_version",
+            Reason::UnsupportedScheme => "unsupported_scheme",
+            Reason::InvalidNetwork => "invalid_network",
+            Reason::UnexpectedVerifyError => "unexpected_verify_error",
+            Reason::UnexpectedSettleError => "unexpected_settle_error",
+            Reason::UnsupportedPayloadType => "unsupported_payload_type",
+            Reason::InvalidExactEvmScheme => "invalid_exact_evm_scheme",
+            Reason::InvalidExactEvmNetworkMismatch => "invalid_exact_evm_network_mismatch",
+            Reason::InvalidExactEvmMissingEip712Domain => "invalid_exact_evm_missing_eip712_domain",
+            Reason::InvalidExactEvmRecipientMismatch => "invalid_exact_evm_recipient_mismatch",
+            Reason::InvalidExactEvmSignature => "invalid_exact_evm_signature",
+            Reason::InvalidExactEvmPayload => "invalid_exact_evm_payload",
+            Reason::ValidBefore => "invalid_exact_evm_payload_authorization_valid_before",
+            Reason::ValidAfter => "invalid_exact_evm_payload_authorization_valid_after",
+            Reason::ValueMismatch => "invalid_exact_evm_payload_authorization_value_mismatch",
+            Reason::UndeployedSmartWallet => "invalid_exact_evm_payload_undeployed_smart_wallet",
+            Reason::Eip6492FactoryNotAllowed => "eip6492_factory_not_allowed",
+            Reason::TokenNameMismatch => "invalid_exact_evm_token_name_mismatch",
+            Reason::TokenVersionMismatch => "invalid_exact_evm_token_version_mismatch",
+            Reason::Eip3009NotSupported => "invalid_exact_evm_eip3009_not_supported",
+            Reason::NonceAlreadyUsed => "invalid_exact_evm_nonce_already_used",
+            Reason::InsufficientBalance => "invalid_exact_evm_insufficient_balance",
+            Reason::SimulationFailed => "invalid_exact_evm_transaction_simulation_failed",
+            Reason::TransactionFailed => "invalid_exact_evm_transaction_failed",
+            Reason::TransferEventMismatch => "invalid_exact_evm_transfer_event_mismatch",
+            Reason::SettlementPending => "settlement_pending",
+            Reason::InvalidTransactionState => "invalid_transaction_state",
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Reason {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+/// A refusal: the reason for the wire and a sentence for the operator (`invalidMessage` /
+/// `errorMessage`) that says what was wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}: {message}")]
+pub struct Rejection {
+    pub reason: Reason,
+    pub message: String,
+}
+
+impl Rejection {
+    pub fn new(reason: Reason, message: impl Into<String>) -> Self {
+        Rejection {
+            reason,
+            message: message.into(),
+        }
+    }
+}

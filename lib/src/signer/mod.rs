@@ -1,0 +1,69 @@
+//! Signer lanes: one AWS KMS key (ECC_SECG_P256K1) per lane. Private keys never leave KMS.
+//!
+//! This part only learns the lanes' addresses (KMS `GetPublicKey`), for `/supported`. It is done
+//! once per Lambda instance, on the first request that needs it, so that a cold start makes no KMS
+//! call and a KMS hiccup fails one request, not the instance.
+
+use alloy::signers::aws::AwsSigner;
+use alloy::{primitives::Address, signers::Signer};
+use tokio::{sync::OnceCell, task::JoinSet};
+use tracing::instrument;
+
+/// The addresses of a lane could not be learnt.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("could not read the public key of KMS key {key}: {problem}")]
+pub struct LaneError {
+    pub key: String,
+    pub problem: String,
+}
+
+/// The configured lanes and, once learnt, their addresses (in configuration order).
+#[derive(Debug)]
+pub struct Lanes {
+    keys: Vec<String>,
+    kms: aws_sdk_kms::Client,
+    addresses: OnceCell<Vec<Address>>,
+}
+
+impl Lanes {
+    pub fn new(keys: Vec<String>, kms: aws_sdk_kms::Client) -> Self {
+        Lanes {
+            keys,
+            kms,
+            addresses: OnceCell::new(),
+        }
+    }
+
+    /// The lanes' addresses, asking KMS for all public keys at once the first time.
+    #[instrument(skip_all, fields(lanes = self.keys.len()), err(level = "warn"))]
+    pub async fn addresses(&self) -> Result<&[Address], LaneError> {
+        let addresses = self
+            .addresses
+            .get_or_try_init(|| async {
+                let mut tasks = JoinSet::new();
+                for (index, key) in self.keys.iter().enumerate() {
+                    let (kms, key) = (self.kms.clone(), key.clone());
+                    tasks.spawn(async move {
+                        let signer = AwsSigner::new(kms, key.clone(), None).await.map_err(|e| {
+                            LaneError {
+                                key,
+                                problem: e.to_string(),
+                            }
+                        })?;
+                        Ok::<_, LaneError>((index, signer.address()))
+                    });
+                }
+                let mut found = vec![Address::ZERO; self.keys.len()];
+                while let Some(joined) = tasks.join_next().await {
+                    let (index, address) = joined.map_err(|e| LaneError {
+                        key: "?".into(),
+                        problem: e.to_string(),
+                    })??;
+                    found[index] = address;
+                }
+                Ok(found)
+            })
+            .await?;
+        Ok(addresses)
+    }
+}

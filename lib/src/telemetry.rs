@@ -1,0 +1,16 @@
+//! Logging: JSON lines on stdout, which Lambda ships to CloudWatch as they are.
+//! `RUST_LOG` sets the filter (default `info`).
+
+use tracing_subscriber::{fmt, EnvFilter};
+
+/// Installs the global subscriber. Safe to call twice (the second call does nothing).
+pub fn init() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_current_span(false)
+        .with_span_list(true)
+        .with_target(false)
+        .try_init();
+}

@@ -1,0 +1,383 @@
+//! What the integration tests share: the local stack's description, payments signed by its test
+//! payers, and small clients for the facilitator, the chain and DynamoDB.
+//!
+//! The stack is started by `infra/test.sh` (or `infra/stack.sh up` plus a running facilitator);
+//! these tests fail with a clear message when it is not there, rather than pass without checking.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    sync::OnceLock,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use alloy::{
+    primitives::{Address, Bytes, B256, U256},
+    signers::{local::PrivateKeySigner, SignerSync},
+    sol,
+    sol_types::{eip712_domain, SolCall, SolStruct},
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// The local stack as `infra/stack.sh up` describes it in `$X402_STACK_DIR/stack.json`.
+#[derive(Debug, Deserialize)]
+pub struct Stack {
+    #[serde(rename = "ANVIL_URL")]
+    pub anvil_url: String,
+    #[serde(rename = "RPC_PROXY_URL")]
+    pub rpc_proxy_url: String,
+    #[serde(rename = "AWS_ENDPOINT_URL")]
+    pub aws_endpoint_url: String,
+    #[serde(rename = "X402_TOKEN")]
+    pub token: Address,
+    #[serde(rename = "X402_OTHER_TOKEN")]
+    pub other_token: Address,
+    #[serde(rename = "X402_LANE_ADDRESSES")]
+    pub lane_addresses: String,
+    #[serde(rename = "X402_PAYMENTS_TABLE")]
+    pub payments_table: String,
+    #[serde(rename = "X402_LANES_TABLE")]
+    pub lanes_table: String,
+    pub payers: Vec<Account>,
+    pub payee: Account,
+    pub deployer: Account,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Account {
+    pub address: Address,
+    #[serde(rename = "privateKey", default)]
+    pub private_key: Option<B256>,
+}
+
+fn required_env(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!("{var} is not set: run the integration tests through infra/test.sh, which starts the local stack")
+    })
+}
+
+pub fn stack() -> &'static Stack {
+    static STACK: OnceLock<Stack> = OnceLock::new();
+    STACK.get_or_init(|| {
+        let path = format!("{}/stack.json", required_env("X402_STACK_DIR"));
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{path} is not the expected stack description: {e}"))
+    })
+}
+
+/// The facilitator's base URL (the local server), e.g. `http://127.0.0.1:14020`.
+pub fn base_url() -> String {
+    required_env("X402_BASE_URL")
+}
+
+pub const CHAIN_ID: u64 = 84532;
+pub const NETWORK: &str = "eip155:84532";
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+sol! {
+    struct TransferWithAuthorization {
+        address from;
+        address to;
+        uint256 value;
+        uint256 validAfter;
+        uint256 validBefore;
+        bytes32 nonce;
+    }
+
+    function transferWithAuthorization(address from, address to, uint256 value, uint256 validAfter,
+        uint256 validBefore, bytes32 nonce, bytes signature) external;
+    function balanceOf(address account) external view returns (uint256);
+}
+
+/// A payment under construction: every field can be changed before (or after) signing.
+#[derive(Debug, Clone)]
+pub struct PaymentBuilder {
+    pub signer: PrivateKeySigner,
+    pub from: Address,
+    pub to: Address,
+    pub value: U256,
+    pub valid_after: u64,
+    pub valid_before: u64,
+    pub nonce: B256,
+    pub asset: Address,
+    pub amount: String,
+    pub pay_to: Address,
+    pub network: String,
+    pub scheme: String,
+    pub domain_name: String,
+    pub domain_version: String,
+    pub domain_chain_id: u64,
+    pub signature: Option<Bytes>,
+}
+
+/// A 32-byte nonce no other test (in this or an earlier run on the same stack) has used.
+pub fn random_nonce() -> B256 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let seed = format!(
+        "{}:{}:{}",
+        std::process::id(),
+        nanos,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    alloy::primitives::keccak256(seed.as_bytes())
+}
+
+impl PaymentBuilder {
+    /// 1 USDC (1_000_000 atomic units) from test payer `payer` to the stack's payee, valid now.
+    pub fn new(payer: usize) -> Self {
+        let key = stack().payers[payer].private_key.expect("payers have keys");
+        Self::with_signer(PrivateKeySigner::from_bytes(&key).unwrap())
+    }
+
+    pub fn with_signer(signer: PrivateKeySigner) -> Self {
+        let s = stack();
+        let now = now();
+        PaymentBuilder {
+            from: signer.address(),
+            signer,
+            to: s.payee.address,
+            value: U256::from(1_000_000u64),
+            valid_after: now - 600,
+            valid_before: now + 300,
+            nonce: random_nonce(),
+            asset: s.token,
+            amount: "1000000".into(),
+            pay_to: s.payee.address,
+            network: NETWORK.into(),
+            scheme: "exact".into(),
+            domain_name: "USDC".into(),
+            domain_version: "2".into(),
+            domain_chain_id: CHAIN_ID,
+            signature: None,
+        }
+    }
+
+    pub fn edit(mut self, f: impl FnOnce(&mut Self)) -> Self {
+        f(&mut self);
+        self
+    }
+
+    /// Signs what the builder says now (EIP-712 over the token's domain).
+    pub fn sign(mut self) -> Self {
+        let domain = eip712_domain! {
+            name: self.domain_name.clone(),
+            version: self.domain_version.clone(),
+            chain_id: self.domain_chain_id,
+            verifying_contract: self.asset,
+        };
+        let message = TransferWithAuthorization {
+            from: self.from,
+            to: self.to,
+            value: self.value,
+            validAfter: U256::from(self.valid_after),
+            validBefore: U256::from(self.valid_before),
+            nonce: self.nonce,
+        };
+        let signature = self
+            .signer
+            .sign_hash_sync(&message.eip712_signing_hash(&domain))
+            .unwrap();
+        self.signature = Some(signature.as_bytes().into());
+        self
+    }
+
+    pub fn requirements(&self) -> Value {
+        json!({"scheme":self.scheme,"network":self.network,"amount":self.amount,"asset":self.asset,
+               "payTo":self.pay_to,"maxTimeoutSeconds":300,
+               "extra":{"name":self.domain_name,"version":self.domain_version}})
+    }
+
+    pub fn authorization(&self) -> Value {
+        json!({"from":self.from,"to":self.to,"value":self.value.to_string(),
+               "validAfter":self.valid_after.to_string(),"validBefore":self.valid_before.to_string(),
+               "nonce":self.nonce})
+    }
+
+    /// The `/verify` body, as an official v2 client and resource server would send it.
+    pub fn body(&self) -> Value {
+        let signature = self.signature.clone().expect("call sign() first");
+        json!({"x402Version":2,
+               "paymentPayload":{"x402Version":2,"resource":{"url":"https://api.example.com/premium"},
+                  "accepted":self.requirements(),
+                  "payload":{"signature":signature,"authorization":self.authorization()}},
+               "paymentRequirements":self.requirements()})
+    }
+
+    /// Calldata that makes the authorization happen, for tests that use it up on chain first.
+    pub fn transfer_calldata(&self) -> Bytes {
+        transferWithAuthorizationCall {
+            from: self.from,
+            to: self.to,
+            value: self.value,
+            validAfter: U256::from(self.valid_after),
+            validBefore: U256::from(self.valid_before),
+            nonce: self.nonce,
+            signature: self.signature.clone().expect("signed"),
+        }
+        .abi_encode()
+        .into()
+    }
+}
+
+/// A raw HTTP answer: status and JSON (or the text when it is not JSON).
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub json: Value,
+}
+
+pub fn http() -> &'static reqwest::Client {
+    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+    CLIENT.get_or_init(reqwest::Client::new)
+}
+
+pub async fn post_raw(url: &str, body: Vec<u8>) -> Answer {
+    let response = http()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Answer { status, json }
+}
+
+pub async fn verify(body: &Value) -> Answer {
+    post_raw(
+        &format!("{}/verify", base_url()),
+        serde_json::to_vec(body).unwrap(),
+    )
+    .await
+}
+
+pub async fn get(path: &str) -> Answer {
+    let response = http()
+        .get(format!("{}{path}", base_url()))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    Answer {
+        status,
+        json: response.json().await.unwrap_or(Value::Null),
+    }
+}
+
+/// One JSON-RPC call straight to anvil (not through the counting proxy).
+pub async fn rpc(method: &str, params: Value) -> Value {
+    let request = json!({"jsonrpc":"2.0","id":1,"method":method,"params":params});
+    let answer: Value = http()
+        .post(&stack().anvil_url)
+        .json(&request)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    if let Some(error) = answer.get("error") {
+        panic!("{method} failed: {error}");
+    }
+    answer["result"].clone()
+}
+
+pub async fn block_number() -> u64 {
+    u64::from_str_radix(
+        rpc("eth_blockNumber", json!([]))
+            .await
+            .as_str()
+            .unwrap()
+            .trim_start_matches("0x"),
+        16,
+    )
+    .unwrap()
+}
+
+pub async fn token_balance(token: Address, owner: Address) -> U256 {
+    let data: Bytes = balanceOfCall { account: owner }.abi_encode().into();
+    let out = rpc("eth_call", json!([{"to":token,"data":data},"latest"])).await;
+    U256::from_str_radix(out.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
+}
+
+/// Sends a transaction from one of anvil's unlocked accounts and waits for it to be mined.
+pub async fn send_from_anvil_account(from: Address, to: Address, data: Bytes) {
+    let hash = rpc(
+        "eth_sendTransaction",
+        json!([{"from":from,"to":to,"data":data}]),
+    )
+    .await;
+    for _ in 0..100 {
+        let receipt = rpc("eth_getTransactionReceipt", json!([hash])).await;
+        if !receipt.is_null() {
+            assert_eq!(
+                receipt["status"], "0x1",
+                "setup transaction reverted: {receipt}"
+            );
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("setup transaction {hash} was not mined");
+}
+
+/// Item counts of the facilitator's DynamoDB tables, to prove verify writes nothing.
+pub async fn table_item_counts() -> Vec<(String, usize)> {
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(&stack().aws_endpoint_url)
+        .load()
+        .await;
+    let client = aws_sdk_dynamodb::Client::new(&config);
+    let mut counts = Vec::new();
+    for table in [&stack().payments_table, &stack().lanes_table] {
+        let scan = client
+            .scan()
+            .table_name(table.as_str())
+            .send()
+            .await
+            .unwrap();
+        counts.push((table.clone(), scan.items().len()));
+    }
+    counts
+}
+
+/// Counts of the JSON-RPC requests the counting proxy in front of anvil has seen.
+pub async fn rpc_counts() -> Value {
+    http()
+        .get(format!("{}/__counts", stack().rpc_proxy_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+pub async fn reset_rpc_counts() {
+    let status = http()
+        .post(format!("{}/__reset", stack().rpc_proxy_url))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert!(
+        status.is_success(),
+        "resetting the RPC counts failed: {status}"
+    );
+}
