@@ -80,7 +80,7 @@ impl Facilitator {
         match result {
             Ok(()) => VerifyResponse::valid(payer.unwrap_or_default()),
             Err(r) => {
-                tracing::info!(reason = %r.reason, message = %r.message, "payment refused");
+                tracing::info!(reason = %r.reason, detail = %r.message, "payment refused");
                 VerifyResponse::invalid(r.reason, Some(r.message), payer)
             }
         }

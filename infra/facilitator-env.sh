@@ -1,0 +1,26 @@
+# Sourced, not run: exports the facilitator's configuration for a running local stack.
+#
+#   X402_STACK_DIR=... . infra/facilitator-env.sh
+#
+# Reads the stack's stack.env and derives the variables the functions and the local server read
+# (docs/configuration.md): the network served with its RPC (through the counting proxy) and its
+# accepted token, and the lanes' KMS keys. Also writes them as a dotenv file,
+# $X402_STACK_DIR/facilitator.env, for `cargo lambda watch --env-file`.
+
+if [[ ! -f "${X402_STACK_DIR:?set X402_STACK_DIR}/stack.env" ]]; then
+  echo "facilitator-env: no $X402_STACK_DIR/stack.env; start the stack first (bash infra/stack.sh up)" >&2
+  return 1
+fi
+set -a
+# shellcheck source=/dev/null
+. "$X402_STACK_DIR/stack.env"
+X402_NETWORKS="[{\"network\":\"$X402_NETWORK\",\"rpcUrl\":\"$RPC_URL\",\"assets\":[\"$X402_TOKEN\"]}]"
+RUST_LOG="${RUST_LOG:-info}"
+set +a
+{
+  for var in AWS_ENDPOINT_URL AWS_REGION AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY X402_LANE_KEYS RUST_LOG; do
+    printf '%s=%s\n' "$var" "${!var}"
+  done
+  # Single quotes keep the JSON's double quotes and commas as they are.
+  printf "X402_NETWORKS='%s'\n" "$X402_NETWORKS"
+} >"$X402_STACK_DIR/facilitator.env"

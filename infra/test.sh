@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Runs every test: formatting and lints, unit tests, the contract checks, and the integration and
+# Lambda tests against a fresh local stack (anvil, moto, the facilitator's local server and its
+# Lambda functions under cargo-lambda's runtime emulator). Installs what it needs on first run.
+#
+#   bash infra/test.sh
+#
+# Uses its own stack directory and ports (below), so it runs beside a stack started by infra/run.sh.
+# Everything it starts is stopped when it exits, whether the tests pass or not.
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+
+export X402_STACK_DIR="${X402_TEST_STACK_DIR:-$REPO/.local/test-stack}"
+export ANVIL_PORT="${TEST_ANVIL_PORT:-18545}" RPC_PROXY_PORT="${TEST_RPC_PROXY_PORT:-18546}" MOTO_PORT="${TEST_MOTO_PORT:-15000}"
+export LAMBDA_PORT="${TEST_LAMBDA_PORT:-19000}"
+LOCAL_PORT="${TEST_LOCAL_PORT:-14020}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+step() { printf '\n== %s\n' "$*"; }
+
+cleanup() {
+  set +e
+  [[ -f "$X402_STACK_DIR/run/local-server.pid" ]] && kill "$(cat "$X402_STACK_DIR/run/local-server.pid")" 2>/dev/null
+  rm -f "$X402_STACK_DIR/run/local-server.pid"
+  bash infra/lambda-emulator.sh stop
+  bash infra/stack.sh down >/dev/null
+}
+trap cleanup EXIT
+
+step "tools"
+bash infra/install.sh --if-needed
+export PATH="$REPO/.local/venv/bin:$PATH" # cargo-lambda (and the zig it brings)
+
+step "format and lints"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "build"
+cargo build --workspace --all-targets --locked
+
+# Every cargo test run's output is kept, to add up the results at the end.
+RESULTS="$(mktemp)"
+run_tests() { cargo test --locked "$@" 2>&1 | tee -a "$RESULTS"; }
+
+step "unit tests"
+run_tests --workspace --lib --bins --benches
+
+step "local stack (fresh)"
+bash infra/stack.sh down >/dev/null
+bash infra/stack.sh up
+# shellcheck source=infra/facilitator-env.sh
+. infra/facilitator-env.sh
+
+step "test contracts"
+node infra/node/check-contracts.mjs
+
+step "facilitator: local server on :$LOCAL_PORT, Lambda functions on :$LAMBDA_PORT"
+X402_LISTEN="127.0.0.1:$LOCAL_PORT" target/debug/local-server >"$X402_STACK_DIR/logs/local-server.log" 2>&1 &
+echo $! >"$X402_STACK_DIR/run/local-server.pid"
+bash infra/lambda-emulator.sh start
+export X402_BASE_URL="http://127.0.0.1:$LOCAL_PORT" X402_LAMBDA_PORT="$LAMBDA_PORT"
+for _ in $(seq 100); do
+  curl -fsS "$X402_BASE_URL/health" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+curl -fsS "$X402_BASE_URL/health" >/dev/null || { tail -20 "$X402_STACK_DIR/logs/local-server.log" >&2; exit 1; }
+
+step "integration and Lambda tests"
+run_tests --workspace --test '*'
+
+passed=$(awk '/^test result:/ {for (i = 1; i <= NF; i++) if ($(i+1) ~ /^passed;?$/) s += $i} END {print s + 0}' "$RESULTS")
+failed=$(awk '/^test result:/ {for (i = 1; i <= NF; i++) if ($(i+1) ~ /^failed;?$/) s += $i} END {print s + 0}' "$RESULTS")
+rm -f "$RESULTS"
+echo
+echo "tests: $passed passed, $failed failed"
