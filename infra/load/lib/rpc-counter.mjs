@@ -1,0 +1,16 @@
+// The local stack's counting RPC proxy (infra/rpc_counter.py): reset its counts before a
+// measurement and read them after, so chain calls can be divided by the requests that caused them.
+// Scenarios run one at a time, so whatever the proxy saw in between belongs to that scenario.
+
+export async function resetRpcCounts(proxyUrl) {
+  const response = await fetch(`${proxyUrl}/__reset`, { method: "POST" });
+  if (!response.ok) throw new Error(`rpc proxy reset: HTTP ${response.status}`);
+  await response.arrayBuffer();
+}
+
+/** @returns {Promise<{http_requests: number, rpc_requests: number, methods: Record<string, number>}>} */
+export async function readRpcCounts(proxyUrl) {
+  const response = await fetch(`${proxyUrl}/__counts`);
+  if (!response.ok) throw new Error(`rpc proxy counts: HTTP ${response.status}`);
+  return response.json();
+}
