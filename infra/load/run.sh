@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# The load harness, end to end, in one command: a fresh local stack on its own ports, our
+# facilitator (the local server) and the reference TypeScript facilitator (infra/load/reference)
+# on the same anvil through the same counting RPC proxy, the verify/supported load against both,
+# the Lambda functions' cold start under cargo-lambda's emulator, and the "Load: verify" section of
+# docs/benchmarks.md rewritten with the figures. Stops everything it started when it exits.
+#
+#   bash infra/load/run.sh
+#
+# Takes about 2-3 minutes once built and installed. Only 127.0.0.1 is ever driven. Env (defaults):
+#   LOAD_REQUESTS (3000), LOAD_SECONDS (10)   per facilitator and phase, whichever is reached first
+#   LOAD_CONCURRENCY (1,8,32)                 verify concurrency levels; /supported runs at 8
+#   LOAD_BIN_DIR ($CARGO_TARGET_DIR or target, /debug)   where the built binaries are (.../release once built)
+#   LOAD_STACK_DIR (.local/load-stack), LOAD_ANVIL_PORT (28545), LOAD_RPC_PROXY_PORT (28546),
+#   LOAD_MOTO_PORT (25000), LOAD_LAMBDA_PORT (29000), LOAD_LOCAL_PORT (24020), LOAD_REFERENCE_PORT (24021)
+# Results: $LOAD_STACK_DIR/results/{load-verify,coldstart}.json; logs in $LOAD_STACK_DIR/logs.
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$REPO"
+
+export X402_STACK_DIR="${LOAD_STACK_DIR:-$REPO/.local/load-stack}"
+export ANVIL_PORT="${LOAD_ANVIL_PORT:-28545}" RPC_PROXY_PORT="${LOAD_RPC_PROXY_PORT:-28546}" MOTO_PORT="${LOAD_MOTO_PORT:-25000}"
+LAMBDA_PORT="${LOAD_LAMBDA_PORT:-29000}"
+LOCAL_PORT="${LOAD_LOCAL_PORT:-24020}"
+REFERENCE_PORT="${LOAD_REFERENCE_PORT:-24021}"
+TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
+BIN_DIR="${LOAD_BIN_DIR:-$TARGET_DIR/debug}"
+SHOWN_BIN_DIR="${BIN_DIR#"$REPO"/}" # as the report names it
+RUN="$X402_STACK_DIR/run" LOGS="$X402_STACK_DIR/logs" RESULTS="$X402_STACK_DIR/results"
+LOAD="$REPO/infra/load"
+
+step() { printf '\n== %s\n' "$*" >&2; }
+
+# Stops one process we started, by the pid file we wrote for it.
+stop_pid() {
+  local pidfile="$RUN/$1.pid" pid
+  [[ -f "$pidfile" ]] || return 0
+  pid="$(cat "$pidfile")"
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null || true
+  rm -f "$pidfile"
+}
+
+cleanup() {
+  set +e
+  stop_pid load-local-server
+  stop_pid load-reference
+  stop_pid load-lambda-emulator
+  bash infra/stack.sh down >/dev/null
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Waits until GET $1 answers, or fails with the tail of log $2.
+wait_for() {
+  for _ in $(seq 100); do
+    curl -fsS "$1" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "load: $1 does not answer; the end of $2:" >&2
+  tail -20 "$2" >&2
+  exit 1
+}
+
+step "tools and build"
+bash infra/install.sh --if-needed
+export PATH="$REPO/.local/venv/bin:$PATH" # cargo-lambda
+# The harness's own npm packages (the official SDK and viem), exactly as package-lock.json says.
+if [[ ! -f "$LOAD/node_modules/.package-lock.json" || "$LOAD/package-lock.json" -nt "$LOAD/node_modules/.package-lock.json" ]]; then
+  (cd "$LOAD" && npm ci --no-audit --no-fund --ignore-scripts)
+fi
+# The same build as infra/run.sh and infra/test.sh (a no-op when they have built it).
+[[ "$BIN_DIR" == "$TARGET_DIR/debug" ]] && cargo build --workspace --all-targets --locked
+for bin in local-server verify supported; do
+  [[ -x "$BIN_DIR/$bin" ]] || { echo "load: $BIN_DIR/$bin is not built" >&2; exit 1; }
+done
+
+step "local stack (fresh) in $X402_STACK_DIR"
+bash infra/stack.sh down >/dev/null
+bash infra/stack.sh up
+# shellcheck source=infra/facilitator-env.sh
+. infra/facilitator-env.sh
+mkdir -p "$RESULTS"
+
+step "facilitators: ours on :$LOCAL_PORT, the reference on :$REFERENCE_PORT"
+X402_LISTEN="127.0.0.1:$LOCAL_PORT" "$BIN_DIR/local-server" >"$LOGS/load-local-server.log" 2>&1 &
+echo $! >"$RUN/load-local-server.pid"
+REFERENCE_LISTEN="127.0.0.1:$REFERENCE_PORT" node "$LOAD/reference/server.mjs" >"$LOGS/load-reference.log" 2>&1 &
+echo $! >"$RUN/load-reference.pid"
+wait_for "http://127.0.0.1:$LOCAL_PORT/health" "$LOGS/load-local-server.log"
+wait_for "http://127.0.0.1:$REFERENCE_PORT/health" "$LOGS/load-reference.log"
+
+step "verify and supported under load"
+# Each phase stops by itself; the timeout only guards against a harness bug.
+timeout 900 node "$LOAD/harness.mjs" --stack "$X402_STACK_DIR/stack.json" \
+  --target "ours=http://127.0.0.1:$LOCAL_PORT" --target "reference=http://127.0.0.1:$REFERENCE_PORT" \
+  --pid "ours=$(cat "$RUN/load-local-server.pid")" --pid "reference=$(cat "$RUN/load-reference.pid")" \
+  --chain-pids "$(cat "$RUN/anvil.pid"),$(cat "$RUN/rpc-proxy.pid")" \
+  --requests "${LOAD_REQUESTS:-3000}" --seconds "${LOAD_SECONDS:-10}" --concurrency "${LOAD_CONCURRENCY:-1,8,32}" \
+  --out "$RESULTS/load-verify.json"
+# Nothing else should compete with the cold starts.
+stop_pid load-local-server
+stop_pid load-reference
+
+step "cold start under cargo-lambda's runtime emulator on :$LAMBDA_PORT"
+# Only the runtime API: coldstart.mjs starts (and stops) each function process itself.
+setsid cargo lambda watch --only-lambda-apis --invoke-address 127.0.0.1 --invoke-port "$LAMBDA_PORT" \
+  >"$LOGS/load-lambda-emulator.log" 2>&1 &
+echo $! >"$RUN/load-lambda-emulator.pid"
+for _ in $(seq 100); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$LAMBDA_PORT") 2>/dev/null && break
+  sleep 0.1
+done
+timeout 300 node "$LOAD/coldstart.mjs" --emulator-port "$LAMBDA_PORT" --bin-dir "$SHOWN_BIN_DIR" \
+  --events "$REPO/events" --logs "$LOGS" --out "$RESULTS/coldstart.json"
+
+step "docs/benchmarks.md"
+node "$LOAD/render.mjs" --verify "$RESULTS/load-verify.json" --coldstart "$RESULTS/coldstart.json" \
+  --doc "$REPO/docs/benchmarks.md" --ours "$SHOWN_BIN_DIR/local-server" --command "bash infra/load/run.sh"
+echo "load: wrote docs/benchmarks.md (Load: verify); JSON in $RESULTS" >&2
