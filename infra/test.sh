@@ -10,6 +10,8 @@
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
+# Where cargo puts binaries: ./target unless CARGO_TARGET_DIR says otherwise (CI shares one across runs).
+export TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
 
 export X402_STACK_DIR="${X402_TEST_STACK_DIR:-$REPO/.local/test-stack}"
 export ANVIL_PORT="${TEST_ANVIL_PORT:-18545}" RPC_PROXY_PORT="${TEST_RPC_PROXY_PORT:-18546}" MOTO_PORT="${TEST_MOTO_PORT:-15000}"
@@ -51,12 +53,14 @@ bash infra/stack.sh down >/dev/null
 bash infra/stack.sh up
 # shellcheck source=infra/facilitator-env.sh
 . infra/facilitator-env.sh
+# Short enough that the RPC fault tests do not wait long for the facilitator to give up on a hung RPC.
+export X402_RPC_TIMEOUT_MS=2000
 
 step "test contracts"
 node infra/node/check-contracts.mjs
 
 step "facilitator: local server on :$LOCAL_PORT, Lambda functions on :$LAMBDA_PORT"
-X402_LISTEN="127.0.0.1:$LOCAL_PORT" target/debug/local-server >"$X402_STACK_DIR/logs/local-server.log" 2>&1 &
+X402_LISTEN="127.0.0.1:$LOCAL_PORT" "$TARGET_DIR/debug/local-server" >"$X402_STACK_DIR/logs/local-server.log" 2>&1 &
 echo $! >"$X402_STACK_DIR/run/local-server.pid"
 bash infra/lambda-emulator.sh start
 export X402_BASE_URL="http://127.0.0.1:$LOCAL_PORT" X402_LAMBDA_PORT="$LAMBDA_PORT"

@@ -11,7 +11,7 @@ use alloy::primitives::{address, keccak256, Address, Bytes, B256};
 use criterion::{criterion_group, criterion_main, Criterion};
 use facilitator::{
     config::RpcSource,
-    evm::{eip712, signature, Chain, ExactEvm, ExactPayment},
+    evm::{checks::Signer, eip712, signature, Chain, ExactEvm, ExactPayment},
     protocol::{parse_request, EvmNetwork},
 };
 use secp256k1::{Message, Secp256k1, SecretKey};
@@ -70,8 +70,11 @@ fn bench(c: &mut Criterion) {
         b.iter(|| eip712::signing_digest(black_box(&checked.payment)))
     });
     let digest = eip712::signing_digest(&checked.payment);
+    let Signer::Eoa(ecdsa) = &checked.signer else {
+        panic!("the benchmark's payment is signed by an EOA")
+    };
     c.bench_function("ecrecover", |b| {
-        b.iter(|| signature::recover(black_box(&digest), black_box(&checked.signature)))
+        b.iter(|| signature::recover(black_box(&digest), black_box(ecdsa)))
     });
     c.bench_function("local_checks", |b| {
         b.iter(|| scheme.check(black_box(&payment), NOW))

@@ -74,11 +74,15 @@ impl Facilitator {
     pub async fn verify(&self, payment: &Payment) -> VerifyResponse {
         let payer = payer_hint(&payment.payload);
         let result = match self.route(payment) {
-            Ok(scheme) => scheme.verify(payment, unix_now()).await.map(|_| ()),
+            Ok(scheme) => scheme
+                .verify(payment, unix_now())
+                .await
+                .map(|checked| checked.payment.authorization.from),
             Err(rejection) => Err(rejection),
         };
         match result {
-            Ok(()) => VerifyResponse::valid(payer.unwrap_or_default()),
+            // The payer as the client wrote it, like the reference; the strict parse guarantees there is one.
+            Ok(from) => VerifyResponse::valid(payer.unwrap_or_else(|| from.to_checksum(None))),
             Err(r) => {
                 tracing::info!(reason = %r.reason, detail = %r.message, "payment refused");
                 VerifyResponse::invalid(r.reason, Some(r.message), payer)

@@ -122,6 +122,22 @@ impl Chain {
     }
 }
 
+impl Chain {
+    /// `eth_getCode` at the latest block: empty for an EOA.
+    #[instrument(skip_all, fields(address = %address), err(level = "warn"))]
+    pub async fn code_at(&self, address: Address) -> Result<Bytes, ChainError> {
+        let (provider, url) = self.provider().await?;
+        let call = Box::pin(async move { provider.get_code_at(address).await });
+        match tokio::time::timeout(self.timeout, call).await {
+            Err(_) => Err(ChainError::Timeout(self.timeout)),
+            Ok(Ok(code)) => Ok(code),
+            Ok(Err(error)) => Err(ChainError::Transport(
+                error.to_string().replace(url.as_str(), &redact_url(url)),
+            )),
+        }
+    }
+}
+
 /// A JSON-RPC error response is the node's verdict on the call (a revert, usually); anything else
 /// means we never got a verdict.
 /// HTTP client errors quote the URL, which may hold an API key: it is scrubbed here.

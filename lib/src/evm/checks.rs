@@ -1,12 +1,12 @@
 //! The local checks of an `exact` EIP-3009 payment, one small function each, so that each can be
 //! tested alone and verify and settle compose the same ones (x402-protocol.md §6.2).
 
-use alloy::primitives::{Address, U256};
+use alloy::primitives::{Address, Bytes, U256};
 
 use super::{
     eip712,
     payload::ExactPayment,
-    signature::{self, SignatureKind},
+    signature::{self, EcdsaSignature, SignatureKind},
 };
 use crate::protocol::{Reason, Rejection};
 
@@ -86,34 +86,77 @@ pub fn valid_after(payment: &ExactPayment, now: u64) -> Result<(), Rejection> {
     ))
 }
 
-/// The signature must be the payer's. Returns the split signature for the `v, r, s` overload.
-pub fn signed_by_payer(payment: &ExactPayment) -> Result<signature::EcdsaSignature, Rejection> {
+/// Who can vouch for the payer's signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Signer {
+    /// ecrecover gives the payer: settled with the `v, r, s` overload.
+    Eoa(EcdsaSignature),
+    /// Only the payer's own contract can tell (ERC-1271); the token asks it during the simulation
+    /// and the settlement, through the `bytes` overload.
+    Contract {
+        signature: Bytes,
+        hint: ContractHint,
+    },
+}
+
+/// Why a signature was handed to ERC-1271, which decides what to answer when the payer has no code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContractHint {
+    /// Not 65 bytes: a smart-wallet signature.
+    SmartWallet,
+    /// ERC-6492 wrapped: fine only if the wallet is already deployed (we deploy none).
+    Counterfactual,
+    /// 65 bytes that recover to someone else: a wallet owner's signature, or simply a wrong one.
+    RecoveredOther(Address),
+}
+
+/// Checks the signature as far as it can be checked without the chain: an ECDSA signature that
+/// recovers to the payer is settled here; anything else can only be judged by the payer's contract,
+/// if it has one (the token itself asks a signer with code through ERC-1271).
+pub fn signer(payment: &ExactPayment) -> Result<Signer, Rejection> {
+    let contract = |signature: Bytes, hint| Ok(Signer::Contract { signature, hint });
     match signature::classify(&payment.signature)? {
-        SignatureKind::Eoa(sig) => {
-            let digest = eip712::signing_digest(payment);
-            match signature::recover(&digest, &sig) {
-                Some(signer) if signer == payment.authorization.from => Ok(sig),
-                Some(signer) => Err(Rejection::new(
-                    Reason::InvalidExactEvmSignature,
-                    format!(
-                        "the signature recovers to {signer}, not to authorization.from {} (wrong key, wrong EIP-712 domain, or a field changed after signing)",
-                        payment.authorization.from
-                    ),
-                )),
-                None => Err(Rejection::new(Reason::InvalidExactEvmSignature, "the signature recovers to no key")),
+        SignatureKind::Ecdsa(sig) => {
+            match signature::recover(&eip712::signing_digest(payment), &sig) {
+                Some(signer) if signer == payment.authorization.from => Ok(Signer::Eoa(sig)),
+                Some(signer) => contract(
+                    payment.signature.clone(),
+                    ContractHint::RecoveredOther(signer),
+                ),
+                None => contract(
+                    payment.signature.clone(),
+                    ContractHint::RecoveredOther(Address::ZERO),
+                ),
             }
         }
-        SignatureKind::Erc6492 => Err(Rejection::new(
-            Reason::Eip6492FactoryNotAllowed,
-            "ERC-6492 signatures for undeployed wallets are not accepted: this facilitator allows no wallet factory",
-        )),
-        SignatureKind::SmartWallet => Err(Rejection::new(
+        SignatureKind::Erc6492(inner) => contract(inner, ContractHint::Counterfactual),
+        SignatureKind::SmartWallet => {
+            contract(payment.signature.clone(), ContractHint::SmartWallet)
+        }
+    }
+}
+
+/// The answer for a contract-judged signature when the payer turns out to have no code.
+pub fn no_contract_at_payer(payment: &ExactPayment, hint: ContractHint) -> Rejection {
+    let from = payment.authorization.from;
+    match hint {
+        ContractHint::RecoveredOther(signer) => Rejection::new(
             Reason::InvalidExactEvmSignature,
             format!(
-                "a {}-byte signature is a smart-wallet (ERC-1271) signature; this facilitator accepts 65-byte EOA signatures only for now",
+                "the signature recovers to {signer}, not to authorization.from {from} (wrong key, wrong EIP-712 domain, or a field changed after signing)"
+            ),
+        ),
+        ContractHint::Counterfactual => Rejection::new(
+            Reason::Eip6492FactoryNotAllowed,
+            format!("{from} is not deployed and this facilitator deploys no wallets: no ERC-6492 factory is allowed"),
+        ),
+        ContractHint::SmartWallet => Rejection::new(
+            Reason::UndeployedSmartWallet,
+            format!(
+                "a {}-byte signature needs a smart wallet at {from}, but there is no code there",
                 payment.signature.len()
             ),
-        )),
+        ),
     }
 }
 

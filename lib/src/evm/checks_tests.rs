@@ -6,9 +6,16 @@ use alloy::primitives::{address, keccak256, Address, Bytes, B256, U256};
 use secp256k1::{Message, Secp256k1, SecretKey};
 use serde_json::{json, Value};
 
+use alloy::sol_types::SolValue;
+
 use crate::{
     config::RpcSource,
-    evm::{eip712, payload::ExactPayment, Chain, ExactEvm},
+    evm::{
+        checks::{ContractHint, Signer},
+        eip712,
+        payload::ExactPayment,
+        Chain, Checked, ExactEvm,
+    },
     protocol::{parse_request, EvmNetwork, Payment, Reason},
 };
 
@@ -65,7 +72,7 @@ impl Case {
             authorization,
             accepted: requirements.clone(),
             requirements,
-            signature: String::new(),
+            signature: "0x".into(),
         };
         case.sign_with(&key(0x11), CHAIN_ID);
         case
@@ -92,8 +99,26 @@ impl Case {
         parse_request(&self.body()).unwrap()
     }
 
+    /// The reason `check` gives, or the one verify gives after it: a signature that recovers to
+    /// someone else can only still be an ERC-1271 wallet's, and the test payers are plain keys, so
+    /// verify answers `invalid_exact_evm_signature` (proved end to end in tests/tests/verify.rs).
     fn reason(&self) -> Option<Reason> {
-        scheme().check(&self.payment(), NOW).err().map(|r| r.reason)
+        match scheme().check(&self.payment(), NOW) {
+            Err(rejection) => Some(rejection.reason),
+            Ok(Checked {
+                signer:
+                    Signer::Contract {
+                        hint: ContractHint::RecoveredOther(_),
+                        ..
+                    },
+                ..
+            }) => Some(Reason::InvalidExactEvmSignature),
+            Ok(_) => None,
+        }
+    }
+
+    fn signer(&self) -> Signer {
+        scheme().check(&self.payment(), NOW).unwrap().signer
     }
 }
 
@@ -208,14 +233,37 @@ fn high_s_is_refused() {
 }
 
 #[test]
-fn smart_wallet_and_6492_signatures_get_a_clear_reason() {
+fn smart_wallet_and_6492_signatures_are_left_to_erc1271() {
     let mut case = Case::new();
-    case.signature = Bytes::from(vec![7u8; 100]).to_string();
-    assert_eq!(case.reason(), Some(Reason::InvalidExactEvmSignature));
-    let mut wrapped = vec![7u8; 96];
+    let long = Bytes::from(vec![7u8; 100]);
+    case.signature = long.to_string();
+    assert_eq!(
+        case.signer(),
+        Signer::Contract {
+            signature: long,
+            hint: ContractHint::SmartWallet
+        }
+    );
+    // The bytes overload of transferWithAuthorization, which asks the wallet.
+    let checked = scheme().check(&case.payment(), NOW).unwrap();
+    assert_eq!(&checked.transfer_calldata()[..4], &[0xcf, 0x09, 0x29, 0x95]);
+
+    let inner = Bytes::from(vec![9u8; 65]);
+    let mut wrapped = (OTHER_TOKEN, Bytes::from(vec![1u8]), inner.clone()).abi_encode_params();
     wrapped.extend_from_slice(&[0x64, 0x92].repeat(16));
     case.signature = Bytes::from(wrapped).to_string();
-    assert_eq!(case.reason(), Some(Reason::Eip6492FactoryNotAllowed));
+    assert_eq!(
+        case.signer(),
+        Signer::Contract {
+            signature: inner,
+            hint: ContractHint::Counterfactual
+        }
+    );
+}
+
+#[test]
+fn the_payers_own_signature_is_an_eoa_signature() {
+    assert!(matches!(Case::new().signer(), Signer::Eoa(_)));
 }
 
 #[test]
@@ -258,7 +306,13 @@ fn scheme_and_network_must_match_what_was_accepted() {
 
 #[test]
 fn malformed_authorizations() {
-    let bad: [(&str, Value); 7] = [
+    let bad: [(&str, Value); 10] = [
+        ("from", json!("70997970C51812dc3A010C7d01b50e0d17dc79C8")),
+        ("from", json!([1, 2, 3])),
+        (
+            "nonce",
+            json!("4242424242424242424242424242424242424242424242424242424242424242"),
+        ),
         ("nonce", json!("0x1234")),
         ("nonce", json!(format!("0x{}", "11".repeat(33)))),
         ("value", json!("12abc")),

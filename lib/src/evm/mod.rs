@@ -4,6 +4,7 @@ pub mod abi;
 pub mod chain;
 pub mod checks;
 pub mod eip712;
+pub mod hex;
 pub mod payload;
 pub mod signature;
 pub mod verify;

@@ -7,11 +7,13 @@ use alloy::primitives::{Address, Bytes, B256, U256};
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::hex;
 use crate::protocol::{DecimalU256, Payment, Reason, Rejection};
 
 /// The EIP-3009 `payload` object: `{signature, authorization}`.
 #[derive(Debug, Clone, Deserialize)]
 struct Eip3009Payload {
+    #[serde(deserialize_with = "hex::de_bytes")]
     signature: Bytes,
     authorization: AuthorizationWire,
 }
@@ -19,11 +21,14 @@ struct Eip3009Payload {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct AuthorizationWire {
+    #[serde(deserialize_with = "hex::de_address")]
     from: Address,
+    #[serde(deserialize_with = "hex::de_address")]
     to: Address,
     value: DecimalU256,
     valid_after: DecimalU256,
     valid_before: DecimalU256,
+    #[serde(deserialize_with = "hex::de_b256")]
     nonce: B256,
 }
 
@@ -123,7 +128,7 @@ fn parse_payload(payload: &Value) -> Result<Eip3009Payload, Rejection> {
 }
 
 fn parse_address(s: &str, field: &str) -> Result<Address, Rejection> {
-    s.parse::<Address>().map_err(|_| {
+    hex::address(s).ok_or_else(|| {
         Rejection::new(
             Reason::InvalidPaymentRequirements,
             format!(

@@ -6,7 +6,10 @@
 
 use std::sync::LazyLock;
 
-use alloy::primitives::{keccak256, Address, B256};
+use alloy::{
+    primitives::{keccak256, Address, Bytes, B256},
+    sol_types::SolValue,
+};
 use secp256k1::{
     ecdsa::{RecoverableSignature, RecoveryId},
     Message, Secp256k1, VerifyOnly,
@@ -35,14 +38,14 @@ pub struct EcdsaSignature {
     pub v: u8,
 }
 
-/// What kind of signer produced a signature.
+/// What kind of signer produced a signature, judged by its shape alone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SignatureKind {
-    /// 65 bytes: an externally owned account.
-    Eoa(EcdsaSignature),
-    /// Wrapped for a counterfactual wallet (ERC-6492).
-    Erc6492,
-    /// Any other length: a deployed smart wallet (ERC-1271).
+    /// 65 bytes: an ECDSA signature (by an EOA, or by a wallet owner for ERC-1271).
+    Ecdsa(EcdsaSignature),
+    /// Wrapped for a counterfactual wallet (ERC-6492); holds the inner signature.
+    Erc6492(Bytes),
+    /// Any other length: only a smart wallet (ERC-1271) can judge it.
     SmartWallet,
 }
 
@@ -50,7 +53,16 @@ pub enum SignatureKind {
 /// refused here, because no token would accept it.
 pub fn classify(signature: &[u8]) -> Result<SignatureKind, Rejection> {
     if signature.len() >= 32 && signature[signature.len() - 32..] == ERC6492_MAGIC {
-        return Ok(SignatureKind::Erc6492);
+        // abi.encode(address factory, bytes factoryCalldata, bytes innerSignature) ‖ magic
+        let wrapped = &signature[..signature.len() - 32];
+        return <(Address, Bytes, Bytes)>::abi_decode_params(wrapped)
+            .map(|(_, _, inner)| SignatureKind::Erc6492(inner))
+            .map_err(|_| {
+                Rejection::new(
+                    Reason::InvalidExactEvmSignature,
+                    "the ERC-6492 wrapper does not decode",
+                )
+            });
     }
     if signature.len() != 65 {
         return Ok(SignatureKind::SmartWallet);
@@ -73,7 +85,7 @@ pub fn classify(signature: &[u8]) -> Result<SignatureKind, Rejection> {
             "signature s is in the upper half of the curve order (a malleable signature the token refuses)",
         ));
     }
-    Ok(SignatureKind::Eoa(EcdsaSignature { r, s, v }))
+    Ok(SignatureKind::Ecdsa(EcdsaSignature { r, s, v }))
 }
 
 /// Recovers the address that signed `digest`, or `None` if no key produced this signature.
@@ -105,12 +117,12 @@ mod tests {
         sig[64] = 27;
         assert!(matches!(
             classify(&sig),
-            Ok(SignatureKind::Eoa(EcdsaSignature { v: 27, .. }))
+            Ok(SignatureKind::Ecdsa(EcdsaSignature { v: 27, .. }))
         ));
         sig[64] = 1;
         assert!(matches!(
             classify(&sig),
-            Ok(SignatureKind::Eoa(EcdsaSignature { v: 28, .. }))
+            Ok(SignatureKind::Ecdsa(EcdsaSignature { v: 28, .. }))
         ));
         sig[64] = 29;
         assert_eq!(
@@ -118,9 +130,21 @@ mod tests {
             Reason::InvalidExactEvmSignature
         );
         assert_eq!(classify(&[0u8; 64]).unwrap(), SignatureKind::SmartWallet);
-        let mut wrapped = vec![0u8; 96];
+        let inner = Bytes::from(vec![9u8; 65]);
+        let mut wrapped = (
+            Address::repeat_byte(1),
+            Bytes::from(vec![1u8, 2]),
+            inner.clone(),
+        )
+            .abi_encode_params();
         wrapped.extend_from_slice(&ERC6492_MAGIC);
-        assert_eq!(classify(&wrapped).unwrap(), SignatureKind::Erc6492);
+        assert_eq!(classify(&wrapped).unwrap(), SignatureKind::Erc6492(inner));
+        let mut garbage = vec![0xffu8; 40];
+        garbage.extend_from_slice(&ERC6492_MAGIC);
+        assert_eq!(
+            classify(&garbage).unwrap_err().reason,
+            Reason::InvalidExactEvmSignature
+        );
     }
 
     #[test]

@@ -14,9 +14,8 @@ use tracing::instrument;
 use super::{
     abi::{IEip3009, IMulticall3, MULTICALL3},
     chain::{CallOutcome, Chain},
-    checks,
+    checks::{self, ContractHint, Signer},
     payload::ExactPayment,
-    signature::EcdsaSignature,
 };
 use crate::protocol::{EvmNetwork, Payment, Reason, Rejection};
 
@@ -32,26 +31,40 @@ pub struct ExactEvm {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checked {
     pub payment: ExactPayment,
-    pub signature: EcdsaSignature,
+    pub signer: Signer,
 }
 
 impl Checked {
-    /// Calldata of `transferWithAuthorization(…, v, r, s)`, the overload for 65-byte signatures.
+    /// Calldata of `transferWithAuthorization`: the `v, r, s` overload for an EOA (what every USDC
+    /// version has), the `bytes` overload for a contract wallet (FiatToken v2.2, which asks ERC-1271).
     pub fn transfer_calldata(&self) -> Bytes {
         let a = &self.payment.authorization;
-        IEip3009::transferWithAuthorization_0Call {
-            from: a.from,
-            to: a.to,
-            value: a.value,
-            validAfter: a.valid_after,
-            validBefore: a.valid_before,
-            nonce: a.nonce,
-            v: self.signature.v,
-            r: self.signature.r,
-            s: self.signature.s,
+        match &self.signer {
+            Signer::Eoa(sig) => IEip3009::transferWithAuthorization_0Call {
+                from: a.from,
+                to: a.to,
+                value: a.value,
+                validAfter: a.valid_after,
+                validBefore: a.valid_before,
+                nonce: a.nonce,
+                v: sig.v,
+                r: sig.r,
+                s: sig.s,
+            }
+            .abi_encode()
+            .into(),
+            Signer::Contract { signature, .. } => IEip3009::transferWithAuthorization_1Call {
+                from: a.from,
+                to: a.to,
+                value: a.value,
+                validAfter: a.valid_after,
+                validBefore: a.valid_before,
+                nonce: a.nonce,
+                signature: signature.clone(),
+            }
+            .abi_encode()
+            .into(),
         }
-        .abi_encode()
-        .into()
     }
 }
 
@@ -69,7 +82,8 @@ impl ExactEvm {
     }
 
     /// Every check that needs no chain: scheme, network, payload shape, accepted asset, EIP-712
-    /// domain, recipient, amount, time window and the signer. `now` is unix seconds.
+    /// domain, recipient, amount, time window and the signature as far as ecrecover can tell.
+    /// `now` is unix seconds.
     pub fn check(&self, payment: &Payment, now: u64) -> Result<Checked, Rejection> {
         let exact = ExactPayment::parse(payment, self.network.chain_id())?;
         checks::asset_accepted(exact.asset, &self.assets)?;
@@ -77,20 +91,41 @@ impl ExactEvm {
         checks::amount(&exact)?;
         checks::valid_before(&exact, now)?;
         checks::valid_after(&exact, now)?;
-        let signature = checks::signed_by_payer(&exact)?;
+        let signer = checks::signer(&exact)?;
         Ok(Checked {
             payment: exact,
-            signature,
+            signer,
         })
     }
 
     /// Full verification: the local checks, then the simulation, then a diagnosis if it failed.
     /// Reads the chain; writes nothing anywhere (DESIGN I1).
+    ///
+    /// An EOA payment costs one `eth_call`. A signature only a contract can judge costs one
+    /// `eth_getCode` more when it cannot be a wallet's otherwise (wrapped for an undeployed wallet,
+    /// or recovering to someone else), so that a plain wrong signature is still named as such.
     #[instrument(skip_all, fields(network = %self.network.caip2()))]
     pub async fn verify(&self, payment: &Payment, now: u64) -> Result<Checked, Rejection> {
         let checked = self.check(payment, now)?;
+        if let Signer::Contract {
+            hint: hint @ (ContractHint::Counterfactual | ContractHint::RecoveredOther(_)),
+            ..
+        } = checked.signer
+        {
+            if !self.payer_has_code(&checked.payment).await? {
+                return Err(checks::no_contract_at_payer(&checked.payment, hint));
+            }
+        }
         self.simulate(&checked).await?;
         Ok(checked)
+    }
+
+    async fn payer_has_code(&self, payment: &ExactPayment) -> Result<bool, Rejection> {
+        self.chain
+            .code_at(payment.authorization.from)
+            .await
+            .map(|code| !code.is_empty())
+            .map_err(|e| Rejection::new(Reason::UnexpectedVerifyError, e.to_string()))
     }
 
     /// Simulates the transfer with `eth_call`. A revert is diagnosed into the most specific reason.
@@ -100,12 +135,23 @@ impl ExactEvm {
             .call(checked.payment.asset, checked.transfer_calldata())
             .await
             .map_err(|e| Rejection::new(Reason::UnexpectedVerifyError, e.to_string()))?;
-        match outcome {
-            CallOutcome::Returned(_) => Ok(()),
-            CallOutcome::Reverted { message } => {
-                Err(self.diagnose(&checked.payment, &message).await)
+        let CallOutcome::Reverted { message } = outcome else {
+            return Ok(());
+        };
+        // A smart-wallet signature for an address without code is not worth diagnosing further.
+        if let Signer::Contract {
+            hint: ContractHint::SmartWallet,
+            ..
+        } = checked.signer
+        {
+            if !self.payer_has_code(&checked.payment).await? {
+                return Err(checks::no_contract_at_payer(
+                    &checked.payment,
+                    ContractHint::SmartWallet,
+                ));
             }
         }
+        Err(self.diagnose(&checked.payment, &message).await)
     }
 
     /// One Multicall3 batch of the token's view functions, read in the reference's order

@@ -45,7 +45,6 @@ pub struct Requirements {
     pub amount: U256,
     pub asset: String,
     pub pay_to: String,
-    pub max_timeout_seconds: u64,
     pub extra: Option<Value>,
 }
 
@@ -130,7 +129,6 @@ pub fn parse_request(body: &[u8]) -> Result<Payment, RequestError> {
                     amount: r.amount.0,
                     asset: r.asset,
                     pay_to: r.pay_to,
-                    max_timeout_seconds: r.max_timeout_seconds,
                     extra: r.extra,
                 },
                 payload: p.payload,
@@ -158,7 +156,6 @@ pub fn parse_request(body: &[u8]) -> Result<Payment, RequestError> {
                     amount: r.max_amount_required.0,
                     asset: r.asset,
                     pay_to: r.pay_to,
-                    max_timeout_seconds: r.max_timeout_seconds,
                     extra: r.extra,
                 },
                 payload: p.payload,

@@ -204,3 +204,18 @@ fn missing_fields_are_refused() {
         Reason::InvalidPayload
     );
 }
+
+#[test]
+fn tolerates_what_the_official_schemas_tolerate() {
+    // A fractional maxTimeoutSeconds (zod: any positive number) and keys the client added to `accepted`.
+    let mut requirements = requirements_v2();
+    requirements["maxTimeoutSeconds"] = json!(90.5);
+    let mut payload = payload_v2();
+    payload["accepted"]["maxTimeoutSeconds"] = json!(90.5);
+    payload["accepted"]["clientNote"] = json!({"any": "thing"});
+    payload["accepted"]["amount"] = json!(250000);
+    let payment = parse_request(&body(payload.clone(), requirements.clone())).unwrap();
+    assert_eq!(payment.accepted_scheme, "exact");
+    assert_round_trip::<v2::PaymentPayload>(payload);
+    assert_round_trip::<v2::PaymentRequirements>(requirements);
+}

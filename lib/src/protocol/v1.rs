@@ -21,7 +21,8 @@ pub struct PaymentRequirementsV1 {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_schema: Option<Value>,
     pub pay_to: String,
-    pub max_timeout_seconds: u64,
+    /// Any JSON number, as in v2 (see there).
+    pub max_timeout_seconds: serde_json::Number,
     pub asset: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extra: Option<Value>,

@@ -15,7 +15,9 @@ pub struct PaymentRequirements {
     pub amount: DecimalU256,
     pub asset: String,
     pub pay_to: String,
-    pub max_timeout_seconds: u64,
+    /// Kept as the JSON number it was: the official schema allows any positive number, and the
+    /// facilitator never uses it (x402-protocol.md §12.3).
+    pub max_timeout_seconds: serde_json::Number,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extra: Option<Value>,
 }
@@ -31,6 +33,17 @@ pub struct ResourceInfo {
     pub mime_type: Option<String>,
 }
 
+/// The requirements the client says it accepted. The facilitator reads only `scheme` and
+/// `network` from this echo (it checks the payment against the server's own `paymentRequirements`),
+/// so the rest is kept as it came instead of being refused for a quirk the reference tolerates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Accepted {
+    pub scheme: String,
+    pub network: String,
+    #[serde(flatten)]
+    pub rest: serde_json::Map<String, Value>,
+}
+
 /// A client's signed payment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -38,7 +51,7 @@ pub struct PaymentPayload {
     pub x402_version: u8,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource: Option<ResourceInfo>,
-    pub accepted: PaymentRequirements,
+    pub accepted: Accepted,
     pub payload: Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extensions: Option<Value>,
