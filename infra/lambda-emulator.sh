@@ -11,13 +11,14 @@
 #   infra/lambda-emulator.sh start | stop
 #
 # Needs: the facilitator's configuration in the environment (. infra/facilitator-env.sh), cargo-lambda
-# on PATH, the functions built. Env: X402_STACK_DIR, LAMBDA_PORT (9000), LAMBDA_BIN_DIR (target/debug).
+# on PATH, the functions built. Env: X402_STACK_DIR, LAMBDA_PORT (9000),
+# LAMBDA_BIN_DIR (default: the debug directory of CARGO_TARGET_DIR, or of ./target).
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RUN="${X402_STACK_DIR:?set X402_STACK_DIR}/run"
 LOGS="$X402_STACK_DIR/logs"
 LAMBDA_PORT="${LAMBDA_PORT:-9000}"
-BIN_DIR="${LAMBDA_BIN_DIR:-$REPO/target/debug}"
+BIN_DIR="${LAMBDA_BIN_DIR:-${CARGO_TARGET_DIR:-$REPO/target}/debug}"
 FUNCTIONS=()
 for dir in "$REPO"/functions/*/; do FUNCTIONS+=("$(basename "$dir")"); done
 

@@ -12,6 +12,8 @@
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
+# Where cargo puts binaries: ./target unless CARGO_TARGET_DIR says otherwise (CI shares one across runs).
+export TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
 export X402_STACK_DIR="${X402_STACK_DIR:-$REPO/.local/stack}"
 export LAMBDA_PORT="${LAMBDA_PORT:-9000}"
 PORT="${X402_PORT:-4020}"
@@ -45,4 +47,4 @@ stack:       $X402_STACK_DIR/stack.env (token, payers, lanes); logs in $X402_STA
 Ctrl-C stops everything.
 
 MSG
-X402_LISTEN="127.0.0.1:$PORT" target/debug/local-server
+X402_LISTEN="127.0.0.1:$PORT" "$TARGET_DIR/debug/local-server"
