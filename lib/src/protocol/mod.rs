@@ -14,7 +14,7 @@ pub mod v1;
 pub mod v2;
 
 use alloy::primitives::U256;
-use serde::Deserialize;
+use serde::{de::DeserializeOwned, Deserialize};
 use serde_json::{value::RawValue, Value};
 
 pub use amount::DecimalU256;
@@ -101,65 +101,79 @@ pub fn parse_request(body: &[u8]) -> Result<Payment, RequestError> {
     )?;
 
     let version = payload_version(payload)?;
+    match version {
+        X402Version::V2 => {
+            let (p, r): (v2::PaymentPayload, v2::PaymentRequirements) =
+                typed(payload, requirements, |p: &v2::PaymentPayload| &p.payload)?;
+            Ok(Payment {
+                version,
+                accepted_scheme: p.accepted.scheme,
+                accepted_network: p.accepted.network,
+                requirements: r.into(),
+                payload: p.payload,
+            })
+        }
+        X402Version::V1 => {
+            let (p, r): (v1::PaymentPayloadV1, v1::PaymentRequirementsV1) =
+                typed(payload, requirements, |p: &v1::PaymentPayloadV1| &p.payload)?;
+            Ok(Payment {
+                version,
+                accepted_scheme: p.scheme,
+                accepted_network: p.network,
+                requirements: r.into(),
+                payload: p.payload,
+            })
+        }
+    }
+}
+
+/// Types a version's payload and requirements. A requirements failure still names the payer when
+/// the (already typed) payload does.
+fn typed<P: DeserializeOwned, R: DeserializeOwned>(
+    payload: &RawValue,
+    requirements: &RawValue,
+    scheme_payload: fn(&P) -> &Value,
+) -> Result<(P, R), RequestError> {
     let refused = |reason, what: &str, e: serde_json::Error, payer| RequestError::Refused {
         reason,
         message: format!("{what}: {e}"),
         payer,
     };
-    match version {
-        X402Version::V2 => {
-            let p: v2::PaymentPayload = serde_json::from_str(payload.get())
-                .map_err(|e| refused(Reason::InvalidPayload, "paymentPayload", e, None))?;
-            let r: v2::PaymentRequirements =
-                serde_json::from_str(requirements.get()).map_err(|e| {
-                    refused(
-                        Reason::InvalidPaymentRequirements,
-                        "paymentRequirements",
-                        e,
-                        payer_hint(&p.payload),
-                    )
-                })?;
-            Ok(Payment {
-                version,
-                accepted_scheme: p.accepted.scheme,
-                accepted_network: p.accepted.network,
-                requirements: Requirements {
-                    scheme: r.scheme,
-                    network: r.network,
-                    amount: r.amount.0,
-                    asset: r.asset,
-                    pay_to: r.pay_to,
-                    extra: r.extra,
-                },
-                payload: p.payload,
-            })
+    let p: P = serde_json::from_str(payload.get())
+        .map_err(|e| refused(Reason::InvalidPayload, "paymentPayload", e, None))?;
+    let r: R = serde_json::from_str(requirements.get()).map_err(|e| {
+        refused(
+            Reason::InvalidPaymentRequirements,
+            "paymentRequirements",
+            e,
+            payer_hint(scheme_payload(&p)),
+        )
+    })?;
+    Ok((p, r))
+}
+
+impl From<v2::PaymentRequirements> for Requirements {
+    fn from(r: v2::PaymentRequirements) -> Self {
+        Requirements {
+            scheme: r.scheme,
+            network: r.network,
+            amount: r.amount.0,
+            asset: r.asset,
+            pay_to: r.pay_to,
+            extra: r.extra,
         }
-        X402Version::V1 => {
-            let p: v1::PaymentPayloadV1 = serde_json::from_str(payload.get())
-                .map_err(|e| refused(Reason::InvalidPayload, "paymentPayload", e, None))?;
-            let r: v1::PaymentRequirementsV1 =
-                serde_json::from_str(requirements.get()).map_err(|e| {
-                    refused(
-                        Reason::InvalidPaymentRequirements,
-                        "paymentRequirements",
-                        e,
-                        payer_hint(&p.payload),
-                    )
-                })?;
-            Ok(Payment {
-                version,
-                accepted_scheme: p.scheme,
-                accepted_network: p.network,
-                requirements: Requirements {
-                    scheme: r.scheme,
-                    network: r.network,
-                    amount: r.max_amount_required.0,
-                    asset: r.asset,
-                    pay_to: r.pay_to,
-                    extra: r.extra,
-                },
-                payload: p.payload,
-            })
+    }
+}
+
+impl From<v1::PaymentRequirementsV1> for Requirements {
+    fn from(r: v1::PaymentRequirementsV1) -> Self {
+        Requirements {
+            scheme: r.scheme,
+            network: r.network,
+            amount: r.max_amount_required.0,
+            asset: r.asset,
+            pay_to: r.pay_to,
+            extra: r.extra,
         }
     }
 }
