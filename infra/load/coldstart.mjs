@@ -11,6 +11,7 @@
 import { spawn } from "node:child_process";
 import { openSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { resolve } from "node:path";
+import { loadavg } from "node:os";
 import { performance } from "node:perf_hooks";
 import { parseArgs } from "node:util";
 
@@ -18,8 +19,9 @@ const { values: opts } = parseArgs({
   options: {
     "emulator-port": { type: "string", default: "29000" },
     "bin-dir": { type: "string", default: "target/debug" },
+    "shown-bin-dir": { type: "string" }, // how the report names the binaries (run.sh measures copies)
     functions: { type: "string", default: "verify,supported" },
-    runs: { type: "string", default: "5" },
+    runs: { type: "string", default: "7" },
     events: { type: "string", default: "events" },
     logs: { type: "string", default: "." },
     out: { type: "string" },
@@ -65,6 +67,8 @@ async function once(fn, binary, event, log) {
 }
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor((xs.length - 1) / 2)];
+const spread = (xs) => ({ min: Math.min(...xs), median: median(xs), max: Math.max(...xs) });
+const loadAverage1m = Math.round(loadavg()[0] * 100) / 100; // other work skews start-up times most of all
 const functions = [];
 for (const fn of opts.functions.split(",")) {
   const binary = resolve(opts["bin-dir"], fn);
@@ -74,16 +78,16 @@ for (const fn of opts.functions.split(",")) {
   for (let i = 0; i < runs; i++) samples.push(await once(fn, binary, event, log));
   const summary = {
     function: fn,
-    binary: `${opts["bin-dir"].replace(/\/$/, "")}/${fn}`,
-    profile: /release/.test(opts["bin-dir"]) ? "release" : "debug",
+    binary: `${(opts["shown-bin-dir"] ?? opts["bin-dir"]).replace(/\/$/, "")}/${fn}`,
+    profile: /release/.test(opts["shown-bin-dir"] ?? opts["bin-dir"]) ? "release" : "debug",
     binaryMB: statSync(binary).size / 2 ** 20,
     runs: samples,
-    firstAnswerMs: { median: median(samples.map((s) => s.firstAnswerMs)), max: Math.max(...samples.map((s) => s.firstAnswerMs)) },
-    peakRssMB: { median: median(samples.map((s) => s.peakRssMB)), max: Math.max(...samples.map((s) => s.peakRssMB)) },
+    firstAnswerMs: spread(samples.map((s) => s.firstAnswerMs)),
+    peakRssMB: spread(samples.map((s) => s.peakRssMB)),
   };
   console.error(`${fn}: first answer ${summary.firstAnswerMs.median.toFixed(0)} ms (median of ${runs}), `
     + `peak RSS ${summary.peakRssMB.median.toFixed(1)} MB`);
   functions.push(summary);
 }
-const report = { date: new Date().toISOString(), runsPerFunction: runs, functions };
+const report = { date: new Date().toISOString(), loadAverage1m, runsPerFunction: runs, functions };
 if (opts.out) writeFileSync(opts.out, JSON.stringify(report, null, 2) + "\n");

@@ -5,7 +5,7 @@
 //     --ours target/debug/local-server --command "bash infra/load/run.sh"
 
 import { execFileSync } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { readFileSync, statSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { section, writeSection } from "./lib/report.mjs";
 
@@ -14,8 +14,10 @@ const { values: opts } = parseArgs({
     verify: { type: "string" },
     coldstart: { type: "string" },
     doc: { type: "string" },
-    ours: { type: "string" },
+    ours: { type: "string" }, // the binary measured, for its build time
+    "shown-ours": { type: "string" }, // how the report names it (run.sh measures a copy)
     command: { type: "string", default: "bash infra/load/run.sh" },
+    commit: { type: "string" }, // the code measured, as run.sh named it when it copied the binaries
   },
 });
 for (const required of ["verify", "coldstart", "doc", "ours"]) {
@@ -25,17 +27,16 @@ for (const required of ["verify", "coldstart", "doc", "ours"]) {
 // because the @x402 packages do not export their package.json.
 const versionOf = (name) =>
   JSON.parse(readFileSync(new URL(`./node_modules/${name}/package.json`, import.meta.url), "utf8")).version;
-// Which code was measured: the commit, and whether the facilitator's sources differed from it.
-const git = (...args) => execFileSync("git", args, { encoding: "utf8" }).trim();
-const SOURCES = ["lib", "functions", "infra/local-server", "Cargo.toml", "Cargo.lock"];
-const dirty = git("status", "--porcelain", "--", ...SOURCES) !== "";
-const commit = `${git("rev-parse", "--short", "HEAD")}${dirty ? " (facilitator sources with uncommitted changes)" : ""}`;
+// The binaries' build time says which state was measured when the work tree has moved on.
+const built = statSync(opts.ours).mtime.toISOString().slice(0, 16).replace("T", " ");
+const commit = `${opts.commit ?? execFileSync("git", ["rev-parse", "--short", "HEAD"], { encoding: "utf8" }).trim()} `
+  + `(binaries built ${built} UTC)`;
 const text = section({
   commit,
   verify: JSON.parse(readFileSync(opts.verify, "utf8")),
   coldStart: JSON.parse(readFileSync(opts.coldstart, "utf8")),
   command: opts.command,
-  ours: opts.ours,
+  ours: opts["shown-ours"] ?? opts.ours,
   versions: { core: versionOf("@x402/core"), evm: versionOf("@x402/evm"), viem: versionOf("viem") },
 });
 writeSection(opts.doc, text);

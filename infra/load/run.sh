@@ -11,6 +11,7 @@
 #   LOAD_REQUESTS (3000), LOAD_SECONDS (10)   per facilitator and phase, whichever is reached first
 #   LOAD_CONCURRENCY (1,8,32)                 verify concurrency levels; /supported runs at 8
 #   LOAD_BIN_DIR ($CARGO_TARGET_DIR or target, /debug)   where the built binaries are (.../release once built)
+#   LOAD_BUILD (1)                            0 measures the binaries as they are, without building first
 #   LOAD_STACK_DIR (.local/load-stack), LOAD_ANVIL_PORT (28545), LOAD_RPC_PROXY_PORT (28546),
 #   LOAD_MOTO_PORT (25000), LOAD_LAMBDA_PORT (29000), LOAD_LOCAL_PORT (24020), LOAD_REFERENCE_PORT (24021)
 # Results: $LOAD_STACK_DIR/results/{load-verify,coldstart}.json; logs in $LOAD_STACK_DIR/logs.
@@ -63,6 +64,21 @@ wait_for() {
   exit 1
 }
 
+# Other work on the machine (a build, say) skews every figure. Waits, up to LOAD_QUIET_WAIT seconds
+# (120), until the CPUs are at least 80 % idle over 2 s; then goes on either way (the report gives
+# the load average, so a disturbed run shows).
+wait_quiet() {
+  local deadline=$((SECONDS + ${LOAD_QUIET_WAIT:-120})) a b idle total
+  while :; do
+    read -ra a </proc/stat; sleep 2; read -ra b </proc/stat
+    idle=$(( (b[4] + b[5]) - (a[4] + a[5]) ))
+    total=0; for i in 1 2 3 4 5 6 7 8; do total=$(( total + b[i] - a[i] )); done
+    (( total > 0 && idle * 100 >= total * 80 )) && return 0
+    (( SECONDS >= deadline )) && { echo "load: the machine is still busy ($(( 100 - idle * 100 / (total > 0 ? total : 1) )) %); measuring anyway" >&2; return 0; }
+    echo "load: waiting for the machine to quiet down ($(( 100 - idle * 100 / (total > 0 ? total : 1) )) % busy)" >&2
+  done
+}
+
 step "tools and build"
 bash infra/install.sh --if-needed
 export PATH="$REPO/.local/venv/bin:$PATH" # cargo-lambda
@@ -71,10 +87,23 @@ if [[ ! -f "$LOAD/node_modules/.package-lock.json" || "$LOAD/package-lock.json" 
   (cd "$LOAD" && npm ci --no-audit --no-fund --ignore-scripts)
 fi
 # The same build as infra/run.sh and infra/test.sh (a no-op when they have built it).
-[[ "$BIN_DIR" == "$TARGET_DIR/debug" ]] && cargo build --workspace --all-targets --locked
+if [[ "${LOAD_BUILD:-1}" == 1 && "$BIN_DIR" == "$TARGET_DIR/debug" ]]; then
+  cargo build --workspace --all-targets --locked ||
+    { echo "load: the build failed; LOAD_BUILD=0 measures the binaries already built" >&2; exit 1; }
+fi
+# Measure copies: the target directory is shared, and a build started by someone else during the
+# run would otherwise swap the binaries between the load phases and the cold starts.
+SNAPSHOT="$X402_STACK_DIR/bin"
+mkdir -p "$SNAPSHOT"
 for bin in local-server verify supported; do
   [[ -x "$BIN_DIR/$bin" ]] || { echo "load: $BIN_DIR/$bin is not built" >&2; exit 1; }
+  cp -p "$BIN_DIR/$bin" "$SNAPSHOT/$bin"
 done
+# Which code that is, named now: the work tree may move on while the load runs.
+MEASURED="$(git rev-parse --short HEAD)"
+if [[ -n "$(git status --porcelain -- lib functions infra/local-server Cargo.toml Cargo.lock)" ]]; then
+  MEASURED="$MEASURED with uncommitted changes to the facilitator's sources"
+fi
 
 step "local stack (fresh) in $X402_STACK_DIR"
 bash infra/stack.sh down >/dev/null
@@ -84,7 +113,7 @@ bash infra/stack.sh up
 mkdir -p "$RESULTS"
 
 step "facilitators: ours on :$LOCAL_PORT, the reference on :$REFERENCE_PORT"
-X402_LISTEN="127.0.0.1:$LOCAL_PORT" "$BIN_DIR/local-server" >"$LOGS/load-local-server.log" 2>&1 &
+X402_LISTEN="127.0.0.1:$LOCAL_PORT" "$SNAPSHOT/local-server" >"$LOGS/load-local-server.log" 2>&1 &
 echo $! >"$RUN/load-local-server.pid"
 REFERENCE_LISTEN="127.0.0.1:$REFERENCE_PORT" node "$LOAD/reference/server.mjs" >"$LOGS/load-reference.log" 2>&1 &
 echo $! >"$RUN/load-reference.pid"
@@ -92,6 +121,7 @@ wait_for "http://127.0.0.1:$LOCAL_PORT/health" "$LOGS/load-local-server.log"
 wait_for "http://127.0.0.1:$REFERENCE_PORT/health" "$LOGS/load-reference.log"
 
 step "verify and supported under load"
+wait_quiet
 # Each phase stops by itself; the timeout only guards against a harness bug.
 timeout 900 node "$LOAD/harness.mjs" --stack "$X402_STACK_DIR/stack.json" \
   --target "ours=http://127.0.0.1:$LOCAL_PORT" --target "reference=http://127.0.0.1:$REFERENCE_PORT" \
@@ -112,10 +142,12 @@ for _ in $(seq 100); do
   (exec 3<>"/dev/tcp/127.0.0.1/$LAMBDA_PORT") 2>/dev/null && break
   sleep 0.1
 done
-timeout 300 node "$LOAD/coldstart.mjs" --emulator-port "$LAMBDA_PORT" --bin-dir "$SHOWN_BIN_DIR" \
+wait_quiet
+timeout 300 node "$LOAD/coldstart.mjs" --emulator-port "$LAMBDA_PORT" --bin-dir "$SNAPSHOT" --shown-bin-dir "$SHOWN_BIN_DIR" \
   --events "$REPO/events" --logs "$LOGS" --out "$RESULTS/coldstart.json"
 
 step "docs/benchmarks.md"
 node "$LOAD/render.mjs" --verify "$RESULTS/load-verify.json" --coldstart "$RESULTS/coldstart.json" \
-  --doc "$REPO/docs/benchmarks.md" --ours "$SHOWN_BIN_DIR/local-server" --command "bash infra/load/run.sh"
+  --doc "$REPO/docs/benchmarks.md" --ours "$SNAPSHOT/local-server" --shown-ours "$SHOWN_BIN_DIR/local-server" \
+  --commit "$MEASURED" --command "bash infra/load/run.sh"
 echo "load: wrote docs/benchmarks.md (Load: verify); JSON in $RESULTS" >&2

@@ -59,12 +59,14 @@ export function verifyTable(report) {
 
 export function coldStartTable(coldStart) {
   const lines = [
-    "| function | binary | runs | spawn → first answer, median (ms) | max (ms) | peak RSS (VmHWM) after first answer, median (MB) | max (MB) | binary size (MB) |",
-    "|---|---|--:|--:|--:|--:|--:|--:|",
+    "| function | binary | runs | spawn → first answer, min / median / max (ms) | peak RSS (VmHWM) after first answer, median / max (MB) | binary size (MB) |",
+    "|---|---|--:|--:|--:|--:|",
   ];
   for (const f of coldStart.functions) {
-    lines.push(`| ${f.function} | \`${f.binary}\` (${f.profile}) | ${f.runs.length} | ${fixed(f.firstAnswerMs.median, 0)} `
-      + `| ${fixed(f.firstAnswerMs.max, 0)} | ${fixed(f.peakRssMB.median, 1)} | ${fixed(f.peakRssMB.max, 1)} | ${fixed(f.binaryMB, 0)} |`);
+    const t = f.firstAnswerMs;
+    lines.push(`| ${f.function} | \`${f.binary}\` (${f.profile}) | ${f.runs.length} `
+      + `| ${fixed(t.min, 0)} / ${fixed(t.median, 0)} / ${fixed(t.max, 0)} `
+      + `| ${fixed(f.peakRssMB.median, 1)} / ${fixed(f.peakRssMB.max, 1)} | ${fixed(f.binaryMB, 0)} |`);
   }
   return lines.join("\n");
 }
@@ -96,16 +98,26 @@ export function section({ verify, coldStart, command, ours, versions, commit }) 
       + `\`infra/lambda-emulator.sh\` does) with its invoke already waiting; the time is from spawning the process to the `
       + `answer to that first invoke (\`events/${"<function>"}.json\`), so it includes the runtime's init, reading the config and `
       + `building clients, and the first request. Peak RSS is \`VmHWM\` from \`/proc/<pid>/status\` right after that answer. `
-      + `${coldStart.runsPerFunction} fresh processes per function.`,
+      + `${coldStart.runsPerFunction} fresh processes per function, one after the other; load average ${coldStart.loadAverage1m} `
+      + "when they started. Start-up times are the figures most disturbed by other work on the machine: read the minimum as "
+      + "the undisturbed cost.",
     "",
     coldStartTable(coldStart),
     "",
     "### Read with care",
     "",
     `- ${ours.includes("/debug/") ? "**These are debug builds**, not what ships: unoptimised code, full debug info. A release measurement comes later." : "Release builds."}`,
+    ...(m.loadAverage1m >= 1 || coldStart.loadAverage1m >= 1
+      ? [`- **The machine was busy with other work** (load average ${m.loadAverage1m} before the load started, `
+        + `${coldStart.loadAverage1m} before the cold starts, on ${m.nproc} CPUs): latencies, throughput and start-up times are `
+        + "pessimistic; CPU per request and RPC per request hold regardless."]
+      : []),
     "- One machine runs everything: the load generator, both facilitators, anvil and the (Python, threaded) RPC proxy share "
       + `its ${m.nproc} CPUs, so the throughput figures are for this whole set-up, not for a facilitator alone, and at high `
       + "concurrency the proxy, anvil or the generator can be the limit rather than the facilitator.",
+    `- Where the reference's chain calls go (@x402/evm ${versions.evm}, EIP-3009 path): \`eth_getCode\` on the payer twice `
+      + "(once to tell an ERC-6492 wrapper from a plain signature, again to choose ECDSA or ERC-1271), then the `eth_call` "
+      + "simulation of the transfer; its check that the asset is a contract is cached after the warm-up.",
     "- Not measured yet: settle (throughput, latency, RPC per settle), KMS `Sign` and DynamoDB calls per settlement, the settle "
       + "function's cold start, and release builds. Machine-readable figures: the harness's JSON (`infra/load/run.sh` says where).",
     END,
