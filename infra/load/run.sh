@@ -49,6 +49,7 @@ cleanup() {
   stop_pid load-reference
   stop_pid load-lambda-emulator
   bash infra/stack.sh down >/dev/null
+  rm -rf "${X402_STACK_DIR:?}/bin" # the binaries' copies: ~300 MB each in a debug build
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
