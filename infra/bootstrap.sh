@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fills a freshly started stack with what the facilitator and the tests expect: compiled
 # contracts placed on anvil, funded tokens and accounts, KMS lane keys (checked to sign
-# digests correctly), DynamoDB tables; then writes $X402_STACK_DIR/stack.env and stack.json.
+# digests correctly), DynamoDB tables, SQS queues; then writes $X402_STACK_DIR/stack.env and stack.json.
 # stack.sh up runs it; it may be rerun on a running stack and leaves what exists in place.
 # Requires: X402_STACK_DIR ANVIL_PORT RPC_PROXY_PORT MOTO_PORT X402_LANES
 set -euo pipefail
@@ -22,6 +22,8 @@ export AWS_JSON="$X402_STACK_DIR/run/aws.json"
 mkdir -p "$X402_STACK_DIR/run"
 
 node "$INFRA/node/compile.mjs" "$CONTRACTS_DIR" >/dev/null
-"$REPO/.local/venv/bin/python" "$INFRA/bootstrap_aws.py" "$X402_LANES" "$INFRA/tables.json" >"$AWS_JSON.tmp"
+"$REPO/.local/venv/bin/python" "$INFRA/bootstrap_aws.py" "$X402_LANES" "$INFRA/tables.json" "$INFRA/queues.json" >"$AWS_JSON.tmp"
 mv "$AWS_JSON.tmp" "$AWS_JSON"
 node "$INFRA/node/bootstrap.mjs"
+# bootstrap.mjs knows nothing of the queues; their URLs and ARNs are added to what it wrote.
+"$REPO/.local/venv/bin/python" "$INFRA/bootstrap_aws.py" --publish "$AWS_JSON" "$X402_STACK_DIR"
