@@ -123,6 +123,8 @@ stop() {
 
 stop_all() {
   local name
+  # SQS pollers (infra/sqs-poller.sh) feed on moto: they go first, with it.
+  bash "$INFRA/sqs-poller.sh" stop
   for name in rpc-proxy moto anvil; do stop "$name"; done
   rm -f "$X402_STACK_DIR/stack.env" "$X402_STACK_DIR/stack.json" "$RUN/ports.env" "$RUN/aws.json"
 }
