@@ -18,7 +18,8 @@ X402_NETWORKS="[{\"network\":\"$X402_NETWORK\",\"rpcUrl\":\"$RPC_URL\",\"assets\
 RUST_LOG="${RUST_LOG:-info}"
 set +a
 {
-  for var in AWS_ENDPOINT_URL AWS_REGION AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY X402_LANE_KEYS RUST_LOG; do
+  for var in AWS_ENDPOINT_URL AWS_REGION AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY X402_LANE_KEYS \
+    X402_PAYMENTS_TABLE X402_LANES_TABLE X402_SETTLE_QUEUE_URL RUST_LOG; do
     printf '%s=%s\n' "$var" "${!var}"
   done
   # Single quotes keep the JSON's double quotes and commas as they are.

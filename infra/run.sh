@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the facilitator on this machine with everything it needs, until Ctrl-C:
 #   - the local stack (anvil as Base Sepolia with the test USDC, moto for KMS/DynamoDB/…),
-#   - the facilitator at one base URL, http://127.0.0.1:4020 (POST /verify, GET /supported, GET /health),
+#   - the facilitator at one base URL, http://127.0.0.1:4020 (POST /verify, POST /settle, GET /supported,
+#     GET /health), with the settle-worker Lambda fed by a local stand-in for SQS's event source mapping,
 #   - the same code as Lambda functions under cargo-lambda's runtime emulator on :9000
 #     (cargo lambda invoke verify --data-file events/verify.json -A 127.0.0.1 -P 9000).
 # Installs the tools on first run. Everything it starts is stopped when it exits.
@@ -20,6 +21,7 @@ PORT="${X402_PORT:-4020}"
 
 cleanup() {
   set +e
+  bash infra/sqs-poller.sh stop
   bash infra/lambda-emulator.sh stop
   bash infra/stack.sh down
 }
@@ -35,10 +37,11 @@ bash infra/stack.sh up
 # shellcheck source=infra/facilitator-env.sh
 . infra/facilitator-env.sh
 bash infra/lambda-emulator.sh start
+bash infra/sqs-poller.sh start settle-worker
 
 cat <<MSG
 
-facilitator: http://127.0.0.1:$PORT   (POST /verify, GET /supported, GET /health)
+facilitator: http://127.0.0.1:$PORT   (POST /verify, POST /settle, GET /supported, GET /health)
 lambdas:     http://127.0.0.1:$LAMBDA_PORT   (cargo lambda invoke verify --data-file events/verify.json -A 127.0.0.1 -P $LAMBDA_PORT)
 try:         curl -s http://127.0.0.1:$PORT/supported
              curl -s http://127.0.0.1:$PORT/verify -H 'content-type: application/json' \\

@@ -25,6 +25,7 @@ cleanup() {
   set +e
   [[ -f "$X402_STACK_DIR/run/local-server.pid" ]] && kill "$(cat "$X402_STACK_DIR/run/local-server.pid")" 2>/dev/null
   rm -f "$X402_STACK_DIR/run/local-server.pid"
+  bash infra/sqs-poller.sh stop >/dev/null 2>&1
   bash infra/lambda-emulator.sh stop
   bash infra/stack.sh down >/dev/null
 }
@@ -55,14 +56,18 @@ bash infra/stack.sh up
 . infra/facilitator-env.sh
 # Short enough that the RPC fault tests do not wait long for the facilitator to give up on a hung RPC.
 export X402_RPC_TIMEOUT_MS=2000
+# anvil mines at once: follow records and receipts briskly, and give up sooner than in production.
+export X402_SETTLE_POLL_MS=250 X402_SETTLE_DEADLINE_MS=15000
 
 step "test contracts"
 node infra/node/check-contracts.mjs
 
-step "facilitator: local server on :$LOCAL_PORT, Lambda functions on :$LAMBDA_PORT"
+step "facilitator: local server on :$LOCAL_PORT, Lambda functions on :$LAMBDA_PORT, SQS poller"
 X402_LISTEN="127.0.0.1:$LOCAL_PORT" "$TARGET_DIR/debug/local-server" >"$X402_STACK_DIR/logs/local-server.log" 2>&1 &
 echo $! >"$X402_STACK_DIR/run/local-server.pid"
 bash infra/lambda-emulator.sh start
+# The settlement queue's consumer, fed as Lambda's SQS event source mapping would feed it.
+bash infra/sqs-poller.sh start settle-worker
 export X402_BASE_URL="http://127.0.0.1:$LOCAL_PORT" X402_LAMBDA_PORT="$LAMBDA_PORT"
 for _ in $(seq 100); do
   curl -fsS "$X402_BASE_URL/health" >/dev/null 2>&1 && break

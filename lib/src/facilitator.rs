@@ -70,6 +70,11 @@ impl Facilitator {
             })
     }
 
+    /// The scheme serving a network, by its CAIP-2 id.
+    pub fn network(&self, caip2: &str) -> Option<&ExactEvm> {
+        self.networks.iter().find(|n| n.network().caip2() == caip2)
+    }
+
     /// Verifies a payment. Never writes (DESIGN I1).
     pub async fn verify(&self, payment: &Payment) -> VerifyResponse {
         let payer = payer_hint(&payment.payload);

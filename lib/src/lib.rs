@@ -15,7 +15,10 @@ pub mod evm;
 pub mod facilitator;
 pub mod http;
 pub mod protocol;
+pub mod queue;
+pub mod settle;
 pub mod signer;
+pub mod store;
 pub mod telemetry;
 
 pub use config::Config;

@@ -1,13 +1,16 @@
 //! Serves the facilitator on one local base URL (default `http://127.0.0.1:4020`) with the same
-//! routes as the HTTP API in front of the Lambda functions: `POST /verify`, `GET /supported`,
-//! `GET /health`. It calls the very handlers the Lambda functions call; only the transport differs.
+//! routes as the HTTP API in front of the Lambda functions: `POST /verify`, `POST /settle`,
+//! `GET /supported`, `GET /health`. It calls the very handlers the Lambda functions call; only the
+//! transport differs. Settlement itself is signed by the settle-worker Lambda (run under the Lambda
+//! emulator and fed by the local SQS poller), exactly as in AWS.
 //!
 //! Configuration comes from the same environment variables as the functions, plus `X402_LISTEN`.
+//! Without `X402_SETTLE_QUEUE_URL` it serves verification only and answers `/settle` with a 503.
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
 use bytes::Bytes;
-use facilitator::{http as routes, telemetry, Config, Facilitator};
+use facilitator::{http as routes, settle::Settler, telemetry, Config, Facilitator};
 use http::{Method, Request, Response};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
@@ -17,8 +20,19 @@ use tokio::net::TcpListener;
 const DEFAULT_LISTEN: &str = "127.0.0.1:4020";
 
 struct App {
-    facilitator: Facilitator,
+    /// Present when settlement is configured; it carries the facilitator too.
+    settler: Option<Settler>,
+    facilitator: Option<Facilitator>,
     max_body_bytes: usize,
+}
+
+impl App {
+    fn facilitator(&self) -> Option<&Facilitator> {
+        self.settler
+            .as_ref()
+            .map(Settler::facilitator)
+            .or(self.facilitator.as_ref())
+    }
 }
 
 #[tokio::main]
@@ -29,8 +43,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         .unwrap_or_else(|_| DEFAULT_LISTEN.to_owned())
         .parse()
         .map_err(|e| format!("X402_LISTEN must be host:port: {e}"))?;
+    let aws = facilitator::aws_config().await;
+    let (settler, facilitator) = match config.settle_queue_url {
+        Some(_) => (Some(Settler::from_config(&config, &aws)?), None),
+        None => (None, Some(Facilitator::new(&config, &aws))),
+    };
     let app = Arc::new(App {
-        facilitator: Facilitator::new(&config, &facilitator::aws_config().await),
+        settler,
+        facilitator,
         max_body_bytes: config.max_body_bytes,
     });
     let listener = TcpListener::bind(listen)
@@ -58,20 +78,31 @@ async fn handle(
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = request.into_parts();
-    let response = match (&parts.method, parts.uri.path()) {
-        (&Method::POST, "/verify") => {
-            // Stop reading at the limit; an oversized body gets the same 413 as in Lambda.
-            match Limited::new(body, app.max_body_bytes).collect().await {
-                Ok(collected) => {
-                    routes::verify(&app.facilitator, &collected.to_bytes(), app.max_body_bytes)
-                        .await
-                }
-                Err(_) => routes::too_large(app.max_body_bytes),
+    let limit = app.max_body_bytes;
+    let response = match (&parts.method, parts.uri.path(), app.facilitator()) {
+        (&Method::POST, "/verify", Some(facilitator)) => match read(body, limit).await {
+            Some(bytes) => routes::verify(facilitator, &bytes, limit).await,
+            None => routes::too_large(limit),
+        },
+        (&Method::POST, "/settle", _) => match (&app.settler, read(body, limit).await) {
+            (Some(settler), Some(bytes)) => routes::settle(settler, &bytes, limit).await,
+            (Some(_), None) => routes::too_large(limit),
+            (None, _) => {
+                routes::unavailable("settlement is not configured here (set X402_SETTLE_QUEUE_URL)")
             }
-        }
-        (&Method::GET, "/supported") => routes::supported(&app.facilitator).await,
-        (&Method::GET, "/health") => routes::health(),
-        (method, path) => routes::not_found(method, path),
+        },
+        (&Method::GET, "/supported", Some(facilitator)) => routes::supported(facilitator).await,
+        (&Method::GET, "/health", _) => routes::health(),
+        (method, path, _) => routes::not_found(method, path),
     };
     Ok(response.map(|text| Full::new(Bytes::from(text))))
+}
+
+/// The body, read only up to the limit (an oversized body gets the same 413 as in Lambda).
+async fn read(body: Incoming, limit: usize) -> Option<Bytes> {
+    Limited::new(body, limit)
+        .collect()
+        .await
+        .ok()
+        .map(|collected| collected.to_bytes())
 }

@@ -18,6 +18,21 @@ pub const LANE_KEYS_VAR: &str = "X402_LANE_KEYS";
 pub const RPC_TIMEOUT_VAR: &str = "X402_RPC_TIMEOUT_MS";
 /// Largest request body accepted, in bytes.
 pub const MAX_BODY_VAR: &str = "X402_MAX_BODY_BYTES";
+/// DynamoDB table of payments.
+pub const PAYMENTS_TABLE_VAR: &str = "X402_PAYMENTS_TABLE";
+/// DynamoDB table of signer lanes.
+pub const LANES_TABLE_VAR: &str = "X402_LANES_TABLE";
+/// SQS FIFO queue of settlements (settle function only).
+pub const SETTLE_QUEUE_VAR: &str = "X402_SETTLE_QUEUE_URL";
+/// When `/settle` answers at the latest, in milliseconds (under API Gateway's 29 s).
+pub const SETTLE_DEADLINE_VAR: &str = "X402_SETTLE_DEADLINE_MS";
+/// How often a settle follower re-reads its payment, in milliseconds.
+pub const SETTLE_POLL_VAR: &str = "X402_SETTLE_POLL_MS";
+
+const DEFAULT_SETTLE_DEADLINE: Duration = Duration::from_secs(25);
+/// API Gateway's HTTP API integration timeout is 29 s (DESIGN I5); leave room to answer.
+const MAX_SETTLE_DEADLINE: Duration = Duration::from_secs(28);
+const DEFAULT_SETTLE_POLL: Duration = Duration::from_millis(250);
 
 const DEFAULT_RPC_TIMEOUT: Duration = Duration::from_secs(5);
 /// x402 bodies are 1–3 KiB; 64 KiB leaves room for extensions and refuses floods early.
@@ -30,6 +45,12 @@ pub struct Config {
     pub lane_keys: Vec<String>,
     pub rpc_timeout: Duration,
     pub max_body_bytes: usize,
+    pub payments_table: String,
+    pub lanes_table: String,
+    /// Needed by the settle function only.
+    pub settle_queue_url: Option<String>,
+    pub settle_deadline: Duration,
+    pub settle_poll: Duration,
 }
 
 /// One EVM network this deployment serves.
@@ -118,11 +139,36 @@ impl Config {
             None => DEFAULT_MAX_BODY_BYTES,
             Some(bytes) => usize::try_from(positive(MAX_BODY_VAR, &bytes)?).unwrap_or(usize::MAX),
         };
+        let millis = |var: &'static str, default: Duration| match lookup(var) {
+            None => Ok(default),
+            Some(ms) => positive(var, &ms).map(Duration::from_millis),
+        };
+        let settle_deadline = millis(SETTLE_DEADLINE_VAR, DEFAULT_SETTLE_DEADLINE)?;
+        if settle_deadline > MAX_SETTLE_DEADLINE {
+            return Err(ConfigError {
+                var: SETTLE_DEADLINE_VAR,
+                problem: format!("{settle_deadline:?} is over {MAX_SETTLE_DEADLINE:?}: API Gateway gives up at 29 s"),
+            });
+        }
         Ok(Config {
             networks,
             lane_keys,
             rpc_timeout,
             max_body_bytes,
+            payments_table: lookup(PAYMENTS_TABLE_VAR)
+                .unwrap_or_else(|| "x402-payments".to_owned()),
+            lanes_table: lookup(LANES_TABLE_VAR).unwrap_or_else(|| "x402-lanes".to_owned()),
+            settle_queue_url: lookup(SETTLE_QUEUE_VAR).filter(|u| !u.is_empty()),
+            settle_deadline,
+            settle_poll: millis(SETTLE_POLL_VAR, DEFAULT_SETTLE_POLL)?,
+        })
+    }
+
+    /// The settle queue's URL, or the error that says it must be set.
+    pub fn require_settle_queue(&self) -> Result<&str, ConfigError> {
+        self.settle_queue_url.as_deref().ok_or_else(|| ConfigError {
+            var: SETTLE_QUEUE_VAR,
+            problem: "missing; the settle function needs the SQS FIFO queue's URL".into(),
         })
     }
 }

@@ -7,15 +7,18 @@
 use std::time::Duration;
 
 use alloy::{
-    primitives::{Address, Bytes},
+    primitives::{Address, Bytes, B256},
     providers::{Provider, RootProvider},
-    rpc::types::TransactionRequest,
-    transports::{RpcError, TransportErrorKind},
+    rpc::types::{TransactionReceipt, TransactionRequest},
+    transports::TransportResult,
 };
 use tokio::sync::OnceCell;
 use tracing::instrument;
 
 use crate::config::{redact_url, RpcSource};
+
+/// A boxed, sendable future (what [`Chain::bounded`] runs).
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 /// How an `eth_call` ended, when the node answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +37,8 @@ pub enum ChainError {
     Timeout(Duration),
     #[error("the chain RPC failed: {0}")]
     Transport(String),
+    #[error("the chain RPC answered with an error: {0}")]
+    Node(String),
     #[error("the chain RPC URL could not be read from Secrets Manager secret {secret}: {problem}")]
     Secret { secret: String, problem: String },
 }
@@ -106,48 +111,103 @@ impl Chain {
         }
     }
 
-    /// `eth_call` against the latest block, without a sender.
-    #[instrument(skip_all, fields(to = %to), err(level = "warn"))]
-    pub async fn call(&self, to: Address, data: Bytes) -> Result<CallOutcome, ChainError> {
+    /// Runs one RPC request within the timeout. The node's own error answer (a revert, "nonce too
+    /// low") comes back as `Ok(Err(message))`; no answer at all is a [`ChainError`]. The request is
+    /// boxed: alloy's futures are very deep types, and every async fn above would inherit that depth.
+    async fn bounded<'a, T>(
+        &'a self,
+        request: impl FnOnce(&'a RootProvider) -> BoxFuture<'a, TransportResult<T>>,
+    ) -> Result<Result<T, String>, ChainError> {
         let (provider, url) = self.provider().await?;
-        let request = TransactionRequest::default().to(to).input(data.into());
-        // Boxed: alloy's call future is a very deep type, and every async fn above it would inherit
-        // that depth (rustc's query limit); one allocation per RPC request is nothing next to the I/O.
-        let call = Box::pin(async move { provider.call(request).await });
-        match tokio::time::timeout(self.timeout, call).await {
+        match tokio::time::timeout(self.timeout, request(provider)).await {
             Err(_) => Err(ChainError::Timeout(self.timeout)),
-            Ok(Ok(output)) => Ok(CallOutcome::Returned(output)),
-            Ok(Err(error)) => classify(error, url),
+            Ok(Ok(value)) => Ok(Ok(value)),
+            Ok(Err(error)) => match error.as_error_resp() {
+                Some(payload) => Ok(Err(payload.message.to_string())),
+                // HTTP client errors quote the URL, which may hold an API key.
+                None => Err(ChainError::Transport(
+                    error.to_string().replace(url.as_str(), &redact_url(url)),
+                )),
+            },
         }
     }
-}
 
-impl Chain {
+    /// `eth_call` against the latest block, from `from` if given.
+    #[instrument(skip_all, fields(to = %to), err(level = "warn"))]
+    pub async fn call(
+        &self,
+        from: Option<Address>,
+        to: Address,
+        data: Bytes,
+    ) -> Result<CallOutcome, ChainError> {
+        let request = TransactionRequest {
+            from,
+            ..Default::default()
+        }
+        .to(to)
+        .input(data.into());
+        Ok(
+            match self
+                .bounded(|p| Box::pin(async move { p.call(request).await }))
+                .await?
+            {
+                Ok(output) => CallOutcome::Returned(output),
+                Err(message) => CallOutcome::Reverted { message },
+            },
+        )
+    }
+
+    /// `eth_estimateGas` from `from`: the gas a call needs, or the node's reason it would revert.
+    #[instrument(skip_all, fields(from = %from, to = %to), err(level = "warn"))]
+    pub async fn estimate_gas(
+        &self,
+        from: Address,
+        to: Address,
+        data: Bytes,
+    ) -> Result<Result<u64, String>, ChainError> {
+        let request = TransactionRequest::default()
+            .from(from)
+            .to(to)
+            .input(data.into());
+        self.bounded(|p| Box::pin(async move { p.estimate_gas(request).await }))
+            .await
+    }
+
     /// `eth_getCode` at the latest block: empty for an EOA.
     #[instrument(skip_all, fields(address = %address), err(level = "warn"))]
     pub async fn code_at(&self, address: Address) -> Result<Bytes, ChainError> {
-        let (provider, url) = self.provider().await?;
-        let call = Box::pin(async move { provider.get_code_at(address).await });
-        match tokio::time::timeout(self.timeout, call).await {
-            Err(_) => Err(ChainError::Timeout(self.timeout)),
-            Ok(Ok(code)) => Ok(code),
-            Ok(Err(error)) => Err(ChainError::Transport(
-                error.to_string().replace(url.as_str(), &redact_url(url)),
-            )),
-        }
+        self.bounded(|p| Box::pin(async move { p.get_code_at(address).await }))
+            .await?
+            .map_err(ChainError::Node)
     }
-}
 
-/// A JSON-RPC error response is the node's verdict on the call (a revert, usually); anything else
-/// means we never got a verdict.
-/// HTTP client errors quote the URL, which may hold an API key: it is scrubbed here.
-fn classify(error: RpcError<TransportErrorKind>, url: &str) -> Result<CallOutcome, ChainError> {
-    match error.as_error_resp() {
-        Some(payload) => Ok(CallOutcome::Reverted {
-            message: payload.message.to_string(),
-        }),
-        None => Err(ChainError::Transport(
-            error.to_string().replace(url, &redact_url(url)),
-        )),
+    /// The account's nonce counting its pending transactions.
+    pub async fn pending_nonce(&self, address: Address) -> Result<u64, ChainError> {
+        self.bounded(|p| Box::pin(async move { p.get_transaction_count(address).pending().await }))
+            .await?
+            .map_err(ChainError::Node)
+    }
+
+    /// EIP-1559 fees for the next block: `(max_fee_per_gas, max_priority_fee_per_gas)`.
+    pub async fn fees(&self) -> Result<(u128, u128), ChainError> {
+        let estimate = self
+            .bounded(|p| Box::pin(async move { p.estimate_eip1559_fees().await }))
+            .await?
+            .map_err(ChainError::Node)?;
+        Ok((estimate.max_fee_per_gas, estimate.max_priority_fee_per_gas))
+    }
+
+    /// `eth_sendRawTransaction`. The node's refusal (e.g. "already known") is `Ok(Err(message))`.
+    #[instrument(skip_all, err(level = "warn"))]
+    pub async fn send_raw(&self, raw: Bytes) -> Result<Result<(), String>, ChainError> {
+        self.bounded(|p| Box::pin(async move { p.send_raw_transaction(&raw).await.map(|_| ()) }))
+            .await
+    }
+
+    /// The receipt of a transaction, if it is mined.
+    pub async fn receipt(&self, hash: B256) -> Result<Option<TransactionReceipt>, ChainError> {
+        self.bounded(|p| Box::pin(async move { p.get_transaction_receipt(hash).await }))
+            .await?
+            .map_err(ChainError::Node)
     }
 }

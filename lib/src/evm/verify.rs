@@ -107,6 +107,13 @@ impl ExactEvm {
     #[instrument(skip_all, fields(network = %self.network.caip2()))]
     pub async fn verify(&self, payment: &Payment, now: u64) -> Result<Checked, Rejection> {
         let checked = self.check(payment, now)?;
+        self.confirm(&checked).await?;
+        Ok(checked)
+    }
+
+    /// The chain's part of verification, for a payment that passed [`ExactEvm::check`]: whether a
+    /// contract-judged signature has a contract behind it, then the simulation. Settle runs it too.
+    pub async fn confirm(&self, checked: &Checked) -> Result<(), Rejection> {
         if let Signer::Contract {
             hint: hint @ (ContractHint::Counterfactual | ContractHint::RecoveredOther(_)),
             ..
@@ -116,8 +123,12 @@ impl ExactEvm {
                 return Err(checks::no_contract_at_payer(&checked.payment, hint));
             }
         }
-        self.simulate(&checked).await?;
-        Ok(checked)
+        self.simulate(checked).await
+    }
+
+    /// The chain this network's payments run on.
+    pub fn chain(&self) -> &Chain {
+        &self.chain
     }
 
     async fn payer_has_code(&self, payment: &ExactPayment) -> Result<bool, Rejection> {
@@ -132,7 +143,7 @@ impl ExactEvm {
     pub async fn simulate(&self, checked: &Checked) -> Result<(), Rejection> {
         let outcome = self
             .chain
-            .call(checked.payment.asset, checked.transfer_calldata())
+            .call(None, checked.payment.asset, checked.transfer_calldata())
             .await
             .map_err(|e| Rejection::new(Reason::UnexpectedVerifyError, e.to_string()))?;
         let CallOutcome::Reverted { message } = outcome else {
@@ -183,7 +194,11 @@ impl ExactEvm {
                 format!("the transfer simulation failed: {revert}"),
             )
         };
-        let results = match self.chain.call(MULTICALL3, batch.abi_encode().into()).await {
+        let results = match self
+            .chain
+            .call(None, MULTICALL3, batch.abi_encode().into())
+            .await
+        {
             Ok(CallOutcome::Returned(data)) => {
                 match IMulticall3::tryAggregateCall::abi_decode_returns(&data) {
                     Ok(results) if results.len() == 4 => results,

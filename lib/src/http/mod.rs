@@ -10,7 +10,8 @@ use serde::Serialize;
 
 use crate::{
     facilitator::Facilitator,
-    protocol::{parse_request, Reason, RequestError, VerifyResponse},
+    protocol::{parse_request, Reason, RequestError, SettleResponse, VerifyResponse},
+    settle::Settler,
 };
 
 /// `POST /verify`.
@@ -34,6 +35,34 @@ pub async fn verify(
         }) => json(
             StatusCode::OK,
             &VerifyResponse::invalid(reason, Some(message), payer),
+        ),
+    }
+}
+
+/// `POST /settle`. Same envelope and status codes as `/verify`; the body is a `SettleResponse`.
+pub async fn settle(settler: &Settler, body: &[u8], max_body_bytes: usize) -> Response<String> {
+    if body.len() > max_body_bytes {
+        return too_large(max_body_bytes);
+    }
+    match parse_request(body) {
+        Ok(payment) => json(StatusCode::OK, &settler.settle(&payment).await),
+        Err(RequestError::Malformed { reason, message }) => {
+            bad_request(StatusCode::BAD_REQUEST, reason, message)
+        }
+        Err(RequestError::Refused {
+            reason,
+            message,
+            payer,
+        }) => json(
+            StatusCode::OK,
+            &SettleResponse {
+                success: false,
+                error_reason: Some(reason),
+                error_message: Some(message),
+                payer,
+                transaction: String::new(),
+                network: String::new(),
+            },
         ),
     }
 }
@@ -68,6 +97,16 @@ pub async fn supported(facilitator: &Facilitator) -> Response<String> {
 /// load balancer does not take every instance out when an RPC provider has a bad minute.
 pub fn health() -> Response<String> {
     json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))
+}
+
+/// 503: a route this deployment does not serve right now, and why.
+pub fn unavailable(why: &str) -> Response<String> {
+    json(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &ErrorBody {
+            error: why.to_owned(),
+        },
+    )
 }
 
 /// Any path or method we do not serve.

@@ -80,6 +80,46 @@ impl Reason {
     }
 }
 
+impl Reason {
+    /// Every reason, for reading one back from storage.
+    pub const ALL: [Reason; 29] = [
+        Reason::InvalidPayload,
+        Reason::InvalidPaymentRequirements,
+        Reason::InvalidX402Version,
+        Reason::UnsupportedScheme,
+        Reason::InvalidNetwork,
+        Reason::UnexpectedVerifyError,
+        Reason::UnexpectedSettleError,
+        Reason::UnsupportedPayloadType,
+        Reason::InvalidExactEvmScheme,
+        Reason::InvalidExactEvmNetworkMismatch,
+        Reason::InvalidExactEvmMissingEip712Domain,
+        Reason::InvalidExactEvmRecipientMismatch,
+        Reason::InvalidExactEvmSignature,
+        Reason::InvalidExactEvmPayload,
+        Reason::ValidBefore,
+        Reason::ValidAfter,
+        Reason::ValueMismatch,
+        Reason::UndeployedSmartWallet,
+        Reason::Eip6492FactoryNotAllowed,
+        Reason::TokenNameMismatch,
+        Reason::TokenVersionMismatch,
+        Reason::Eip3009NotSupported,
+        Reason::NonceAlreadyUsed,
+        Reason::InsufficientBalance,
+        Reason::SimulationFailed,
+        Reason::TransactionFailed,
+        Reason::TransferEventMismatch,
+        Reason::SettlementPending,
+        Reason::InvalidTransactionState,
+    ];
+
+    /// The reason with this wire string, if any.
+    pub fn from_wire(s: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
 impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

@@ -67,3 +67,62 @@ impl Lanes {
         Ok(addresses)
     }
 }
+
+/// One lane's sender: signs transactions with its KMS key. Only the settlement worker builds these
+/// (I7: the other functions hold no signer and may not call `kms:Sign`).
+#[derive(Debug, Clone)]
+pub struct LaneSigner {
+    key: String,
+    signer: AwsSigner,
+}
+
+/// A transaction signed and encoded for `eth_sendRawTransaction`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedTx {
+    pub raw: alloy::primitives::Bytes,
+    pub hash: alloy::primitives::B256,
+}
+
+impl LaneSigner {
+    /// Reads the key's public key (one KMS `GetPublicKey`). A lane is not tied to a chain: the
+    /// chain id is part of each transaction it signs.
+    pub async fn connect(kms: aws_sdk_kms::Client, key: String) -> Result<Self, LaneError> {
+        // Boxed, like every SDK future here: their types are deep enough to hit rustc's query limit.
+        let signer = Box::pin(AwsSigner::new(kms, key.clone(), None))
+            .await
+            .map_err(|e| LaneError {
+                key: key.clone(),
+                problem: e.to_string(),
+            })?;
+        Ok(LaneSigner { key, signer })
+    }
+
+    /// The KMS key id: the lane's name.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    pub fn address(&self) -> Address {
+        self.signer.address()
+    }
+
+    /// Signs an EIP-1559 transaction: one KMS `Sign` of its digest.
+    #[instrument(skip_all, fields(lane = %self.key, nonce = tx.nonce), err(level = "warn"))]
+    pub async fn sign(&self, tx: alloy::consensus::TxEip1559) -> Result<SignedTx, LaneError> {
+        use alloy::{
+            consensus::{SignableTransaction, TxEnvelope},
+            eips::eip2718::Encodable2718,
+        };
+        let signature = Box::pin(self.signer.sign_hash(&tx.signature_hash()))
+            .await
+            .map_err(|e| LaneError {
+                key: self.key.clone(),
+                problem: e.to_string(),
+            })?;
+        let envelope = TxEnvelope::from(tx.into_signed(signature));
+        Ok(SignedTx {
+            raw: envelope.encoded_2718().into(),
+            hash: *envelope.tx_hash(),
+        })
+    }
+}

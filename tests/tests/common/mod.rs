@@ -42,6 +42,15 @@ pub struct Stack {
     pub payers: Vec<Account>,
     pub payee: Account,
     pub deployer: Account,
+    pub lanes: Vec<Lane>,
+}
+
+/// A signer lane: its KMS key and the address that key signs for.
+#[derive(Debug, Deserialize)]
+pub struct Lane {
+    #[serde(rename = "keyId")]
+    pub key_id: String,
+    pub address: Address,
 }
 
 #[derive(Debug, Deserialize)]
@@ -267,6 +276,23 @@ pub async fn verify(body: &Value) -> Answer {
     .await
 }
 
+pub async fn settle(body: &Value) -> Answer {
+    post_raw(
+        &format!("{}/settle", base_url()),
+        serde_json::to_vec(body).unwrap(),
+    )
+    .await
+}
+
+/// The DynamoDB client for the stack's moto.
+pub async fn dynamodb() -> aws_sdk_dynamodb::Client {
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(&stack().aws_endpoint_url)
+        .load()
+        .await;
+    aws_sdk_dynamodb::Client::new(&config)
+}
+
 pub async fn get(path: &str) -> Answer {
     let response = http()
         .get(format!("{}{path}", base_url()))
@@ -339,11 +365,7 @@ pub async fn send_from_anvil_account(from: Address, to: Address, data: Bytes) {
 
 /// Item counts of the facilitator's DynamoDB tables, to prove verify writes nothing.
 pub async fn table_item_counts() -> Vec<(String, usize)> {
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(&stack().aws_endpoint_url)
-        .load()
-        .await;
-    let client = aws_sdk_dynamodb::Client::new(&config);
+    let client = dynamodb().await;
     let mut counts = Vec::new();
     for table in [&stack().payments_table, &stack().lanes_table] {
         let scan = client

@@ -1,0 +1,19 @@
+//! The settlement worker Lambda: consumes the settlement SQS FIFO queue (one message group per
+//! signer lane) with partial batch failures, and is the only function that may call `kms:Sign`.
+//! Glue only; the work is in `facilitator::settle::worker`.
+
+use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
+use facilitator::{settle::worker::Worker, telemetry, Config};
+use lambda_runtime::{run, service_fn, Error, LambdaEvent};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    telemetry::init();
+    let config = Config::from_env()?;
+    let worker = Worker::from_config(&config, &facilitator::aws_config().await);
+    let worker = &worker;
+    run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
+        Ok::<SqsBatchResponse, Error>(worker.handle_batch(event.payload).await)
+    }))
+    .await
+}

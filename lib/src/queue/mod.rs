@@ -1,0 +1,52 @@
+//! The settlement queue: an SQS FIFO queue with one message group per signer lane, so that Lambda's
+//! event source mapping hands each lane's messages to one worker at a time, in order (I4), and
+//! deduplication by payment id, so that a retried `/settle` never queues a payment twice.
+
+use serde::{Deserialize, Serialize};
+use tracing::instrument;
+
+/// What a queue message carries: the payment's id. Everything else is in its record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettlementMessage {
+    pub id: String,
+}
+
+/// The queue could not take the message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("SQS SendMessage failed: {0}")]
+pub struct QueueError(pub String);
+
+/// The settlement queue.
+#[derive(Debug, Clone)]
+pub struct Queue {
+    client: aws_sdk_sqs::Client,
+    url: String,
+}
+
+impl Queue {
+    pub fn new(client: aws_sdk_sqs::Client, url: String) -> Self {
+        Queue { client, url }
+    }
+
+    /// Queues a payment on its lane.
+    #[instrument(skip_all, fields(id, lane), err(level = "warn"))]
+    pub async fn enqueue(&self, id: &str, lane: &str) -> Result<(), QueueError> {
+        let body = serde_json::to_string(&SettlementMessage { id: id.to_owned() })
+            .map_err(|e| QueueError(e.to_string()))?;
+        // SQS deduplication ids are at most 128 characters of [A-Za-z0-9!-~]; ours are longer, so
+        // the id's hash stands in for it.
+        let dedup = alloy::primitives::keccak256(id.as_bytes()).to_string();
+        let send = self
+            .client
+            .send_message()
+            .queue_url(&self.url)
+            .message_body(body)
+            .message_group_id(lane)
+            .message_deduplication_id(dedup)
+            .send();
+        Box::pin(send)
+            .await
+            .map(|_| ())
+            .map_err(|e| QueueError(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()))
+    }
+}

@@ -1,0 +1,355 @@
+//! `POST /settle`: check the payment, record it once, queue it on its lane, and follow its record
+//! to an honest answer within the deadline (docs/settlement.md; DESIGN I2, I3, I5).
+//!
+//! This side never signs: the worker ([`worker`]) does, so only the worker function needs
+//! `kms:Sign` (I7).
+
+mod receipt;
+pub mod worker;
+
+use std::time::{Duration, Instant};
+
+use alloy::primitives::{Address, B256};
+use aws_sdk_dynamodb::types::AttributeValue;
+use tracing::instrument;
+
+use crate::{
+    config::{Config, ConfigError},
+    evm::ExactEvm,
+    facilitator::{unix_now, Facilitator},
+    protocol::{payer_hint, Payment, Reason, Rejection, SettleResponse},
+    queue::Queue,
+    store::{now_ms, Created, PaymentId, PaymentRecord, State, Store},
+};
+
+pub use receipt::reason_from_revert;
+
+/// Tunables of the settle function.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// When `/settle` must answer; under API Gateway's 29 s.
+    pub deadline: Duration,
+    /// How often a follower re-reads the record and looks for a receipt.
+    pub poll: Duration,
+}
+
+/// The settle function's state, built once per instance.
+#[derive(Debug)]
+pub struct Settler {
+    facilitator: Facilitator,
+    store: Store,
+    queue: Queue,
+    lanes: Vec<String>,
+    timing: Timing,
+}
+
+/// The request's view of the answer: what the wire echoes back.
+struct Echo {
+    network: String,
+    payer: Option<String>,
+}
+
+impl Echo {
+    fn failure(&self, rejection: Rejection, transaction: Option<String>) -> SettleResponse {
+        SettleResponse {
+            success: false,
+            error_reason: Some(rejection.reason),
+            error_message: Some(rejection.message),
+            payer: self.payer.clone(),
+            transaction: transaction.unwrap_or_default(),
+            network: self.network.clone(),
+        }
+    }
+
+    fn success(&self, transaction: String) -> SettleResponse {
+        SettleResponse {
+            success: true,
+            error_reason: None,
+            error_message: None,
+            payer: self.payer.clone(),
+            transaction,
+            network: self.network.clone(),
+        }
+    }
+}
+
+impl Settler {
+    pub fn new(
+        facilitator: Facilitator,
+        store: Store,
+        queue: Queue,
+        lanes: Vec<String>,
+        timing: Timing,
+    ) -> Self {
+        Settler {
+            facilitator,
+            store,
+            queue,
+            lanes,
+            timing,
+        }
+    }
+
+    /// Builds the settle function's clients from the configuration; calls nothing.
+    pub fn from_config(config: &Config, aws: &aws_config::SdkConfig) -> Result<Self, ConfigError> {
+        let queue = Queue::new(
+            aws_sdk_sqs::Client::new(aws),
+            config.require_settle_queue()?.to_owned(),
+        );
+        Ok(Settler::new(
+            Facilitator::new(config, aws),
+            store_from(config, aws),
+            queue,
+            config.lane_keys.clone(),
+            Timing {
+                deadline: config.settle_deadline,
+                poll: config.settle_poll,
+            },
+        ))
+    }
+
+    pub fn facilitator(&self) -> &Facilitator {
+        &self.facilitator
+    }
+
+    /// Settles a payment, or says why not, within the deadline.
+    #[instrument(skip_all)]
+    pub async fn settle(&self, payment: &Payment) -> SettleResponse {
+        let started = Instant::now();
+        let echo = Echo {
+            network: payment.accepted_network.clone(),
+            payer: payer_hint(&payment.payload),
+        };
+        let unexpected = |what: String| Rejection::new(Reason::UnexpectedSettleError, what);
+        if self.lanes.is_empty() {
+            return echo.failure(
+                unexpected("no signer lanes are configured (X402_LANE_KEYS)".into()),
+                None,
+            );
+        }
+        let scheme = match self.facilitator.route(payment) {
+            Ok(scheme) => scheme,
+            Err(rejection) => return echo.failure(rejection, None),
+        };
+        let checked = match scheme.check(payment, unix_now()) {
+            Ok(checked) => checked,
+            Err(rejection) => return echo.failure(rejection, None),
+        };
+        let a = &checked.payment.authorization;
+        let id = PaymentId::new(
+            scheme.network().caip2(),
+            checked.payment.asset,
+            a.from,
+            a.nonce,
+        );
+
+        // Someone settled (or is settling) this authorization already: follow that (I2).
+        match self.store.get(id.as_str()).await {
+            Ok(Some(record)) => return self.follow(scheme, record, &echo, started).await,
+            Ok(None) => {}
+            Err(e) => return echo.failure(unexpected(e.to_string()), None),
+        }
+        // A payment the chain would refuse never gets a record, a queue message or a lane nonce.
+        if let Err(rejection) = scheme.confirm(&checked).await {
+            let rejection = match rejection.reason {
+                Reason::UnexpectedVerifyError => unexpected(rejection.message),
+                _ => rejection,
+            };
+            return echo.failure(rejection, None);
+        }
+
+        let now = now_ms();
+        let lane = lane_for(&id, &self.lanes).to_owned();
+        let valid_before = u64::try_from(a.valid_before).unwrap_or(u64::MAX);
+        let record = PaymentRecord {
+            id: id.to_string(),
+            state: State::Queued,
+            network: scheme.network().caip2().to_owned(),
+            asset: hex_address(checked.payment.asset),
+            payer: hex_address(a.from),
+            pay_to: hex_address(a.to),
+            value: a.value.to_string(),
+            valid_before,
+            calldata: checked.transfer_calldata().to_string(),
+            lane: lane.clone(),
+            lane_nonce: None,
+            raw_tx: None,
+            tx_hash: None,
+            reason: None,
+            message: None,
+            created_at: now,
+            updated_at: now,
+            open_shard: Some("open".to_owned()),
+            expires_at: valid_before.saturating_add(crate::store::RETENTION_SECS),
+        };
+        match self.store.create(&record).await {
+            Ok(Created::New) => {}
+            Ok(Created::Exists(existing)) => {
+                return self.follow(scheme, *existing, &echo, started).await
+            }
+            Err(e) => return echo.failure(unexpected(e.to_string()), None),
+        }
+        if let Err(e) = self.queue.enqueue(id.as_str(), &lane).await {
+            // Not queued, so nothing will ever sign it: cancel it so it cannot settle later unseen.
+            let cancelled = self
+                .cancel(id.as_str(), &format!("could not queue the payment: {e}"))
+                .await;
+            if cancelled {
+                return echo.failure(
+                    unexpected(format!("could not queue the payment: {e}")),
+                    None,
+                );
+            }
+        }
+        self.follow(scheme, record, &echo, started).await
+    }
+
+    /// Reads the record until it is final or the deadline passes, finishing `submitted` records
+    /// from their receipts on the way.
+    async fn follow(
+        &self,
+        scheme: &ExactEvm,
+        mut record: PaymentRecord,
+        echo: &Echo,
+        started: Instant,
+    ) -> SettleResponse {
+        let deadline = started + self.timing.deadline;
+        // Re-read quickly at first (anvil and fast chains finish in tens of milliseconds), then less
+        // often while nothing changes, up to `poll`: every in-flight /settle reads its record, and
+        // many at once should not crowd DynamoDB (or the local emulator) for the worker.
+        let mut wait = (self.timing.poll / 4).max(Duration::from_millis(10));
+        let mut last_state = record.state;
+        loop {
+            if record.state != last_state {
+                last_state = record.state;
+                wait = (self.timing.poll / 4).max(Duration::from_millis(10));
+            }
+            match record.state {
+                State::Settled => return echo.success(record.tx_hash.unwrap_or_default()),
+                State::Failed | State::Expired | State::Cancelled => {
+                    let reason = record
+                        .reason
+                        .as_deref()
+                        .and_then(Reason::from_wire)
+                        .unwrap_or(Reason::UnexpectedSettleError);
+                    let message = record
+                        .message
+                        .unwrap_or_else(|| format!("the payment is {}", record.state.as_str()));
+                    return echo.failure(Rejection::new(reason, message), record.tx_hash);
+                }
+                State::Submitted => {
+                    match receipt::finish(scheme.chain(), &self.store, &record).await {
+                        Ok(Some(finished)) => {
+                            record = finished;
+                            continue;
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, id = %record.id, "receipt lookup failed; will retry")
+                        }
+                    }
+                }
+                State::Queued | State::Signed => {}
+            }
+            if Instant::now() >= deadline {
+                if record.state == State::Queued {
+                    if self
+                        .cancel(
+                            &record.id,
+                            "nothing was broadcast before the settle deadline",
+                        )
+                        .await
+                    {
+                        return echo.failure(
+                            Rejection::new(
+                                Reason::UnexpectedSettleError,
+                                "nothing was broadcast before the settle deadline; the payment was cancelled and will not be settled",
+                            ),
+                            None,
+                        );
+                    }
+                } else {
+                    return echo.failure(
+                        Rejection::new(
+                            Reason::SettlementPending,
+                            "broadcast but not mined yet; call /settle again with the same payment for the final result",
+                        ),
+                        record.tx_hash,
+                    );
+                }
+            }
+            tokio::time::sleep(
+                wait.min(deadline.saturating_duration_since(Instant::now()))
+                    .max(Duration::from_millis(1)),
+            )
+            .await;
+            wait = (wait * 2).min(self.timing.poll);
+            match self.store.get(&record.id).await {
+                Ok(Some(latest)) => record = latest,
+                Ok(None) => {
+                    return echo.failure(
+                        Rejection::new(
+                            Reason::UnexpectedSettleError,
+                            "the payment record vanished",
+                        ),
+                        record.tx_hash,
+                    )
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, id = %record.id, "re-reading the payment failed; will retry")
+                }
+            }
+        }
+    }
+
+    /// `queued → cancelled`; false if the record had moved on (the worker took it).
+    async fn cancel(&self, id: &str, why: &str) -> bool {
+        let fields = [
+            (
+                "reason",
+                AttributeValue::S(Reason::UnexpectedSettleError.as_str().to_owned()),
+            ),
+            ("message", AttributeValue::S(why.to_owned())),
+        ];
+        match self
+            .store
+            .transition(id, State::Queued, State::Cancelled, &fields)
+            .await
+        {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::error!(error = %e, id, "cancelling a queued payment failed");
+                false
+            }
+        }
+    }
+}
+
+/// The payments and lanes tables, as configured.
+pub fn store_from(config: &Config, aws: &aws_config::SdkConfig) -> Store {
+    Store::new(
+        aws_sdk_dynamodb::Client::new(aws),
+        config.payments_table.clone(),
+        config.lanes_table.clone(),
+    )
+}
+
+/// The lane a payment goes to: fixed by its id, so a retry lands on the same lane.
+pub fn lane_for<'a>(id: &PaymentId, lanes: &'a [String]) -> &'a str {
+    let hash = alloy::primitives::keccak256(id.as_str().as_bytes());
+    let index =
+        u64::from_be_bytes(hash[..8].try_into().unwrap_or_default()) % lanes.len().max(1) as u64;
+    lanes
+        .get(index as usize)
+        .map(String::as_str)
+        .unwrap_or_default()
+}
+
+fn hex_address(address: Address) -> String {
+    format!("{address:#x}")
+}
+
+/// Parses the `0x…` hashes and addresses stored in records.
+pub(crate) fn parse_b256(s: &str) -> Option<B256> {
+    crate::evm::hex::b256(s)
+}

@@ -1,0 +1,141 @@
+//! Finishing a broadcast payment from its receipt, and naming the reason of a revert.
+
+use aws_sdk_dynamodb::types::AttributeValue;
+
+use super::parse_b256;
+use crate::{
+    evm::{abi::IEip3009, hex, Chain},
+    protocol::Reason,
+    store::{PaymentRecord, State, Store},
+};
+
+/// Looks for the receipt of a `submitted` record and, if it is mined, moves the record to
+/// `settled` (status 1 and a `Transfer(payer, payTo, value)` from the token, DESIGN I5) or `failed`.
+/// Returns the record as it is afterwards, or `None` while the transaction is not mined.
+pub async fn finish(
+    chain: &Chain,
+    store: &Store,
+    record: &PaymentRecord,
+) -> Result<Option<PaymentRecord>, String> {
+    let hash = record
+        .tx_hash
+        .as_deref()
+        .and_then(parse_b256)
+        .ok_or_else(|| {
+            format!(
+                "record {} is submitted without a transaction hash",
+                record.id
+            )
+        })?;
+    let Some(receipt) = chain.receipt(hash).await.map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    let (to, fields): (State, Vec<(&str, AttributeValue)>) = if !receipt.status() {
+        (
+            State::Failed,
+            failure(
+                Reason::TransactionFailed,
+                "the settlement transaction reverted",
+            ),
+        )
+    } else if transfer_matches(record, receipt.inner.logs()) {
+        (State::Settled, vec![])
+    } else {
+        (
+            State::Failed,
+            failure(
+                Reason::TransferEventMismatch,
+                "the transaction succeeded but emitted no matching Transfer event",
+            ),
+        )
+    };
+    let mut fields = fields;
+    if let Some(block) = receipt.block_number {
+        fields.push(("block_number", AttributeValue::N(block.to_string())));
+    }
+    store
+        .transition(&record.id, State::Submitted, to, &fields)
+        .await
+        .map_err(|e| e.to_string())?;
+    // Whether we or a concurrent follower made the move, the record now says what happened.
+    store.get(&record.id).await.map_err(|e| e.to_string())
+}
+
+fn failure(reason: Reason, message: &str) -> Vec<(&'static str, AttributeValue)> {
+    vec![
+        ("reason", AttributeValue::S(reason.as_str().to_owned())),
+        ("message", AttributeValue::S(message.to_owned())),
+    ]
+}
+
+/// A `Transfer(payer → payTo, value)` log emitted by the token.
+fn transfer_matches(record: &PaymentRecord, logs: &[alloy::rpc::types::Log]) -> bool {
+    let (Some(asset), Some(payer), Some(pay_to)) = (
+        hex::address(&record.asset),
+        hex::address(&record.payer),
+        hex::address(&record.pay_to),
+    ) else {
+        return false;
+    };
+    let Ok(value) = record.value.parse::<alloy::primitives::U256>() else {
+        return false;
+    };
+    logs.iter().filter(|log| log.address() == asset).any(|log| {
+        log.log_decode::<IEip3009::Transfer>()
+            .map(|t| {
+                t.inner.data.from == payer
+                    && t.inner.data.to == pay_to
+                    && t.inner.data.value == value
+            })
+            .unwrap_or(false)
+    })
+}
+
+/// The x402 reason for a revert message from an EIP-3009 token (USDC's and ours), as the reference
+/// maps them (x402-protocol.md §6.4 step 7).
+pub fn reason_from_revert(message: &str) -> Reason {
+    let m = message.to_ascii_lowercase();
+    if m.contains("expired") || m.contains("valid before") {
+        Reason::ValidBefore
+    } else if m.contains("not yet valid") {
+        Reason::ValidAfter
+    } else if m.contains("used or canceled") || m.contains("used or cancelled") {
+        Reason::NonceAlreadyUsed
+    } else if m.contains("balance") {
+        Reason::InsufficientBalance
+    } else if m.contains("signature") {
+        Reason::InvalidExactEvmSignature
+    } else {
+        Reason::TransactionFailed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reverts_map_to_reasons() {
+        assert_eq!(
+            reason_from_revert("execution reverted: EIP3009: authorization is expired"),
+            Reason::ValidBefore
+        );
+        assert_eq!(
+            reason_from_revert("FiatTokenV2: authorization is not yet valid"),
+            Reason::ValidAfter
+        );
+        assert_eq!(
+            reason_from_revert("EIP3009: authorization is used or canceled"),
+            Reason::NonceAlreadyUsed
+        );
+        assert_eq!(
+            reason_from_revert("ERC20: transfer amount exceeds balance"),
+            Reason::InsufficientBalance
+        );
+        assert_eq!(
+            reason_from_revert("EIP3009: invalid signature"),
+            Reason::InvalidExactEvmSignature
+        );
+        assert_eq!(reason_from_revert("out of gas"), Reason::TransactionFailed);
+    }
+}

@@ -1,0 +1,290 @@
+//! The settlement worker: the consumer of the settlement queue, and the only code that signs.
+//!
+//! For each message, one lane at a time (the FIFO message group): simulate with `eth_estimateGas`,
+//! take the lane's next nonce, sign with KMS, write the signed transaction ahead into the record
+//! together with the lane's nonce step, then broadcast (docs/settlement.md; DESIGN I3, I4, I7).
+//! It does not wait for receipts: `/settle` and replay finish `submitted` records.
+
+use std::collections::{HashMap, HashSet};
+
+use alloy::{
+    consensus::TxEip1559,
+    primitives::{Bytes, TxKind, U256},
+};
+use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use aws_sdk_dynamodb::types::AttributeValue;
+use tokio::sync::{Mutex, OnceCell};
+use tracing::instrument;
+
+use super::reason_from_revert;
+use crate::{
+    evm::hex,
+    facilitator::{unix_now, Facilitator},
+    protocol::Reason,
+    queue::SettlementMessage,
+    signer::LaneSigner,
+    store::{PaymentRecord, State, Store},
+};
+
+/// A failure worth retrying: the message goes back to the queue (and, after the queue's
+/// maxReceiveCount, to the dead-letter queue, where replay still finishes the payment).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Retry(pub String);
+
+fn retry<E: std::fmt::Display>(e: E) -> Retry {
+    Retry(e.to_string())
+}
+
+/// The worker's state, built once per instance.
+#[derive(Debug)]
+pub struct Worker {
+    facilitator: Facilitator,
+    store: Store,
+    kms: aws_sdk_kms::Client,
+    signers: Mutex<HashMap<String, std::sync::Arc<OnceCell<LaneSigner>>>>,
+}
+
+impl Worker {
+    pub fn new(facilitator: Facilitator, store: Store, kms: aws_sdk_kms::Client) -> Self {
+        Worker {
+            facilitator,
+            store,
+            kms,
+            signers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Builds the worker's clients from the configuration; calls nothing.
+    pub fn from_config(config: &crate::config::Config, aws: &aws_config::SdkConfig) -> Self {
+        Worker::new(
+            Facilitator::new(config, aws),
+            super::store_from(config, aws),
+            aws_sdk_kms::Client::new(aws),
+        )
+    }
+
+    /// Handles one SQS batch. A message that must be retried is reported as a batch item failure,
+    /// and so is every later message of its lane in the batch, so that a lane never runs out of order.
+    pub async fn handle_batch(&self, event: SqsEvent) -> SqsBatchResponse {
+        let mut failed_lanes: HashSet<String> = HashSet::new();
+        let mut failures = Vec::new();
+        for message in event.records {
+            let id = message.message_id.clone().unwrap_or_default();
+            let lane = message
+                .attributes
+                .get("MessageGroupId")
+                .cloned()
+                .unwrap_or_default();
+            if failed_lanes.contains(&lane) {
+                failures.push(id);
+                continue;
+            }
+            let parsed: Result<SettlementMessage, _> =
+                serde_json::from_str(message.body.as_deref().unwrap_or(""));
+            let outcome = match parsed {
+                Ok(settlement) => self.process(&settlement.id).await,
+                Err(e) => {
+                    // A body we cannot read will never become readable: drop it loudly.
+                    tracing::error!(error = %e, message_id = %id, "unreadable settlement message dropped");
+                    Ok(())
+                }
+            };
+            if let Err(e) = outcome {
+                tracing::warn!(error = %e, message_id = %id, lane = %lane, "settlement will be retried");
+                failed_lanes.insert(lane);
+                failures.push(id);
+            }
+        }
+        let mut response = SqsBatchResponse::default();
+        response.batch_item_failures = failures
+            .into_iter()
+            .map(|id| {
+                let mut f = BatchItemFailure::default();
+                f.item_identifier = id;
+                f
+            })
+            .collect();
+        response
+    }
+
+    /// Moves one payment forward as far as this worker can.
+    #[instrument(skip_all, fields(id))]
+    pub async fn process(&self, id: &str) -> Result<(), Retry> {
+        let Some(record) = self.store.get(id).await.map_err(retry)? else {
+            tracing::warn!(id, "no record for a queued payment; nothing to do");
+            return Ok(());
+        };
+        match record.state {
+            State::Queued => self.sign_and_send(record).await,
+            // Signed but maybe never broadcast (a crash after the write-ahead): the same bytes again.
+            State::Signed => self.broadcast(&record).await,
+            _ => Ok(()),
+        }
+    }
+
+    async fn sign_and_send(&self, record: PaymentRecord) -> Result<(), Retry> {
+        let Some(scheme) = self.facilitator.network(&record.network) else {
+            return self
+                .fail(
+                    &record,
+                    Reason::InvalidNetwork,
+                    &format!("{} is not configured here", record.network),
+                )
+                .await;
+        };
+        if unix_now() >= record.valid_before {
+            let fields = [
+                (
+                    "reason",
+                    AttributeValue::S(Reason::ValidBefore.as_str().to_owned()),
+                ),
+                (
+                    "message",
+                    AttributeValue::S(
+                        "the authorization expired before it could be sent".to_owned(),
+                    ),
+                ),
+            ];
+            self.store
+                .transition(&record.id, State::Queued, State::Expired, &fields)
+                .await
+                .map_err(retry)?;
+            return Ok(());
+        }
+        let (Some(calldata), Some(asset)) =
+            (hex::bytes(&record.calldata), hex::address(&record.asset))
+        else {
+            return self
+                .fail(
+                    &record,
+                    Reason::UnexpectedSettleError,
+                    "the record's calldata or asset is not hex",
+                )
+                .await;
+        };
+        let signer = self.signer(&record.lane).await?;
+        let chain = scheme.chain();
+
+        // The simulation before signing: a call that would revert never takes a lane nonce.
+        let gas = match chain
+            .estimate_gas(signer.address(), asset, calldata.clone())
+            .await
+            .map_err(retry)?
+        {
+            Ok(gas) => gas + gas / 5,
+            Err(revert) => {
+                return self
+                    .fail(&record, reason_from_revert(&revert), &revert)
+                    .await
+            }
+        };
+        let nonce = self
+            .store
+            .lane_next_nonce(&record.lane)
+            .await
+            .map_err(retry)?
+            .max(chain.pending_nonce(signer.address()).await.map_err(retry)?);
+        let (max_fee_per_gas, max_priority_fee_per_gas) = chain.fees().await.map_err(retry)?;
+        let tx = TxEip1559 {
+            chain_id: scheme.network().chain_id(),
+            nonce,
+            gas_limit: gas,
+            max_fee_per_gas,
+            max_priority_fee_per_gas,
+            to: TxKind::Call(asset),
+            value: U256::ZERO,
+            access_list: Default::default(),
+            input: calldata,
+        };
+        let signed = signer.sign(tx).await.map_err(retry)?;
+        let (raw, hash) = (signed.raw.to_string(), signed.hash.to_string());
+        if !self
+            .store
+            .write_ahead(&record.id, &record.lane, nonce, &raw, &hash)
+            .await
+            .map_err(retry)?
+        {
+            let latest = self.store.get(&record.id).await.map_err(retry)?;
+            return match latest.map(|r| r.state) {
+                // The lane's nonce moved under us: take the next one on the retry.
+                Some(State::Queued) => Err(Retry(format!(
+                    "lane {} nonce {nonce} was taken",
+                    record.lane
+                ))),
+                // /settle cancelled it at its deadline, or another run already sent it.
+                _ => Ok(()),
+            };
+        }
+        tracing::info!(id = %record.id, lane = %record.lane, nonce, tx = %hash, "signed and written ahead");
+        let written = PaymentRecord {
+            raw_tx: Some(raw),
+            tx_hash: Some(hash),
+            lane_nonce: Some(nonce),
+            state: State::Signed,
+            ..record
+        };
+        self.broadcast(&written).await
+    }
+
+    /// Sends a signed record's bytes and marks it `submitted`.
+    async fn broadcast(&self, record: &PaymentRecord) -> Result<(), Retry> {
+        let Some(scheme) = self.facilitator.network(&record.network) else {
+            return Err(Retry(format!("{} is not configured here", record.network)));
+        };
+        let raw: Bytes = record
+            .raw_tx
+            .as_deref()
+            .and_then(hex::bytes)
+            .ok_or_else(|| Retry("a signed record without raw_tx".into()))?;
+        match scheme.chain().send_raw(raw).await.map_err(retry)? {
+            Ok(()) => {}
+            // Already in the pool (a re-send of the same bytes): as good as sent.
+            Err(message)
+                if message.contains("already known") || message.contains("known transaction") => {}
+            Err(message) => {
+                // The node refused these bytes (e.g. the nonce is used). Re-sending cannot help;
+                // the record stays `signed` for the reconciliation to resolve against the chain.
+                tracing::error!(id = %record.id, %message, "the node refused a signed settlement");
+                return Ok(());
+            }
+        }
+        self.store
+            .transition(&record.id, State::Signed, State::Submitted, &[])
+            .await
+            .map_err(retry)?;
+        Ok(())
+    }
+
+    async fn fail(
+        &self,
+        record: &PaymentRecord,
+        reason: Reason,
+        message: &str,
+    ) -> Result<(), Retry> {
+        let fields = [
+            ("reason", AttributeValue::S(reason.as_str().to_owned())),
+            ("message", AttributeValue::S(message.to_owned())),
+        ];
+        self.store
+            .transition(&record.id, State::Queued, State::Failed, &fields)
+            .await
+            .map_err(retry)?;
+        Ok(())
+    }
+
+    /// The lane's signer, connected once per instance (one KMS `GetPublicKey`).
+    async fn signer(&self, lane: &str) -> Result<LaneSigner, Retry> {
+        let cell = self
+            .signers
+            .lock()
+            .await
+            .entry(lane.to_owned())
+            .or_default()
+            .clone();
+        cell.get_or_try_init(|| LaneSigner::connect(self.kms.clone(), lane.to_owned()))
+            .await
+            .cloned()
+            .map_err(retry)
+    }
+}
