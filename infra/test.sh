@@ -62,6 +62,9 @@ export X402_SETTLE_POLL_MS=250 X402_SETTLE_DEADLINE_MS=15000
 step "test contracts"
 node infra/node/check-contracts.mjs
 
+step "local SQS event source mapping (self-test against moto and the Lambda emulator)"
+.local/venv/bin/python infra/sqs_poller_selftest.py
+
 step "facilitator: local server on :$LOCAL_PORT, Lambda functions on :$LAMBDA_PORT, SQS poller"
 X402_LISTEN="127.0.0.1:$LOCAL_PORT" "$TARGET_DIR/debug/local-server" >"$X402_STACK_DIR/logs/local-server.log" 2>&1 &
 echo $! >"$X402_STACK_DIR/run/local-server.pid"
@@ -69,6 +72,7 @@ bash infra/lambda-emulator.sh start
 # The settlement queue's consumer, fed as Lambda's SQS event source mapping would feed it.
 bash infra/sqs-poller.sh start settle-worker
 export X402_BASE_URL="http://127.0.0.1:$LOCAL_PORT" X402_LAMBDA_PORT="$LAMBDA_PORT"
+export X402_LOCAL_SERVER_BIN="$TARGET_DIR/debug/local-server" # tests that need a differently configured server
 for _ in $(seq 100); do
   curl -fsS "$X402_BASE_URL/health" >/dev/null 2>&1 && break
   sleep 0.1

@@ -39,6 +39,8 @@ pub struct Stack {
     pub payments_table: String,
     #[serde(rename = "X402_LANES_TABLE")]
     pub lanes_table: String,
+    #[serde(rename = "X402_SETTLE_DLQ_URL")]
+    pub settle_dlq_url: String,
     pub payers: Vec<Account>,
     pub payee: Account,
     pub deployer: Account,

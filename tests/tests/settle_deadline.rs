@@ -1,0 +1,108 @@
+//! What `/settle` does when nothing is broadcast before its deadline: it cancels the record
+//! atomically and says so, and the payment can then never settle unseen (DESIGN I5).
+//!
+//! A second local server is started with a 1.5 s deadline and a queue nobody consumes (the
+//! dead-letter queue), so its payments stay `queued` until the deadline.
+
+// Test helpers panic on set-up failures: that is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::{Child, Command};
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use common::*;
+use serde_json::json;
+
+/// Stops the server however the test ends.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn start_server_without_a_worker() -> (Server, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let binary = std::env::var("X402_LOCAL_SERVER_BIN")
+        .expect("X402_LOCAL_SERVER_BIN is set by infra/test.sh");
+    let child = Command::new(binary)
+        .env("X402_LISTEN", format!("127.0.0.1:{port}"))
+        .env("X402_SETTLE_QUEUE_URL", &stack().settle_dlq_url)
+        .env("X402_SETTLE_DEADLINE_MS", "1500")
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let server = Server(child);
+    let base = format!("http://127.0.0.1:{port}");
+    for _ in 0..100 {
+        if http().get(format!("{base}/health")).send().await.is_ok() {
+            return (server, base);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the second local server did not start");
+}
+
+#[tokio::test]
+async fn nothing_broadcast_by_the_deadline_is_cancelled_for_good() {
+    let s = stack();
+    let (_server, base) = start_server_without_a_worker().await;
+    let payment = PaymentBuilder::new(2).sign();
+    let balance = token_balance(s.token, payment.from).await;
+    let block = block_number().await;
+
+    let answer = post_raw(
+        &format!("{base}/settle"),
+        serde_json::to_vec(&payment.body()).unwrap(),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{:?}", answer.json);
+    assert_eq!(answer.json["success"], false, "{:?}", answer.json);
+    assert_eq!(
+        answer.json["errorReason"], "unexpected_settle_error",
+        "{:?}",
+        answer.json
+    );
+    assert_eq!(answer.json["transaction"], "");
+
+    let id = format!(
+        "{}#{:#x}#{:#x}#{:#x}",
+        NETWORK, payment.asset, payment.from, payment.nonce
+    );
+    let item = dynamodb()
+        .await
+        .get_item()
+        .table_name(&s.payments_table)
+        .key("id", AttributeValue::S(id.clone()))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap_or_else(|| panic!("no record {id}"));
+    assert_eq!(item["state"], AttributeValue::S("cancelled".into()));
+    assert!(
+        !item.contains_key("open_shard"),
+        "a cancelled record leaves replay's index"
+    );
+
+    // The regular facilitator, whose worker runs, follows the cancelled record: it does not revive it.
+    let again = settle(&payment.body()).await;
+    assert_eq!(
+        (
+            again.json["success"].clone(),
+            again.json["errorReason"].clone()
+        ),
+        (json!(false), json!("unexpected_settle_error"))
+    );
+    assert_eq!(block_number().await, block, "nothing was ever broadcast");
+    assert_eq!(token_balance(s.token, payment.from).await, balance);
+}
