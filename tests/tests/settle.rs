@@ -240,6 +240,21 @@ async fn refused_settlements_send_nothing_and_take_no_nonce() {
             "{name}: nothing was broadcast"
         );
     }
+    // An unusable body: 400 in settle's own shape, which the official clients read as a typed error.
+    let malformed = post_raw(
+        &format!("{}/settle", base_url()),
+        b"{\"x402Version\":2,".to_vec(),
+    )
+    .await;
+    assert_eq!(malformed.status, 400, "{:?}", malformed.json);
+    assert_eq!(
+        (
+            malformed.json["success"].clone(),
+            malformed.json["errorReason"].clone(),
+            malformed.json["transaction"].clone()
+        ),
+        (json!(false), json!("invalid_payload"), json!(""))
+    );
     assert_eq!(block_number().await, block, "no transaction was sent");
     assert_eq!(
         (table_nonces().await, chain_nonces().await),

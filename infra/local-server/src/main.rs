@@ -10,7 +10,11 @@
 use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
 use bytes::Bytes;
-use facilitator::{http as routes, settle::Settler, telemetry, Config, Facilitator};
+use facilitator::{
+    http::{self as routes, PaymentRoute},
+    settle::Settler,
+    telemetry, Config, Facilitator,
+};
 use http::{Method, Request, Response};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
@@ -82,11 +86,11 @@ async fn handle(
     let response = match (&parts.method, parts.uri.path(), app.facilitator()) {
         (&Method::POST, "/verify", Some(facilitator)) => match read(body, limit).await {
             Some(bytes) => routes::verify(facilitator, &bytes, limit).await,
-            None => routes::too_large(limit),
+            None => routes::too_large(PaymentRoute::Verify, limit),
         },
         (&Method::POST, "/settle", _) => match (&app.settler, read(body, limit).await) {
             (Some(settler), Some(bytes)) => routes::settle(settler, &bytes, limit).await,
-            (Some(_), None) => routes::too_large(limit),
+            (Some(_), None) => routes::too_large(PaymentRoute::Settle, limit),
             (None, _) => {
                 routes::unavailable("settlement is not configured here (set X402_SETTLE_QUEUE_URL)")
             }

@@ -10,9 +10,36 @@ use serde::Serialize;
 
 use crate::{
     facilitator::Facilitator,
-    protocol::{parse_request, Reason, RequestError, SettleResponse, VerifyResponse},
+    protocol::{parse_request, Payment, Reason, RequestError, SettleResponse, VerifyResponse},
     settle::Settler,
 };
+
+/// The two payment routes: the same envelope, each answering in its own shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaymentRoute {
+    Verify,
+    Settle,
+}
+
+impl PaymentRoute {
+    /// The route's refusal body: `{isValid:false, …}` or `{success:false, …, transaction:""}`.
+    fn refusal(self, reason: Reason, message: String, payer: Option<String>) -> serde_json::Value {
+        let body = match self {
+            PaymentRoute::Verify => {
+                serde_json::to_value(VerifyResponse::invalid(reason, Some(message), payer))
+            }
+            PaymentRoute::Settle => serde_json::to_value(SettleResponse {
+                success: false,
+                error_reason: Some(reason),
+                error_message: Some(message),
+                payer,
+                transaction: String::new(),
+                network: String::new(),
+            }),
+        };
+        body.unwrap_or_default()
+    }
+}
 
 /// `POST /verify`.
 pub async fn verify(
@@ -20,57 +47,49 @@ pub async fn verify(
     body: &[u8],
     max_body_bytes: usize,
 ) -> Response<String> {
-    if body.len() > max_body_bytes {
-        return too_large(max_body_bytes);
-    }
-    match parse_request(body) {
+    match accept(PaymentRoute::Verify, body, max_body_bytes) {
         Ok(payment) => json(StatusCode::OK, &facilitator.verify(&payment).await),
-        Err(RequestError::Malformed { reason, message }) => {
-            bad_request(StatusCode::BAD_REQUEST, reason, message)
-        }
-        Err(RequestError::Refused {
-            reason,
-            message,
-            payer,
-        }) => json(
-            StatusCode::OK,
-            &VerifyResponse::invalid(reason, Some(message), payer),
-        ),
+        Err(refusal) => *refusal,
     }
 }
 
-/// `POST /settle`. Same envelope and status codes as `/verify`; the body is a `SettleResponse`.
+/// `POST /settle`.
 pub async fn settle(settler: &Settler, body: &[u8], max_body_bytes: usize) -> Response<String> {
-    if body.len() > max_body_bytes {
-        return too_large(max_body_bytes);
-    }
-    match parse_request(body) {
+    match accept(PaymentRoute::Settle, body, max_body_bytes) {
         Ok(payment) => json(StatusCode::OK, &settler.settle(&payment).await),
-        Err(RequestError::Malformed { reason, message }) => {
-            bad_request(StatusCode::BAD_REQUEST, reason, message)
-        }
-        Err(RequestError::Refused {
-            reason,
-            message,
-            payer,
-        }) => json(
-            StatusCode::OK,
-            &SettleResponse {
-                success: false,
-                error_reason: Some(reason),
-                error_message: Some(message),
-                payer,
-                transaction: String::new(),
-                network: String::new(),
-            },
-        ),
+        Err(refusal) => *refusal,
     }
+}
+
+/// What both payment routes do before the facilitator sees anything: the size limit and parsing.
+/// Returns the payment, or the answer that refuses the body.
+fn accept(
+    route: PaymentRoute,
+    body: &[u8],
+    max_body_bytes: usize,
+) -> Result<Payment, Box<Response<String>>> {
+    if body.len() > max_body_bytes {
+        return Err(Box::new(too_large(route, max_body_bytes)));
+    }
+    parse_request(body).map_err(|e| {
+        Box::new(match e {
+            RequestError::Malformed { reason, message } => {
+                bad_request(route, StatusCode::BAD_REQUEST, reason, message)
+            }
+            RequestError::Refused {
+                reason,
+                message,
+                payer,
+            } => json(StatusCode::OK, &route.refusal(reason, message, payer)),
+        })
+    })
 }
 
 /// 413 for a body over `max_body_bytes`. Front ends that stream the body call this as soon as
 /// the limit is passed instead of reading the rest.
-pub fn too_large(max_body_bytes: usize) -> Response<String> {
+pub fn too_large(route: PaymentRoute, max_body_bytes: usize) -> Response<String> {
     bad_request(
+        route,
         StatusCode::PAYLOAD_TOO_LARGE,
         Reason::InvalidPayload,
         format!("the body is larger than the limit of {max_body_bytes} bytes"),
@@ -125,27 +144,17 @@ struct ErrorBody {
     error: String,
 }
 
-/// A 4xx for an unusable body. It carries `error` (the reference's shape) and also
-/// `isValid:false` + `invalidReason`, which the TypeScript client turns into a typed error.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct BadRequestBody {
-    error: String,
-    is_valid: bool,
-    invalid_reason: Reason,
-    invalid_message: String,
-}
-
-fn bad_request(status: StatusCode, reason: Reason, message: String) -> Response<String> {
-    json(
-        status,
-        &BadRequestBody {
-            error: message.clone(),
-            is_valid: false,
-            invalid_reason: reason,
-            invalid_message: message,
-        },
-    )
+/// A 4xx for an unusable body: the route's own refusal shape, which the TypeScript client turns
+/// into a typed error, plus `error`, the reference's shape for a 400.
+fn bad_request(
+    route: PaymentRoute,
+    status: StatusCode,
+    reason: Reason,
+    message: String,
+) -> Response<String> {
+    let mut body = route.refusal(reason, message.clone(), None);
+    body["error"] = serde_json::Value::String(message);
+    json(status, &body)
 }
 
 fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<String> {
