@@ -16,6 +16,9 @@ use alloy::{
 use common::*;
 use serde_json::{json, Value};
 
+/// The tests here count RPC requests: they must not run at the same time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 sol! {
     function initialize(address owner) external;
     function mint(address to, uint256 amount) external;
@@ -77,6 +80,7 @@ async fn reason_of(payment: &PaymentBuilder) -> Value {
 
 #[tokio::test]
 async fn contract_wallets_pay_through_erc1271() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let owner = PrivateKeySigner::from_bytes(&stack().payers[0].private_key.unwrap()).unwrap();
     let wallet = place_wallet(owner.address()).await;
     let from_wallet = || PaymentBuilder::with_signer(owner.clone()).edit(|p| p.from = wallet);
@@ -116,6 +120,7 @@ async fn contract_wallets_pay_through_erc1271() {
 
 #[tokio::test]
 async fn smart_wallet_signatures_without_a_wallet_get_their_reason() {
+    let _one = ONE_AT_A_TIME.lock().await;
     // ERC-6492 for an address with no code: we deploy no wallets.
     let counterfactual = PaymentBuilder::new(1)
         .sign()
