@@ -42,15 +42,23 @@ pub struct Worker {
     facilitator: Facilitator,
     store: Store,
     kms: aws_sdk_kms::Client,
+    /// The configured lanes: the only keys this worker will sign with.
+    lanes: Vec<String>,
     signers: Mutex<HashMap<String, std::sync::Arc<OnceCell<LaneSigner>>>>,
 }
 
 impl Worker {
-    pub fn new(facilitator: Facilitator, store: Store, kms: aws_sdk_kms::Client) -> Self {
+    pub fn new(
+        facilitator: Facilitator,
+        store: Store,
+        kms: aws_sdk_kms::Client,
+        lanes: Vec<String>,
+    ) -> Self {
         Worker {
             facilitator,
             store,
             kms,
+            lanes,
             signers: Mutex::new(HashMap::new()),
         }
     }
@@ -61,6 +69,7 @@ impl Worker {
             Facilitator::new(config, aws),
             super::store_from(config, aws),
             aws_sdk_kms::Client::new(aws),
+            config.lane_keys.clone(),
         )
     }
 
@@ -275,6 +284,13 @@ impl Worker {
 
     /// The lane's signer, connected once per instance (one KMS `GetPublicKey`).
     async fn signer(&self, lane: &str) -> Result<LaneSigner, Retry> {
+        // A record names its lane; a worker signs only with the lanes it was configured with, so a
+        // changed or drained lane list can never make it sign with a key nobody meant it to use.
+        if !self.lanes.iter().any(|l| l == lane) {
+            return Err(Retry(format!(
+                "lane {lane} is not one of X402_LANE_KEYS; leaving the payment for reconciliation"
+            )));
+        }
         let cell = self
             .signers
             .lock()
