@@ -35,6 +35,9 @@ step "tools"
 bash infra/install.sh --if-needed
 export PATH="$REPO/.local/venv/bin:$PATH" # cargo-lambda (and the zig it brings)
 
+step "template (cfn-lint, and only the worker may sign)"
+bash infra/template-check.sh
+
 step "format and lints"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
