@@ -13,14 +13,18 @@ import { performance } from "node:perf_hooks";
 const REQUEST_TIMEOUT_MS = 10_000;
 
 /**
- * @param {object} scenario - {method, path, body(i) -> string|undefined, check(status, json) -> error key|null}
- * @returns {Promise<object>} throughput, latency percentiles (ms), error counts
+ * @param {object} scenario - {method, path, body(i) -> string|undefined, check(status, json) -> error key|null,
+ *   optionally retry(status, json) -> bool (send the same body once more, as a client would: the latency
+ *   is to the last answer) and timeoutMs (per request; settle answers take longer than verify's)}
+ * @returns {Promise<object>} throughput, latency percentiles (ms), error counts, retries
  */
 export async function drive(baseUrl, scenario, { concurrency, maxRequests, maxSeconds }) {
   const url = `${baseUrl}${scenario.path}`;
   const latencies = [];
   const errors = {};
   let issued = 0;
+  let retries = 0;
+  const timeoutMs = scenario.timeoutMs ?? REQUEST_TIMEOUT_MS;
   const agent = new Agent({ keepAlive: true, maxSockets: concurrency });
   const started = performance.now();
   const deadline = started + maxSeconds * 1000;
@@ -32,7 +36,11 @@ export async function drive(baseUrl, scenario, { concurrency, maxRequests, maxSe
       const t0 = performance.now();
       let failure;
       try {
-        const { status, text } = await send(agent, url, scenario.method, body);
+        let { status, text } = await send(agent, url, scenario.method, body, timeoutMs);
+        if (scenario.retry?.(status, parseJson(text))) {
+          retries += 1;
+          ({ status, text } = await send(agent, url, scenario.method, body, timeoutMs));
+        }
         failure = scenario.check(status, parseJson(text));
       } catch (error) {
         failure = `transport: ${error?.code ?? error?.message ?? error}`;
@@ -46,14 +54,14 @@ export async function drive(baseUrl, scenario, { concurrency, maxRequests, maxSe
   agent.destroy();
   const seconds = (performance.now() - started) / 1000;
   return { requests: latencies.length, seconds, throughput: latencies.length / seconds, ...summarize(latencies),
-    errorCount: Object.values(errors).reduce((a, b) => a + b, 0), errors };
+    errorCount: Object.values(errors).reduce((a, b) => a + b, 0), errors, retries };
 }
 
 /** One HTTP request on a kept-alive connection; resolves with the status and the whole body. */
-function send(agent, url, method, body) {
+function send(agent, url, method, body, timeoutMs = REQUEST_TIMEOUT_MS) {
   return new Promise((resolve, reject) => {
     const headers = body === undefined ? {} : { "content-type": "application/json", "content-length": Buffer.byteLength(body) };
-    const req = request(url, { method, agent, headers, timeout: REQUEST_TIMEOUT_MS }, (response) => {
+    const req = request(url, { method, agent, headers, timeout: timeoutMs }, (response) => {
       const chunks = [];
       response.on("data", (chunk) => chunks.push(chunk));
       response.on("end", () => resolve({ status: response.statusCode, text: Buffer.concat(chunks).toString("utf8") }));

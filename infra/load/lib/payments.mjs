@@ -21,6 +21,8 @@ const AUTHORIZATION_TYPES = {
 
 /** 1 USDC (6 decimals), well within each payer's balance however many are verified. */
 const AMOUNT = "1000000";
+/** 0.001 USDC: settles really move it, and the payers' 1,000,000 USDC must outlast every run. */
+const SETTLE_AMOUNT = "1000";
 
 /**
  * Signs `count` distinct payments, round-robin over the stack's payers.
@@ -30,14 +32,14 @@ const AMOUNT = "1000000";
  * @param {object} stack - parsed $X402_STACK_DIR/stack.json
  * @returns {Promise<string[]>} JSON bodies, ready to POST
  */
-export async function signVerifyBodies(stack, count, { validForSeconds = 3600 } = {}) {
+export async function signVerifyBodies(stack, count, { validForSeconds = 3600, amount = AMOUNT } = {}) {
   const payers = stack.payers.map((p) => privateKeyToAccount(p.privateKey));
   if (payers.length === 0) throw new Error("stack.json lists no payers");
   const now = Math.floor(Date.now() / 1000);
   const requirements = {
     scheme: "exact",
     network: stack.X402_NETWORK,
-    amount: AMOUNT,
+    amount,
     asset: stack.X402_TOKEN,
     payTo: stack.payee.address,
     maxTimeoutSeconds: 300,
@@ -55,7 +57,7 @@ export async function signVerifyBodies(stack, count, { validForSeconds = 3600 } 
     const authorization = {
       from: payer.address,
       to: stack.payee.address,
-      value: AMOUNT,
+      value: amount,
       validAfter: String(now - 600),
       validBefore: String(now + validForSeconds),
       nonce: `0x${randomBytes(32).toString("hex")}`,
@@ -83,4 +85,9 @@ export async function signVerifyBodies(stack, count, { validForSeconds = 3600 } 
     }));
   }
   return bodies;
+}
+
+/** The same bodies for POST /settle (the request has the same shape), each for a small amount. */
+export function signSettleBodies(stack, count) {
+  return signVerifyBodies(stack, count, { amount: SETTLE_AMOUNT });
 }

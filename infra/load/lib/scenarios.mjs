@@ -1,7 +1,6 @@
 // What the harness can send a facilitator. A scenario is a route, where each request's body comes
 // from, and what counts as a correct answer; the driver (drive.mjs) and the report know nothing
-// more. Settle will be one more scenario here (bodies used once each, success = a mined transfer),
-// with its own counts beside the RPC ones (KMS Sign and DynamoDB calls per settlement).
+// more. Settle's own counts (KMS Sign, DynamoDB and SQS calls per settlement) are read by settle.mjs.
 
 /** POST /verify with pre-signed bodies, each used once; correct = 200 and isValid true. */
 export function verifyScenario(bodies) {
@@ -32,6 +31,33 @@ export function supportedScenario() {
     body: () => undefined,
     check(status, json) {
       return status === 200 && Array.isArray(json?.kinds) ? null : `${status} ${json?.error ?? "no kinds"}`;
+    },
+  };
+}
+
+/**
+ * POST /settle with pre-signed bodies, each used once; correct = 200 with success true and a
+ * transaction hash (ours answers success only for a mined transfer whose Transfer event matches;
+ * the reference, after waiting for the receipt). A `settlement_pending` answer (broadcast, not mined
+ * by the deadline) is sent again once, as the SDK's client does; the failure key is the wire's
+ * errorReason, so failures are counted by reason.
+ */
+export function settleScenario(bodies) {
+  let next = 0;
+  return {
+    name: "settle",
+    method: "POST",
+    path: "/settle",
+    countsRpc: true,
+    timeoutMs: 60_000, // ours answers within its deadline (25 s by default); the reference waits for receipts
+    body() {
+      if (next >= bodies.length) throw new Error("settle: ran out of pre-signed bodies; sign more");
+      return bodies[next++];
+    },
+    retry: (status, json) => status === 200 && json?.errorReason === "settlement_pending",
+    check(status, json) {
+      if (status === 200 && json?.success === true && /^0x[0-9a-fA-F]{64}$/.test(json?.transaction ?? "")) return null;
+      return `${status} ${json?.errorReason ?? json?.error ?? json?.unparsed ?? "unexpected answer"}`;
     },
   };
 }
