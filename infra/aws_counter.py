@@ -8,6 +8,7 @@ per transaction). Every request is forwarded to moto unchanged, over a kept-aliv
     GET  /__counts     {"http_requests": N, "calls": {"dynamodb": {"GetItem": k, ...}, "kms": {...}},
                         "errors": {"dynamodb": {"PutItem ConditionalCheckFailedException": k}, ...}
                                    (answers with status >= 400, by operation and error code),
+                        "upstream_ms": {...same shape as calls: milliseconds spent waiting for moto...},
                         "by_client": {"<label>": {"http_requests": ..., "calls": ..., "errors": ...}}}
     POST /__reset      zero the counts
 
@@ -29,6 +30,7 @@ import json
 import re
 import sys
 import threading
+import time
 import urllib.parse
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -51,11 +53,13 @@ class Stats:
         self.http_requests = Counter()  # label -> requests
         self.calls = Counter()  # (label, service, operation) -> calls
         self.errors = Counter()  # (label, service, operation) -> answers with status >= 400
+        self.upstream_ms = Counter()  # (label, service, operation) -> time waiting for the upstream
 
-    def record(self, label, service, operation, error=None):
+    def record(self, label, service, operation, error=None, upstream_s=0.0):
         with self._lock:
             self.http_requests[label] += 1
             self.calls[(label, service, operation)] += 1
+            self.upstream_ms[(label, service, operation)] += upstream_s * 1000
             if error:
                 self.errors[(label, service, f"{operation} {error}")] += 1
 
@@ -77,8 +81,10 @@ class Stats:
                 "http_requests": sum(self.http_requests.values()),
                 "calls": nest(self.calls),
                 "errors": nest(self.errors),
+                "upstream_ms": nest(self.upstream_ms),
                 "by_client": {
-                    label: {"http_requests": n, "calls": nest(self.calls, label), "errors": nest(self.errors, label)}
+                    label: {"http_requests": n, "calls": nest(self.calls, label), "errors": nest(self.errors, label),
+                            "upstream_ms": nest(self.upstream_ms, label)}
                     for label, n in sorted(self.http_requests.items())
                 },
             }
@@ -167,6 +173,7 @@ class Handler(BaseHTTPRequestHandler):
         service = service_of(self.headers)
         operation = operation_of(self.headers, self.path, body)
         headers = [(k, v) for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP]
+        started = time.perf_counter()
         try:
             status, reason, answer_headers, answer = self.call_upstream(self.command, self.path, headers, body)
         except (http.client.HTTPException, OSError) as e:
@@ -174,7 +181,8 @@ class Handler(BaseHTTPRequestHandler):
             self.reply(502, {"error": f"upstream unreachable: {e}"})
             return
         self.stats.record(self.label(), service, operation,
-                          error_code(status, answer_headers, answer) if status >= 400 else None)
+                          error_code(status, answer_headers, answer) if status >= 400 else None,
+                          time.perf_counter() - started)
         self.send_response(status, reason)
         for key, value in answer_headers:
             if key.lower() not in HOP_BY_HOP:
