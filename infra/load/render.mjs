@@ -1,18 +1,21 @@
 // Writes the "Load: verify" section of docs/benchmarks.md from the JSON that harness.mjs and
-// coldstart.mjs wrote, and prints it.
+// coldstart.mjs wrote, and the "Load: settle" section from settle.mjs's, and prints them.
 //
 //   node infra/load/render.mjs --verify v.json --coldstart c.json --doc docs/benchmarks.md \
+//     --settle s.json [--settle-other s-1-lane.json] \
 //     --ours target/debug/local-server --command "bash infra/load/run.sh"
 
 import { execFileSync } from "node:child_process";
 import { readFileSync, statSync } from "node:fs";
 import { parseArgs } from "node:util";
-import { section, writeSection } from "./lib/report.mjs";
+import { section, settleSection, writeSection, writeSettleSection } from "./lib/report.mjs";
 
 const { values: opts } = parseArgs({
   options: {
     verify: { type: "string" },
     coldstart: { type: "string" },
+    settle: { type: "string" }, // settle.mjs's JSON (ours and the reference); optional
+    "settle-other": { type: "string", multiple: true, default: [] }, // ours again with other lane counts
     doc: { type: "string" },
     ours: { type: "string" }, // the binary measured, for its build time
     "shown-ours": { type: "string" }, // how the report names it (run.sh measures a copy)
@@ -41,3 +44,15 @@ const text = section({
 });
 writeSection(opts.doc, text);
 console.log(text);
+if (opts.settle) {
+  const settleText = settleSection({
+    commit,
+    settle: JSON.parse(readFileSync(opts.settle, "utf8")),
+    others: opts["settle-other"].map((file) => JSON.parse(readFileSync(file, "utf8"))),
+    command: opts.command,
+    ours: opts["shown-ours"] ?? opts.ours,
+    versions: { core: versionOf("@x402/core"), evm: versionOf("@x402/evm"), viem: versionOf("viem") },
+  });
+  writeSettleSection(opts.doc, settleText);
+  console.log(`\n${settleText}`);
+}

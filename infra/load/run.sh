@@ -2,19 +2,26 @@
 # The load harness, end to end, in one command: a fresh local stack on its own ports, our
 # facilitator (the local server) and the reference TypeScript facilitator (infra/load/reference)
 # on the same anvil through the same counting RPC proxy, the verify/supported load against both,
-# the Lambda functions' cold start under cargo-lambda's emulator, and the "Load: verify" section of
-# docs/benchmarks.md rewritten with the figures. Stops everything it started when it exits.
+# the settle load against both (ours: the local server's settle handler plus the settle-worker
+# function under cargo-lambda's emulator fed by the SQS poller, every AWS call counted by
+# infra/aws_counter.py in front of moto), the Lambda functions' cold start, ours settling again on
+# a stack with fewer lanes, and the "Load: verify" and "Load: settle" sections of docs/benchmarks.md
+# rewritten with the figures. Stops everything it started when it exits.
 #
 #   bash infra/load/run.sh
 #
-# Takes about 2-3 minutes once built and installed. Only 127.0.0.1 is ever driven. Env (defaults):
+# Takes about 6 minutes once built and installed. Only 127.0.0.1 is ever driven. Env (defaults):
 #   LOAD_REQUESTS (3000), LOAD_SECONDS (10)   per facilitator and phase, whichever is reached first
 #   LOAD_CONCURRENCY (1,8,32)                 verify concurrency levels; /supported runs at 8
+#   LOAD_SETTLE_REQUESTS (200), LOAD_SETTLE_SECONDS (20), LOAD_SETTLE_CONCURRENCY (1,8,32)   the same for settle
+#   LOAD_SETTLE_POLL_MS (250), LOAD_SETTLE_DEADLINE_MS (25000)   our settle handler's X402_SETTLE_POLL_MS/_DEADLINE_MS
+#   LOAD_LANES (2), LOAD_SETTLE_OTHER_LANES (1)   the main stack's lanes; lane counts ours settles again with ("" skips)
 #   LOAD_BIN_DIR ($CARGO_TARGET_DIR or target, /debug)   where the built binaries are (.../release once built)
 #   LOAD_BUILD (1)                            0 measures the binaries as they are, without building first
 #   LOAD_STACK_DIR (.local/load-stack), LOAD_ANVIL_PORT (28545), LOAD_RPC_PROXY_PORT (28546),
-#   LOAD_MOTO_PORT (25000), LOAD_LAMBDA_PORT (29000), LOAD_LOCAL_PORT (24020), LOAD_REFERENCE_PORT (24021)
-# Results: $LOAD_STACK_DIR/results/{load-verify,coldstart}.json; logs in $LOAD_STACK_DIR/logs.
+#   LOAD_MOTO_PORT (25000), LOAD_LAMBDA_PORT (29000), LOAD_LOCAL_PORT (24020), LOAD_REFERENCE_PORT (24021),
+#   LOAD_AWS_COUNTER_PORT (25001; the worker's is the next one), LOAD_SETTLE_LAMBDA_PORT (29001)
+# Results: $LOAD_STACK_DIR/results/{load-verify,load-settle,load-settle-lanes-N,coldstart}.json; logs in $LOAD_STACK_DIR/logs.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$REPO"
@@ -24,6 +31,10 @@ export ANVIL_PORT="${LOAD_ANVIL_PORT:-28545}" RPC_PROXY_PORT="${LOAD_RPC_PROXY_P
 LAMBDA_PORT="${LOAD_LAMBDA_PORT:-29000}"
 LOCAL_PORT="${LOAD_LOCAL_PORT:-24020}"
 REFERENCE_PORT="${LOAD_REFERENCE_PORT:-24021}"
+AWS_COUNTER_PORT="${LOAD_AWS_COUNTER_PORT:-25001}" AWS_COUNTER_WORKER_PORT=$(( ${LOAD_AWS_COUNTER_PORT:-25001} + 1 ))
+SETTLE_LAMBDA_PORT="${LOAD_SETTLE_LAMBDA_PORT:-29001}"
+SETTLE_POLL_MS="${LOAD_SETTLE_POLL_MS:-250}" SETTLE_DEADLINE_MS="${LOAD_SETTLE_DEADLINE_MS:-25000}"
+export X402_LANES="${LOAD_LANES:-2}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
 BIN_DIR="${LOAD_BIN_DIR:-$TARGET_DIR/debug}"
 SHOWN_BIN_DIR="${BIN_DIR#"$REPO"/}" # as the report names it
@@ -45,9 +56,11 @@ stop_pid() {
 
 cleanup() {
   set +e
+  stop_settle_worker
   stop_pid load-local-server
   stop_pid load-reference
   stop_pid load-lambda-emulator
+  stop_pid load-aws-counter
   bash infra/stack.sh down >/dev/null
   rm -rf "${X402_STACK_DIR:?}/bin" # the binaries' copies: ~300 MB each in a debug build
 }
@@ -80,6 +93,52 @@ wait_quiet() {
   done
 }
 
+# The counting proxy in front of moto (infra/aws_counter.py): one port for our local server (the
+# settle handler), one for the settle worker, so the counts say who made each call. The SQS poller
+# (Lambda's event source mapping, not our code) goes to moto directly.
+start_aws_counter() {
+  "$REPO/.local/venv/bin/python" -u "$REPO/infra/aws_counter.py" "$AWS_ENDPOINT_URL" \
+    "$AWS_COUNTER_PORT=settle" "$AWS_COUNTER_WORKER_PORT=settle-worker" >"$LOGS/load-aws-counter.log" 2>&1 &
+  echo $! >"$RUN/load-aws-counter.pid"
+  wait_for "http://127.0.0.1:$AWS_COUNTER_PORT/__counts" "$LOGS/load-aws-counter.log"
+}
+
+# Our local server: verify and the settle handler, its AWS calls through the counter.
+start_local_server() {
+  AWS_ENDPOINT_URL="http://127.0.0.1:$AWS_COUNTER_PORT" X402_SETTLE_POLL_MS="$SETTLE_POLL_MS" \
+    X402_SETTLE_DEADLINE_MS="$SETTLE_DEADLINE_MS" X402_LISTEN="127.0.0.1:$LOCAL_PORT" \
+    "$SNAPSHOT/local-server" >"$LOGS/load-local-server.log" 2>&1 &
+  echo $! >"$RUN/load-local-server.pid"
+  wait_for "http://127.0.0.1:$LOCAL_PORT/health" "$LOGS/load-local-server.log"
+}
+
+# The settle-worker function under the emulator (as infra/test.sh runs it), its AWS calls through
+# the counter, fed by the SQS poller with its defaults (one batch of up to 10 at a time).
+start_settle_worker() {
+  AWS_ENDPOINT_URL="http://127.0.0.1:$AWS_COUNTER_WORKER_PORT" LAMBDA_PORT="$SETTLE_LAMBDA_PORT" \
+    LAMBDA_BIN_DIR="$SNAPSHOT" bash infra/lambda-emulator.sh start
+  LAMBDA_PORT="$SETTLE_LAMBDA_PORT" bash infra/sqs-poller.sh start settle-worker
+}
+stop_settle_worker() {
+  bash infra/sqs-poller.sh stop settle-worker
+  bash infra/lambda-emulator.sh stop
+}
+
+# The settle phases against the targets given; $1 is the JSON to write.
+run_settle() {
+  local out="$1" pids
+  shift
+  pids="ours=$(cat "$RUN/load-local-server.pid"),$(cat "$RUN/lambda-settle-worker.pid")"
+  [[ -f "$RUN/load-reference.pid" ]] && pids="$pids --pid reference=$(cat "$RUN/load-reference.pid")"
+  wait_quiet
+  # shellcheck disable=SC2086 # $pids is two words on purpose
+  timeout 1200 node "$LOAD/settle.mjs" --stack "$X402_STACK_DIR/stack.json" "$@" \
+    --aws-counter "http://127.0.0.1:$AWS_COUNTER_PORT" --pid $pids \
+    --requests "${LOAD_SETTLE_REQUESTS:-200}" --seconds "${LOAD_SETTLE_SECONDS:-20}" \
+    --concurrency "${LOAD_SETTLE_CONCURRENCY:-1,8,32}" \
+    --settings "X402_SETTLE_POLL_MS=$SETTLE_POLL_MS, X402_SETTLE_DEADLINE_MS=$SETTLE_DEADLINE_MS" --out "$out"
+}
+
 step "tools and build"
 bash infra/install.sh --if-needed
 export PATH="$REPO/.local/venv/bin:$PATH" # cargo-lambda
@@ -96,7 +155,7 @@ fi
 # run would otherwise swap the binaries between the load phases and the cold starts.
 SNAPSHOT="$X402_STACK_DIR/bin"
 mkdir -p "$SNAPSHOT"
-for bin in local-server verify supported; do
+for bin in local-server verify supported settle settle-worker; do
   [[ -x "$BIN_DIR/$bin" ]] || { echo "load: $BIN_DIR/$bin is not built" >&2; exit 1; }
   cp -p "$BIN_DIR/$bin" "$SNAPSHOT/$bin"
 done
@@ -112,13 +171,12 @@ bash infra/stack.sh up
 # shellcheck source=infra/facilitator-env.sh
 . infra/facilitator-env.sh
 mkdir -p "$RESULTS"
+start_aws_counter
 
 step "facilitators: ours on :$LOCAL_PORT, the reference on :$REFERENCE_PORT"
-X402_LISTEN="127.0.0.1:$LOCAL_PORT" "$SNAPSHOT/local-server" >"$LOGS/load-local-server.log" 2>&1 &
-echo $! >"$RUN/load-local-server.pid"
+start_local_server
 REFERENCE_LISTEN="127.0.0.1:$REFERENCE_PORT" node "$LOAD/reference/server.mjs" >"$LOGS/load-reference.log" 2>&1 &
 echo $! >"$RUN/load-reference.pid"
-wait_for "http://127.0.0.1:$LOCAL_PORT/health" "$LOGS/load-local-server.log"
 wait_for "http://127.0.0.1:$REFERENCE_PORT/health" "$LOGS/load-reference.log"
 
 step "verify and supported under load"
@@ -130,7 +188,13 @@ timeout 900 node "$LOAD/harness.mjs" --stack "$X402_STACK_DIR/stack.json" \
   --chain-pids "$(cat "$RUN/anvil.pid"),$(cat "$RUN/rpc-proxy.pid")" \
   --requests "${LOAD_REQUESTS:-3000}" --seconds "${LOAD_SECONDS:-10}" --concurrency "${LOAD_CONCURRENCY:-1,8,32}" \
   --out "$RESULTS/load-verify.json"
+
+step "settle under load ($X402_LANES lanes), ours and the reference"
+start_settle_worker
+run_settle "$RESULTS/load-settle.json" \
+  --target "ours=http://127.0.0.1:$LOCAL_PORT" --target "reference=http://127.0.0.1:$REFERENCE_PORT"
 # Nothing else should compete with the cold starts.
+stop_settle_worker
 stop_pid load-local-server
 stop_pid load-reference
 
@@ -147,8 +211,29 @@ wait_quiet
 timeout 300 node "$LOAD/coldstart.mjs" --emulator-port "$LAMBDA_PORT" --bin-dir "$SNAPSHOT" --shown-bin-dir "$SHOWN_BIN_DIR" \
   --events "$REPO/events" --logs "$LOGS" --out "$RESULTS/coldstart.json"
 
+stop_pid load-lambda-emulator
+
+# Ours again on a fresh stack with other lane counts: does throughput follow the lanes?
+OTHER_SETTLES=()
+for lanes in ${LOAD_SETTLE_OTHER_LANES-1}; do
+  step "settle under load, ours, on a fresh stack with $lanes lane(s)"
+  stop_pid load-aws-counter
+  bash infra/stack.sh down >/dev/null
+  X402_LANES="$lanes" bash infra/stack.sh up
+  # shellcheck source=infra/facilitator-env.sh
+  . infra/facilitator-env.sh
+  start_aws_counter
+  start_local_server
+  start_settle_worker
+  run_settle "$RESULTS/load-settle-lanes-$lanes.json" --target "ours=http://127.0.0.1:$LOCAL_PORT"
+  stop_settle_worker
+  stop_pid load-local-server
+  OTHER_SETTLES+=(--settle-other "$RESULTS/load-settle-lanes-$lanes.json")
+done
+
 step "docs/benchmarks.md"
 node "$LOAD/render.mjs" --verify "$RESULTS/load-verify.json" --coldstart "$RESULTS/coldstart.json" \
+  --settle "$RESULTS/load-settle.json" "${OTHER_SETTLES[@]}" \
   --doc "$REPO/docs/benchmarks.md" --ours "$SNAPSHOT/local-server" --shown-ours "$SHOWN_BIN_DIR/local-server" \
   --commit "$MEASURED" --command "bash infra/load/run.sh"
-echo "load: wrote docs/benchmarks.md (Load: verify); JSON in $RESULTS" >&2
+echo "load: wrote docs/benchmarks.md (Load: verify, Load: settle); JSON in $RESULTS" >&2
