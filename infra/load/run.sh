@@ -117,7 +117,9 @@ start_local_server() {
 start_settle_worker() {
   AWS_ENDPOINT_URL="http://127.0.0.1:$AWS_COUNTER_WORKER_PORT" LAMBDA_PORT="$SETTLE_LAMBDA_PORT" \
     LAMBDA_BIN_DIR="$SNAPSHOT" bash infra/lambda-emulator.sh start
-  LAMBDA_PORT="$SETTLE_LAMBDA_PORT" bash infra/sqs-poller.sh start settle-worker
+  # On a busy machine the poller (boto3's import) can miss sqs-poller.sh's 10 s readiness limit once.
+  LAMBDA_PORT="$SETTLE_LAMBDA_PORT" bash infra/sqs-poller.sh start settle-worker ||
+    LAMBDA_PORT="$SETTLE_LAMBDA_PORT" bash infra/sqs-poller.sh start settle-worker
 }
 stop_settle_worker() {
   bash infra/sqs-poller.sh stop settle-worker
@@ -155,7 +157,10 @@ fi
 # run would otherwise swap the binaries between the load phases and the cold starts.
 SNAPSHOT="$X402_STACK_DIR/bin"
 mkdir -p "$SNAPSHOT"
-for bin in local-server verify supported settle settle-worker; do
+# The local server and every function (lambda-emulator.sh starts each one under functions/).
+FUNCTION_BINS=()
+for dir in "$REPO"/functions/*/; do FUNCTION_BINS+=("$(basename "$dir")"); done
+for bin in local-server "${FUNCTION_BINS[@]}"; do
   [[ -x "$BIN_DIR/$bin" ]] || { echo "load: $BIN_DIR/$bin is not built" >&2; exit 1; }
   cp -p "$BIN_DIR/$bin" "$SNAPSHOT/$bin"
 done
