@@ -263,6 +263,10 @@ export function settleSection({ settle, others = [], command, ours, versions, co
       + "milliseconds more), so the latencies say how our own pipeline behaves, and the call counts are what carries over to AWS.",
     "- One machine runs everything (generator, both facilitators, the worker, the emulator and poller, moto, anvil, both proxies): "
       + "throughput is this set-up's, not a deployment's.",
+    ...(m.loadAverage1m >= 1
+      ? [`- **The machine was busy with other work** (load average ${m.loadAverage1m} before the settle load started, on `
+        + `${m.nproc} CPUs): latencies and throughput are pessimistic; the call counts per settle hold regardless.`]
+      : []),
     "- The settle handler re-reads the payment record while it waits for the worker (first after a quarter of "
       + "`X402_SETTLE_POLL_MS`, then doubling up to it), and the re-read is one DynamoDB `GetItem`: the handler's "
       + "`GetItem`s per settle therefore grow with the settle's latency (the worker's do not), and at high concurrency "
