@@ -9,52 +9,19 @@
 
 mod common;
 
-use std::process::{Child, Command};
-
 use aws_sdk_dynamodb::types::AttributeValue;
 use common::*;
 use serde_json::json;
 
-/// Stops the server however the test ends.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn start_server_without_a_worker() -> (Server, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let binary = std::env::var("X402_LOCAL_SERVER_BIN")
-        .expect("X402_LOCAL_SERVER_BIN is set by infra/test.sh");
-    let child = Command::new(binary)
-        .env("X402_LISTEN", format!("127.0.0.1:{port}"))
-        .env("X402_SETTLE_QUEUE_URL", &stack().settle_dlq_url)
-        .env("X402_SETTLE_DEADLINE_MS", "1500")
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .unwrap();
-    let server = Server(child);
-    let base = format!("http://127.0.0.1:{port}");
-    for _ in 0..100 {
-        if http().get(format!("{base}/health")).send().await.is_ok() {
-            return (server, base);
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("the second local server did not start");
-}
-
 #[tokio::test]
 async fn nothing_broadcast_by_the_deadline_is_cancelled_for_good() {
     let s = stack();
-    let (_server, base) = start_server_without_a_worker().await;
+    // A queue nobody consumes (the dead-letter queue), so the payment stays queued.
+    let (_server, base) = start_local_server(&[
+        ("X402_SETTLE_QUEUE_URL", stack().settle_dlq_url.as_str()),
+        ("X402_SETTLE_DEADLINE_MS", "1500"),
+    ])
+    .await;
     let payment = PaymentBuilder::new(2).sign();
     let balance = token_balance(s.token, payment.from).await;
     let block = block_number().await;

@@ -251,9 +251,17 @@ pub struct Answer {
     pub json: Value,
 }
 
+/// One client for the whole test binary, without idle connection reuse: each `#[tokio::test]` has
+/// its own runtime, and a pooled connection opened on a runtime that has ended is dead when the next
+/// test picks it up ("error sending request"). Fresh connections to 127.0.0.1 cost nothing.
 pub fn http() -> &'static reqwest::Client {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
-    CLIENT.get_or_init(reqwest::Client::new)
+    CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap()
+    })
 }
 
 pub async fn post_raw(url: &str, body: Vec<u8>) -> Answer {
@@ -404,4 +412,42 @@ pub async fn reset_rpc_counts() {
         status.is_success(),
         "resetting the RPC counts failed: {status}"
     );
+}
+
+/// A local server of our own, stopped however the test ends.
+pub struct LocalServer(std::process::Child);
+
+impl Drop for LocalServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts another local server (the binary infra/test.sh names) with the test environment plus
+/// `overrides`, on a free port; returns it and its base URL once it answers.
+pub async fn start_local_server(overrides: &[(&str, &str)]) -> (LocalServer, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let binary = std::env::var("X402_LOCAL_SERVER_BIN")
+        .expect("X402_LOCAL_SERVER_BIN is set by infra/test.sh");
+    let mut command = std::process::Command::new(binary);
+    command
+        .env("X402_LISTEN", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn");
+    for (name, value) in overrides {
+        command.env(name, value);
+    }
+    let server = LocalServer(command.spawn().unwrap());
+    let base = format!("http://127.0.0.1:{port}");
+    for _ in 0..100 {
+        if http().get(format!("{base}/health")).send().await.is_ok() {
+            return (server, base);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the extra local server did not start");
 }
