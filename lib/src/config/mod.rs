@@ -28,11 +28,18 @@ pub const SETTLE_QUEUE_VAR: &str = "X402_SETTLE_QUEUE_URL";
 pub const SETTLE_DEADLINE_VAR: &str = "X402_SETTLE_DEADLINE_MS";
 /// How often a settle follower re-reads its payment, in milliseconds.
 pub const SETTLE_POLL_VAR: &str = "X402_SETTLE_POLL_MS";
+/// Replay leaves records changed more recently than this to the live path, in milliseconds (0 allowed).
+pub const REPLAY_MIN_AGE_VAR: &str = "X402_REPLAY_MIN_AGE_MS";
+/// At most this many records per replay run.
+pub const REPLAY_MAX_RECORDS_VAR: &str = "X402_REPLAY_MAX_RECORDS";
 
 const DEFAULT_SETTLE_DEADLINE: Duration = Duration::from_secs(25);
 /// API Gateway's HTTP API integration timeout is 29 s (DESIGN I5); leave room to answer.
 const MAX_SETTLE_DEADLINE: Duration = Duration::from_secs(28);
 const DEFAULT_SETTLE_POLL: Duration = Duration::from_millis(250);
+/// Longer than `/settle`'s deadline, so replay never races a live follower or a busy worker.
+const DEFAULT_REPLAY_MIN_AGE: Duration = Duration::from_secs(60);
+const DEFAULT_REPLAY_MAX_RECORDS: usize = 500;
 
 const DEFAULT_RPC_TIMEOUT: Duration = Duration::from_secs(5);
 /// x402 bodies are 1–3 KiB; 64 KiB leaves room for extensions and refuses floods early.
@@ -51,6 +58,10 @@ pub struct Config {
     pub settle_queue_url: Option<String>,
     pub settle_deadline: Duration,
     pub settle_poll: Duration,
+    /// Replay: records younger than this (since their last change) are left to the live path.
+    pub replay_min_age: Duration,
+    /// Replay: the most records one run looks at.
+    pub replay_max_records: usize,
 }
 
 /// One EVM network this deployment serves.
@@ -161,6 +172,19 @@ impl Config {
             settle_queue_url: lookup(SETTLE_QUEUE_VAR).filter(|u| !u.is_empty()),
             settle_deadline,
             settle_poll: millis(SETTLE_POLL_VAR, DEFAULT_SETTLE_POLL)?,
+            replay_min_age: match lookup(REPLAY_MIN_AGE_VAR) {
+                None => DEFAULT_REPLAY_MIN_AGE,
+                Some(ms) => Duration::from_millis(ms.trim().parse().map_err(|_| ConfigError {
+                    var: REPLAY_MIN_AGE_VAR,
+                    problem: format!("expected milliseconds (0 or more), got {ms:?}"),
+                })?),
+            },
+            replay_max_records: match lookup(REPLAY_MAX_RECORDS_VAR) {
+                None => DEFAULT_REPLAY_MAX_RECORDS,
+                Some(n) => {
+                    usize::try_from(positive(REPLAY_MAX_RECORDS_VAR, &n)?).unwrap_or(usize::MAX)
+                }
+            },
         })
     }
 
@@ -295,6 +319,29 @@ mod tests {
         ] {
             let e = Config::from_lookup(lookup(&[(NETWORKS_VAR, bad)])).unwrap_err();
             assert_eq!(e.var, NETWORKS_VAR, "{bad}");
+        }
+    }
+
+    #[test]
+    fn replay_tunables() {
+        let c = Config::from_lookup(lookup(&[(NETWORKS_VAR, NETS)])).unwrap();
+        assert_eq!(
+            (c.replay_min_age, c.replay_max_records),
+            (Duration::from_secs(60), 500)
+        );
+        let c = Config::from_lookup(lookup(&[
+            (NETWORKS_VAR, NETS),
+            (REPLAY_MIN_AGE_VAR, "0"),
+            (REPLAY_MAX_RECORDS_VAR, "20"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            (c.replay_min_age, c.replay_max_records),
+            (Duration::ZERO, 20)
+        );
+        for (var, bad) in [(REPLAY_MIN_AGE_VAR, "soon"), (REPLAY_MAX_RECORDS_VAR, "0")] {
+            let e = Config::from_lookup(lookup(&[(NETWORKS_VAR, NETS), (var, bad)])).unwrap_err();
+            assert_eq!(e.var, var);
         }
     }
 

@@ -204,6 +204,16 @@ impl Chain {
             .await
     }
 
+    /// Whether the node knows the transaction at all (`eth_getTransactionByHash`): in its pool or
+    /// mined. A broadcast transaction it does not know was dropped, and its bytes can be sent again.
+    pub async fn transaction_known(&self, hash: B256) -> Result<bool, ChainError> {
+        self.bounded(|p| {
+            Box::pin(async move { p.get_transaction_by_hash(hash).await.map(|t| t.is_some()) })
+        })
+        .await?
+        .map_err(ChainError::Node)
+    }
+
     /// The receipt of a transaction, if it is mined.
     pub async fn receipt(&self, hash: B256) -> Result<Option<TransactionReceipt>, ChainError> {
         self.bounded(|p| Box::pin(async move { p.get_transaction_receipt(hash).await }))

@@ -31,11 +31,28 @@ impl Queue {
     /// Queues a payment on its lane.
     #[instrument(skip_all, fields(id, lane), err(level = "warn"))]
     pub async fn enqueue(&self, id: &str, lane: &str) -> Result<(), QueueError> {
-        let body = serde_json::to_string(&SettlementMessage { id: id.to_owned() })
-            .map_err(|e| QueueError(e.to_string()))?;
         // SQS deduplication ids are at most 128 characters of [A-Za-z0-9!-~]; ours are longer, so
         // the id's hash stands in for it.
-        let dedup = alloy::primitives::keccak256(id.as_bytes()).to_string();
+        self.send(
+            id,
+            lane,
+            alloy::primitives::keccak256(id.as_bytes()).to_string(),
+        )
+        .await
+    }
+
+    /// Queues a payment on its lane again (replay). FIFO deduplication would drop a second message
+    /// with the first one's id for five minutes, so `attempt` (e.g. the replay run) makes a new one;
+    /// the worker ignores a message whose record has moved on, so a duplicate is harmless.
+    #[instrument(skip_all, fields(id, lane), err(level = "warn"))]
+    pub async fn requeue(&self, id: &str, lane: &str, attempt: &str) -> Result<(), QueueError> {
+        let dedup = alloy::primitives::keccak256(format!("{id}#{attempt}").as_bytes()).to_string();
+        self.send(id, lane, dedup).await
+    }
+
+    async fn send(&self, id: &str, lane: &str, dedup: String) -> Result<(), QueueError> {
+        let body = serde_json::to_string(&SettlementMessage { id: id.to_owned() })
+            .map_err(|e| QueueError(e.to_string()))?;
         let send = self
             .client
             .send_message()

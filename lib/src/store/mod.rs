@@ -41,6 +41,19 @@ pub enum Created {
     Exists(Box<PaymentRecord>),
 }
 
+/// The sparse index of records that are not terminal, by `open_shard` and `updated_at`.
+pub const OPEN_INDEX: &str = "open-by-age";
+/// `open_shard`'s value while a record is not terminal.
+pub const OPEN_SHARD: &str = "open";
+
+/// A page of [`Store::open_records`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenPage {
+    pub records: Vec<PaymentRecord>,
+    /// Where the next page starts; `None` when this was the last.
+    pub next: Option<HashMap<String, AttributeValue>>,
+}
+
 /// The two tables.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -188,6 +201,41 @@ impl Store {
             }
             Err(e) => Err(fail("TransactWriteItems")(e)),
         }
+    }
+
+    /// One page of the records that are not terminal and have not changed since `changed_by`
+    /// (unix ms), oldest first, from the sparse `open-by-age` index (replay's scan). Index reads are
+    /// eventually consistent: read a record again with [`Store::get`] before acting on it. Returns
+    /// the page and where the next page starts (`None` at the end).
+    pub async fn open_records(
+        &self,
+        changed_by: u64,
+        limit: i32,
+        start: Option<HashMap<String, AttributeValue>>,
+    ) -> Result<OpenPage, StoreError> {
+        let query = self
+            .client
+            .query()
+            .table_name(&self.payments)
+            .index_name(OPEN_INDEX)
+            .key_condition_expression("open_shard = :open AND updated_at <= :cutoff")
+            .expression_attribute_values(":open", AttributeValue::S(OPEN_SHARD.to_owned()))
+            .expression_attribute_values(":cutoff", AttributeValue::N(changed_by.to_string()))
+            .scan_index_forward(true)
+            .limit(limit.max(1))
+            .set_exclusive_start_key(start)
+            .send();
+        let answer = Box::pin(query).await.map_err(fail("Query"))?;
+        let records = answer
+            .items
+            .unwrap_or_default()
+            .into_iter()
+            .map(|item| serde_dynamo::from_item(item).map_err(fail("deserialise")))
+            .collect::<Result<Vec<PaymentRecord>, _>>()?;
+        Ok(OpenPage {
+            records,
+            next: answer.last_evaluated_key.filter(|k| !k.is_empty()),
+        })
     }
 
     /// The lane's next nonce as the table has it (0 for a lane never used).
