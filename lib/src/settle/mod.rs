@@ -4,7 +4,7 @@
 //! This side never signs: the worker ([`worker`]) does, so only the worker function needs
 //! `kms:Sign` (I7).
 
-mod receipt;
+pub(crate) mod receipt;
 pub mod worker;
 
 use std::time::{Duration, Instant};

@@ -18,12 +18,12 @@ use tracing::instrument;
 
 use super::reason_from_revert;
 use crate::{
-    evm::hex,
+    evm::{hex, Chain},
     facilitator::{unix_now, Facilitator},
     protocol::Reason,
     queue::SettlementMessage,
     signer::LaneSigner,
-    store::{PaymentRecord, State, Store},
+    store::{PaymentRecord, State, Store, StoreError},
 };
 
 /// A failure worth retrying: the message goes back to the queue (and, after the queue's
@@ -143,20 +143,7 @@ impl Worker {
                 .await;
         };
         if unix_now() >= record.valid_before {
-            let fields = [
-                (
-                    "reason",
-                    AttributeValue::S(Reason::ValidBefore.as_str().to_owned()),
-                ),
-                (
-                    "message",
-                    AttributeValue::S(
-                        "the authorization expired before it could be sent".to_owned(),
-                    ),
-                ),
-            ];
-            self.store
-                .transition(&record.id, State::Queued, State::Expired, &fields)
+            expire_queued(&self.store, &record.id)
                 .await
                 .map_err(retry)?;
             return Ok(());
@@ -241,27 +228,7 @@ impl Worker {
         let Some(scheme) = self.facilitator.network(&record.network) else {
             return Err(Retry(format!("{} is not configured here", record.network)));
         };
-        let raw: Bytes = record
-            .raw_tx
-            .as_deref()
-            .and_then(hex::bytes)
-            .ok_or_else(|| Retry("a signed record without raw_tx".into()))?;
-        match scheme.chain().send_raw(raw).await.map_err(retry)? {
-            Ok(()) => {}
-            // Already in the pool (a re-send of the same bytes): as good as sent.
-            Err(message)
-                if message.contains("already known") || message.contains("known transaction") => {}
-            Err(message) => {
-                // The node refused these bytes (e.g. the nonce is used). Re-sending cannot help;
-                // the record stays `signed` for the reconciliation to resolve against the chain.
-                tracing::error!(id = %record.id, %message, "the node refused a signed settlement");
-                return Ok(());
-            }
-        }
-        self.store
-            .transition(&record.id, State::Signed, State::Submitted, &[])
-            .await
-            .map_err(retry)?;
+        broadcast(scheme.chain(), &self.store, record).await?;
         Ok(())
     }
 
@@ -303,4 +270,72 @@ impl Worker {
             .cloned()
             .map_err(retry)
     }
+}
+
+/// What sending a signed record's stored bytes came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Sent {
+    /// The node took the bytes (or already had them).
+    Accepted,
+    /// The node refused them (e.g. the nonce is used); re-sending the same bytes cannot help.
+    Refused(String),
+}
+
+/// Sends a record's stored raw transaction, the same bytes every time (I3).
+pub(crate) async fn send_stored(chain: &Chain, record: &PaymentRecord) -> Result<Sent, Retry> {
+    let raw: Bytes = record
+        .raw_tx
+        .as_deref()
+        .and_then(hex::bytes)
+        .ok_or_else(|| Retry(format!("record {} has no raw_tx to send", record.id)))?;
+    match chain.send_raw(raw).await.map_err(retry)? {
+        Ok(()) => Ok(Sent::Accepted),
+        // Already in the pool (a re-send of the same bytes): as good as sent.
+        Err(message)
+            if message.contains("already known") || message.contains("known transaction") =>
+        {
+            Ok(Sent::Accepted)
+        }
+        Err(message) => {
+            tracing::error!(id = %record.id, %message, "the node refused a signed settlement");
+            Ok(Sent::Refused(message))
+        }
+    }
+}
+
+/// Sends a `signed` record's bytes and moves it to `submitted`. A refused send leaves it `signed`
+/// for the reconciliation to resolve against the chain. Returns what the send came to and whether
+/// this call made the move.
+pub(crate) async fn broadcast(
+    chain: &Chain,
+    store: &Store,
+    record: &PaymentRecord,
+) -> Result<(Sent, bool), Retry> {
+    let sent = send_stored(chain, record).await?;
+    if sent != Sent::Accepted {
+        return Ok((sent, false));
+    }
+    let moved = store
+        .transition(&record.id, State::Signed, State::Submitted, &[])
+        .await
+        .map_err(retry)?;
+    Ok((sent, moved))
+}
+
+/// `queued → expired`: the authorization's `validBefore` passed before anything was signed.
+/// Returns whether this call made the move.
+pub(crate) async fn expire_queued(store: &Store, id: &str) -> Result<bool, StoreError> {
+    let fields = [
+        (
+            "reason",
+            AttributeValue::S(Reason::ValidBefore.as_str().to_owned()),
+        ),
+        (
+            "message",
+            AttributeValue::S("the authorization expired before it could be sent".to_owned()),
+        ),
+    ];
+    store
+        .transition(id, State::Queued, State::Expired, &fields)
+        .await
 }
