@@ -16,6 +16,7 @@ pub mod facilitator;
 pub mod http;
 pub mod protocol;
 pub mod queue;
+pub mod replay;
 pub mod settle;
 pub mod signer;
 pub mod store;
