@@ -5,14 +5,15 @@
 //! together with the lane's nonce step, then broadcast (docs/settlement.md; DESIGN I3, I4, I7).
 //! It does not wait for receipts: `/settle` and replay finish `submitted` records.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use alloy::{
     consensus::TxEip1559,
     primitives::{Bytes, TxKind, U256},
 };
-use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use aws_sdk_dynamodb::types::AttributeValue;
+use futures_util::future::join_all;
 use tokio::sync::{Mutex, OnceCell};
 use tracing::instrument;
 
@@ -73,25 +74,54 @@ impl Worker {
         )
     }
 
-    /// Handles one SQS batch. A message that must be retried is reported as a batch item failure,
-    /// and so is every later message of its lane in the batch, so that a lane never runs out of order.
+    /// Handles one SQS batch. A batch may hold several lanes (message groups): they are independent
+    /// (each has its own nonces), so they run side by side, each in queue order. A message that must
+    /// be retried is reported as a batch item failure, and so is every later message of its lane in
+    /// the batch, so that a lane never runs out of order.
     pub async fn handle_batch(&self, event: SqsEvent) -> SqsBatchResponse {
-        let mut failed_lanes: HashSet<String> = HashSet::new();
-        let mut failures = Vec::new();
+        let mut lanes: Vec<(String, Vec<SqsMessage>)> = Vec::new();
         for message in event.records {
-            let id = message.message_id.clone().unwrap_or_default();
             let lane = message
                 .attributes
                 .get("MessageGroupId")
                 .cloned()
                 .unwrap_or_default();
-            if failed_lanes.contains(&lane) {
+            match lanes.iter_mut().find(|(name, _)| *name == lane) {
+                Some((_, messages)) => messages.push(message),
+                None => lanes.push((lane, vec![message])),
+            }
+        }
+        let failures = join_all(
+            lanes
+                .into_iter()
+                .map(|(lane, messages)| self.handle_lane(lane, messages)),
+        )
+        .await;
+        let mut response = SqsBatchResponse::default();
+        response.batch_item_failures = failures
+            .into_iter()
+            .flatten()
+            .map(|id| {
+                let mut failure = BatchItemFailure::default();
+                failure.item_identifier = id;
+                failure
+            })
+            .collect();
+        response
+    }
+
+    /// One lane's messages of a batch, in order; returns the ids to report as failures.
+    async fn handle_lane(&self, lane: String, messages: Vec<SqsMessage>) -> Vec<String> {
+        let mut failures = Vec::new();
+        for message in messages {
+            let id = message.message_id.clone().unwrap_or_default();
+            if !failures.is_empty() {
                 failures.push(id);
                 continue;
             }
-            let parsed: Result<SettlementMessage, _> =
-                serde_json::from_str(message.body.as_deref().unwrap_or(""));
-            let outcome = match parsed {
+            let outcome = match serde_json::from_str::<SettlementMessage>(
+                message.body.as_deref().unwrap_or(""),
+            ) {
                 Ok(settlement) => self.process(&settlement.id).await,
                 Err(e) => {
                     // A body we cannot read will never become readable: drop it loudly.
@@ -101,20 +131,10 @@ impl Worker {
             };
             if let Err(e) = outcome {
                 tracing::warn!(error = %e, message_id = %id, lane = %lane, "settlement will be retried");
-                failed_lanes.insert(lane);
                 failures.push(id);
             }
         }
-        let mut response = SqsBatchResponse::default();
-        response.batch_item_failures = failures
-            .into_iter()
-            .map(|id| {
-                let mut f = BatchItemFailure::default();
-                f.item_identifier = id;
-                f
-            })
-            .collect();
-        response
+        failures
     }
 
     /// Moves one payment forward as far as this worker can.
@@ -202,13 +222,17 @@ impl Worker {
             .map_err(retry)?
         {
             let latest = self.store.get(&record.id).await.map_err(retry)?;
-            return match latest.map(|r| r.state) {
+            return match latest {
                 // The lane's nonce moved under us: take the next one on the retry.
-                Some(State::Queued) => Err(Retry(format!(
+                Some(r) if r.state == State::Queued => Err(Retry(format!(
                     "lane {} nonce {nonce} was taken",
                     record.lane
                 ))),
-                // /settle cancelled it at its deadline, or another run already sent it.
+                // Signed already: by an earlier run, or by this one when the transaction committed
+                // but its answer was lost and the SDK's retry then failed the condition. Either way
+                // the stored bytes are the ones to send, now, rather than waiting for replay (I3).
+                Some(r) if r.state == State::Signed => self.broadcast(&r).await,
+                // /settle cancelled it at its deadline, or it was sent and finished meanwhile.
                 _ => Ok(()),
             };
         }
