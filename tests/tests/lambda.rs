@@ -6,52 +6,8 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 use serde_json::{json, Value};
-
-fn lambda_port() -> String {
-    std::env::var("X402_LAMBDA_PORT")
-        .expect("X402_LAMBDA_PORT is not set: run the tests through infra/test.sh, which starts cargo lambda watch")
-}
-
-fn repo_root() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// `cargo lambda invoke <function> --data-file <event>`: the API Gateway response it prints.
-fn invoke(function: &str, event: &str) -> Value {
-    let output = Command::new("cargo")
-        .args([
-            "lambda",
-            "invoke",
-            function,
-            "--data-file",
-            event,
-            "--invoke-address",
-            "127.0.0.1",
-            "--invoke-port",
-        ])
-        .arg(lambda_port())
-        .current_dir(repo_root())
-        .output()
-        .expect("cargo lambda is on PATH (infra/test.sh puts it there)");
-    assert!(
-        output.status.success(),
-        "cargo lambda invoke failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}",
-            String::from_utf8_lossy(&output.stdout)
-        )
-    })
-}
 
 fn body_of(response: &Value) -> Value {
     serde_json::from_str(response["body"].as_str().expect("a body")).expect("a JSON body")

@@ -12,7 +12,7 @@
 
 mod common;
 
-use std::{collections::HashMap, process::Command, time::Duration};
+use std::{collections::HashMap, time::Duration};
 
 use alloy::primitives::U256;
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -23,7 +23,7 @@ use facilitator::{
     store::{now_ms, Created, PaymentId, PaymentRecord, State, Store},
     Config,
 };
-use serde_json::{json, Value};
+use serde_json::json;
 
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -379,45 +379,6 @@ async fn replaying_twice_in_a_row_changes_nothing_the_second_time() {
     assert_eq!(block_number().await, block, "nothing was sent");
 }
 
-fn lambda_port() -> String {
-    std::env::var("X402_LAMBDA_PORT")
-        .expect("X402_LAMBDA_PORT is not set: run the tests through infra/test.sh, which starts cargo lambda watch")
-}
-
-/// `cargo lambda invoke replay --data-file <event>`: the function's answer.
-fn invoke_replay(event: &str) -> Value {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let output = Command::new("cargo")
-        .args([
-            "lambda",
-            "invoke",
-            "replay",
-            "--data-file",
-            event,
-            "--invoke-address",
-            "127.0.0.1",
-            "--invoke-port",
-        ])
-        .arg(lambda_port())
-        .current_dir(root)
-        .output()
-        .expect("cargo lambda is on PATH (infra/test.sh puts it there)");
-    assert!(
-        output.status.success(),
-        "cargo lambda invoke failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}",
-            String::from_utf8_lossy(&output.stdout)
-        )
-    })
-}
-
 #[tokio::test]
 async fn the_replay_lambda_runs_on_its_schedule_event() {
     let _one = ONE_AT_A_TIME.lock().await;
@@ -427,7 +388,7 @@ async fn the_replay_lambda_runs_on_its_schedule_event() {
         .sign();
     let id = record_payment(&payment, 120_000).await;
 
-    let summary = tokio::task::spawn_blocking(|| invoke_replay("events/replay-schedule.json"))
+    let summary = tokio::task::spawn_blocking(|| invoke("replay", "events/replay-schedule.json"))
         .await
         .unwrap();
     assert!(summary["expired"].as_u64().unwrap() >= 1, "{summary}");

@@ -451,3 +451,46 @@ pub async fn start_local_server(overrides: &[(&str, &str)]) -> (LocalServer, Str
     }
     panic!("the extra local server did not start");
 }
+
+pub fn lambda_port() -> String {
+    std::env::var("X402_LAMBDA_PORT")
+        .expect("X402_LAMBDA_PORT is not set: run the tests through infra/test.sh, which starts cargo lambda watch")
+}
+
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// `cargo lambda invoke <function> --data-file <event>` against the emulator infra/test.sh started:
+/// what the function answered (for an HTTP function, the API Gateway response). Blocking.
+pub fn invoke(function: &str, event: &str) -> Value {
+    let output = std::process::Command::new("cargo")
+        .args([
+            "lambda",
+            "invoke",
+            function,
+            "--data-file",
+            event,
+            "--invoke-address",
+            "127.0.0.1",
+            "--invoke-port",
+        ])
+        .arg(lambda_port())
+        .current_dir(repo_root())
+        .output()
+        .expect("cargo lambda is on PATH (infra/test.sh puts it there)");
+    assert!(
+        output.status.success(),
+        "cargo lambda invoke failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
+}
