@@ -280,11 +280,10 @@ export function settleSection({ settle, others = [], command, ours, versions, co
         + "`TransactWriteItems` per settle is a little over 1 while KMS `Sign` stays at 1."]
       : []),
     ...(others.length
-      ? ["- Lanes here cannot run in parallel: the worker handles a batch's messages one after another whatever their "
-        + "lane (`Worker::handle_batch` loops over the records), the poller hands it one batch at a time, and the "
-        + "emulator runs one instance of the function. So the lanes table shows the local pipeline's limit, not what "
-        + "more lanes give in AWS, where Lambda runs more instances as more message groups have messages; but an SQS "
-        + "batch can hold several lanes, and one invocation then still signs them one after another."]
+      ? ["- Lanes here share one pipeline: the worker runs the lanes of a batch side by side (each lane in order), "
+        + "but the poller hands it one batch at a time and the emulator runs one instance of the function, and moto "
+        + "serves every DynamoDB call. So the lanes table shows the local pipeline's limit, not what more lanes give "
+        + "in AWS, where Lambda's event source mapping runs a batch per message group at once."]
       : []),
     ...notes.map((n) => `- ${n}`),
     SETTLE_END);
