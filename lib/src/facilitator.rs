@@ -35,7 +35,8 @@ impl Facilitator {
             .networks
             .iter()
             .map(|n| {
-                let chain = Chain::new(n.rpc.clone(), Some(secrets.clone()), config.rpc_timeout);
+                let chain = Chain::new(n.rpc.clone(), Some(secrets.clone()), config.rpc_timeout)
+                    .with_fee_cache(config.fee_cache);
                 ExactEvm::new(n.network.clone(), n.assets.clone(), chain)
             })
             .collect();

@@ -28,6 +28,8 @@ pub const SETTLE_QUEUE_VAR: &str = "X402_SETTLE_QUEUE_URL";
 pub const SETTLE_DEADLINE_VAR: &str = "X402_SETTLE_DEADLINE_MS";
 /// How often a settle follower re-reads its payment, in milliseconds.
 pub const SETTLE_POLL_VAR: &str = "X402_SETTLE_POLL_MS";
+/// How long the worker reuses a fee estimate, in milliseconds (about a block; 0 = never).
+pub const FEE_CACHE_VAR: &str = "X402_FEE_CACHE_MS";
 /// Replay leaves records changed more recently than this to the live path, in milliseconds (0 allowed).
 pub const REPLAY_MIN_AGE_VAR: &str = "X402_REPLAY_MIN_AGE_MS";
 /// At most this many records per replay run.
@@ -62,6 +64,8 @@ pub struct Config {
     pub replay_min_age: Duration,
     /// Replay: the most records one run looks at.
     pub replay_max_records: usize,
+    /// How long the worker reuses a fee estimate (about a block; zero: never).
+    pub fee_cache: Duration,
 }
 
 /// One EVM network this deployment serves.
@@ -172,6 +176,11 @@ impl Config {
             settle_queue_url: lookup(SETTLE_QUEUE_VAR).filter(|u| !u.is_empty()),
             settle_deadline,
             settle_poll: millis(SETTLE_POLL_VAR, DEFAULT_SETTLE_POLL)?,
+            fee_cache: match lookup(FEE_CACHE_VAR).as_deref().map(str::trim) {
+                None => Duration::from_secs(1),
+                Some("0") => Duration::ZERO,
+                Some(ms) => Duration::from_millis(positive(FEE_CACHE_VAR, ms)?),
+            },
             replay_min_age: match lookup(REPLAY_MIN_AGE_VAR) {
                 None => DEFAULT_REPLAY_MIN_AGE,
                 Some(ms) => Duration::from_millis(ms.trim().parse().map_err(|_| ConfigError {
@@ -343,6 +352,20 @@ mod tests {
             let e = Config::from_lookup(lookup(&[(NETWORKS_VAR, NETS), (var, bad)])).unwrap_err();
             assert_eq!(e.var, var);
         }
+    }
+
+    #[test]
+    fn the_fee_cache_defaults_to_a_block_and_zero_turns_it_off() {
+        let c = Config::from_lookup(lookup(&[(NETWORKS_VAR, NETS)])).unwrap();
+        assert_eq!(c.fee_cache, Duration::from_secs(1));
+        let c = Config::from_lookup(lookup(&[(NETWORKS_VAR, NETS), (FEE_CACHE_VAR, "0")])).unwrap();
+        assert_eq!(c.fee_cache, Duration::ZERO);
+        let c =
+            Config::from_lookup(lookup(&[(NETWORKS_VAR, NETS), (FEE_CACHE_VAR, "2000")])).unwrap();
+        assert_eq!(c.fee_cache, Duration::from_secs(2));
+        let e = Config::from_lookup(lookup(&[(NETWORKS_VAR, NETS), (FEE_CACHE_VAR, "a block")]))
+            .unwrap_err();
+        assert_eq!(e.var, FEE_CACHE_VAR);
     }
 
     #[test]

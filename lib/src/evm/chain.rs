@@ -51,6 +51,10 @@ pub struct Chain {
     timeout: Duration,
     /// The provider and the URL it talks to (kept only to scrub it from error messages).
     provider: OnceCell<(RootProvider, String)>,
+    /// How long a fee estimate is reused: about a block, so fees are fetched once per block rather
+    /// than once per settlement (DESIGN §8). Zero turns the reuse off.
+    fee_ttl: Duration,
+    fee_cache: std::sync::Mutex<Option<(std::time::Instant, (u128, u128))>>,
 }
 
 impl Chain {
@@ -65,7 +69,15 @@ impl Chain {
             secrets,
             timeout,
             provider: OnceCell::new(),
+            fee_ttl: Duration::ZERO,
+            fee_cache: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Reuses a fee estimate for `ttl` (about the chain's block time).
+    pub fn with_fee_cache(mut self, ttl: Duration) -> Self {
+        self.fee_ttl = ttl;
+        self
     }
 
     async fn provider(&self) -> Result<&(RootProvider, String), ChainError> {
@@ -188,13 +200,30 @@ impl Chain {
             .map_err(ChainError::Node)
     }
 
-    /// EIP-1559 fees for the next block: `(max_fee_per_gas, max_priority_fee_per_gas)`.
+    /// EIP-1559 fees for the next block: `(max_fee_per_gas, max_priority_fee_per_gas)`, reused for
+    /// the fee TTL. A reused estimate stays safe: alloy's max fee is twice the base fee plus the tip,
+    /// more than a few blocks of base-fee rises can reach.
     pub async fn fees(&self) -> Result<(u128, u128), ChainError> {
+        let cached = *self
+            .fee_cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((at, fees)) = cached {
+            if at.elapsed() < self.fee_ttl {
+                return Ok(fees);
+            }
+        }
         let estimate = self
             .bounded(|p| Box::pin(async move { p.estimate_eip1559_fees().await }))
             .await?
             .map_err(ChainError::Node)?;
-        Ok((estimate.max_fee_per_gas, estimate.max_priority_fee_per_gas))
+        let fees = (estimate.max_fee_per_gas, estimate.max_priority_fee_per_gas);
+        *self
+            .fee_cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some((std::time::Instant::now(), fees));
+        Ok(fees)
     }
 
     /// `eth_sendRawTransaction`. The node's refusal (e.g. "already known") is `Ok(Err(message))`.
