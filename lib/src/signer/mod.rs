@@ -44,13 +44,8 @@ impl Lanes {
                 for (index, key) in self.keys.iter().enumerate() {
                     let (kms, key) = (self.kms.clone(), key.clone());
                     tasks.spawn(async move {
-                        let signer = AwsSigner::new(kms, key.clone(), None).await.map_err(|e| {
-                            LaneError {
-                                key,
-                                problem: e.to_string(),
-                            }
-                        })?;
-                        Ok::<_, LaneError>((index, signer.address()))
+                        let lane = LaneSigner::connect(kms, key).await?;
+                        Ok::<_, LaneError>((index, lane.address()))
                     });
                 }
                 let mut found = vec![Address::ZERO; self.keys.len()];
