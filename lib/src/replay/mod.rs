@@ -32,7 +32,7 @@ use crate::{
     facilitator::{unix_now, Facilitator},
     queue::Queue,
     settle::{
-        parse_b256, receipt,
+        receipt,
         worker::{self, Sent},
     },
     store::{now_ms, PaymentRecord, State, Store, StoreError},
@@ -265,7 +265,7 @@ impl Replayer {
 
     /// A `submitted` record without a receipt: still in the pool, or dropped and sent again.
     async fn resend_if_dropped(&self, chain: &crate::evm::Chain, record: &PaymentRecord) -> Action {
-        let Some(hash) = record.tx_hash.as_deref().and_then(parse_b256) else {
+        let Some(hash) = record.tx_hash.as_deref().and_then(crate::evm::hex::b256) else {
             return error(&record.id, &"submitted without a transaction hash");
         };
         match chain.transaction_known(hash).await {

@@ -9,7 +9,7 @@ pub mod worker;
 
 use std::time::{Duration, Instant};
 
-use alloy::primitives::{Address, B256};
+use alloy::primitives::Address;
 use aws_sdk_dynamodb::types::AttributeValue;
 use tracing::instrument;
 
@@ -347,9 +347,4 @@ pub fn lane_for<'a>(id: &PaymentId, lanes: &'a [String]) -> &'a str {
 
 fn hex_address(address: Address) -> String {
     format!("{address:#x}")
-}
-
-/// Parses the `0x…` hashes and addresses stored in records.
-pub(crate) fn parse_b256(s: &str) -> Option<B256> {
-    crate::evm::hex::b256(s)
 }

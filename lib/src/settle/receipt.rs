@@ -2,7 +2,6 @@
 
 use aws_sdk_dynamodb::types::AttributeValue;
 
-use super::parse_b256;
 use crate::{
     evm::{abi::IEip3009, hex, Chain},
     protocol::Reason,
@@ -20,7 +19,7 @@ pub async fn finish(
     let hash = record
         .tx_hash
         .as_deref()
-        .and_then(parse_b256)
+        .and_then(hex::b256)
         .ok_or_else(|| {
             format!(
                 "record {} is submitted without a transaction hash",
