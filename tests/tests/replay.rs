@@ -87,17 +87,7 @@ async fn record_payment(payment: &PaymentBuilder, age_ms: u64) -> String {
 }
 
 async fn item(id: &str) -> Item {
-    dynamodb()
-        .await
-        .get_item()
-        .table_name(&stack().payments_table)
-        .key("id", AttributeValue::S(id.to_owned()))
-        .consistent_read(true)
-        .send()
-        .await
-        .unwrap()
-        .item
-        .unwrap_or_else(|| panic!("no record {id}"))
+    payment_record(id).await
 }
 
 fn text(item: &Item, name: &str) -> String {

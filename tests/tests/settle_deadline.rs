@@ -40,21 +40,7 @@ async fn nothing_broadcast_by_the_deadline_is_cancelled_for_good() {
     );
     assert_eq!(answer.json["transaction"], "");
 
-    let id = format!(
-        "{}#{:#x}#{:#x}#{:#x}",
-        NETWORK, payment.asset, payment.from, payment.nonce
-    );
-    let item = dynamodb()
-        .await
-        .get_item()
-        .table_name(&s.payments_table)
-        .key("id", AttributeValue::S(id.clone()))
-        .consistent_read(true)
-        .send()
-        .await
-        .unwrap()
-        .item
-        .unwrap_or_else(|| panic!("no record {id}"));
+    let item = payment_record(&payment.record_id()).await;
     assert_eq!(item["state"], AttributeValue::S("cancelled".into()));
     assert!(
         !item.contains_key("open_shard"),

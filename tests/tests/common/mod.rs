@@ -228,6 +228,11 @@ impl PaymentBuilder {
                "paymentRequirements":self.requirements()})
     }
 
+    /// The id of this payment's record in DynamoDB, as the facilitator builds it.
+    pub fn record_id(&self) -> String {
+        facilitator::store::PaymentId::new(NETWORK, self.asset, self.from, self.nonce).to_string()
+    }
+
     /// Calldata that makes the authorization happen, for tests that use it up on chain first.
     pub fn transfer_calldata(&self) -> Bytes {
         transferWithAuthorizationCall {
@@ -371,6 +376,26 @@ pub async fn send_from_anvil_account(from: Address, to: Address, data: Bytes) {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     panic!("setup transaction {hash} was not mined");
+}
+
+/// A payment's record as stored (strongly consistent read); panics if there is none.
+pub async fn payment_record(
+    id: &str,
+) -> std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue> {
+    dynamodb()
+        .await
+        .get_item()
+        .table_name(&stack().payments_table)
+        .key(
+            "id",
+            aws_sdk_dynamodb::types::AttributeValue::S(id.to_owned()),
+        )
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap_or_else(|| panic!("no record {id}"))
 }
 
 /// Item counts of the facilitator's DynamoDB tables, to prove verify writes nothing.
