@@ -20,6 +20,7 @@ import { signVerifyBodies } from "./lib/payments.mjs";
 import { verifyTable, ratios } from "./lib/report.mjs";
 import { readRpcCounts, resetRpcCounts } from "./lib/rpc-counter.mjs";
 import { supportedScenario, verifyScenario } from "./lib/scenarios.mjs";
+import { parseTargets } from "./lib/targets.mjs";
 
 const { values: opts } = parseArgs({
   options: {
@@ -41,11 +42,7 @@ if (!opts.stack || !opts.target?.length) {
   process.exit(2);
 }
 const stack = JSON.parse(readFileSync(opts.stack, "utf8"));
-const targets = opts.target.map((t) => {
-  const [name, url] = t.split("=");
-  if (!/^http:\/\/127\.0\.0\.1:\d+$/.test(url ?? "")) throw new Error(`--target ${t}: only http://127.0.0.1:<port> is driven`);
-  return { name, url };
-});
+const targets = parseTargets(opts.target);
 const levels = opts.concurrency.split(",").map(Number);
 const maxRequests = Number(opts.requests);
 const maxSeconds = Number(opts.seconds);

@@ -22,6 +22,7 @@ import { signSettleBodies } from "./lib/payments.mjs";
 import { settleRatios, settleTable } from "./lib/report.mjs";
 import { readRpcCounts, resetRpcCounts } from "./lib/rpc-counter.mjs";
 import { settleScenario } from "./lib/scenarios.mjs";
+import { loopback, parseTargets } from "./lib/targets.mjs";
 
 const { values: opts } = parseArgs({
   options: {
@@ -44,13 +45,8 @@ if (!opts.stack || !opts.target?.length) {
   process.exit(2);
 }
 const stack = JSON.parse(readFileSync(opts.stack, "utf8"));
-const targets = opts.target.map((t) => {
-  const [name, url] = t.split("=");
-  if (!/^http:\/\/127\.0\.0\.1:\d+$/.test(url ?? "")) throw new Error(`--target ${t}: only http://127.0.0.1:<port> is driven`);
-  return { name, url };
-});
-const counter = opts["aws-counter"];
-if (counter && !/^http:\/\/127\.0\.0\.1:\d+$/.test(counter)) throw new Error("--aws-counter: only http://127.0.0.1:<port>");
+const targets = parseTargets(opts.target);
+const counter = opts["aws-counter"] && loopback(opts["aws-counter"], "--aws-counter");
 const levels = opts.concurrency.split(",").map(Number);
 const maxRequests = Number(opts.requests);
 const maxSeconds = Number(opts.seconds);
