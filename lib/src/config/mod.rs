@@ -34,6 +34,8 @@ pub const FEE_CACHE_VAR: &str = "X402_FEE_CACHE_MS";
 pub const REPLAY_MIN_AGE_VAR: &str = "X402_REPLAY_MIN_AGE_MS";
 /// At most this many records per replay run.
 pub const REPLAY_MAX_RECORDS_VAR: &str = "X402_REPLAY_MAX_RECORDS";
+/// Replay replaces a transaction still unmined this long after it was sent, in milliseconds.
+pub const REPLAY_BUMP_AFTER_VAR: &str = "X402_REPLAY_BUMP_AFTER_MS";
 
 const DEFAULT_SETTLE_DEADLINE: Duration = Duration::from_secs(25);
 /// API Gateway's HTTP API integration timeout is 29 s (DESIGN I5); leave room to answer.
@@ -42,6 +44,8 @@ const DEFAULT_SETTLE_POLL: Duration = Duration::from_millis(250);
 /// Longer than `/settle`'s deadline, so replay never races a live follower or a busy worker.
 const DEFAULT_REPLAY_MIN_AGE: Duration = Duration::from_secs(60);
 const DEFAULT_REPLAY_MAX_RECORDS: usize = 500;
+/// Minutes of blocks on a 2-second chain: a transaction still in the pool after this is stuck.
+const DEFAULT_REPLAY_BUMP_AFTER: Duration = Duration::from_secs(120);
 
 const DEFAULT_RPC_TIMEOUT: Duration = Duration::from_secs(5);
 /// x402 bodies are 1–3 KiB; 64 KiB leaves room for extensions and refuses floods early.
@@ -64,6 +68,8 @@ pub struct Config {
     pub replay_min_age: Duration,
     /// Replay: the most records one run looks at.
     pub replay_max_records: usize,
+    /// Replay: a transaction still unmined this long after it was sent is replaced with higher fees.
+    pub replay_bump_after: Duration,
     /// How long the worker reuses a fee estimate (about a block; zero: never).
     pub fee_cache: Duration,
 }
@@ -194,6 +200,7 @@ impl Config {
                     usize::try_from(positive(REPLAY_MAX_RECORDS_VAR, &n)?).unwrap_or(usize::MAX)
                 }
             },
+            replay_bump_after: millis(REPLAY_BUMP_AFTER_VAR, DEFAULT_REPLAY_BUMP_AFTER)?,
         })
     }
 
@@ -335,20 +342,25 @@ mod tests {
     fn replay_tunables() {
         let c = Config::from_lookup(lookup(&[(NETWORKS_VAR, NETS)])).unwrap();
         assert_eq!(
-            (c.replay_min_age, c.replay_max_records),
-            (Duration::from_secs(60), 500)
+            (c.replay_min_age, c.replay_max_records, c.replay_bump_after),
+            (Duration::from_secs(60), 500, Duration::from_secs(120))
         );
         let c = Config::from_lookup(lookup(&[
             (NETWORKS_VAR, NETS),
             (REPLAY_MIN_AGE_VAR, "0"),
             (REPLAY_MAX_RECORDS_VAR, "20"),
+            (REPLAY_BUMP_AFTER_VAR, "30000"),
         ]))
         .unwrap();
         assert_eq!(
-            (c.replay_min_age, c.replay_max_records),
-            (Duration::ZERO, 20)
+            (c.replay_min_age, c.replay_max_records, c.replay_bump_after),
+            (Duration::ZERO, 20, Duration::from_secs(30))
         );
-        for (var, bad) in [(REPLAY_MIN_AGE_VAR, "soon"), (REPLAY_MAX_RECORDS_VAR, "0")] {
+        for (var, bad) in [
+            (REPLAY_MIN_AGE_VAR, "soon"),
+            (REPLAY_MAX_RECORDS_VAR, "0"),
+            (REPLAY_BUMP_AFTER_VAR, "-1"),
+        ] {
             let e = Config::from_lookup(lookup(&[(NETWORKS_VAR, NETS), (var, bad)])).unwrap_err();
             assert_eq!(e.var, var);
         }

@@ -200,6 +200,13 @@ impl Chain {
             .map_err(ChainError::Node)
     }
 
+    /// The account's nonce at the latest block: how many of its transactions are mined.
+    pub async fn latest_nonce(&self, address: Address) -> Result<u64, ChainError> {
+        self.bounded(|p| Box::pin(async move { p.get_transaction_count(address).latest().await }))
+            .await?
+            .map_err(ChainError::Node)
+    }
+
     /// EIP-1559 fees for the next block: `(max_fee_per_gas, max_priority_fee_per_gas)`, reused for
     /// the fee TTL. A reused estimate stays safe: alloy's max fee is twice the base fee plus the tip,
     /// more than a few blocks of base-fee rises can reach.

@@ -5,10 +5,15 @@
 use serde::{Deserialize, Serialize};
 use tracing::instrument;
 
-/// What a queue message carries: the payment's id. Everything else is in its record.
+/// What a queue message carries: the payment's id (everything else is in its record), and, when
+/// replay asks for a replacement, the hash of the transaction to replace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SettlementMessage {
     pub id: String,
+    /// Replace this transaction at the same lane nonce: with higher fees, or with a cancelling
+    /// self-transfer once the authorization has expired. Only if the record still holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replace: Option<String>,
 }
 
 /// The queue could not take the message.
@@ -50,9 +55,39 @@ impl Queue {
         self.send(id, lane, dedup).await
     }
 
+    /// Asks the lane's worker to replace a stuck or expired transaction (replay). Deduplicated on
+    /// the transaction it replaces, so two replay runs cannot ask twice for the same replacement.
+    #[instrument(skip_all, fields(id, lane, tx_hash), err(level = "warn"))]
+    pub async fn request_replacement(
+        &self,
+        id: &str,
+        lane: &str,
+        tx_hash: &str,
+    ) -> Result<(), QueueError> {
+        let message = SettlementMessage {
+            id: id.to_owned(),
+            replace: Some(tx_hash.to_owned()),
+        };
+        let dedup =
+            alloy::primitives::keccak256(format!("{id}#replace#{tx_hash}").as_bytes()).to_string();
+        self.send_message(&message, lane, dedup).await
+    }
+
     async fn send(&self, id: &str, lane: &str, dedup: String) -> Result<(), QueueError> {
-        let body = serde_json::to_string(&SettlementMessage { id: id.to_owned() })
-            .map_err(|e| QueueError(e.to_string()))?;
+        let message = SettlementMessage {
+            id: id.to_owned(),
+            replace: None,
+        };
+        self.send_message(&message, lane, dedup).await
+    }
+
+    async fn send_message(
+        &self,
+        message: &SettlementMessage,
+        lane: &str,
+        dedup: String,
+    ) -> Result<(), QueueError> {
+        let body = serde_json::to_string(message).map_err(|e| QueueError(e.to_string()))?;
         let send = self
             .client
             .send_message()

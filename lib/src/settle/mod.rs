@@ -175,6 +175,8 @@ impl Settler {
             lane_nonce: None,
             raw_tx: None,
             tx_hash: None,
+            sender: None,
+            replaced: vec![],
             reason: None,
             message: None,
             created_at: now,
@@ -336,7 +338,12 @@ pub fn store_from(config: &Config, aws: &aws_config::SdkConfig) -> Store {
 
 /// The lane a payment goes to: fixed by its id, so a retry lands on the same lane.
 pub fn lane_for<'a>(id: &PaymentId, lanes: &'a [String]) -> &'a str {
-    let hash = alloy::primitives::keccak256(id.as_str().as_bytes());
+    lane_for_id(id.as_str(), lanes)
+}
+
+/// [`lane_for`] from the id as stored.
+pub fn lane_for_id<'a>(id: &str, lanes: &'a [String]) -> &'a str {
+    let hash = alloy::primitives::keccak256(id.as_bytes());
     let index =
         u64::from_be_bytes(hash[..8].try_into().unwrap_or_default()) % lanes.len().max(1) as u64;
     lanes
@@ -347,4 +354,43 @@ pub fn lane_for<'a>(id: &PaymentId, lanes: &'a [String]) -> &'a str {
 
 fn hex_address(address: Address) -> String {
     format!("{address:#x}")
+}
+
+/// The EIP-1559 transaction inside a stored raw transaction (`0x…`, EIP-2718 encoded): what a
+/// replacement copies and outbids. `None` for anything else.
+pub(crate) fn decode_eip1559(raw: &str) -> Option<alloy::consensus::TxEip1559> {
+    use alloy::eips::eip2718::Decodable2718;
+    let bytes = crate::evm::hex::bytes(raw)?;
+    let envelope = alloy::consensus::TxEnvelope::decode_2718(&mut bytes.as_ref()).ok()?;
+    envelope.as_eip1559().map(|signed| signed.tx().clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use alloy::{
+        consensus::{SignableTransaction, TxEip1559, TxEnvelope},
+        eips::eip2718::Encodable2718,
+        primitives::{address, Bytes, Signature, TxKind, U256},
+    };
+
+    #[test]
+    fn a_stored_transaction_decodes_back_to_what_was_signed() {
+        let tx = TxEip1559 {
+            chain_id: 84532,
+            nonce: 7,
+            gas_limit: 90_000,
+            max_fee_per_gas: 2_000_000_000,
+            max_priority_fee_per_gas: 1_000_000,
+            to: TxKind::Call(address!("0x036CbD53842c5426634e7929541eC2318f3dCF7e")),
+            value: U256::ZERO,
+            access_list: Default::default(),
+            input: Bytes::from(vec![0xe3, 0xee, 0x16, 0x0e]),
+        };
+        let signature = Signature::new(U256::from(1), U256::from(2), false);
+        let envelope: TxEnvelope = tx.clone().into_signed(signature).into();
+        let raw = format!("0x{}", alloy::hex::encode(envelope.encoded_2718()));
+        assert_eq!(super::decode_eip1559(&raw), Some(tx));
+        assert_eq!(super::decode_eip1559("0x02"), None);
+        assert_eq!(super::decode_eip1559("not hex"), None);
+    }
 }

@@ -8,28 +8,46 @@ use crate::{
     store::{PaymentRecord, State, Store},
 };
 
-/// Looks for the receipt of a `submitted` record and, if it is mined, moves the record to
-/// `settled` (status 1 and a `Transfer(payer, payTo, value)` from the token, DESIGN I5) or `failed`.
-/// Returns the record as it is afterwards, or `None` while the transaction is not mined.
+/// Looks for the receipt of a `signed` or `submitted` record under each of its hashes (a
+/// replacement may have lost to the transaction it replaced) and, if one is mined, moves the record
+/// on: `settled` for status 1 with a `Transfer(payer, payTo, value)` from the token (DESIGN I5);
+/// `expired` when what was mined is the cancelling self-transfer of an expired authorization;
+/// `failed` otherwise. Returns the record as it is afterwards, or `None` while nothing is mined.
 pub async fn finish(
     chain: &Chain,
     store: &Store,
     record: &PaymentRecord,
 ) -> Result<Option<PaymentRecord>, String> {
-    let hash = record
-        .tx_hash
-        .as_deref()
-        .and_then(hex::b256)
-        .ok_or_else(|| {
-            format!(
-                "record {} is submitted without a transaction hash",
-                record.id
-            )
-        })?;
-    let Some(receipt) = chain.receipt(hash).await.map_err(|e| e.to_string())? else {
+    if record.tx_hash.is_none() {
+        return Err(format!(
+            "record {} is {} without a transaction hash",
+            record.id,
+            record.state.as_str()
+        ));
+    }
+    let mut mined = None;
+    for text in record.hashes() {
+        let hash = hex::b256(text)
+            .ok_or_else(|| format!("record {} has a malformed hash {text}", record.id))?;
+        if let Some(receipt) = chain.receipt(hash).await.map_err(|e| e.to_string())? {
+            mined = Some((text.to_owned(), receipt));
+            break;
+        }
+    }
+    let Some((hash, receipt)) = mined else {
         return Ok(None);
     };
-    let (to, fields): (State, Vec<(&str, AttributeValue)>) = if !receipt.status() {
+    let is_payment = hex::address(&record.asset).is_some_and(|asset| receipt.to == Some(asset));
+    let (to, mut fields): (State, Vec<(&str, AttributeValue)>) = if !is_payment {
+        (
+            State::Expired,
+            failure(
+                Reason::ValidBefore,
+                "the authorization expired before its transaction was mined; a zero-value \
+                 self-transfer used the lane nonce instead, and nothing was paid",
+            ),
+        )
+    } else if !receipt.status() {
         (
             State::Failed,
             failure(
@@ -48,12 +66,15 @@ pub async fn finish(
             ),
         )
     };
-    let mut fields = fields;
+    if record.tx_hash.as_deref() != Some(hash.as_str()) {
+        // An earlier transaction won: the record names the one that was mined.
+        fields.push(("tx_hash", AttributeValue::S(hash)));
+    }
     if let Some(block) = receipt.block_number {
         fields.push(("block_number", AttributeValue::N(block.to_string())));
     }
     store
-        .transition(&record.id, State::Submitted, to, &fields)
+        .transition(&record.id, record.state, to, &fields)
         .await
         .map_err(|e| e.to_string())?;
     // Whether we or a concurrent follower made the move, the record now says what happened.

@@ -37,6 +37,18 @@ fn retry<E: std::fmt::Display>(e: E) -> Retry {
     Retry(e.to_string())
 }
 
+/// A step of signing and sending, after which [`Worker::stop_after`] makes the worker stop as if
+/// its process had died there: the fault tests' way to leave exactly what a crash leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// KMS signed; nothing written.
+    Signed,
+    /// The signed transaction is written ahead; nothing sent.
+    WrittenAhead,
+    /// Sent to the node; the record still says `signed`.
+    Broadcast,
+}
+
 /// The worker's state, built once per instance.
 #[derive(Debug)]
 pub struct Worker {
@@ -46,6 +58,7 @@ pub struct Worker {
     /// The configured lanes: the only keys this worker will sign with.
     lanes: Vec<String>,
     signers: Mutex<HashMap<String, std::sync::Arc<OnceCell<LaneSigner>>>>,
+    stop_after: Option<Step>,
 }
 
 impl Worker {
@@ -61,6 +74,23 @@ impl Worker {
             kms,
             lanes,
             signers: Mutex::new(HashMap::new()),
+            stop_after: None,
+        }
+    }
+
+    /// Fault injection for tests: every payment stops after `step`, as if the process died there.
+    /// Nothing sets it in the deployed functions.
+    pub fn stop_after(mut self, step: Step) -> Self {
+        self.stop_after = Some(step);
+        self
+    }
+
+    fn crash_point(&self, step: Step) -> Result<(), Retry> {
+        match self.stop_after {
+            Some(stop) if stop == step => {
+                Err(Retry(format!("stopped after {step:?} (fault injection)")))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -122,7 +152,7 @@ impl Worker {
             let outcome = match serde_json::from_str::<SettlementMessage>(
                 message.body.as_deref().unwrap_or(""),
             ) {
-                Ok(settlement) => self.process(&settlement.id).await,
+                Ok(settlement) => self.process(&settlement).await,
                 Err(e) => {
                     // A body we cannot read will never become readable: drop it loudly.
                     tracing::error!(error = %e, message_id = %id, "unreadable settlement message dropped");
@@ -137,17 +167,24 @@ impl Worker {
         failures
     }
 
-    /// Moves one payment forward as far as this worker can.
-    #[instrument(skip_all, fields(id))]
-    pub async fn process(&self, id: &str) -> Result<(), Retry> {
+    /// Moves one payment forward as far as this worker can, or replaces its transaction when the
+    /// message asks for that (replay).
+    #[instrument(skip_all, fields(id = %message.id))]
+    pub async fn process(&self, message: &SettlementMessage) -> Result<(), Retry> {
+        let id = message.id.as_str();
         let Some(record) = self.store.get(id).await.map_err(retry)? else {
             tracing::warn!(id, "no record for a queued payment; nothing to do");
             return Ok(());
         };
-        match record.state {
-            State::Queued => self.sign_and_send(record).await,
+        match (record.state, &message.replace) {
+            (State::Queued, _) => self.sign_and_send(record).await,
+            (State::Signed | State::Submitted, Some(hash))
+                if record.tx_hash.as_deref() == Some(hash.as_str()) =>
+            {
+                self.replace(record).await
+            }
             // Signed but maybe never broadcast (a crash after the write-ahead): the same bytes again.
-            State::Signed => self.broadcast(&record).await,
+            (State::Signed, None) => self.broadcast(&record).await,
             _ => Ok(()),
         }
     }
@@ -214,10 +251,12 @@ impl Worker {
             input: calldata,
         };
         let signed = signer.sign(tx).await.map_err(retry)?;
+        self.crash_point(Step::Signed)?;
         let (raw, hash) = (signed.raw.to_string(), signed.hash.to_string());
+        let sender = format!("{:#x}", signer.address());
         if !self
             .store
-            .write_ahead(&record.id, &record.lane, nonce, &raw, &hash)
+            .write_ahead(&record.id, &record.lane, &sender, nonce, &raw, &hash)
             .await
             .map_err(retry)?
         {
@@ -237,10 +276,12 @@ impl Worker {
             };
         }
         tracing::info!(id = %record.id, lane = %record.lane, nonce, tx = %hash, "signed and written ahead");
+        self.crash_point(Step::WrittenAhead)?;
         let written = PaymentRecord {
             raw_tx: Some(raw),
             tx_hash: Some(hash),
             lane_nonce: Some(nonce),
+            sender: Some(sender),
             state: State::Signed,
             ..record
         };
@@ -252,7 +293,102 @@ impl Worker {
         let Some(scheme) = self.facilitator.network(&record.network) else {
             return Err(Retry(format!("{} is not configured here", record.network)));
         };
+        if self.stop_after == Some(Step::Broadcast) {
+            send_stored(scheme.chain(), record).await?;
+            return self.crash_point(Step::Broadcast);
+        }
         broadcast(scheme.chain(), &self.store, record).await?;
+        Ok(())
+    }
+
+    /// Replaces a `signed` or `submitted` record's transaction with another at the same lane nonce
+    /// (DESIGN I3, I6): the same transfer with higher fees while the authorization is valid, or a
+    /// zero-value self-transfer once it has expired, so the nonce is used without a payment. The
+    /// replacement is written ahead, next to the hashes it supersedes, before it is sent.
+    async fn replace(&self, record: PaymentRecord) -> Result<(), Retry> {
+        let Some(scheme) = self.facilitator.network(&record.network) else {
+            return Err(Retry(format!("{} is not configured here", record.network)));
+        };
+        let chain = scheme.chain();
+        let (Some(old_hash), Some(sender), Some(nonce), Some(old)) = (
+            record.tx_hash.clone(),
+            record.sender.as_deref().and_then(hex::address),
+            record.lane_nonce,
+            record.raw_tx.as_deref().and_then(super::decode_eip1559),
+        ) else {
+            tracing::error!(id = %record.id, "a record to replace lacks its transaction, sender or nonce");
+            return Ok(());
+        };
+        // Mined meanwhile (this transaction or another at its nonce): there is nothing to replace,
+        // and the receipt decides the record.
+        let mined_nonce = chain.latest_nonce(sender).await.map_err(retry)?;
+        if mined_nonce > nonce {
+            return Ok(());
+        }
+        let cancel = unix_now() >= record.valid_before;
+        if !cancel && mined_nonce < nonce {
+            // Waiting behind an earlier nonce of the lane: higher fees would not get it mined.
+            return Ok(());
+        }
+        let signer = self.signer(&record.lane).await?;
+        if signer.address() != sender {
+            return Err(Retry(format!(
+                "lane {} now signs as {:#x}, not as the record's sender {sender:#x}",
+                record.lane,
+                signer.address()
+            )));
+        }
+        let (market_max, market_tip) = chain.fees().await.map_err(retry)?;
+        // Nodes take a replacement only when both fee caps rise by at least 10 %.
+        let tip = bump(old.max_priority_fee_per_gas).max(market_tip);
+        let max_fee = bump(old.max_fee_per_gas).max(market_max).max(tip);
+        let tx = if cancel {
+            TxEip1559 {
+                to: TxKind::Call(sender),
+                value: U256::ZERO,
+                input: Bytes::new(),
+                gas_limit: 21_000,
+                max_fee_per_gas: max_fee,
+                max_priority_fee_per_gas: tip,
+                ..old
+            }
+        } else {
+            TxEip1559 {
+                max_fee_per_gas: max_fee,
+                max_priority_fee_per_gas: tip,
+                ..old
+            }
+        };
+        let signed = signer.sign(tx).await.map_err(retry)?;
+        let (raw, hash) = (signed.raw.to_string(), signed.hash.to_string());
+        if !self
+            .store
+            .write_replacement(&record.id, record.state, &old_hash, &raw, &hash)
+            .await
+            .map_err(retry)?
+        {
+            return Ok(()); // moved on meanwhile: replaced, finished or re-queued by someone else
+        }
+        tracing::info!(
+            id = %record.id, nonce, replaced = %old_hash, tx = %hash, cancel, max_fee, tip,
+            "replacement written ahead"
+        );
+        let mut replaced = record.replaced.clone();
+        replaced.push(old_hash);
+        let written = PaymentRecord {
+            raw_tx: Some(raw),
+            tx_hash: Some(hash),
+            replaced,
+            ..record
+        };
+        match written.state {
+            State::Signed => {
+                broadcast(chain, &self.store, &written).await?;
+            }
+            _ => {
+                send_stored(chain, &written).await?;
+            }
+        }
         Ok(())
     }
 
@@ -294,6 +430,11 @@ impl Worker {
             .cloned()
             .map_err(retry)
     }
+}
+
+/// A fee raised by an eighth and one wei: above the 10 % nodes ask of a replacement.
+fn bump(fee: u128) -> u128 {
+    fee.saturating_add(fee / 8).saturating_add(1)
 }
 
 /// What sending a signed record's stored bytes came to.

@@ -123,7 +123,12 @@ impl Store {
         to: State,
         fields: &[(&str, AttributeValue)],
     ) -> Result<bool, StoreError> {
-        let update = transition_update(&self.payments, id, from, to, fields);
+        self.change(id, &Change::new(from, to, fields)).await
+    }
+
+    /// Applies one conditional change; returns whether its conditions held (and it was made).
+    async fn change(&self, id: &str, change: &Change<'_>) -> Result<bool, StoreError> {
+        let update = transition_update(&self.payments, id, change);
         let request = self
             .client
             .update_item()
@@ -154,20 +159,21 @@ impl Store {
         &self,
         id: &str,
         lane: &str,
+        sender: &str,
         nonce: u64,
         raw_tx: &str,
         tx_hash: &str,
     ) -> Result<bool, StoreError> {
+        let fields = [
+            ("sender", AttributeValue::S(sender.to_owned())),
+            ("lane_nonce", AttributeValue::N(nonce.to_string())),
+            ("raw_tx", AttributeValue::S(raw_tx.to_owned())),
+            ("tx_hash", AttributeValue::S(tx_hash.to_owned())),
+        ];
         let record = transition_update(
             &self.payments,
             id,
-            State::Queued,
-            State::Signed,
-            &[
-                ("lane_nonce", AttributeValue::N(nonce.to_string())),
-                ("raw_tx", AttributeValue::S(raw_tx.to_owned())),
-                ("tx_hash", AttributeValue::S(tx_hash.to_owned())),
-            ],
+            &Change::new(State::Queued, State::Signed, &fields),
         );
         let lane_item: HashMap<String, AttributeValue> = HashMap::from([
             ("lane".to_owned(), AttributeValue::S(lane.to_owned())),
@@ -201,6 +207,67 @@ impl Store {
             }
             Err(e) => Err(fail("TransactWriteItems")(e)),
         }
+    }
+
+    /// The write-ahead of a replacement (I3): a `signed` or `submitted` record's transaction is
+    /// superseded by another at the same lane nonce (a fee bump, or a cancellation). The new bytes
+    /// and hash are stored, and the old hash appended to `replaced`, before the new bytes are sent;
+    /// only if the record still holds `old_hash`, so two replacements never race. The state stays.
+    #[instrument(skip_all, fields(id, old_hash), err(level = "warn"))]
+    pub async fn write_replacement(
+        &self,
+        id: &str,
+        state: State,
+        old_hash: &str,
+        raw_tx: &str,
+        tx_hash: &str,
+    ) -> Result<bool, StoreError> {
+        let fields = [
+            ("raw_tx", AttributeValue::S(raw_tx.to_owned())),
+            ("tx_hash", AttributeValue::S(tx_hash.to_owned())),
+        ];
+        let change = Change {
+            replaced: Some(old_hash),
+            unchanged: Some(("tx_hash", AttributeValue::S(old_hash.to_owned()))),
+            ..Change::new(state, state, &fields)
+        };
+        self.change(id, &change).await
+    }
+
+    /// Back to `queued`, to be signed afresh: the record's lane nonce was used by another
+    /// transaction, so none of its own can ever be mined. Its hash joins `replaced`; its bytes and
+    /// nonce go. Only if the record still holds `old_hash`.
+    #[instrument(skip_all, fields(id, old_hash), err(level = "warn"))]
+    pub async fn requeue_unsent(
+        &self,
+        id: &str,
+        state: State,
+        old_hash: &str,
+    ) -> Result<bool, StoreError> {
+        let change = Change {
+            remove: &["raw_tx", "tx_hash", "lane_nonce", "sender"],
+            replaced: Some(old_hash),
+            unchanged: Some(("tx_hash", AttributeValue::S(old_hash.to_owned()))),
+            ..Change::new(state, State::Queued, &[])
+        };
+        self.change(id, &change).await
+    }
+
+    /// Moves a `queued` record from `old_lane` to `new_lane` (its lane was drained: no worker signs
+    /// with it any more). Nothing was signed, so no nonce is involved.
+    #[instrument(skip_all, fields(id, old_lane, new_lane), err(level = "warn"))]
+    pub async fn move_lane(
+        &self,
+        id: &str,
+        old_lane: &str,
+        new_lane: &str,
+    ) -> Result<bool, StoreError> {
+        let fields = [("lane", AttributeValue::S(new_lane.to_owned()))];
+        let change = Change {
+            unchanged: Some(("lane", AttributeValue::S(old_lane.to_owned()))),
+            ..Change::new(State::Queued, State::Queued, &fields)
+        };
+        self.change(id, &change).await
     }
 
     /// One page of the records that are not terminal and have not changed since `changed_by`
@@ -259,33 +326,74 @@ impl Store {
     }
 }
 
-/// The conditional update behind every transition: `state` and `updated_at` always, the given
-/// fields, and `open_shard` removed when the new state is terminal (it leaves replay's index).
-fn transition_update(
-    table: &str,
-    id: &str,
+/// One conditional change of a record, as the store's writes share it: `state` from `from` to
+/// `to` and `updated_at` always; then fields set, fields removed, a hash appended to `replaced`, and
+/// a further condition that one attribute still holds the value the caller read.
+#[derive(Debug, Clone)]
+struct Change<'a> {
     from: State,
     to: State,
-    fields: &[(&str, AttributeValue)],
-) -> Update {
+    set: &'a [(&'a str, AttributeValue)],
+    remove: &'a [&'a str],
+    replaced: Option<&'a str>,
+    unchanged: Option<(&'a str, AttributeValue)>,
+}
+
+impl<'a> Change<'a> {
+    fn new(from: State, to: State, set: &'a [(&'a str, AttributeValue)]) -> Self {
+        Change {
+            from,
+            to,
+            set,
+            remove: &[],
+            replaced: None,
+            unchanged: None,
+        }
+    }
+}
+
+/// The conditional update behind every change of a record; `open_shard` is removed when the new
+/// state is terminal (the record leaves replay's index).
+fn transition_update(table: &str, id: &str, change: &Change<'_>) -> Update {
     let mut set = vec!["#state = :to".to_owned(), "updated_at = :now".to_owned()];
     let mut names = HashMap::from([("#state".to_owned(), "state".to_owned())]);
     let mut values = HashMap::from([
         (
             ":from".to_owned(),
-            AttributeValue::S(from.as_str().to_owned()),
+            AttributeValue::S(change.from.as_str().to_owned()),
         ),
-        (":to".to_owned(), AttributeValue::S(to.as_str().to_owned())),
+        (
+            ":to".to_owned(),
+            AttributeValue::S(change.to.as_str().to_owned()),
+        ),
         (":now".to_owned(), AttributeValue::N(now_ms().to_string())),
     ]);
-    for (i, (name, value)) in fields.iter().enumerate() {
+    for (i, (name, value)) in change.set.iter().enumerate() {
         set.push(format!("#f{i} = :f{i}"));
         names.insert(format!("#f{i}"), (*name).to_owned());
         values.insert(format!(":f{i}"), value.clone());
     }
+    if let Some(hash) = change.replaced {
+        set.push("replaced = list_append(if_not_exists(replaced, :none), :old)".to_owned());
+        values.insert(":none".to_owned(), AttributeValue::L(vec![]));
+        values.insert(
+            ":old".to_owned(),
+            AttributeValue::L(vec![AttributeValue::S(hash.to_owned())]),
+        );
+    }
+    let mut remove: Vec<&str> = change.remove.to_vec();
+    if change.to.is_terminal() {
+        remove.push("open_shard");
+    }
     let mut expression = format!("SET {}", set.join(", "));
-    if to.is_terminal() {
-        expression.push_str(" REMOVE open_shard");
+    if !remove.is_empty() {
+        expression.push_str(&format!(" REMOVE {}", remove.join(", ")));
+    }
+    let mut condition = "#state = :from".to_owned();
+    if let Some((name, value)) = &change.unchanged {
+        condition.push_str(" AND #unchanged = :unchanged");
+        names.insert("#unchanged".to_owned(), (*name).to_owned());
+        values.insert(":unchanged".to_owned(), value.clone());
     }
     // Every field above is set, so the builder cannot fail; expect() would be the honest
     // alternative, but the lints keep panics out of library code.
@@ -293,7 +401,7 @@ fn transition_update(
         .table_name(table)
         .key("id", AttributeValue::S(id.to_owned()))
         .update_expression(expression)
-        .condition_expression("#state = :from")
+        .condition_expression(condition)
         .set_expression_attribute_names(Some(names))
         .set_expression_attribute_values(Some(values))
         .build()

@@ -83,6 +83,15 @@ pub struct PaymentRecord {
     pub raw_tx: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tx_hash: Option<String>,
+    /// The lane's address, written with the transaction: whose nonce `lane_nonce` is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender: Option<String>,
+    /// Hashes of this payment's earlier transactions, oldest first: superseded by a replacement at
+    /// the same lane nonce (a fee bump or a cancellation), or signed at a lane nonce that another
+    /// transaction used. At most one transaction per lane nonce can be mined, and it may be any of
+    /// them, so the receipt is looked for under every hash.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replaced: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -98,6 +107,21 @@ pub struct PaymentRecord {
 
 /// How long a finished record is kept after its authorization expired.
 pub const RETENTION_SECS: u64 = 7 * 24 * 3600;
+
+impl PaymentRecord {
+    /// Every transaction this payment was signed as, the current one first.
+    pub fn hashes(&self) -> impl Iterator<Item = &str> {
+        self.tx_hash
+            .as_deref()
+            .into_iter()
+            .chain(self.replaced.iter().rev().map(String::as_str))
+    }
+
+    /// The EIP-3009 nonce of the authorization, the last part of the id.
+    pub fn authorization_nonce(&self) -> Option<&str> {
+        self.id.rsplit('#').next()
+    }
+}
 
 #[cfg(test)]
 mod tests {

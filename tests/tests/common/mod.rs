@@ -18,6 +18,8 @@ use alloy::{
     sol_types::{eip712_domain, SolCall, SolStruct},
 };
 use serde::Deserialize;
+
+pub mod replay;
 use serde_json::{json, Value};
 
 /// The local stack as `infra/stack.sh up` describes it in `$X402_STACK_DIR/stack.json`.

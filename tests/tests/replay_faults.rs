@@ -1,0 +1,760 @@
+//! Faults, and replay finishing what they leave (DESIGN I3, I6; issue 4).
+//!
+//! A settlement is stopped at each of its steps, as a crash would stop it: after the record is
+//! written, after KMS signed, after the write-ahead, after the broadcast, and after the receipt but
+//! before the record moved. Replay then ends every one exactly once: settled while the authorization
+//! is valid, expired with no transfer once it ran out. Also: a stuck transaction replaced with
+//! higher fees (and the record keeping both hashes), a lane nonce taken by another transaction, the
+//! chain RPC down, and a message that keeps failing until the dead-letter queue.
+//!
+//! The worker that crashes runs in this process, stopped by `Worker::stop_after` at the step: what
+//! it leaves in DynamoDB, SQS and the chain is what a dead process leaves. Everything after that is
+//! the real thing: replay in this process, and the worker Lambda under cargo-lambda's emulator fed
+//! by the SQS poller. Tests run one at a time: they stop anvil's mining and break the RPC proxy.
+
+// Test helpers panic on set-up failures: that is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use alloy::primitives::U256;
+use aws_sdk_dynamodb::types::AttributeValue;
+use common::{replay::*, *};
+use facilitator::{
+    queue::SettlementMessage,
+    settle::worker::{Step, Worker},
+};
+use serde_json::{json, Value};
+
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A worker in this process that stops after `step` as if its process died there.
+async fn crashing_worker(step: Step) -> Worker {
+    Worker::from_config(&config(), &aws().await).stop_after(step)
+}
+
+fn message(id: &str) -> SettlementMessage {
+    SettlementMessage {
+        id: id.to_owned(),
+        replace: None,
+    }
+}
+
+/// Runs the crashing worker on a recorded payment and checks that it did stop.
+async fn crash(step: Step, id: &str) {
+    let outcome = crashing_worker(step).await.process(&message(id)).await;
+    assert!(
+        outcome.is_err(),
+        "the worker stopped after {step:?}: {outcome:?}"
+    );
+}
+
+/// A payment whose authorization runs out a few seconds from now.
+fn short_lived(payer: usize) -> PaymentBuilder {
+    PaymentBuilder::new(payer)
+        .edit(|p| p.valid_before = now() + 4)
+        .sign()
+}
+
+async fn until_expired(payment: &PaymentBuilder) {
+    while now() <= payment.valid_before {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Waits until the record satisfies `done`.
+async fn wait_until(id: &str, what: &str, done: impl Fn(&Item) -> bool) -> Item {
+    for _ in 0..300 {
+        let item = item(id).await;
+        if done(&item) {
+            return item;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{id} never got to {what}: {:?}", item(id).await);
+}
+
+fn hashes_replaced(item: &Item) -> Vec<String> {
+    item.get("replaced")
+        .and_then(|v| v.as_l().ok())
+        .map(|l| l.iter().filter_map(|h| h.as_s().ok().cloned()).collect())
+        .unwrap_or_default()
+}
+
+fn hex_u128(value: &Value) -> u128 {
+    u128::from_str_radix(value.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
+}
+
+/// The whole lanes table: its nonces must not move when nothing was written ahead.
+async fn lanes_table() -> Vec<Item> {
+    let mut items = dynamodb()
+        .await
+        .scan()
+        .table_name(&stack().lanes_table)
+        .send()
+        .await
+        .unwrap()
+        .items
+        .unwrap_or_default();
+    items.sort_by_key(|i| text(i, "lane"));
+    items
+}
+
+/// The record settled, with one transfer, by a mined transaction from its lane.
+async fn assert_settled_once(id: &str, payment: &PaymentBuilder, before: (U256, U256)) -> Item {
+    let record = item(id).await;
+    assert_eq!(text(&record, "state"), "settled", "{record:?}");
+    let receipt = rpc(
+        "eth_getTransactionReceipt",
+        json!([text(&record, "tx_hash")]),
+    )
+    .await;
+    assert_eq!(receipt["status"], "0x1", "{receipt}");
+    assert_eq!(
+        receipt["from"].as_str().unwrap(),
+        text(&record, "sender"),
+        "sent by the record's lane"
+    );
+    moved_once(before, balances(payment).await, payment.value);
+    record
+}
+
+/// The record expired, and nothing was paid.
+async fn assert_expired_unpaid(id: &str, payment: &PaymentBuilder, before: (U256, U256)) -> Item {
+    let record = item(id).await;
+    assert_eq!(text(&record, "state"), "expired", "{record:?}");
+    assert_eq!(
+        text(&record, "reason"),
+        "invalid_exact_evm_payload_authorization_valid_before"
+    );
+    assert!(!record.contains_key("open_shard"), "it left replay's index");
+    assert_eq!(balances(payment).await, before, "no transfer");
+    record
+}
+
+/// The lane's nonce in the table agrees with the chain: no gap, nothing taken twice.
+async fn assert_lane_in_step(record: &Item) {
+    let sender = text(record, "sender");
+    let chain = rpc("eth_getTransactionCount", json!([sender, "latest"])).await;
+    let lane = text(record, "lane");
+    let row = lanes_table()
+        .await
+        .into_iter()
+        .find(|i| text(i, "lane") == lane)
+        .unwrap();
+    let table: u64 = row["next_nonce"].as_n().unwrap().parse().unwrap();
+    assert_eq!(
+        hex_u128(&chain) as u64,
+        table,
+        "lane {lane}: chain and table agree"
+    );
+}
+
+// ---- a crash at each step, while the authorization is valid: settled exactly once ----
+
+#[tokio::test]
+async fn crash_after_the_record_is_written_then_replay_settles_once() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let payment = PaymentBuilder::new(0).sign();
+    let before = balances(&payment).await;
+    // Written by /settle, never queued: the function died between the two.
+    let id = record_payment(&payment, 0).await;
+
+    assert!(replay().await.requeued >= 1);
+    wait_for(&id, &["submitted"]).await;
+    assert!(replay().await.settled >= 1);
+    assert_settled_once(&id, &payment, before).await;
+}
+
+#[tokio::test]
+async fn crash_after_signing_takes_no_nonce_and_replay_settles_once() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let payment = PaymentBuilder::new(1).sign();
+    let before = balances(&payment).await;
+    let id = record_payment(&payment, 0).await;
+    let (lanes, block) = (lanes_table().await, block_number().await);
+
+    crash(Step::Signed, &id).await;
+    let left = item(&id).await;
+    assert_eq!(
+        text(&left, "state"),
+        "queued",
+        "the signature was never written"
+    );
+    assert!(!left.contains_key("raw_tx"));
+    assert_eq!(lanes_table().await, lanes, "no lane nonce was taken");
+    assert_eq!(block_number().await, block, "nothing was sent");
+
+    assert!(replay().await.requeued >= 1);
+    wait_for(&id, &["submitted"]).await;
+    assert!(replay().await.settled >= 1);
+    let record = assert_settled_once(&id, &payment, before).await;
+    assert_lane_in_step(&record).await;
+}
+
+#[tokio::test]
+async fn crash_after_the_write_ahead_sends_the_stored_bytes_and_settles_once() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let payment = PaymentBuilder::new(2).sign();
+    let before = balances(&payment).await;
+    let id = record_payment(&payment, 0).await;
+
+    crash(Step::WrittenAhead, &id).await;
+    let written = item(&id).await;
+    assert_eq!(text(&written, "state"), "signed");
+    let hash = text(&written, "tx_hash");
+    assert!(rpc("eth_getTransactionByHash", json!([hash]))
+        .await
+        .is_null());
+
+    assert!(replay().await.submitted >= 1);
+    assert!(replay().await.settled >= 1);
+    let record = assert_settled_once(&id, &payment, before).await;
+    assert_eq!(text(&record, "tx_hash"), hash, "the bytes written ahead");
+    assert_lane_in_step(&record).await;
+}
+
+#[tokio::test]
+async fn crash_after_the_broadcast_is_finished_from_the_receipt_once() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let payment = PaymentBuilder::new(3).sign();
+    let before = balances(&payment).await;
+    let id = record_payment(&payment, 0).await;
+
+    // Sent (and mined at once), but the record still says `signed`.
+    crash(Step::Broadcast, &id).await;
+    let signed = item(&id).await;
+    assert_eq!(text(&signed, "state"), "signed");
+    let hash = text(&signed, "tx_hash");
+    assert!(!rpc("eth_getTransactionReceipt", json!([hash]))
+        .await
+        .is_null());
+
+    let summary = replay().await;
+    assert!(summary.settled >= 1, "{summary:?}");
+    assert_eq!(summary.refused, 0, "a mined transaction is not sent again");
+    let record = assert_settled_once(&id, &payment, before).await;
+    assert_eq!(text(&record, "tx_hash"), hash);
+    assert_lane_in_step(&record).await;
+}
+
+#[tokio::test]
+async fn crash_after_the_receipt_before_the_record_moved_then_replay_settles_once() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let payment = PaymentBuilder::new(0).sign();
+    let before = balances(&payment).await;
+    let id = record_payment(&payment, 0).await;
+
+    // The worker runs to the end; anvil mines; nobody follows the record (the /settle that would
+    // have read the receipt is gone).
+    Worker::from_config(&config(), &aws().await)
+        .process(&message(&id))
+        .await
+        .unwrap();
+    let submitted = item(&id).await;
+    assert_eq!(text(&submitted, "state"), "submitted");
+    assert!(
+        !rpc(
+            "eth_getTransactionReceipt",
+            json!([text(&submitted, "tx_hash")])
+        )
+        .await
+        .is_null(),
+        "mined"
+    );
+
+    assert!(replay().await.settled >= 1);
+    assert_settled_once(&id, &payment, before).await;
+    assert_eq!(replay().await.settled, 0, "once");
+}
+
+// ---- the same crashes once the authorization ran out: expired, nothing paid ----
+
+#[tokio::test]
+async fn crash_after_signing_then_expiry_ends_expired_without_a_transfer() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let payment = short_lived(1);
+    let before = balances(&payment).await;
+    let id = record_payment(&payment, 0).await;
+    crash(Step::Signed, &id).await;
+    let block = block_number().await;
+
+    until_expired(&payment).await;
+    assert!(replay().await.expired >= 1);
+    let record = assert_expired_unpaid(&id, &payment, before).await;
+    assert!(!record.contains_key("raw_tx"), "nothing was signed to keep");
+    assert_eq!(block_number().await, block, "nothing was sent");
+}
+
+#[tokio::test]
+async fn crash_after_the_write_ahead_then_expiry_cancels_the_nonce_without_a_transfer() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let payment = short_lived(2);
+    let before = balances(&payment).await;
+    let id = record_payment(&payment, 0).await;
+    crash(Step::WrittenAhead, &id).await;
+    let hash = text(&item(&id).await, "tx_hash");
+
+    until_expired(&payment).await;
+    // The stored transfer would only revert now: its lane nonce is used by a zero-value
+    // self-transfer instead, signed by the worker Lambda at replay's request.
+    let summary = replay().await;
+    assert!(summary.cancelling >= 1, "{summary:?}");
+    let cancelled = wait_until(&id, "a cancellation sent", |i| {
+        text(i, "state") == "submitted" && text(i, "tx_hash") != hash
+    })
+    .await;
+    assert_eq!(hashes_replaced(&cancelled), vec![hash.clone()]);
+    let summary = replay().await;
+    assert!(summary.expired >= 1, "{summary:?}");
+    let record = assert_expired_unpaid(&id, &payment, before).await;
+    let cancel = rpc(
+        "eth_getTransactionByHash",
+        json!([text(&record, "tx_hash")]),
+    )
+    .await;
+    assert_eq!(cancel["to"], cancel["from"], "a self-transfer: {cancel}");
+    assert_eq!(cancel["value"], "0x0");
+    assert!(rpc("eth_getTransactionReceipt", json!([hash]))
+        .await
+        .is_null());
+    assert_lane_in_step(&record).await;
+}
+
+#[tokio::test]
+async fn crash_after_the_broadcast_then_expiry_replaces_the_transfer_with_a_cancellation() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let payment = short_lived(3);
+    let before = balances(&payment).await;
+    let id = record_payment(&payment, 0).await;
+    let mining = MiningStopped::start().await;
+    crash(Step::Broadcast, &id).await;
+    let hash = text(&item(&id).await, "tx_hash");
+    assert!(
+        !rpc("eth_getTransactionByHash", json!([hash]))
+            .await
+            .is_null(),
+        "in the pool"
+    );
+
+    until_expired(&payment).await;
+    assert!(replay().await.cancelling >= 1);
+    let cancelled = wait_until(&id, "a cancellation sent", |i| {
+        text(i, "state") == "submitted" && text(i, "tx_hash") != hash
+    })
+    .await;
+    assert_eq!(hashes_replaced(&cancelled), vec![hash.clone()]);
+    rpc("evm_mine", json!([])).await;
+    drop(mining);
+
+    assert!(replay().await.expired >= 1);
+    let record = assert_expired_unpaid(&id, &payment, before).await;
+    assert!(
+        rpc("eth_getTransactionReceipt", json!([hash]))
+            .await
+            .is_null(),
+        "the transfer was never mined"
+    );
+    assert_lane_in_step(&record).await;
+}
+
+// ---- stuck, raced and taken nonces ----
+
+#[tokio::test]
+async fn a_stuck_transaction_is_replaced_with_higher_fees_and_the_record_keeps_both() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let payment = PaymentBuilder::new(0).sign();
+    let before = balances(&payment).await;
+    let mining = MiningStopped::start().await;
+    let (id, hash) = broadcast_unmined(&payment).await;
+    let original = rpc("eth_getTransactionByHash", json!([hash])).await;
+
+    // Patient replay leaves it (it was sent just now); impatient replay takes it for stuck.
+    assert!(replay().await.pending >= 1);
+    let summary = replay_impatiently().await;
+    assert!(summary.bumped >= 1, "{summary:?}");
+    let bumped = wait_until(&id, "a replacement", |i| text(i, "tx_hash") != hash).await;
+    assert_eq!(text(&bumped, "state"), "submitted");
+    assert_eq!(
+        hashes_replaced(&bumped),
+        vec![hash.clone()],
+        "both are on record"
+    );
+    let replacement = rpc(
+        "eth_getTransactionByHash",
+        json!([text(&bumped, "tx_hash")]),
+    )
+    .await;
+    assert_eq!(
+        replacement["nonce"], original["nonce"],
+        "the same lane nonce"
+    );
+    assert_eq!(replacement["input"], original["input"], "the same transfer");
+    for fee in ["maxFeePerGas", "maxPriorityFeePerGas"] {
+        assert!(
+            hex_u128(&replacement[fee]) > hex_u128(&original[fee]) * 11 / 10,
+            "{fee} rose by more than 10 %: {} → {}",
+            original[fee],
+            replacement[fee]
+        );
+    }
+    assert!(
+        rpc("eth_getTransactionByHash", json!([hash]))
+            .await
+            .is_null(),
+        "the node dropped the original for its replacement"
+    );
+
+    rpc("evm_mine", json!([])).await;
+    drop(mining);
+    assert!(replay().await.settled >= 1);
+    let record = assert_settled_once(&id, &payment, before).await;
+    assert_eq!(text(&record, "tx_hash"), text(&bumped, "tx_hash"));
+    assert_lane_in_step(&record).await;
+    let table = all_records().await;
+    assert_eq!(replay().await.settled, 0);
+    assert_eq!(all_records().await, table, "a second run changes nothing");
+}
+
+#[tokio::test]
+async fn when_the_original_is_mined_instead_of_its_replacement_the_record_names_the_original() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let payment = PaymentBuilder::new(1).sign();
+    let before = balances(&payment).await;
+    let mining = MiningStopped::start().await;
+    let (id, hash) = broadcast_unmined(&payment).await;
+    let original_raw = rpc("eth_getRawTransactionByHash", json!([hash])).await;
+
+    assert!(replay_impatiently().await.bumped >= 1);
+    let bumped = wait_until(&id, "a replacement", |i| text(i, "tx_hash") != hash).await;
+    // Another node kept the original and a block builder took it: here, the replacement is
+    // dropped and the original sent back before the block is mined.
+    drop_from_pool(&text(&bumped, "tx_hash")).await;
+    rpc("eth_sendRawTransaction", json!([original_raw])).await;
+    rpc("evm_mine", json!([])).await;
+    drop(mining);
+
+    assert!(replay().await.settled >= 1);
+    let record = assert_settled_once(&id, &payment, before).await;
+    assert_eq!(
+        text(&record, "tx_hash"),
+        hash,
+        "the transaction that was mined"
+    );
+    assert_lane_in_step(&record).await;
+}
+
+#[tokio::test]
+async fn a_lane_nonce_taken_by_another_transaction_is_signed_afresh_and_settles_once() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let payment = PaymentBuilder::new(2).sign();
+    let before = balances(&payment).await;
+    let id = record_payment(&payment, 0).await;
+    crash(Step::WrittenAhead, &id).await;
+    let written = item(&id).await;
+    let (hash, sender) = (text(&written, "tx_hash"), text(&written, "sender"));
+
+    // Someone else (an operator's manual transaction) uses the lane's nonce first.
+    rpc("anvil_impersonateAccount", json!([sender])).await;
+    rpc(
+        "eth_sendTransaction",
+        json!([{"from": sender, "to": sender, "value": "0x0"}]),
+    )
+    .await;
+    rpc("anvil_stopImpersonatingAccount", json!([sender])).await;
+
+    let summary = replay().await;
+    assert!(summary.resigned >= 1, "{summary:?}");
+    let requeued = item(&id).await;
+    assert!(
+        ["queued", "signed", "submitted"].contains(&text(&requeued, "state").as_str()),
+        "{requeued:?}"
+    );
+    wait_for(&id, &["submitted"]).await;
+    assert!(replay().await.settled >= 1);
+    let record = assert_settled_once(&id, &payment, before).await;
+    assert_ne!(
+        text(&record, "tx_hash"),
+        hash,
+        "a new transaction at a new nonce"
+    );
+    assert_eq!(hashes_replaced(&record), vec![hash]);
+    assert_lane_in_step(&record).await;
+}
+
+// ---- the chain RPC down ----
+
+/// Sets the RPC proxy's fault (infra/rpc_counter.py); the fault is lifted however the test ends.
+struct RpcFault;
+
+impl RpcFault {
+    async fn set(mode: &str, methods: &[&str]) -> Self {
+        set_rpc_fault(mode, methods).await;
+        RpcFault
+    }
+}
+
+async fn set_rpc_fault(mode: &str, methods: &[&str]) {
+    let url = format!("{}/__fault", stack().rpc_proxy_url);
+    let answer = http()
+        .post(url)
+        .json(&json!({"mode": mode, "methods": methods}))
+        .send()
+        .await
+        .unwrap();
+    assert!(answer.status().is_success());
+}
+
+impl Drop for RpcFault {
+    fn drop(&mut self) {
+        let url = format!("{}/__fault", stack().rpc_proxy_url);
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let _ = reqwest::Client::new()
+                    .post(url)
+                    .json(&json!({"mode": "none", "methods": []}))
+                    .send()
+                    .await;
+            });
+        })
+        .join();
+    }
+}
+
+#[tokio::test]
+async fn with_the_rpc_down_answers_stay_clear_and_replay_finishes_once_it_is_back() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    // A settle function that gives up after 3 s, so the test does not wait 15.
+    let (_server, base) = start_local_server(&[("X402_SETTLE_DEADLINE_MS", "3000")]).await;
+    let settle_at = |body: &Value| {
+        let url = format!("{base}/settle");
+        let body = serde_json::to_vec(body).unwrap();
+        async move { post_raw(&url, body).await }
+    };
+
+    // Receipts cannot be read: the transfer is sent and mined, but /settle cannot see it.
+    let pending = PaymentBuilder::new(3).sign();
+    let before = balances(&pending).await;
+    let fault = RpcFault::set("error", &["eth_getTransactionReceipt"]).await;
+    let answer = settle_at(&pending.body()).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.json["success"], false, "{:?}", answer.json);
+    assert_eq!(
+        answer.json["errorReason"], "settlement_pending",
+        "{:?}",
+        answer.json
+    );
+    let hash = answer.json["transaction"].as_str().unwrap().to_owned();
+    assert!(
+        hash.starts_with("0x") && hash.len() == 66,
+        "with its hash: {hash}"
+    );
+
+    // The whole RPC down: verify and settle answer with a clear reason, and nothing is recorded.
+    set_rpc_fault("error", &[]).await;
+    let refused = PaymentBuilder::new(0).sign();
+    let verified = post_raw(
+        &format!("{base}/verify"),
+        serde_json::to_vec(&refused.body()).unwrap(),
+    )
+    .await;
+    assert_eq!(verified.status, 200);
+    assert_eq!(verified.json["isValid"], false);
+    assert_eq!(verified.json["invalidReason"], "unexpected_verify_error");
+    let settled = settle_at(&refused.body()).await;
+    assert_eq!(settled.status, 200);
+    assert_eq!(settled.json["success"], false);
+    assert_eq!(settled.json["errorReason"], "unexpected_settle_error");
+    assert_eq!(settled.json["transaction"], "");
+    assert!(
+        store()
+            .await
+            .get(&refused.record_id())
+            .await
+            .unwrap()
+            .is_none(),
+        "a settlement that could not be checked is not recorded"
+    );
+
+    // Replay while the chain is unreachable: counted as errors, nothing changed.
+    let record = item(&pending.record_id()).await;
+    let summary = replay().await;
+    assert!(summary.errors >= 1, "{summary:?}");
+    assert_eq!(item(&pending.record_id()).await, record);
+
+    // Back: replay finishes it, and /settle now reports the final result.
+    drop(fault);
+    assert!(replay().await.settled >= 1);
+    assert_settled_once(&pending.record_id(), &pending, before).await;
+    let again = settle_at(&pending.body()).await;
+    assert_eq!(
+        (
+            again.json["success"].clone(),
+            again.json["transaction"].clone()
+        ),
+        (json!(true), json!(hash))
+    );
+}
+
+// ---- a message that keeps failing ----
+
+#[tokio::test]
+async fn a_message_that_keeps_failing_lands_in_the_dead_letter_queue_and_replay_still_settles() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let sqs = aws_sdk_sqs::Client::new(&aws().await);
+    // A queue of its own with a short visibility timeout and two receives before the dead-letter
+    // queue, so the redrive happens in seconds (the stack's queue waits 60 s, five times).
+    let suffix = now();
+    let dlq_url = sqs
+        .create_queue()
+        .queue_name(format!("x402-test-dlq-{suffix}.fifo"))
+        .attributes(aws_sdk_sqs::types::QueueAttributeName::FifoQueue, "true")
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let dlq_arn = sqs
+        .get_queue_attributes()
+        .queue_url(&dlq_url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
+        .clone();
+    let queue_url = sqs
+        .create_queue()
+        .queue_name(format!("x402-test-settle-{suffix}.fifo"))
+        .attributes(aws_sdk_sqs::types::QueueAttributeName::FifoQueue, "true")
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout,
+            "1",
+        )
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy,
+            json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 2}).to_string(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+
+    // A payment queued on a lane that was drained (taken out of X402_LANE_KEYS): every worker
+    // refuses to sign with it, so its message fails every time.
+    let payment = PaymentBuilder::new(1).sign();
+    let before = balances(&payment).await;
+    let id = record_payment(&payment, 0).await;
+    let retired = "alias/x402-retired-lane";
+    dynamodb()
+        .await
+        .update_item()
+        .table_name(&stack().payments_table)
+        .key("id", AttributeValue::S(id.clone()))
+        .update_expression("SET lane = :retired")
+        .expression_attribute_values(":retired", AttributeValue::S(retired.into()))
+        .send()
+        .await
+        .unwrap();
+    facilitator::queue::Queue::new(sqs.clone(), queue_url.clone())
+        .enqueue(&id, retired)
+        .await
+        .unwrap();
+
+    // The event source mapping, as Lambda runs it: receive, hand the batch to the worker, delete
+    // what succeeded; what failed comes back after the visibility timeout.
+    let worker = Worker::from_config(&config(), &aws().await);
+    let mut receives = 0;
+    let dead = loop {
+        let dead = sqs
+            .receive_message()
+            .queue_url(&dlq_url)
+            .send()
+            .await
+            .unwrap()
+            .messages
+            .unwrap_or_default();
+        if !dead.is_empty() {
+            break dead;
+        }
+        assert!(
+            receives < 20,
+            "the message never reached the dead-letter queue"
+        );
+        let batch = sqs
+            .receive_message()
+            .queue_url(&queue_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .message_system_attribute_names(
+                aws_sdk_sqs::types::MessageSystemAttributeName::MessageGroupId,
+            )
+            .send()
+            .await
+            .unwrap()
+            .messages
+            .unwrap_or_default();
+        if batch.is_empty() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        }
+        receives += 1;
+        let mut event = aws_lambda_events::sqs::SqsEvent::default();
+        for m in &batch {
+            let mut message = aws_lambda_events::sqs::SqsMessage::default();
+            message.message_id = m.message_id.clone();
+            message.receipt_handle = m.receipt_handle.clone();
+            message.body = m.body.clone();
+            message
+                .attributes
+                .insert("MessageGroupId".into(), retired.into());
+            event.records.push(message);
+        }
+        let response = worker.handle_batch(event).await;
+        let failed: Vec<_> = response
+            .batch_item_failures
+            .iter()
+            .map(|f| f.item_identifier.clone())
+            .collect();
+        assert_eq!(
+            failed.len(),
+            batch.len(),
+            "the worker refuses the drained lane"
+        );
+    };
+    assert!(
+        receives >= 2,
+        "received {receives} times before the redrive"
+    );
+    assert!(dead[0].body.as_deref().unwrap().contains(&id));
+    assert_eq!(
+        text(&item(&id).await, "state"),
+        "queued",
+        "the record is still open"
+    );
+
+    // Replay finds the record (not the message): it moves it to a configured lane and queues it on
+    // the stack's queue, where the worker Lambda settles it.
+    let summary = replay().await;
+    assert!(summary.relaned >= 1, "{summary:?}");
+    let moved = item(&id).await;
+    assert!(
+        config().lane_keys.contains(&text(&moved, "lane")),
+        "{moved:?}"
+    );
+    wait_for(&id, &["submitted"]).await;
+    assert!(replay().await.settled >= 1);
+    assert_settled_once(&id, &payment, before).await;
+
+    for url in [queue_url, dlq_url] {
+        let _ = sqs.delete_queue().queue_url(url).send().await;
+    }
+}
