@@ -1,0 +1,83 @@
+// What the interop tests need from the running local stack: its addresses (stack.json, written by
+// infra/bootstrap.sh), a fresh funded payer per test, token balances and transaction receipts read
+// straight from anvil (not through the facilitator's counting proxy, so the proxy's counts stay the
+// facilitator's own).
+//
+// Each test pays from a payer of its own, minted by the token's owner just before, to a payee of its
+// own, so the balance checks are exact whatever else ran on the chain before.
+
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { createPublicClient, createWalletClient, http, parseAbi } from "viem";
+import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
+import { baseSepolia } from "viem/chains";
+
+const TOKEN_ABI = parseAbi([
+  "function balanceOf(address) view returns (uint256)",
+  "function mint(address to, uint256 value)",
+]);
+
+/** Parsed `$X402_STACK_DIR/stack.json`. */
+export function loadStack() {
+  const dir = process.env.X402_STACK_DIR;
+  if (!dir) throw new Error("set X402_STACK_DIR to a running stack's directory (infra/test.sh does)");
+  const stack = JSON.parse(readFileSync(join(dir, "stack.json"), "utf8"));
+  // The SDKs run with their defaults only if the stack looks like Base Sepolia's USDC to them.
+  if (stack.X402_NETWORK !== "eip155:84532") throw new Error(`stack network is ${stack.X402_NETWORK}, not eip155:84532`);
+  return stack;
+}
+
+/** The base URL of a facilitator front end, from the environment variable that names it. */
+export function facilitatorUrl(variable) {
+  const url = process.env[variable];
+  if (!url) throw new Error(`set ${variable} to the facilitator's base URL (infra/test.sh does)`);
+  return url.replace(/\/+$/, "");
+}
+
+/** A port for a test's own resource server: X402_INTEROP_PORT plus an offset per server. */
+export function resourcePort(offset) {
+  const base = Number(process.env.X402_INTEROP_PORT);
+  if (!Number.isInteger(base) || base <= 0) throw new Error("set X402_INTEROP_PORT (infra/test.sh does)");
+  return base + offset;
+}
+
+export class Chain {
+  constructor(stack) {
+    this.stack = stack;
+    // baseSepolia's chain id is 84532, as anvil's: viem refuses to send to a chain with another id.
+    this.public = createPublicClient({ chain: baseSepolia, transport: http(stack.ANVIL_URL) });
+    this.owner = createWalletClient({
+      account: privateKeyToAccount(stack.deployer.privateKey),
+      chain: baseSepolia,
+      transport: http(stack.ANVIL_URL),
+    });
+  }
+
+  /** A new account holding `amount` of the token (atomic units) and no ETH: x402 payers need none. */
+  async fundedPayer(amount) {
+    const account = privateKeyToAccount(generatePrivateKey());
+    const hash = await this.owner.writeContract({
+      address: this.stack.X402_TOKEN,
+      abi: TOKEN_ABI,
+      functionName: "mint",
+      args: [account.address, amount],
+    });
+    const receipt = await this.public.waitForTransactionReceipt({ hash });
+    if (receipt.status !== "success") throw new Error(`minting to the test payer failed: ${hash}`);
+    return account;
+  }
+
+  /** A fresh address nobody has paid yet. */
+  newPayee() {
+    return privateKeyToAccount(generatePrivateKey()).address;
+  }
+
+  async balanceOf(address) {
+    return this.public.readContract({ address: this.stack.X402_TOKEN, abi: TOKEN_ABI, functionName: "balanceOf", args: [address] });
+  }
+
+  /** The receipt of a transaction that must already be mined (anvil automines; settle waits). */
+  async receipt(hash) {
+    return this.public.getTransactionReceipt({ hash });
+  }
+}

@@ -1,0 +1,95 @@
+// x402 v2 with the official SDKs: a resource server on @x402/express whose HTTPFacilitatorClient
+// points at our facilitator, and a client on @x402/fetch. Run once against each front end: the
+// local server (X402_BASE_URL) and the Lambda functions behind the local route (X402_LAMBDA_ROUTE_URL).
+
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+import { decodePaymentRequiredHeader, decodePaymentResponseHeader } from "@x402/core/http";
+import { x402Client } from "@x402/core/client";
+import { registerExactEvmScheme } from "@x402/evm/exact/client";
+import { wrapFetchWithPayment } from "@x402/fetch";
+import { Chain, facilitatorUrl, loadStack, resourcePort } from "./lib/stack.mjs";
+import { PRICE_ATOMIC, startV2ResourceServer } from "./lib/servers.mjs";
+
+const stack = loadStack();
+const chain = new Chain(stack);
+const FRONT_ENDS = [
+  { name: "the local server", variable: "X402_BASE_URL", port: 0 },
+  { name: "the Lambda functions", variable: "X402_LAMBDA_ROUTE_URL", port: 1 },
+];
+
+/** A fetch that pays with `payer`, and remembers the payment header it sent. */
+function payingFetch(payer) {
+  const sent = [];
+  const recording = async (input, init) => {
+    const request = new Request(input, init);
+    sent.push(request.headers.get("PAYMENT-SIGNATURE"));
+    return fetch(request);
+  };
+  const client = registerExactEvmScheme(new x402Client(), { signer: payer });
+  return { fetch: wrapFetchWithPayment(recording, client), sentPayments: () => sent.filter(Boolean) };
+}
+
+for (const frontEnd of FRONT_ENDS) {
+  describe(`x402 v2 SDKs through ${frontEnd.name}`, () => {
+    let server;
+    let payTo;
+    before(async () => {
+      payTo = chain.newPayee();
+      server = await startV2ResourceServer({ facilitatorUrl: facilitatorUrl(frontEnd.variable), payTo, port: resourcePort(frontEnd.port) });
+    });
+    after(() => server?.close());
+
+    test("an unpaid GET gets 402 with Base Sepolia USDC requirements", async () => {
+      const response = await fetch(server.url);
+      assert.equal(response.status, 402);
+      const required = decodePaymentRequiredHeader(response.headers.get("PAYMENT-REQUIRED"));
+      assert.equal(required.x402Version, 2);
+      assert.equal(required.accepts.length, 1);
+      const [accepts] = required.accepts;
+      assert.equal(accepts.scheme, "exact");
+      assert.equal(accepts.network, "eip155:84532");
+      assert.equal(accepts.amount, PRICE_ATOMIC.toString());
+      assert.equal(accepts.asset.toLowerCase(), stack.X402_TOKEN.toLowerCase());
+      assert.equal(accepts.payTo.toLowerCase(), payTo.toLowerCase());
+      assert.deepEqual(accepts.extra, { name: stack.X402_TOKEN_NAME, version: stack.X402_TOKEN_VERSION });
+    });
+
+    test("a paid GET gets 200 and a PAYMENT-RESPONSE for a mined transfer of the price", async () => {
+      const payer = await chain.fundedPayer(10n * PRICE_ATOMIC);
+      const { fetch: pay } = payingFetch(payer);
+
+      const response = await pay(server.url);
+      assert.equal(response.status, 200, await response.clone().text());
+      assert.deepEqual(await response.json(), { report: "paid content" });
+
+      const settled = decodePaymentResponseHeader(response.headers.get("PAYMENT-RESPONSE"));
+      assert.equal(settled.success, true, JSON.stringify(settled));
+      assert.equal(settled.network, "eip155:84532");
+      assert.equal(settled.payer.toLowerCase(), payer.address.toLowerCase());
+      assert.match(settled.transaction, /^0x[0-9a-f]{64}$/);
+      const receipt = await chain.receipt(settled.transaction);
+      assert.equal(receipt.status, "success");
+      assert.ok(stack.lanes.some((lane) => lane.address.toLowerCase() === receipt.from.toLowerCase()), `sent by ${receipt.from}, not a lane`);
+
+      assert.equal(await chain.balanceOf(payer.address), 9n * PRICE_ATOMIC);
+      assert.equal(await chain.balanceOf(payTo), PRICE_ATOMIC);
+    });
+
+    test("the same payment sent again gets 402 with the reason, and nothing moves", async () => {
+      const payer = await chain.fundedPayer(10n * PRICE_ATOMIC);
+      const { fetch: pay, sentPayments } = payingFetch(payer);
+      assert.equal((await pay(server.url)).status, 200);
+      const payeeBefore = await chain.balanceOf(payTo);
+
+      const [payment] = sentPayments();
+      const replay = await fetch(server.url, { headers: { "PAYMENT-SIGNATURE": payment } });
+      assert.equal(replay.status, 402);
+      const required = decodePaymentRequiredHeader(replay.headers.get("PAYMENT-REQUIRED"));
+      assert.equal(required.error, "invalid_exact_evm_nonce_already_used");
+
+      assert.equal(await chain.balanceOf(payer.address), 9n * PRICE_ATOMIC);
+      assert.equal(await chain.balanceOf(payTo), payeeBefore);
+    });
+  });
+}
