@@ -4,7 +4,7 @@
 
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import { decodePaymentRequiredHeader, decodePaymentResponseHeader } from "@x402/core/http";
+import { decodePaymentRequiredHeader, decodePaymentResponseHeader, decodePaymentSignatureHeader } from "@x402/core/http";
 import { x402Client } from "@x402/core/client";
 import { registerExactEvmScheme } from "@x402/evm/exact/client";
 import { wrapFetchWithPayment } from "@x402/fetch";
@@ -34,9 +34,10 @@ for (const frontEnd of FRONT_ENDS) {
   describe(`x402 v2 SDKs through ${frontEnd.name}`, () => {
     let server;
     let payTo;
+    const handler = {};
     before(async () => {
       payTo = chain.newPayee();
-      server = await startV2ResourceServer({ facilitatorUrl: facilitatorUrl(frontEnd.variable), payTo, port: resourcePort(frontEnd.port) });
+      server = await startV2ResourceServer({ facilitatorUrl: facilitatorUrl(frontEnd.variable), payTo, port: resourcePort(frontEnd.port), handler });
     });
     after(() => server?.close());
 
@@ -89,6 +90,31 @@ for (const frontEnd of FRONT_ENDS) {
       assert.equal(required.error, "invalid_exact_evm_nonce_already_used");
 
       assert.equal(await chain.balanceOf(payer.address), 9n * PRICE_ATOMIC);
+      assert.equal(await chain.balanceOf(payTo), payeeBefore);
+    });
+
+    test("a payment cancelled on chain between verify and settle gets 402 with our settle failure", async () => {
+      const payer = await chain.fundedPayer(10n * PRICE_ATOMIC);
+      const payeeBefore = await chain.balanceOf(payTo);
+      // The route runs after the SDK's /verify and before its /settle: the payer cancels there.
+      handler.beforeAnswer = async (request) => {
+        const payment = decodePaymentSignatureHeader(request.header("PAYMENT-SIGNATURE"));
+        await chain.cancelAuthorization(payer, payment.payload.authorization.nonce);
+      };
+      let response;
+      try {
+        response = await payingFetch(payer).fetch(server.url);
+      } finally {
+        handler.beforeAnswer = undefined;
+      }
+      assert.equal(response.status, 402);
+      const settled = decodePaymentResponseHeader(response.headers.get("PAYMENT-RESPONSE"));
+      assert.equal(settled.success, false, JSON.stringify(settled));
+      assert.equal(settled.errorReason, "invalid_exact_evm_nonce_already_used");
+      assert.equal(settled.transaction, "");
+      assert.equal(settled.network, "eip155:84532");
+
+      assert.equal(await chain.balanceOf(payer.address), 10n * PRICE_ATOMIC);
       assert.equal(await chain.balanceOf(payTo), payeeBefore);
     });
   });

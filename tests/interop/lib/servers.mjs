@@ -16,8 +16,12 @@ export const PRICE = "$0.001";
 export const PRICE_ATOMIC = 1000n;
 export const ROUTE = "/report";
 
-/** x402 v2: @x402/express with HTTPFacilitatorClient at `facilitatorUrl`, network eip155:84532. */
-export async function startV2ResourceServer({ facilitatorUrl, payTo, port }) {
+/**
+ * x402 v2: @x402/express with HTTPFacilitatorClient at `facilitatorUrl`, network eip155:84532.
+ * `handler.beforeAnswer(request)`, when set, runs inside the paid route: after the payment was
+ * verified, before the SDK settles it.
+ */
+export async function startV2ResourceServer({ facilitatorUrl, payTo, port, handler = {} }) {
   const facilitator = new HTTPFacilitatorClient({ url: facilitatorUrl });
   const resourceServer = new x402ResourceServer(facilitator).register("eip155:84532", new ExactEvmScheme());
   const app = express();
@@ -27,7 +31,10 @@ export async function startV2ResourceServer({ facilitatorUrl, payTo, port }) {
       resourceServer,
     ),
   );
-  app.get(ROUTE, (_request, response) => response.json({ report: "paid content" }));
+  app.get(ROUTE, async (request, response) => {
+    await handler.beforeAnswer?.(request);
+    response.json({ report: "paid content" });
+  });
   return listen(app, port);
 }
 

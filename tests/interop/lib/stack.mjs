@@ -15,6 +15,7 @@ import { baseSepolia } from "viem/chains";
 const TOKEN_ABI = parseAbi([
   "function balanceOf(address) view returns (uint256)",
   "function mint(address to, uint256 value)",
+  "function cancelAuthorization(address authorizer, bytes32 nonce, bytes signature)",
 ]);
 
 /** Parsed `$X402_STACK_DIR/stack.json`. */
@@ -74,6 +75,32 @@ export class Chain {
 
   async balanceOf(address) {
     return this.public.readContract({ address: this.stack.X402_TOKEN, abi: TOKEN_ABI, functionName: "balanceOf", args: [address] });
+  }
+
+  /**
+   * Cancels `payer`'s EIP-3009 authorization `nonce` on chain (EIP-3009 cancelAuthorization, signed by
+   * the payer, sent by the token's owner): a payment that verified can then no longer be settled.
+   */
+  async cancelAuthorization(payer, nonce) {
+    const signature = await payer.signTypedData({
+      domain: {
+        name: this.stack.X402_TOKEN_NAME,
+        version: this.stack.X402_TOKEN_VERSION,
+        chainId: Number(this.stack.X402_CHAIN_ID),
+        verifyingContract: this.stack.X402_TOKEN,
+      },
+      types: { CancelAuthorization: [{ name: "authorizer", type: "address" }, { name: "nonce", type: "bytes32" }] },
+      primaryType: "CancelAuthorization",
+      message: { authorizer: payer.address, nonce },
+    });
+    const hash = await this.owner.writeContract({
+      address: this.stack.X402_TOKEN,
+      abi: TOKEN_ABI,
+      functionName: "cancelAuthorization",
+      args: [payer.address, nonce, signature],
+    });
+    const receipt = await this.public.waitForTransactionReceipt({ hash });
+    if (receipt.status !== "success") throw new Error(`cancelling the authorization failed: ${hash}`);
   }
 
   /** The receipt of a transaction that must already be mined (anvil automines; settle waits). */
