@@ -55,11 +55,7 @@ for (const frontEnd of FRONT_ENDS) {
       assert.equal(settled.success, true, JSON.stringify(settled));
       assert.equal(settled.network, "base-sepolia");
       assert.equal(settled.payer.toLowerCase(), payer.address.toLowerCase());
-      const receipt = await chain.receipt(settled.transaction);
-      assert.equal(receipt.status, "success");
-
-      assert.equal(await chain.balanceOf(payer.address), 9n * PRICE_ATOMIC);
-      assert.equal(await chain.balanceOf(payTo), PRICE_ATOMIC);
+      await chain.assertPaid({ transaction: settled.transaction, payer: payer.address, payTo, price: PRICE_ATOMIC, funded: 10n * PRICE_ATOMIC });
     });
   });
 }

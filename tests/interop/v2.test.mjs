@@ -69,12 +69,7 @@ for (const frontEnd of FRONT_ENDS) {
       assert.equal(settled.network, "eip155:84532");
       assert.equal(settled.payer.toLowerCase(), payer.address.toLowerCase());
       assert.match(settled.transaction, /^0x[0-9a-f]{64}$/);
-      const receipt = await chain.receipt(settled.transaction);
-      assert.equal(receipt.status, "success");
-      assert.ok(stack.lanes.some((lane) => lane.address.toLowerCase() === receipt.from.toLowerCase()), `sent by ${receipt.from}, not a lane`);
-
-      assert.equal(await chain.balanceOf(payer.address), 9n * PRICE_ATOMIC);
-      assert.equal(await chain.balanceOf(payTo), PRICE_ATOMIC);
+      await chain.assertPaid({ transaction: settled.transaction, payer: payer.address, payTo, price: PRICE_ATOMIC, funded: 10n * PRICE_ATOMIC });
     });
 
     test("the same payment sent again gets 402 with the reason, and nothing moves", async () => {

@@ -6,6 +6,7 @@
 // Each test pays from a payer of its own, minted by the token's owner just before, to a payee of its
 // own, so the balance checks are exact whatever else ran on the chain before.
 
+import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { createPublicClient, createWalletClient, http, parseAbi } from "viem";
@@ -103,8 +104,18 @@ export class Chain {
     if (receipt.status !== "success") throw new Error(`cancelling the authorization failed: ${hash}`);
   }
 
-  /** The receipt of a transaction that must already be mined (anvil automines; settle waits). */
-  async receipt(hash) {
-    return this.public.getTransactionReceipt({ hash });
+  /**
+   * Asserts what a successful settlement must have done on chain: `transaction` is mined with
+   * status 1, sent by one of our signer lanes, and exactly `price` moved from `payer` (who held
+   * `funded`) to `payTo` (who held nothing).
+   */
+  async assertPaid({ transaction, payer, payTo, price, funded }) {
+    // Already mined: anvil automines, and the facilitator answers success only for a mined transfer.
+    const receipt = await this.public.getTransactionReceipt({ hash: transaction });
+    assert.equal(receipt.status, "success");
+    const lanes = this.stack.lanes.map((lane) => lane.address.toLowerCase());
+    assert.ok(lanes.includes(receipt.from.toLowerCase()), `sent by ${receipt.from}, not by a lane (${lanes})`);
+    assert.equal(await this.balanceOf(payer), funded - price);
+    assert.equal(await this.balanceOf(payTo), price);
   }
 }
