@@ -18,8 +18,8 @@ export X402_STACK_DIR="${X402_TEST_STACK_DIR:-$REPO/.local/test-stack}"
 export ANVIL_PORT="${TEST_ANVIL_PORT:-18545}" RPC_PROXY_PORT="${TEST_RPC_PROXY_PORT:-18546}" MOTO_PORT="${TEST_MOTO_PORT:-15000}"
 export LAMBDA_PORT="${TEST_LAMBDA_PORT:-19000}"
 LOCAL_PORT="${TEST_LOCAL_PORT:-14020}"
-# The route that puts the Lambda functions behind the facilitator's paths, and the first of the four
-# ports the interop tests' resource servers listen on.
+# The route that puts the Lambda functions behind the facilitator's paths, and the first of the six
+# ports the interop tests' own servers listen on.
 LAMBDA_ROUTE_PORT="${TEST_LAMBDA_ROUTE_PORT:-$((LOCAL_PORT + 1))}"
 INTEROP_PORT="${TEST_INTEROP_PORT:-$((LOCAL_PORT + 2))}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"

@@ -6,15 +6,17 @@
 # exits non-zero if any test failed or a suite could not run.
 #
 #   X402_STACK_DIR=... X402_BASE_URL=http://127.0.0.1:4020 X402_LAMBDA_ROUTE_URL=http://127.0.0.1:4021 \
-#     X402_INTEROP_PORT=4022 bash tests/interop/run.sh
+#     X402_INTEROP_PORT=4022 X402_LOCAL_SERVER_BIN=target/debug/local-server bash tests/interop/run.sh
 #
-# X402_INTEROP_PORT and the three ports after it are where the tests' own resource servers listen.
-# Needs `bash infra/install.sh --interop` first (infra/test.sh does it).
+# X402_INTEROP_PORT and the five ports after it are where the tests' own servers listen (one of them
+# a local-server started from X402_LOCAL_SERVER_BIN with the facilitator configuration in the
+# environment: `. infra/facilitator-env.sh`). Needs `bash infra/install.sh --interop` first
+# (infra/test.sh does all of this).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
-: "${X402_STACK_DIR:?}" "${X402_BASE_URL:?}" "${X402_LAMBDA_ROUTE_URL:?}" "${X402_INTEROP_PORT:?}"
-export X402_STACK_DIR X402_BASE_URL X402_LAMBDA_ROUTE_URL X402_INTEROP_PORT
+: "${X402_STACK_DIR:?}" "${X402_BASE_URL:?}" "${X402_LAMBDA_ROUTE_URL:?}" "${X402_INTEROP_PORT:?}" "${X402_LOCAL_SERVER_BIN:?}"
+export X402_STACK_DIR X402_BASE_URL X402_LAMBDA_ROUTE_URL X402_INTEROP_PORT X402_LOCAL_SERVER_BIN
 
 status=0
 OUT="$(mktemp)"

@@ -6,10 +6,11 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { decodePaymentRequiredHeader, decodePaymentResponseHeader, decodePaymentSignatureHeader } from "@x402/core/http";
 import { x402Client } from "@x402/core/client";
+import { HTTPFacilitatorClient } from "@x402/core/server";
 import { registerExactEvmScheme } from "@x402/evm/exact/client";
 import { wrapFetchWithPayment } from "@x402/fetch";
 import { Chain, facilitatorUrl, loadStack, resourcePort } from "./lib/stack.mjs";
-import { PRICE_ATOMIC, startV2ResourceServer } from "./lib/servers.mjs";
+import { PRICE_ATOMIC, startLocalFacilitator, startV2ResourceServer } from "./lib/servers.mjs";
 
 const stack = loadStack();
 const chain = new Chain(stack);
@@ -114,3 +115,64 @@ for (const frontEnd of FRONT_ENDS) {
     });
   });
 }
+
+/** The SDK's own facilitator client, recording each settle result and running `afterSettle` on it. */
+class WatchedFacilitatorClient extends HTTPFacilitatorClient {
+  settled = [];
+  afterSettle = undefined;
+
+  async settle(payload, requirements) {
+    const result = await super.settle(payload, requirements);
+    this.settled.push(result);
+    await this.afterSettle?.(result);
+    return result;
+  }
+}
+
+describe("x402 v2 SDKs and settlement_pending (a local server with a 2 s settle deadline)", () => {
+  let facilitatorServer;
+  let server;
+  let payTo;
+  let facilitator;
+  before(async () => {
+    facilitatorServer = await startLocalFacilitator({ port: resourcePort(4), env: { X402_SETTLE_DEADLINE_MS: "2000" } });
+    facilitator = new WatchedFacilitatorClient({ url: facilitatorServer.url });
+    payTo = chain.newPayee();
+    server = await startV2ResourceServer({ facilitator, payTo, port: resourcePort(5) });
+  });
+  after(async () => {
+    await chain.setAutomine(true);
+    await server?.close();
+    await facilitatorServer?.close();
+  });
+
+  test("the SDK settles once more on our settlement_pending and gets the same transaction, mined", async () => {
+    const payer = await chain.fundedPayer(10n * PRICE_ATOMIC);
+    // The chain stops mining, so the first /settle can only say pending; the block is mined before
+    // the SDK, which retries a pending settlement once at once, sends its second /settle.
+    await chain.setAutomine(false);
+    facilitator.afterSettle = async (result) => {
+      if (result.errorReason === "settlement_pending") await chain.mine();
+    };
+    let response;
+    try {
+      response = await payingFetch(payer).fetch(server.url);
+    } finally {
+      facilitator.afterSettle = undefined;
+      await chain.setAutomine(true);
+    }
+
+    const [pending, final, ...more] = facilitator.settled;
+    assert.equal(pending?.success, false, JSON.stringify(pending));
+    assert.equal(pending.errorReason, "settlement_pending");
+    assert.match(pending.transaction, /^0x[0-9a-f]{64}$/);
+    assert.equal(final?.success, true, JSON.stringify(final));
+    assert.equal(final.transaction, pending.transaction);
+    assert.deepEqual(more, []);
+
+    assert.equal(response.status, 200, await response.clone().text());
+    const settled = decodePaymentResponseHeader(response.headers.get("PAYMENT-RESPONSE"));
+    assert.equal(settled.transaction, pending.transaction);
+    await chain.assertPaid({ transaction: settled.transaction, payer: payer.address, payTo, price: PRICE_ATOMIC, funded: 10n * PRICE_ATOMIC });
+  });
+});

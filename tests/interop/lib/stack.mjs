@@ -74,6 +74,16 @@ export class Chain {
     return privateKeyToAccount(generatePrivateKey()).address;
   }
 
+  /** Turns anvil's automine off or on (evm_setAutomine). */
+  async setAutomine(on) {
+    await this.public.request({ method: "evm_setAutomine", params: [on] });
+  }
+
+  /** Mines one block with whatever is pending (evm_mine). */
+  async mine() {
+    await this.public.request({ method: "evm_mine", params: [] });
+  }
+
   async balanceOf(address) {
     return this.public.readContract({ address: this.stack.X402_TOKEN, abi: TOKEN_ABI, functionName: "balanceOf", args: [address] });
   }
