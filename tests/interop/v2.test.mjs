@@ -129,13 +129,13 @@ class WatchedFacilitatorClient extends HTTPFacilitatorClient {
   }
 }
 
-describe("x402 v2 SDKs and settlement_pending (a local server with a 2 s settle deadline)", () => {
+describe("x402 v2 SDKs and settlement_pending (a local server with a 3 s settle deadline)", () => {
   let facilitatorServer;
   let server;
   let payTo;
   let facilitator;
   before(async () => {
-    facilitatorServer = await startLocalFacilitator({ port: resourcePort(4), env: { X402_SETTLE_DEADLINE_MS: "2000" } });
+    facilitatorServer = await startLocalFacilitator({ port: resourcePort(4), env: { X402_SETTLE_DEADLINE_MS: "3000" } });
     facilitator = new WatchedFacilitatorClient({ url: facilitatorServer.url });
     payTo = chain.newPayee();
     server = await startV2ResourceServer({ facilitator, payTo, port: resourcePort(5) });

@@ -10,7 +10,6 @@ tests drive both front ends).
 
 import json
 import os
-import time
 import unittest
 
 from eth_account import Account
@@ -173,7 +172,6 @@ class InvalidPayments(unittest.TestCase):
         # The SDK signs validBefore = now + maxTimeoutSeconds: 1 s is inside the facilitators' 6 s margin.
         reqs = requirements(fresh_address(), max_timeout_seconds=1)
         payload = pay(reqs)
-        time.sleep(1)
         self.assert_refused(payload, reqs, "invalid_exact_evm_payload_authorization_valid_before")
 
     def test_a_payment_to_another_recipient(self):
@@ -195,6 +193,18 @@ class InvalidPayments(unittest.TestCase):
                     call(payload_bytes, b'"not an object"')
                 self.assertIn("(400)", str(raised.exception))
                 self.assertIn("invalid_payment_requirements", str(raised.exception))
+
+
+    def test_an_oversized_body_is_a_413_the_client_reports(self):
+        # Over the facilitator's default 64 KiB limit (X402_MAX_BODY_BYTES); refused before parsing.
+        reqs = requirements(fresh_address())
+        payload = pay(reqs).model_dump(by_alias=True, exclude_none=True)
+        payload["padding"] = "x" * 70_000
+        with facilitator() as client:
+            with self.assertRaises(ValueError) as raised:
+                client.verify_from_bytes(json.dumps(payload).encode(), reqs.model_dump_json(by_alias=True).encode())
+        self.assertIn("(413)", str(raised.exception))
+        self.assertIn("invalid_payload", str(raised.exception))
 
 
 if __name__ == "__main__":
