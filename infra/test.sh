@@ -32,6 +32,9 @@ cleanup() {
   rm -f "$X402_STACK_DIR/run/local-server.pid"
   [[ -f "$X402_STACK_DIR/run/lambda-route.pid" ]] && kill "$(cat "$X402_STACK_DIR/run/lambda-route.pid")" 2>/dev/null
   rm -f "$X402_STACK_DIR/run/lambda-route.pid"
+  # The interop tests stop the local-server they start themselves; this is for a run cut short.
+  [[ -f "$X402_STACK_DIR/run/interop-local-server.pid" ]] && kill "$(cat "$X402_STACK_DIR/run/interop-local-server.pid")" 2>/dev/null
+  rm -f "$X402_STACK_DIR/run/interop-local-server.pid"
   bash infra/sqs-poller.sh stop >/dev/null 2>&1
   bash infra/lambda-emulator.sh stop
   bash infra/stack.sh down >/dev/null
@@ -99,8 +102,10 @@ for _ in $(seq 100); do
   (exec 3<>"/dev/tcp/127.0.0.1/$LAMBDA_ROUTE_PORT") 2>/dev/null && break
   sleep 0.1
 done
+# Their failures are counted below, so the summary is printed before the script fails.
+interop_rc=0
 X402_LAMBDA_ROUTE_URL="http://127.0.0.1:$LAMBDA_ROUTE_PORT" X402_INTEROP_PORT="$INTEROP_PORT" \
-  bash tests/interop/run.sh 2>&1 | tee -a "$RESULTS"
+  bash tests/interop/run.sh 2>&1 | tee -a "$RESULTS" || interop_rc=$?
 
 # cargo's `test result:` lines and tests/interop/run.sh's `interop result:` lines.
 passed=$(awk '/^(test|interop) result:/ {for (i = 1; i <= NF; i++) if ($(i+1) ~ /^passed;?$/) s += $i} END {print s + 0}' "$RESULTS")
@@ -108,3 +113,4 @@ failed=$(awk '/^(test|interop) result:/ {for (i = 1; i <= NF; i++) if ($(i+1) ~ 
 rm -f "$RESULTS"
 echo
 echo "tests: $passed passed, $failed failed"
+exit "$interop_rc"

@@ -6,7 +6,7 @@
 
 import { spawn } from "node:child_process";
 import { once } from "node:events";
-import { openSync } from "node:fs";
+import { openSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import express from "express";
 import { HTTPFacilitatorClient } from "@x402/core/server";
@@ -76,12 +76,16 @@ export async function startLocalFacilitator({ port, env }) {
     env: { ...process.env, ...env, X402_LISTEN: `127.0.0.1:${port}` },
     stdio: ["ignore", log, log],
   });
+  // infra/test.sh's cleanup stops it from this file if the tests die before `close`.
+  const pidFile = join(process.env.X402_STACK_DIR, "run", "interop-local-server.pid");
+  writeFileSync(pidFile, `${child.pid}\n`);
   const url = `http://127.0.0.1:${port}`;
   const close = async () => {
     if (child.exitCode === null) {
       child.kill("SIGTERM");
       await once(child, "exit");
     }
+    rmSync(pidFile, { force: true });
   };
   for (let attempt = 0; attempt < 100; attempt++) {
     if (child.exitCode !== null) throw new Error(`local-server exited (${child.exitCode}); see its log in $X402_STACK_DIR/logs`);
