@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: formatting and lints, unit tests, the contract checks, and the integration and
 # Lambda tests against a fresh local stack (anvil, moto, the facilitator's local server and its
-# Lambda functions under cargo-lambda's runtime emulator). Installs what it needs on first run.
+# Lambda functions under cargo-lambda's runtime emulator), then the interop tests with the official
+# x402 SDKs (docs/interop.md). Installs what it needs on first run.
 #
 #   bash infra/test.sh
 #
@@ -17,6 +18,10 @@ export X402_STACK_DIR="${X402_TEST_STACK_DIR:-$REPO/.local/test-stack}"
 export ANVIL_PORT="${TEST_ANVIL_PORT:-18545}" RPC_PROXY_PORT="${TEST_RPC_PROXY_PORT:-18546}" MOTO_PORT="${TEST_MOTO_PORT:-15000}"
 export LAMBDA_PORT="${TEST_LAMBDA_PORT:-19000}"
 LOCAL_PORT="${TEST_LOCAL_PORT:-14020}"
+# The route that puts the Lambda functions behind the facilitator's paths, and the first of the six
+# ports the interop tests' own servers listen on.
+LAMBDA_ROUTE_PORT="${TEST_LAMBDA_ROUTE_PORT:-$((LOCAL_PORT + 1))}"
+INTEROP_PORT="${TEST_INTEROP_PORT:-$((LOCAL_PORT + 2))}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 step() { printf '\n== %s\n' "$*"; }
@@ -25,6 +30,11 @@ cleanup() {
   set +e
   [[ -f "$X402_STACK_DIR/run/local-server.pid" ]] && kill "$(cat "$X402_STACK_DIR/run/local-server.pid")" 2>/dev/null
   rm -f "$X402_STACK_DIR/run/local-server.pid"
+  [[ -f "$X402_STACK_DIR/run/lambda-route.pid" ]] && kill "$(cat "$X402_STACK_DIR/run/lambda-route.pid")" 2>/dev/null
+  rm -f "$X402_STACK_DIR/run/lambda-route.pid"
+  # The interop tests stop the local-server they start themselves; this is for a run cut short.
+  [[ -f "$X402_STACK_DIR/run/interop-local-server.pid" ]] && kill "$(cat "$X402_STACK_DIR/run/interop-local-server.pid")" 2>/dev/null
+  rm -f "$X402_STACK_DIR/run/interop-local-server.pid"
   bash infra/sqs-poller.sh stop >/dev/null 2>&1
   bash infra/lambda-emulator.sh stop
   bash infra/stack.sh down >/dev/null
@@ -32,7 +42,7 @@ cleanup() {
 trap cleanup EXIT
 
 step "tools"
-bash infra/install.sh --if-needed
+bash infra/install.sh --if-needed --interop
 export PATH="$REPO/.local/venv/bin:$PATH" # cargo-lambda (and the zig it brings)
 
 step "template (cfn-lint, and only the worker may sign)"
@@ -85,8 +95,22 @@ curl -fsS "$X402_BASE_URL/health" >/dev/null || { tail -20 "$X402_STACK_DIR/logs
 step "integration and Lambda tests"
 run_tests --workspace --test '*'
 
-passed=$(awk '/^test result:/ {for (i = 1; i <= NF; i++) if ($(i+1) ~ /^passed;?$/) s += $i} END {print s + 0}' "$RESULTS")
-failed=$(awk '/^test result:/ {for (i = 1; i <= NF; i++) if ($(i+1) ~ /^failed;?$/) s += $i} END {print s + 0}' "$RESULTS")
+step "interop: the official x402 SDKs through the local server and through the Lambda functions on :$LAMBDA_ROUTE_PORT"
+LAMBDA_ROUTE_LISTEN="127.0.0.1:$LAMBDA_ROUTE_PORT" node infra/lambda-route.mjs >"$X402_STACK_DIR/logs/lambda-route.log" 2>&1 &
+echo $! >"$X402_STACK_DIR/run/lambda-route.pid"
+for _ in $(seq 100); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$LAMBDA_ROUTE_PORT") 2>/dev/null && break
+  sleep 0.1
+done
+# Their failures are counted below, so the summary is printed before the script fails.
+interop_rc=0
+X402_LAMBDA_ROUTE_URL="http://127.0.0.1:$LAMBDA_ROUTE_PORT" X402_INTEROP_PORT="$INTEROP_PORT" \
+  bash tests/interop/run.sh 2>&1 | tee -a "$RESULTS" || interop_rc=$?
+
+# cargo's `test result:` lines and tests/interop/run.sh's `interop result:` lines.
+passed=$(awk '/^(test|interop) result:/ {for (i = 1; i <= NF; i++) if ($(i+1) ~ /^passed;?$/) s += $i} END {print s + 0}' "$RESULTS")
+failed=$(awk '/^(test|interop) result:/ {for (i = 1; i <= NF; i++) if ($(i+1) ~ /^failed;?$/) s += $i} END {print s + 0}' "$RESULTS")
 rm -f "$RESULTS"
 echo
 echo "tests: $passed passed, $failed failed"
+exit "$interop_rc"

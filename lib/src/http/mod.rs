@@ -10,7 +10,9 @@ use serde::Serialize;
 
 use crate::{
     facilitator::Facilitator,
-    protocol::{parse_request, Payment, Reason, RequestError, SettleResponse, VerifyResponse},
+    protocol::{
+        network_hint, parse_request, Payment, Reason, RequestError, SettleResponse, VerifyResponse,
+    },
     settle::Settler,
 };
 
@@ -22,8 +24,15 @@ pub enum PaymentRoute {
 }
 
 impl PaymentRoute {
-    /// The route's refusal body: `{isValid:false, …}` or `{success:false, …, transaction:""}`.
-    fn refusal(self, reason: Reason, message: String, payer: Option<String>) -> serde_json::Value {
+    /// The route's refusal body: `{isValid:false, …}` or `{success:false, …, transaction:""}`;
+    /// settle's `network` is the one the request names, if any.
+    fn refusal(
+        self,
+        reason: Reason,
+        message: String,
+        payer: Option<String>,
+        network: Option<String>,
+    ) -> serde_json::Value {
         let body = match self {
             PaymentRoute::Verify => {
                 serde_json::to_value(VerifyResponse::invalid(reason, Some(message), payer))
@@ -34,7 +43,7 @@ impl PaymentRoute {
                 error_message: Some(message),
                 payer,
                 transaction: String::new(),
-                network: String::new(),
+                network: network.unwrap_or_default(),
             }),
         };
         body.unwrap_or_default()
@@ -73,14 +82,21 @@ fn accept(
     }
     parse_request(body).map_err(|e| {
         Box::new(match e {
-            RequestError::Malformed { reason, message } => {
-                bad_request(route, StatusCode::BAD_REQUEST, reason, message)
-            }
+            RequestError::Malformed { reason, message } => bad_request(
+                route,
+                StatusCode::BAD_REQUEST,
+                reason,
+                message,
+                network_hint(body),
+            ),
             RequestError::Refused {
                 reason,
                 message,
                 payer,
-            } => json(StatusCode::OK, &route.refusal(reason, message, payer)),
+            } => json(
+                StatusCode::OK,
+                &route.refusal(reason, message, payer, network_hint(body)),
+            ),
         })
     })
 }
@@ -93,6 +109,7 @@ pub fn too_large(route: PaymentRoute, max_body_bytes: usize) -> Response<String>
         StatusCode::PAYLOAD_TOO_LARGE,
         Reason::InvalidPayload,
         format!("the body is larger than the limit of {max_body_bytes} bytes"),
+        None,
     )
 }
 
@@ -151,8 +168,9 @@ fn bad_request(
     status: StatusCode,
     reason: Reason,
     message: String,
+    network: Option<String>,
 ) -> Response<String> {
-    let mut body = route.refusal(reason, message.clone(), None);
+    let mut body = route.refusal(reason, message.clone(), None, network);
     body["error"] = serde_json::Value::String(message);
     json(status, &body)
 }
@@ -173,4 +191,34 @@ fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<String> {
         header::HeaderValue::from_static("application/json"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(route: PaymentRoute, body: &str) -> (StatusCode, serde_json::Value) {
+        let response = *accept(route, body.as_bytes(), 1 << 16).expect_err("a refusal");
+        let json = serde_json::from_str(response.body()).expect("a JSON body");
+        (response.status(), json)
+    }
+
+    #[test]
+    fn settle_refusals_echo_the_network_the_request_names() {
+        let unknown_version = r#"{"x402Version":3,"paymentPayload":{"x402Version":3,"accepted":{"network":"eip155:84532"}},"paymentRequirements":{"network":"eip155:84532"}}"#;
+        let (status, body) = refused(PaymentRoute::Settle, unknown_version);
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["errorReason"], "invalid_x402_version");
+        assert_eq!(body["network"], "eip155:84532");
+
+        let requirements_not_an_object = r#"{"paymentPayload":{"x402Version":1,"network":"base-sepolia"},"paymentRequirements":[]}"#;
+        let (status, body) = refused(PaymentRoute::Settle, requirements_not_an_object);
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body["network"], "base-sepolia");
+
+        let (_, body) = refused(PaymentRoute::Settle, "not json");
+        assert_eq!(body["network"], "");
+        let (_, body) = refused(PaymentRoute::Verify, unknown_version);
+        assert_eq!(body.get("network"), None, "verify answers have no network");
+    }
 }

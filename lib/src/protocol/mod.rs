@@ -223,6 +223,25 @@ fn payload_version(payload: &RawValue) -> Result<X402Version, RequestError> {
     }
 }
 
+/// The network a request names, for answers given before it could be typed: `/settle` echoes it in
+/// `network` (x402-protocol.md §2.3) rather than leave it empty. v2 `paymentPayload.accepted.network`,
+/// else v1 `paymentPayload.network`, else `paymentRequirements.network`; `None` when the body is not
+/// JSON or none of them is a string.
+pub fn network_hint(body: &[u8]) -> Option<String> {
+    let body: Value = serde_json::from_slice(body).ok()?;
+    let payload = body.get("paymentPayload");
+    let named = [
+        payload
+            .and_then(|p| p.get("accepted"))
+            .and_then(|a| a.get("network")),
+        payload.and_then(|p| p.get("network")),
+        body.get("paymentRequirements")
+            .and_then(|r| r.get("network")),
+    ];
+    let network = named.into_iter().flatten().find_map(Value::as_str);
+    network.map(str::to_owned)
+}
+
 /// The payer named by an EVM payload, for error answers given before the payload is fully typed.
 /// Only a well-formed 20-byte hex address is returned.
 pub fn payer_hint(payload: &Value) -> Option<String> {

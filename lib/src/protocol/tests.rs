@@ -219,3 +219,25 @@ fn tolerates_what_the_official_schemas_tolerate() {
     assert_round_trip::<v2::PaymentPayload>(payload);
     assert_round_trip::<v2::PaymentRequirements>(requirements);
 }
+
+#[test]
+fn network_hint_prefers_what_the_payment_names() {
+    let hint = |payload: Value, requirements: Value| network_hint(&body(payload, requirements));
+    let mut unknown_version = payload_v2();
+    unknown_version["x402Version"] = json!(3);
+    assert_eq!(
+        hint(unknown_version, json!({"network": "eip155:1"})).as_deref(),
+        Some("eip155:8453")
+    );
+    let v1 = json!({"x402Version":1,"scheme":"exact","network":"base-sepolia","payload":{}});
+    assert_eq!(hint(v1, json!({})).as_deref(), Some("base-sepolia"));
+    assert_eq!(
+        hint(json!({"x402Version":2}), json!({"network":"eip155:84532"})).as_deref(),
+        Some("eip155:84532")
+    );
+    assert_eq!(
+        hint(json!({"accepted":{"network":7}}), json!("not an object")),
+        None
+    );
+    assert_eq!(network_hint(b"not json"), None);
+}
