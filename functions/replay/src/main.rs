@@ -4,7 +4,7 @@
 //! The scheduled event carries nothing replay needs, so it is taken as any JSON. The answer is the
 //! run's summary (counts per action), also logged as one JSON line.
 
-use facilitator::{replay::Replayer, telemetry, Config};
+use facilitator::{metrics, replay::Replayer, telemetry, Config};
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use serde_json::Value;
 
@@ -16,6 +16,7 @@ async fn main() -> Result<(), Error> {
     let replayer = &replayer;
     run(service_fn(move |_event: LambdaEvent<Value>| async move {
         let summary = replayer.run().await?;
+        metrics::replay_run(&summary);
         Ok::<Value, Error>(serde_json::to_value(summary)?)
     }))
     .await
