@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Checks template.yaml offline, in seconds:
-#   1. cfn-lint (pinned in infra/versions.env), informational checks included;
+#   1. cfn-lint (pinned in infra/versions.env), informational checks included, then
+#      `sam validate --lint` (the SAM CLI's own transform and lint, from .local/sam-venv);
 #   2. who may do what: every permission of every function, from its IAM role and from the KMS key
 #      policies, printed as a table; fails if a function other than the settlement worker may call
 #      kms:Sign (DESIGN I7), if the worker may not sign with every lane key, or if a permission
@@ -8,7 +9,8 @@
 #
 #   bash infra/template-check.sh [template.yaml]
 #
-# Needs .local/venv (bash infra/install.sh). Deploying is described in docs/deploy.md.
+# Needs .local/venv (bash infra/install.sh) and .local/sam-venv (bash infra/install-sam.sh).
+# Deploying is described in docs/deploy.md.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TEMPLATE="${1:-$REPO/template.yaml}"
@@ -22,7 +24,16 @@ echo "template-check: cfn-lint $("$VENV/bin/cfn-lint" --version | cut -d' ' -f2)
 "$VENV/bin/cfn-lint" --include-checks I -- "$TEMPLATE"
 echo "template-check: cfn-lint found nothing"
 
-# The function allowed to sign. Replay (issue 4) joins it when it exists: add its logical id here.
+SAM="$REPO/.local/sam-venv/bin/sam"
+if [[ ! -x "$SAM" ]]; then
+  echo "template-check: no $SAM; run bash infra/install-sam.sh first" >&2
+  exit 1
+fi
+# Offline: --lint needs no credentials; the region only names the partition; no usage telemetry.
+SAM_CLI_TELEMETRY=0 "$SAM" validate --lint --template "$TEMPLATE" --region us-east-1
+
+# The function allowed to sign. Replay re-sends stored bytes and must not; if it ever signs fee
+# bumps, add ReplayFunction here and its role to the key policies' SenderSignsDigests.
 SIGNERS="SettleWorkerFunction"
 
 "$VENV/bin/python" - "$TEMPLATE" "$SIGNERS" <<'PY'

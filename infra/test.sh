@@ -45,7 +45,8 @@ step "tools"
 bash infra/install.sh --if-needed --interop
 export PATH="$REPO/.local/venv/bin:$PATH" # cargo-lambda (and the zig it brings)
 
-step "template (cfn-lint, and only the worker may sign)"
+step "template (cfn-lint, sam validate --lint, and only the worker may sign)"
+bash infra/install-sam.sh --if-needed
 bash infra/template-check.sh
 
 step "format and lints"

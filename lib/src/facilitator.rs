@@ -76,6 +76,16 @@ impl Facilitator {
         self.networks.iter().find(|n| n.network().caip2() == caip2)
     }
 
+    /// Every network served, in configuration order.
+    pub fn networks(&self) -> &[ExactEvm] {
+        &self.networks
+    }
+
+    /// The signer lanes (their addresses are learnt from KMS on first use).
+    pub fn lanes(&self) -> &Lanes {
+        &self.lanes
+    }
+
     /// Verifies a payment. Never writes (DESIGN I1).
     pub async fn verify(&self, payment: &Payment) -> VerifyResponse {
         let payer = payer_hint(&payment.payload);

@@ -6,14 +6,18 @@
 //! - [`config`]: the environment variables, read once at cold start.
 //! - [`signer`]: the KMS signer lanes.
 //! - [`http`]: HTTP requests in, HTTP responses out, shared by the Lambda functions and the local server.
+//! - [`auth`]: API keys for `/verify` and `/settle` (the Lambda authorizer and the local server).
+//! - [`metrics`]: CloudWatch Embedded Metric Format lines, one function per metric.
 //! - [`telemetry`]: JSON logs.
 //!
 //! Lambda entry points in `functions/` are glue around this crate.
 
+pub mod auth;
 pub mod config;
 pub mod evm;
 pub mod facilitator;
 pub mod http;
+pub mod metrics;
 pub mod protocol;
 pub mod queue;
 pub mod replay;

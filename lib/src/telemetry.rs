@@ -1,5 +1,11 @@
 //! Logging: JSON lines on stdout, which Lambda ships to CloudWatch as they are.
 //! `RUST_LOG` sets the filter (default `info`).
+//!
+//! Every line carries the request it belongs to: lambda_runtime wraps each invocation in a span
+//! with the Lambda `requestId` (and the X-Ray trace id when tracing is on), the local server wraps
+//! each request in one with its own `requestId`, and the span list is printed with every event
+//! (`spans[0].requestId` in Logs Insights). Metrics are separate lines in the same stream
+//! (CloudWatch Embedded Metric Format, [`crate::metrics`]).
 
 use tracing_subscriber::{fmt, EnvFilter};
 

@@ -7,11 +7,7 @@
 mod common;
 
 use common::*;
-use serde_json::{json, Value};
-
-fn body_of(response: &Value) -> Value {
-    serde_json::from_str(response["body"].as_str().expect("a body")).expect("a JSON body")
-}
+use serde_json::json;
 
 #[test]
 fn verify_lambda_accepts_the_sample_event() {

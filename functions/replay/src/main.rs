@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use facilitator::{replay::Replayer, store::now_ms, telemetry, Config};
+use facilitator::{metrics, replay::Replayer, store::now_ms, telemetry, Config};
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use serde_json::Value;
 
@@ -24,6 +24,7 @@ async fn main() -> Result<(), Error> {
         let deadline = (event.context.deadline > now)
             .then(|| Instant::now() + Duration::from_millis(event.context.deadline - now));
         let summary = replayer.run(deadline).await?;
+        metrics::replay_run(&summary);
         Ok::<Value, Error>(serde_json::to_value(summary)?)
     }))
     .await

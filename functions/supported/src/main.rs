@@ -1,4 +1,5 @@
-//! The supported Lambda: `GET /supported` behind the HTTP API. Glue only; the work is in `facilitator`.
+//! The supported Lambda: the HTTP API's public routes, `GET /supported` and `GET /health` (the
+//! process is up; it asks nothing of the chain or KMS). Glue only; the work is in `facilitator`.
 
 use facilitator::{http, telemetry, Config, Facilitator};
 use lambda_http::{run, service_fn, Error, Request};
@@ -9,8 +10,11 @@ async fn main() -> Result<(), Error> {
     let config = Config::from_env()?;
     let facilitator = Facilitator::new(&config, &facilitator::aws_config().await);
     let facilitator = &facilitator;
-    run(service_fn(move |_request: Request| async move {
-        Ok::<_, Error>(http::supported(facilitator).await)
+    run(service_fn(move |request: Request| async move {
+        Ok::<_, Error>(match request.uri().path() {
+            "/health" => http::health(),
+            _ => http::supported(facilitator).await,
+        })
     }))
     .await
 }

@@ -6,20 +6,33 @@
 //!
 //! Configuration comes from the same environment variables as the functions, plus `X402_LISTEN`.
 //! Without `X402_SETTLE_QUEUE_URL` it serves verification only and answers `/settle` with a 503.
+//! With `X402_API_KEYS_TABLE` it checks API keys in front of `/verify` and `/settle` with the same
+//! code as the HTTP API's Lambda authorizer, answering 401/403 as API Gateway does; without it
+//! (the default, and what the test suite's main server uses) it checks nothing.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+};
 
 use bytes::Bytes;
 use facilitator::{
+    auth::{ApiKeys, Decision},
+    config,
     http::{self as routes, PaymentRoute},
     settle::Settler,
     telemetry, Config, Facilitator,
 };
-use http::{Method, Request, Response};
+use http::{header::AUTHORIZATION, Method, Request, Response};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+use tracing::Instrument;
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:4020";
 
@@ -27,7 +40,11 @@ struct App {
     /// Present when settlement is configured; it carries the facilitator too.
     settler: Option<Settler>,
     facilitator: Option<Facilitator>,
+    /// Present when `X402_API_KEYS_TABLE` is set: the payment routes then need a key.
+    api_keys: Option<ApiKeys>,
     max_body_bytes: usize,
+    /// Numbers requests for the logs, as Lambda's request id does in AWS.
+    requests: AtomicU64,
 }
 
 impl App {
@@ -52,15 +69,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         Some(_) => (Some(Settler::from_config(&config, &aws)?), None),
         None => (None, Some(Facilitator::new(&config, &aws))),
     };
+    let api_keys = config::api_keys_table(|var| std::env::var(var).ok())
+        .map(|table| ApiKeys::new(aws_sdk_dynamodb::Client::new(&aws), table));
     let app = Arc::new(App {
         settler,
         facilitator,
+        api_keys,
         max_body_bytes: config.max_body_bytes,
+        requests: AtomicU64::new(0),
     });
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-    tracing::info!(%listen, "facilitator listening");
+    tracing::info!(%listen, api_keys = app.api_keys.is_some(), "facilitator listening");
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -81,9 +102,36 @@ async fn handle(
     app: Arc<App>,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    let id = app.requests.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::info_span!("request", requestId = %format!("local-{id}"), path = %request.uri().path());
+    let response = route(&app, request).instrument(span).await;
+    Ok(response.map(|text| Full::new(Bytes::from(text))))
+}
+
+async fn route(app: &App, request: Request<Incoming>) -> Response<String> {
     let (parts, body) = request.into_parts();
     let limit = app.max_body_bytes;
-    let response = match (&parts.method, parts.uri.path(), app.facilitator()) {
+    let payment_route =
+        parts.method == Method::POST && matches!(parts.uri.path(), "/verify" | "/settle");
+    if let (true, Some(keys)) = (payment_route, &app.api_keys) {
+        let header = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        match keys.check(header).await {
+            Ok(Decision::Allow { name }) => tracing::info!(key = %name, "API key accepted"),
+            Ok(Decision::Deny(denial)) => {
+                tracing::info!(denial = denial.as_str(), "API key refused");
+                return routes::refused(denial);
+            }
+            Err(e) => {
+                // API Gateway answers 500 when the authorizer fails; say what failed instead.
+                tracing::error!(error = %e, "cannot check the API key");
+                return routes::unavailable("cannot check the API key now");
+            }
+        }
+    }
+    match (&parts.method, parts.uri.path(), app.facilitator()) {
         (&Method::POST, "/verify", Some(facilitator)) => match read(body, limit).await {
             Some(bytes) => routes::verify(facilitator, &bytes, limit).await,
             None => routes::too_large(PaymentRoute::Verify, limit),
@@ -98,8 +146,7 @@ async fn handle(
         (&Method::GET, "/supported", Some(facilitator)) => routes::supported(facilitator).await,
         (&Method::GET, "/health", _) => routes::health(),
         (method, path, _) => routes::not_found(method, path),
-    };
-    Ok(response.map(|text| Full::new(Bytes::from(text))))
+    }
 }
 
 /// The body, read only up to the limit (an oversized body gets the same 413 as in Lambda).

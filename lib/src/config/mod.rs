@@ -36,6 +36,9 @@ pub const REPLAY_MIN_AGE_VAR: &str = "X402_REPLAY_MIN_AGE_MS";
 pub const REPLAY_MAX_RECORDS_VAR: &str = "X402_REPLAY_MAX_RECORDS";
 /// Replay replaces a transaction still unmined this long after it was sent, in milliseconds.
 pub const REPLAY_BUMP_AFTER_VAR: &str = "X402_REPLAY_BUMP_AFTER_MS";
+/// DynamoDB table of API keys (hashes). The authorizer reads it; the local server checks keys
+/// only when it is set.
+pub const API_KEYS_TABLE_VAR: &str = "X402_API_KEYS_TABLE";
 
 const DEFAULT_SETTLE_DEADLINE: Duration = Duration::from_secs(25);
 /// API Gateway's HTTP API integration timeout is 29 s (DESIGN I5); leave room to answer.
@@ -211,6 +214,14 @@ impl Config {
             problem: "missing; the settle function needs the SQS FIFO queue's URL".into(),
         })
     }
+}
+
+/// The API keys table, when `X402_API_KEYS_TABLE` names one. Read on its own, not in [`Config`]:
+/// the authorizer needs nothing else, not even the networks.
+pub fn api_keys_table(lookup: impl Fn(&str) -> Option<String>) -> Option<String> {
+    lookup(API_KEYS_TABLE_VAR)
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
 }
 
 fn positive(var: &'static str, value: &str) -> Result<u64, ConfigError> {

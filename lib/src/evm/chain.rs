@@ -193,6 +193,13 @@ impl Chain {
             .map_err(ChainError::Node)
     }
 
+    /// The account's native balance (wei) at the latest block: the gas a signer lane has left.
+    pub async fn balance(&self, address: Address) -> Result<alloy::primitives::U256, ChainError> {
+        self.bounded(|p| Box::pin(async move { p.get_balance(address).await }))
+            .await?
+            .map_err(ChainError::Node)
+    }
+
     /// The account's nonce counting its pending transactions.
     pub async fn pending_nonce(&self, address: Address) -> Result<u64, ChainError> {
         self.bounded(|p| Box::pin(async move { p.get_transaction_count(address).pending().await }))

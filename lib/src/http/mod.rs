@@ -5,11 +5,15 @@
 //! answer about a payment, valid or not; 400 when the envelope is unusable; 413 when the body is
 //! over the limit; 500 only for our own failures, never for anything a caller sent.
 
+use std::time::Instant;
+
 use http::{header, Response, StatusCode};
 use serde::Serialize;
 
 use crate::{
+    auth::Denial,
     facilitator::Facilitator,
+    metrics::{self, SettleOutcome, VerifyOutcome},
     protocol::{
         network_hint, parse_request, Payment, Reason, RequestError, SettleResponse, VerifyResponse,
     },
@@ -50,24 +54,91 @@ impl PaymentRoute {
     }
 }
 
-/// `POST /verify`.
+/// `POST /verify`. Every answer is counted (`VerifyCount`, `VerifyLatency`).
 pub async fn verify(
     facilitator: &Facilitator,
     body: &[u8],
     max_body_bytes: usize,
 ) -> Response<String> {
+    let started = Instant::now();
     match accept(PaymentRoute::Verify, body, max_body_bytes) {
-        Ok(payment) => json(StatusCode::OK, &facilitator.verify(&payment).await),
-        Err(refusal) => *refusal,
+        Ok(payment) => {
+            let answer = facilitator.verify(&payment).await;
+            let outcome = match answer.is_valid {
+                true => VerifyOutcome::Valid,
+                false => VerifyOutcome::Invalid,
+            };
+            let reason = answer.invalid_reason.map(Reason::as_str);
+            let network = served_network(facilitator, &payment);
+            metrics::verify(network, outcome, reason, started.elapsed());
+            json(StatusCode::OK, &answer)
+        }
+        Err(refusal) => {
+            let outcome = match refusal.status() {
+                StatusCode::OK => VerifyOutcome::Invalid,
+                _ => VerifyOutcome::Malformed,
+            };
+            metrics::verify(metrics::OTHER_NETWORK, outcome, None, started.elapsed());
+            *refusal
+        }
     }
 }
 
-/// `POST /settle`.
+/// `POST /settle`. Every answer is counted (`SettleCount`, `SettleLatency`): the settle failure
+/// rate alarm reads these.
 pub async fn settle(settler: &Settler, body: &[u8], max_body_bytes: usize) -> Response<String> {
+    let started = Instant::now();
     match accept(PaymentRoute::Settle, body, max_body_bytes) {
-        Ok(payment) => json(StatusCode::OK, &settler.settle(&payment).await),
-        Err(refusal) => *refusal,
+        Ok(payment) => {
+            let answer = settler.settle(&payment).await;
+            let outcome = match (answer.success, answer.error_reason) {
+                (true, _) => SettleOutcome::Success,
+                (false, Some(Reason::SettlementPending)) => SettleOutcome::Pending,
+                (false, _) => SettleOutcome::Failure,
+            };
+            let reason = answer.error_reason.map(Reason::as_str);
+            let network = served_network(settler.facilitator(), &payment);
+            metrics::settle(network, outcome, reason, started.elapsed());
+            json(StatusCode::OK, &answer)
+        }
+        Err(refusal) => {
+            let outcome = match refusal.status() {
+                StatusCode::OK => SettleOutcome::Failure,
+                _ => SettleOutcome::Malformed,
+            };
+            metrics::settle(metrics::OTHER_NETWORK, outcome, None, started.elapsed());
+            *refusal
+        }
     }
+}
+
+/// The payment's network as a metric dimension: the CAIP-2 id when this deployment serves it,
+/// `other` otherwise, so that made-up network names never become metrics.
+fn served_network<'a>(facilitator: &'a Facilitator, payment: &Payment) -> &'a str {
+    facilitator
+        .route(payment)
+        .map(|scheme| scheme.network().caip2())
+        .unwrap_or(metrics::OTHER_NETWORK)
+}
+
+/// What API Gateway answers when the Lambda authorizer refuses, mirrored by the local server: 401
+/// without a key (API Gateway answers that itself when the identity header is absent), 403 for a
+/// key it does not accept. The body does not say why, so a prober learns nothing about keys.
+pub fn refused(denial: Denial) -> Response<String> {
+    let (status, message) = match denial {
+        Denial::Missing => (StatusCode::UNAUTHORIZED, "Unauthorized"),
+        Denial::Malformed | Denial::Unknown | Denial::Disabled => {
+            (StatusCode::FORBIDDEN, "Forbidden")
+        }
+    };
+    let mut response = json(status, &serde_json::json!({ "message": message }));
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+    }
+    response
 }
 
 /// What both payment routes do before the facilitator sees anything: the size limit and parsing.

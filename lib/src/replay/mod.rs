@@ -226,6 +226,7 @@ impl Replayer {
             started.saturating_sub(u64::try_from(min_age.as_millis()).unwrap_or(u64::MAX));
         // Names this run's queue messages, so SQS deduplication does not swallow them.
         let attempt = format!("replay-{started}");
+        crate::metrics::report_operational(&self.facilitator, &self.store).await;
         let mut summary = Summary::default();
         let mut start = None;
         'pages: loop {

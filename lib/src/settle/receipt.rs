@@ -73,10 +73,14 @@ pub async fn finish(
     if let Some(block) = receipt.block_number {
         fields.push(("block_number", AttributeValue::N(block.to_string())));
     }
-    store
+    let moved = store
         .transition(&record.id, record.state, to, &fields)
         .await
         .map_err(|e| e.to_string())?;
+    if moved {
+        // Counted once per transaction: by whoever records its outcome.
+        crate::metrics::gas_used(&record.network, receipt.gas_used);
+    }
     // Whether we or a concurrent follower made the move, the record now says what happened.
     store.get(&record.id).await.map_err(|e| e.to_string())
 }

@@ -108,12 +108,13 @@ impl LaneSigner {
             consensus::{SignableTransaction, TxEnvelope},
             eips::eip2718::Encodable2718,
         };
-        let signature = Box::pin(self.signer.sign_hash(&tx.signature_hash()))
-            .await
-            .map_err(|e| LaneError {
-                key: self.key.clone(),
-                problem: e.to_string(),
-            })?;
+        let started = std::time::Instant::now();
+        let signature = Box::pin(self.signer.sign_hash(&tx.signature_hash())).await;
+        crate::metrics::kms_sign(started.elapsed(), signature.is_ok());
+        let signature = signature.map_err(|e| LaneError {
+            key: self.key.clone(),
+            problem: e.to_string(),
+        })?;
         let envelope = TxEnvelope::from(tx.into_signed(signature));
         Ok(SignedTx {
             raw: envelope.encoded_2718().into(),

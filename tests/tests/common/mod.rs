@@ -521,3 +521,8 @@ pub fn invoke(function: &str, event: &str) -> Value {
         )
     })
 }
+
+/// The JSON body of an HTTP function's answer (an API Gateway response) from [`invoke`].
+pub fn body_of(response: &Value) -> Value {
+    serde_json::from_str(response["body"].as_str().expect("a body")).expect("a JSON body")
+}

@@ -1,0 +1,323 @@
+//! Metrics as CloudWatch Embedded Metric Format (EMF): one JSON line on stdout per observation,
+//! which Lambda ships to CloudWatch Logs and CloudWatch turns into metrics. No SDK call, no extra
+//! IAM permission, nothing to flush: a line written is a metric recorded.
+//!
+//! Every metric the facilitator emits is named by one function here, so the full list (and what
+//! the alarms in `template.yaml` read) is in one place; docs/runbook.md describes each.
+//! Dimensions stay low-cardinality on purpose: a network is one of the configured CAIP-2 ids (or
+//! `other`), an outcome one of a few fixed words; anything finer (a reason, a lane address) rides
+//! along as a plain property, searchable in Logs Insights but not a metric dimension, except the
+//! lane, of which there are at most a handful.
+//!
+//! The namespace is `X402_METRICS_NAMESPACE` (default `X402Facilitator`), read once.
+
+mod gauges;
+
+use std::{io::Write, sync::OnceLock, time::Duration};
+
+use serde_json::{json, Map, Value};
+
+pub use gauges::report_operational;
+
+/// Where the namespace comes from (docs/configuration.md).
+pub const NAMESPACE_VAR: &str = "X402_METRICS_NAMESPACE";
+const DEFAULT_NAMESPACE: &str = "X402Facilitator";
+
+/// The network dimension for a payment whose network this deployment does not serve: keeps an
+/// attacker's made-up network names out of the metric space.
+pub const OTHER_NETWORK: &str = "other";
+
+/// CloudWatch units used here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    Count,
+    Milliseconds,
+    Seconds,
+    None,
+}
+
+impl Unit {
+    fn as_str(self) -> &'static str {
+        match self {
+            Unit::Count => "Count",
+            Unit::Milliseconds => "Milliseconds",
+            Unit::Seconds => "Seconds",
+            Unit::None => "None",
+        }
+    }
+}
+
+/// What `/verify` answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyOutcome {
+    Valid,
+    Invalid,
+    /// 400/413: not a usable request.
+    Malformed,
+}
+
+/// What `/settle` answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettleOutcome {
+    Success,
+    /// `settlement_pending`: broadcast, not mined by the deadline.
+    Pending,
+    Failure,
+    /// 400/413: not a usable request.
+    Malformed,
+}
+
+impl VerifyOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            VerifyOutcome::Valid => "valid",
+            VerifyOutcome::Invalid => "invalid",
+            VerifyOutcome::Malformed => "malformed",
+        }
+    }
+}
+
+impl SettleOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            SettleOutcome::Success => "success",
+            SettleOutcome::Pending => "pending",
+            SettleOutcome::Failure => "failure",
+            SettleOutcome::Malformed => "malformed",
+        }
+    }
+}
+
+/// `VerifyCount` and `VerifyLatency`, by (Network, Outcome) and by Outcome.
+pub fn verify(network: &str, outcome: VerifyOutcome, reason: Option<&str>, latency: Duration) {
+    emit(&Observation {
+        dimension_sets: &[&["Network", "Outcome"], &["Outcome"]],
+        dimensions: &[("Network", network), ("Outcome", outcome.as_str())],
+        metrics: &[
+            ("VerifyCount", Unit::Count, 1.0),
+            ("VerifyLatency", Unit::Milliseconds, millis(latency)),
+        ],
+        properties: &[("Reason", reason.map(Value::from).unwrap_or(Value::Null))],
+    });
+}
+
+/// `SettleCount` and `SettleLatency`, by (Network, Outcome) and by Outcome. The settle failure
+/// rate alarm reads `SettleCount` by Outcome.
+pub fn settle(network: &str, outcome: SettleOutcome, reason: Option<&str>, latency: Duration) {
+    emit(&Observation {
+        dimension_sets: &[&["Network", "Outcome"], &["Outcome"]],
+        dimensions: &[("Network", network), ("Outcome", outcome.as_str())],
+        metrics: &[
+            ("SettleCount", Unit::Count, 1.0),
+            ("SettleLatency", Unit::Milliseconds, millis(latency)),
+        ],
+        properties: &[("Reason", reason.map(Value::from).unwrap_or(Value::Null))],
+    });
+}
+
+/// `GasUsed` by a mined settlement transaction, by Network.
+pub fn gas_used(network: &str, gas: u64) {
+    emit(&Observation {
+        dimension_sets: &[&["Network"]],
+        dimensions: &[("Network", network)],
+        // Gas is a count of units, not a CloudWatch unit; u64 → f64 is exact below 2^53.
+        metrics: &[("GasUsed", Unit::None, gas as f64)],
+        properties: &[],
+    });
+}
+
+/// `KmsSignLatency`: one KMS `Sign` call, by Outcome (`ok` or `error`).
+pub fn kms_sign(latency: Duration, ok: bool) {
+    emit(&Observation {
+        dimension_sets: &[&["Outcome"]],
+        dimensions: &[("Outcome", if ok { "ok" } else { "error" })],
+        metrics: &[("KmsSignLatency", Unit::Milliseconds, millis(latency))],
+        properties: &[],
+    });
+}
+
+/// `LaneGasBalance`: a lane's native balance (ETH on Base) on a network, by (Network, Lane) and
+/// with no dimension at all, so one alarm on the minimum covers every lane on every network.
+pub fn lane_balance(network: &str, lane: &str, balance: f64) {
+    emit(&Observation {
+        dimension_sets: &[&["Network", "Lane"], &[]],
+        dimensions: &[("Network", network), ("Lane", lane)],
+        metrics: &[("LaneGasBalance", Unit::None, balance)],
+        properties: &[],
+    });
+}
+
+/// `OldestOpenPaymentAge`: seconds since the oldest payment that is not terminal last changed
+/// (0 when there is none). The "payments pending too long" alarm reads its maximum.
+pub fn oldest_open_payment(age: Duration) {
+    emit(&Observation {
+        dimension_sets: &[&[]],
+        dimensions: &[],
+        metrics: &[("OldestOpenPaymentAge", Unit::Seconds, age.as_secs_f64())],
+        properties: &[],
+    });
+}
+
+/// `ReplayRecords`: what one replay run did, by Action (`examined`, `settled`, `requeued`, …: the
+/// summary's counters, whatever replay adds to them later).
+pub fn replay_run(summary: &crate::replay::Summary) {
+    let Ok(Value::Object(fields)) = serde_json::to_value(summary) else {
+        return;
+    };
+    for (action, count) in fields {
+        if let Some(count) = count.as_u64() {
+            emit(&Observation {
+                dimension_sets: &[&["Action"]],
+                dimensions: &[("Action", action.as_str())],
+                metrics: &[("ReplayRecords", Unit::Count, count as f64)],
+                properties: &[],
+            });
+        }
+    }
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// One EMF record: metrics that share their dimensions.
+struct Observation<'a> {
+    /// Each inner list is one set of dimension names CloudWatch aggregates by; `[]` is "no dimension".
+    dimension_sets: &'a [&'a [&'a str]],
+    dimensions: &'a [(&'a str, &'a str)],
+    metrics: &'a [(&'a str, Unit, f64)],
+    /// Extra fields for Logs Insights; not metrics.
+    properties: &'a [(&'a str, Value)],
+}
+
+fn emit(observation: &Observation<'_>) {
+    let line = render(namespace(), now_ms(), observation);
+    // One write of the whole line, so it never interleaves with a log line from another thread.
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(line.as_bytes());
+}
+
+/// The EMF document, as one line ending in `\n`.
+fn render(namespace: &str, timestamp_ms: u64, o: &Observation<'_>) -> String {
+    let mut root = Map::new();
+    root.insert(
+        "_aws".into(),
+        json!({
+            "Timestamp": timestamp_ms,
+            "CloudWatchMetrics": [{
+                "Namespace": namespace,
+                "Dimensions": o.dimension_sets,
+                "Metrics": o.metrics.iter()
+                    .map(|(name, unit, _)| json!({"Name": name, "Unit": unit.as_str()}))
+                    .collect::<Vec<_>>(),
+            }],
+        }),
+    );
+    for (name, value) in o.dimensions {
+        root.insert((*name).into(), Value::from(*value));
+    }
+    for (name, _, value) in o.metrics {
+        // JSON has no NaN or infinity; CloudWatch would drop the record. Zero is the honest floor.
+        let value = if value.is_finite() { *value } else { 0.0 };
+        root.insert((*name).into(), json!(value));
+    }
+    for (name, value) in o.properties {
+        if !value.is_null() {
+            root.insert((*name).into(), value.clone());
+        }
+    }
+    let mut line = Value::Object(root).to_string();
+    line.push('\n');
+    line
+}
+
+fn namespace() -> &'static str {
+    static NAMESPACE: OnceLock<String> = OnceLock::new();
+    NAMESPACE.get_or_init(|| {
+        std::env::var(NAMESPACE_VAR)
+            .ok()
+            .map(|n| n.trim().to_owned())
+            .filter(|n| valid_namespace(n))
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned())
+    })
+}
+
+/// CloudWatch's rule: 1–255 characters, no leading colon, and not the reserved `AWS/` prefix.
+fn valid_namespace(n: &str) -> bool {
+    !n.is_empty() && n.len() <= 255 && !n.starts_with(':') && !n.starts_with("AWS/")
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(o: &Observation<'_>) -> Value {
+        let line = render("X402Test", 1_795_262_400_000, o);
+        assert!(line.ends_with('\n') && !line.trim_end().contains('\n'));
+        serde_json::from_str(&line).unwrap_or_default()
+    }
+
+    #[test]
+    fn a_settle_record_is_emf_with_both_dimension_sets() {
+        let o = Observation {
+            dimension_sets: &[&["Network", "Outcome"], &["Outcome"]],
+            dimensions: &[("Network", "eip155:84532"), ("Outcome", "failure")],
+            metrics: &[
+                ("SettleCount", Unit::Count, 1.0),
+                ("SettleLatency", Unit::Milliseconds, 812.5),
+            ],
+            properties: &[("Reason", Value::from("invalid_transaction_state"))],
+        };
+        assert_eq!(
+            parsed(&o),
+            json!({
+                "_aws": {
+                    "Timestamp": 1_795_262_400_000u64,
+                    "CloudWatchMetrics": [{
+                        "Namespace": "X402Test",
+                        "Dimensions": [["Network", "Outcome"], ["Outcome"]],
+                        "Metrics": [
+                            {"Name": "SettleCount", "Unit": "Count"},
+                            {"Name": "SettleLatency", "Unit": "Milliseconds"}
+                        ]
+                    }]
+                },
+                "Network": "eip155:84532",
+                "Outcome": "failure",
+                "SettleCount": 1.0,
+                "SettleLatency": 812.5,
+                "Reason": "invalid_transaction_state"
+            })
+        );
+    }
+
+    #[test]
+    fn no_dimension_is_an_empty_set_and_absent_properties_are_left_out() {
+        let o = Observation {
+            dimension_sets: &[&[]],
+            dimensions: &[],
+            metrics: &[("OldestOpenPaymentAge", Unit::Seconds, f64::NAN)],
+            properties: &[("Reason", Value::Null)],
+        };
+        let v = parsed(&o);
+        assert_eq!(v["_aws"]["CloudWatchMetrics"][0]["Dimensions"], json!([[]]));
+        assert_eq!(v["OldestOpenPaymentAge"], json!(0.0));
+        assert!(v.get("Reason").is_none(), "{v}");
+    }
+
+    #[test]
+    fn namespaces_follow_cloudwatch_rules() {
+        assert!(valid_namespace("X402Facilitator"));
+        assert!(valid_namespace("Team/x402"));
+        assert!(!valid_namespace(""));
+        assert!(!valid_namespace("AWS/Lambda"));
+        assert!(!valid_namespace(&"x".repeat(256)));
+    }
+}
