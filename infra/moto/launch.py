@@ -14,6 +14,9 @@ signs the digest as given. This launcher patches moto in-process before serving:
 The patch is written against one moto release (MOTO_VERSION in infra/versions.env)
 and refuses to start on any other, so nobody runs an unpatched KMS by accident.
 
+A second patch makes `Sign` refuse a key that is not enabled, as KMS does (moto signs with a
+disabled key): the fault tests disable the lane keys to make KMS refuse.
+
 Usage: launch.py PORT
 """
 
@@ -91,6 +94,22 @@ def patch_kms_digest_signing() -> None:
     ECDSAPrivateKey.verify = verify
 
 
+def patch_kms_sign_needs_enabled_key() -> None:
+    from moto.core.exceptions import JsonRESTError
+    from moto.kms.models import KmsBackend
+
+    raw_sign = KmsBackend.sign
+
+    def sign(self, key_id, message, signing_algorithm):
+        key = self.describe_key(key_id)
+        if key.key_state != "Enabled":
+            # KMS answers DisabledException (HTTP 400) for a disabled key.
+            raise JsonRESTError("DisabledException", f"{key.arn} is {key.key_state.lower()}.")
+        return raw_sign(self, key_id, message, signing_algorithm)
+
+    KmsBackend.sign = sign
+
+
 def main() -> None:
     if len(sys.argv) != 2 or not sys.argv[1].isdigit():
         sys.exit("usage: launch.py PORT")
@@ -105,10 +124,11 @@ def main() -> None:
         )
 
     patch_kms_digest_signing()
+    patch_kms_sign_needs_enabled_key()
 
     from moto.server import main as serve
 
-    print(f"moto {installed} (KMS DIGEST patched) on 127.0.0.1:{port}", flush=True)
+    print(f"moto {installed} (KMS DIGEST and key state patched) on 127.0.0.1:{port}", flush=True)
     serve(["--host", "127.0.0.1", "--port", port])
 
 

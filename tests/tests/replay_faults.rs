@@ -5,7 +5,7 @@
 //! before the record moved. Replay then ends every one exactly once: settled while the authorization
 //! is valid, expired with no transfer once it ran out. Also: a stuck transaction replaced with
 //! higher fees (and the record keeping both hashes), a lane nonce taken by another transaction, the
-//! chain RPC down, and a message that keeps failing until the dead-letter queue.
+//! chain RPC down, KMS refusing to sign, and a message that keeps failing until the dead-letter queue.
 //!
 //! The worker that crashes runs in this process, stopped by `Worker::stop_after` at the step: what
 //! it leaves in DynamoDB, SQS and the chain is what a dead process leaves. Everything after that is
@@ -602,51 +602,156 @@ async fn with_the_rpc_down_answers_stay_clear_and_replay_finishes_once_it_is_bac
     );
 }
 
-// ---- a message that keeps failing ----
+// ---- the queue and KMS failing ----
+
+/// A FIFO queue of the test's own, with a short visibility timeout and `max_receives` receives
+/// before its dead-letter queue, so retries and the redrive happen in seconds (the stack's queue
+/// waits 60 s, five times). Deleted when dropped.
+struct OwnQueue {
+    sqs: aws_sdk_sqs::Client,
+    url: String,
+    dlq_url: String,
+}
+
+impl OwnQueue {
+    async fn create(name: &str, max_receives: u32) -> Self {
+        use aws_sdk_sqs::types::QueueAttributeName as A;
+        let sqs = aws_sdk_sqs::Client::new(&aws().await);
+        let suffix = format!("{name}-{}", random_nonce().to_string()[2..10].to_owned());
+        let dlq_url = sqs
+            .create_queue()
+            .queue_name(format!("x402-test-dlq-{suffix}.fifo"))
+            .attributes(A::FifoQueue, "true")
+            .send()
+            .await
+            .unwrap()
+            .queue_url
+            .unwrap();
+        let dlq_arn = sqs
+            .get_queue_attributes()
+            .queue_url(&dlq_url)
+            .attribute_names(A::QueueArn)
+            .send()
+            .await
+            .unwrap()
+            .attributes
+            .unwrap()[&A::QueueArn]
+            .clone();
+        let url = sqs
+            .create_queue()
+            .queue_name(format!("x402-test-{suffix}.fifo"))
+            .attributes(A::FifoQueue, "true")
+            .attributes(A::VisibilityTimeout, "1")
+            .attributes(
+                A::RedrivePolicy,
+                json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receives})
+                    .to_string(),
+            )
+            .send()
+            .await
+            .unwrap()
+            .queue_url
+            .unwrap();
+        OwnQueue { sqs, url, dlq_url }
+    }
+
+    fn queue(&self) -> facilitator::queue::Queue {
+        facilitator::queue::Queue::new(self.sqs.clone(), self.url.clone())
+    }
+
+    async fn dead_letters(&self) -> Vec<aws_sdk_sqs::types::Message> {
+        self.sqs
+            .receive_message()
+            .queue_url(&self.dlq_url)
+            .send()
+            .await
+            .unwrap()
+            .messages
+            .unwrap_or_default()
+    }
+
+    /// One turn of the event source mapping, as Lambda runs it: receive a batch, hand it to the
+    /// worker, delete what succeeded; what failed comes back after the visibility timeout. Returns
+    /// how many messages were handed over and how many failed.
+    async fn deliver_once(&self, worker: &Worker) -> (usize, usize) {
+        let batch = self
+            .sqs
+            .receive_message()
+            .queue_url(&self.url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .message_system_attribute_names(
+                aws_sdk_sqs::types::MessageSystemAttributeName::MessageGroupId,
+            )
+            .send()
+            .await
+            .unwrap()
+            .messages
+            .unwrap_or_default();
+        let mut event = aws_lambda_events::sqs::SqsEvent::default();
+        for m in &batch {
+            let mut message = aws_lambda_events::sqs::SqsMessage::default();
+            message.message_id = m.message_id.clone();
+            message.receipt_handle = m.receipt_handle.clone();
+            message.body = m.body.clone();
+            let group = m
+                .attributes
+                .as_ref()
+                .and_then(|a| {
+                    a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::MessageGroupId)
+                })
+                .cloned()
+                .unwrap_or_default();
+            message.attributes.insert("MessageGroupId".into(), group);
+            event.records.push(message);
+        }
+        if batch.is_empty() {
+            return (0, 0);
+        }
+        let failed: Vec<String> = worker
+            .handle_batch(event)
+            .await
+            .batch_item_failures
+            .into_iter()
+            .map(|f| f.item_identifier)
+            .collect();
+        for m in &batch {
+            if !failed.contains(m.message_id.as_ref().unwrap()) {
+                self.sqs
+                    .delete_message()
+                    .queue_url(&self.url)
+                    .receipt_handle(m.receipt_handle.clone().unwrap())
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        }
+        (batch.len(), failed.len())
+    }
+}
+
+impl Drop for OwnQueue {
+    fn drop(&mut self) {
+        let (sqs, urls) = (self.sqs.clone(), [self.url.clone(), self.dlq_url.clone()]);
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                for url in urls {
+                    let _ = sqs.delete_queue().queue_url(url).send().await;
+                }
+            });
+        })
+        .join();
+    }
+}
 
 #[tokio::test]
 async fn a_message_that_keeps_failing_lands_in_the_dead_letter_queue_and_replay_still_settles() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let sqs = aws_sdk_sqs::Client::new(&aws().await);
-    // A queue of its own with a short visibility timeout and two receives before the dead-letter
-    // queue, so the redrive happens in seconds (the stack's queue waits 60 s, five times).
-    let suffix = now();
-    let dlq_url = sqs
-        .create_queue()
-        .queue_name(format!("x402-test-dlq-{suffix}.fifo"))
-        .attributes(aws_sdk_sqs::types::QueueAttributeName::FifoQueue, "true")
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
-    let dlq_arn = sqs
-        .get_queue_attributes()
-        .queue_url(&dlq_url)
-        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes
-        .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
-        .clone();
-    let queue_url = sqs
-        .create_queue()
-        .queue_name(format!("x402-test-settle-{suffix}.fifo"))
-        .attributes(aws_sdk_sqs::types::QueueAttributeName::FifoQueue, "true")
-        .attributes(
-            aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout,
-            "1",
-        )
-        .attributes(
-            aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy,
-            json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 2}).to_string(),
-        )
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
+    let queue = OwnQueue::create("dlq", 2).await;
 
     // A payment queued on a lane that was drained (taken out of X402_LANE_KEYS): every worker
     // refuses to sign with it, so its message fails every time.
@@ -664,24 +769,12 @@ async fn a_message_that_keeps_failing_lands_in_the_dead_letter_queue_and_replay_
         .send()
         .await
         .unwrap();
-    facilitator::queue::Queue::new(sqs.clone(), queue_url.clone())
-        .enqueue(&id, retired)
-        .await
-        .unwrap();
+    queue.queue().enqueue(&id, retired).await.unwrap();
 
-    // The event source mapping, as Lambda runs it: receive, hand the batch to the worker, delete
-    // what succeeded; what failed comes back after the visibility timeout.
     let worker = Worker::from_config(&config(), &aws().await);
     let mut receives = 0;
     let dead = loop {
-        let dead = sqs
-            .receive_message()
-            .queue_url(&dlq_url)
-            .send()
-            .await
-            .unwrap()
-            .messages
-            .unwrap_or_default();
+        let dead = queue.dead_letters().await;
         if !dead.is_empty() {
             break dead;
         }
@@ -689,46 +782,12 @@ async fn a_message_that_keeps_failing_lands_in_the_dead_letter_queue_and_replay_
             receives < 20,
             "the message never reached the dead-letter queue"
         );
-        let batch = sqs
-            .receive_message()
-            .queue_url(&queue_url)
-            .max_number_of_messages(10)
-            .wait_time_seconds(1)
-            .message_system_attribute_names(
-                aws_sdk_sqs::types::MessageSystemAttributeName::MessageGroupId,
-            )
-            .send()
-            .await
-            .unwrap()
-            .messages
-            .unwrap_or_default();
-        if batch.is_empty() {
+        let (handed, failed) = queue.deliver_once(&worker).await;
+        assert_eq!(failed, handed, "the worker refuses the drained lane");
+        if handed == 0 {
             tokio::time::sleep(Duration::from_millis(500)).await;
-            continue;
         }
-        receives += 1;
-        let mut event = aws_lambda_events::sqs::SqsEvent::default();
-        for m in &batch {
-            let mut message = aws_lambda_events::sqs::SqsMessage::default();
-            message.message_id = m.message_id.clone();
-            message.receipt_handle = m.receipt_handle.clone();
-            message.body = m.body.clone();
-            message
-                .attributes
-                .insert("MessageGroupId".into(), retired.into());
-            event.records.push(message);
-        }
-        let response = worker.handle_batch(event).await;
-        let failed: Vec<_> = response
-            .batch_item_failures
-            .iter()
-            .map(|f| f.item_identifier.clone())
-            .collect();
-        assert_eq!(
-            failed.len(),
-            batch.len(),
-            "the worker refuses the drained lane"
-        );
+        receives += handed;
     };
     assert!(
         receives >= 2,
@@ -753,8 +812,82 @@ async fn a_message_that_keeps_failing_lands_in_the_dead_letter_queue_and_replay_
     wait_for(&id, &["submitted"]).await;
     assert!(replay().await.settled >= 1);
     assert_settled_once(&id, &payment, before).await;
+}
 
-    for url in [queue_url, dlq_url] {
-        let _ = sqs.delete_queue().queue_url(url).send().await;
+/// Disables (or enables) every lane's KMS key; enabled again however the test ends.
+struct KeysDisabled(aws_sdk_kms::Client);
+
+impl KeysDisabled {
+    async fn start() -> Self {
+        let kms = aws_sdk_kms::Client::new(&aws().await);
+        for lane in &stack().lanes {
+            kms.disable_key().key_id(&lane.key_id).send().await.unwrap();
+        }
+        KeysDisabled(kms)
     }
+}
+
+impl Drop for KeysDisabled {
+    fn drop(&mut self) {
+        let kms = self.0.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                for lane in &stack().lanes {
+                    let _ = kms.enable_key().key_id(&lane.key_id).send().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+#[tokio::test]
+async fn with_kms_refusing_to_sign_nothing_is_spent_and_the_retry_settles_once() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let queue = OwnQueue::create("kms", 5).await;
+    // A worker that has its lane's address already (KMS GetPublicKey at its first message), as a
+    // warm Lambda instance would; that first payment is finished by replay below.
+    let worker = Worker::from_config(&config(), &aws().await);
+    let warm = record_payment(&PaymentBuilder::new(3).sign(), 0).await;
+    worker.process(&message(&warm)).await.unwrap();
+
+    let payment = PaymentBuilder::new(2).sign();
+    let before = balances(&payment).await;
+    let id = record_payment(&payment, 0).await;
+    queue
+        .queue()
+        .enqueue(&id, &config().lane_keys[0])
+        .await
+        .unwrap();
+
+    let (lanes, block) = (lanes_table().await, block_number().await);
+    let disabled = KeysDisabled::start().await;
+    let mut attempts = 0;
+    while attempts < 2 {
+        let (handed, failed) = queue.deliver_once(&worker).await;
+        assert_eq!(failed, handed, "KMS refuses Sign with a disabled key");
+        attempts += handed;
+    }
+    let left = item(&id).await;
+    assert_eq!(text(&left, "state"), "queued", "{left:?}");
+    assert!(!left.contains_key("raw_tx"));
+    assert_eq!(lanes_table().await, lanes, "no lane nonce was taken");
+    assert_eq!(block_number().await, block, "nothing was sent");
+
+    // KMS back: the same message, retried, settles the payment once.
+    drop(disabled);
+    for _ in 0..20 {
+        if queue.deliver_once(&worker).await == (1, 0) {
+            break;
+        }
+    }
+    assert_eq!(text(&item(&id).await, "state"), "submitted");
+    assert!(replay().await.settled >= 1);
+    let record = assert_settled_once(&id, &payment, before).await;
+    assert_lane_in_step(&record).await;
+    assert!(queue.dead_letters().await.is_empty());
 }
