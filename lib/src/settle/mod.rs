@@ -221,6 +221,7 @@ impl Settler {
         // many at once should not crowd DynamoDB (or the local emulator) for the worker.
         let mut wait = (self.timing.poll / 4).max(Duration::from_millis(10));
         let mut last_state = record.state;
+        let mut read_at = Instant::now();
         loop {
             if record.state != last_state {
                 last_state = record.state;
@@ -286,6 +287,16 @@ impl Settler {
             )
             .await;
             wait = (wait * 2).min(self.timing.poll);
+            // Once broadcast, what the follower waits for is a receipt, which it looks for on every
+            // round above; re-reading the record each round as well would double the reads of every
+            // waiting /settle for nothing. The record could change only by a replacement (replay
+            // asks for one only after X402_REPLAY_MIN_AGE_MS, kept above the settle deadline) or by
+            // another follower finishing it from the same receipt. An occasional re-read still
+            // catches a replacement where the grace is set shorter (tests set 0).
+            if record.state == State::Submitted && read_at.elapsed() < self.timing.poll * 4 {
+                continue;
+            }
+            read_at = Instant::now();
             match self.store.get(&record.id).await {
                 Ok(Some(latest)) => record = latest,
                 Ok(None) => {
