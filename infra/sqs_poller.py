@@ -42,7 +42,7 @@ What is added for moto (infra/sqs_poller_selftest.py shows each of these):
 - moto's long poll decides which groups are locked when it starts, and while visible messages of
   a locked group wait it spins on the queue instead of sleeping. So the poller long-polls only
   when it has nothing in flight and holds no failed messages; otherwise it asks without waiting
-  (WaitTimeSeconds 0) as soon as a batch finishes, and every BUSY_POLL_S in between.
+  (WaitTimeSeconds 0) as soon as a batch finishes, and every BUSY_POLL_S (HELD_POLL_S) in between.
 
 Configuration (flag, environment variable, default):
   --queue-url          X402_POLLER_QUEUE_URL, X402_SETTLE_QUEUE_URL
@@ -85,7 +85,10 @@ import botocore.exceptions
 MAX_BACKOFF_S = 10.0
 # While batches are in flight the poller cannot long-poll (see the top): it asks again at once when
 # a batch finishes, and this often in between, so a message of an idle group waits at most this.
-BUSY_POLL_S = 0.02
+BUSY_POLL_S = 0.05
+# With nothing in flight but failed messages holding their groups (until their visibility timeout),
+# it asks this often: nothing of those groups can come sooner, only other groups' messages.
+HELD_POLL_S = 0.25
 
 
 def log(message):
@@ -386,7 +389,8 @@ class Poller:
             self.changed.clear()
             with self.state_lock:
                 full = len(self.running) >= self.args.concurrency or bool(self.waiting)
-                busy = bool(self.running) or time.monotonic() < self.held_until
+                running = bool(self.running)
+                busy = running or time.monotonic() < self.held_until
             if full:  # every slot has a batch, as at Lambda's concurrency limit: receive nothing
                 self.changed.wait(0.5)
                 continue
@@ -401,7 +405,7 @@ class Poller:
             if batch:
                 self.dispatch(batch)
             elif busy:
-                self.changed.wait(BUSY_POLL_S)
+                self.changed.wait(BUSY_POLL_S if running else HELD_POLL_S)
         # Finish what was received, waiting batches too: their messages are in flight and would
         # otherwise wait out their visibility timeout.
         while True:
