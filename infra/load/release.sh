@@ -53,6 +53,10 @@ MEASURED="$(git rev-parse --short HEAD)"
 if [[ -n "$(git status --porcelain -- lib functions Cargo.toml Cargo.lock)" ]]; then
   MEASURED="$MEASURED with uncommitted changes to the facilitator's sources"
 fi
+if [[ "${LOAD_BUILD:-1}" != 1 ]]; then
+  # Not rebuilt: the binaries may be older than the commit; say when they were built.
+  MEASURED="$MEASURED (binaries not rebuilt, built $(date -u -r "$BIN_DIR/verify" '+%Y-%m-%d %H:%M') UTC)"
+fi
 
 step "local stack (fresh) in $X402_STACK_DIR"
 bash infra/stack.sh down >/dev/null
