@@ -170,14 +170,7 @@ stop_pid load-local-server
 stop_pid load-reference
 
 step "cold start under cargo-lambda's runtime emulator on :$LAMBDA_PORT"
-# Only the runtime API: coldstart.mjs starts (and stops) each function process itself.
-setsid cargo lambda watch --only-lambda-apis --invoke-address 127.0.0.1 --invoke-port "$LAMBDA_PORT" \
-  >"$LOGS/load-lambda-emulator.log" 2>&1 &
-echo $! >"$RUN/load-lambda-emulator.pid"
-for _ in $(seq 100); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$LAMBDA_PORT") 2>/dev/null && break
-  sleep 0.1
-done
+start_runtime_emulator load-lambda-emulator "$LAMBDA_PORT"
 wait_quiet
 timeout 300 node "$LOAD/coldstart.mjs" --emulator-port "$LAMBDA_PORT" --bin-dir "$SNAPSHOT" --shown-bin-dir "$SHOWN_BIN_DIR" \
   --functions "$(IFS=,; echo "${FUNCTION_BINS[*]}")" --events "$REPO/events" --logs "$LOGS" --out "$RESULTS/coldstart.json"

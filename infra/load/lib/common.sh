@@ -1,4 +1,4 @@
-# Helpers shared by infra/load/run.sh and infra/load/release.sh (sourced; they set RUN first).
+# Helpers shared by infra/load/run.sh and infra/load/release.sh (sourced; they set RUN and LOGS first).
 
 step() { printf '\n== %s\n' "$*" >&2; }
 
@@ -36,5 +36,17 @@ wait_quiet() {
     (( total > 0 && idle * 100 >= total * 80 )) && return 0
     (( SECONDS >= deadline )) && { echo "load: the machine is still busy ($(( 100 - idle * 100 / (total > 0 ? total : 1) )) %); measuring anyway" >&2; return 0; }
     echo "load: waiting for the machine to quiet down ($(( 100 - idle * 100 / (total > 0 ? total : 1) )) % busy)" >&2
+  done
+}
+
+# Starts cargo-lambda's emulator with only the runtime API on port $2, for coldstart.mjs (which starts
+# and stops each function process itself); $1 names its pid file and log. Returns once it listens.
+start_runtime_emulator() {
+  setsid cargo lambda watch --only-lambda-apis --invoke-address 127.0.0.1 --invoke-port "$2" \
+    >"$LOGS/$1.log" 2>&1 &
+  echo $! >"$RUN/$1.pid"
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null && return 0
+    sleep 0.1
   done
 }
