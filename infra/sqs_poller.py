@@ -10,9 +10,16 @@ maxReceiveCount receives, exactly as in AWS: the poller never moves messages its
 
 What AWS does and so does this (see infra/README.md, "The SQS poller"):
 - the event is the one Lambda sends (field names as aws_lambda_events' SqsEvent reads them);
-- a batch is what one ReceiveMessage returns, up to --batch-size; on a FIFO queue it may hold
-  several message groups, and SQS itself never hands out a group that has messages in flight, so
-  two batches never hold the same group at once (DESIGN I4's "one sender per lane");
+- batches run concurrently, up to --concurrency at once, as the mapping's pollers and Lambda's
+  instances do. On a FIFO queue, SQS never hands out a group that has messages in flight, and
+  Lambda runs up to one batch per active message group at once; so the poller gives each group of
+  a receive its own batch, in queue order (AWS may also put several short groups in one batch;
+  the worker handles both). Different groups (lanes) run side by side and one group never has two
+  batches in flight (DESIGN I4's "one sender per lane"). The poller also keeps its own list of the
+  groups in flight: should the queue ever hand one out again, that batch waits behind the one in
+  flight (and a warning says so);
+- a standard queue's batch is what one ReceiveMessage returns (or the batching window gathers),
+  up to --batch-size;
 - the partial batch response is read by Lambda's rules: an empty/null list or an empty/null/other
   JSON response is a complete success; an invalid JSON response, or an entry whose itemIdentifier is
   missing, empty, not a string or not a messageId of the batch, fails the whole batch;
@@ -23,11 +30,19 @@ What AWS does and so does this (see infra/README.md, "The SQS poller"):
   reordering a lane in production. --unreported-tail keep leaves them in the queue instead;
 - FIFO queues take no batching window (AWS refuses one); standard queues do.
 
-What is added for moto: moto 5.2.5 redelivers a FIFO group whose messages all came back together
-last message first (its group lock is released one message at a time while it scans the queue).
-When a group leaves more than one message in the queue, the poller makes all but the first visible
-at once (ChangeMessageVisibility 0); the group stays locked by its first message, so nothing is
-delivered early, and when that one's timeout ends the group comes back in order, as in AWS.
+What is added for moto (infra/sqs_poller_selftest.py shows each of these):
+- moto 5.2.5 redelivers a FIFO group whose messages all came back together last message first
+  (its group lock is released one message at a time while it scans the queue). When a group
+  leaves more than one message in the queue, the poller makes all but the first visible at once
+  (ChangeMessageVisibility 0); the group stays locked by its first message, so nothing is
+  delivered early, and when that one's timeout ends the group comes back in order, as in AWS.
+- moto's receive is not atomic between concurrent requests (two could take the same group), and
+  its delete can change the in-flight set while a receive reads it: every SQS call of the poller
+  is made under one lock, and only one thread receives.
+- moto's long poll decides which groups are locked when it starts, and while visible messages of
+  a locked group wait it spins on the queue instead of sleeping. So the poller long-polls only
+  when it has nothing in flight and holds no failed messages; otherwise it asks without waiting
+  (WaitTimeSeconds 0) as soon as a batch finishes, and every BUSY_POLL_S (HELD_POLL_S) in between.
 
 Configuration (flag, environment variable, default):
   --queue-url          X402_POLLER_QUEUE_URL, X402_SETTLE_QUEUE_URL
@@ -39,11 +54,12 @@ Configuration (flag, environment variable, default):
   --wait-seconds       X402_POLLER_WAIT_SECONDS, 2          (ReceiveMessage long poll; also the
                                                               longest a stop waits for a poll)
   --invoke-timeout     X402_POLLER_INVOKE_TIMEOUT, the queue's visibility timeout
-  --concurrency        X402_POLLER_CONCURRENCY, 1           (batches in flight at once)
+  --concurrency        X402_POLLER_CONCURRENCY, 5           (batches in flight at once; a FIFO
+                                                              queue has at most one per group)
   --unreported-tail    X402_POLLER_UNREPORTED_TAIL, delete  (delete | keep)
 
-Logs one line per batch to stdout. SIGTERM or SIGINT: no new receive starts, a batch in flight is
-finished (its invoke is bounded by --invoke-timeout), then it exits 0.
+Logs one line per batch to stdout. SIGTERM or SIGINT: no new receive starts, the batches already
+received are finished (each invoke is bounded by --invoke-timeout), then it exits 0.
 """
 
 import argparse
@@ -60,12 +76,19 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 
 import boto3
 import botocore.config
 import botocore.exceptions
 
 MAX_BACKOFF_S = 10.0
+# While batches are in flight the poller cannot long-poll (see the top): it asks again at once when
+# a batch finishes, and this often in between, so a message of an idle group waits at most this.
+BUSY_POLL_S = 0.05
+# With nothing in flight but failed messages holding their groups (until their visibility timeout),
+# it asks this often: nothing of those groups can come sooner, only other groups' messages.
+HELD_POLL_S = 0.25
 
 
 def log(message):
@@ -92,7 +115,7 @@ def parse_args(argv):
     p.add_argument("--batching-window", type=float, default=float(env_default("X402_POLLER_BATCHING_WINDOW", default="0")))
     p.add_argument("--wait-seconds", type=int, default=int(env_default("X402_POLLER_WAIT_SECONDS", default="2")))
     p.add_argument("--invoke-timeout", type=float, default=None if not os.environ.get("X402_POLLER_INVOKE_TIMEOUT") else float(os.environ["X402_POLLER_INVOKE_TIMEOUT"]))
-    p.add_argument("--concurrency", type=int, default=int(env_default("X402_POLLER_CONCURRENCY", default="1")))
+    p.add_argument("--concurrency", type=int, default=int(env_default("X402_POLLER_CONCURRENCY", default="5")))
     p.add_argument("--unreported-tail", choices=["delete", "keep"], default=env_default("X402_POLLER_UNREPORTED_TAIL", default="delete"))
     a = p.parse_args(argv)
     if not a.queue_url:
@@ -129,23 +152,33 @@ class Poller:
             raise SystemExit("sqs-poller: a batch size over 10 needs a batching window of at least 1 s (as in AWS)")
         name = urllib.parse.quote(args.function, safe="")
         self.invoke_endpoint = f"{args.invoke_url.rstrip('/')}/2015-03-31/functions/{name}/invocations"
-        # One ReceiveMessage at a time: moto's receive is not atomic between threads (two could
-        # take the same group), while SQS's is. Holding a lock keeps moto's answers what SQS's are.
-        self.receive_lock = threading.Lock()
+        # Every SQS call under one lock: moto's receive is not atomic between threads (two could
+        # take the same group) and a concurrent delete can change its in-flight set mid-read,
+        # while SQS's calls are atomic. Holding a lock keeps moto's answers what SQS's are.
+        self.sqs_lock = threading.Lock()
+        # What is in flight, under state_lock: the groups (on a standard queue, one key per batch)
+        # whose batch is being invoked, batches received but waiting for a free slot or for their
+        # group, and until when a failed message we left in the queue keeps its group locked.
+        self.state_lock = threading.Lock()
+        self.running = set()
+        self.waiting = OrderedDict()  # key -> [batch, ...], in the order received
+        self.held_until = 0.0
+        self.changed = threading.Event()  # set when a batch finishes
+        self.pool = ThreadPoolExecutor(max_workers=args.concurrency, thread_name_prefix="batch")
         self.batches = 0
-        self.counter_lock = threading.Lock()
 
     # ---- receive -------------------------------------------------------------------------
 
-    def receive(self):
-        """Up to batch_size messages, or [] after one long poll (or the batching window) found none."""
+    def receive(self, long_poll):
+        """Up to batch_size messages, or [] after one poll (or the batching window) found none.
+        Without long_poll, one ReceiveMessage that does not wait."""
         batch = []
-        deadline = time.monotonic() + self.args.batching_window
+        deadline = time.monotonic() + (self.args.batching_window if long_poll else 0)
         while not self.stop.is_set():
-            wait = self.args.wait_seconds
-            if self.args.batching_window:
+            wait = self.args.wait_seconds if long_poll else 0
+            if self.args.batching_window and long_poll:
                 wait = max(0, min(wait, int(deadline - time.monotonic() + 0.999)))
-            with self.receive_lock:
+            with self.sqs_lock:
                 got = self.sqs.receive_message(
                     QueueUrl=self.args.queue_url,
                     MaxNumberOfMessages=min(10, self.args.batch_size - len(batch)),
@@ -155,7 +188,7 @@ class Poller:
                     MessageAttributeNames=["All"],
                 ).get("Messages", [])
             batch += got
-            if len(batch) >= self.args.batch_size or not self.args.batching_window:
+            if len(batch) >= self.args.batch_size or not self.args.batching_window or not long_poll:
                 break
             if time.monotonic() >= deadline:
                 break
@@ -250,14 +283,19 @@ class Poller:
         keep = [m for m in batch if m["MessageId"] in failed]
         delete = [m for m in batch if m["MessageId"] not in failed]
         delete_errors = self.delete(delete)
+        if keep:
+            # They stay in flight until their visibility timeout and keep their group locked:
+            # until then the poller must not long-poll (see the top).
+            with self.state_lock:
+                self.held_until = max(self.held_until, time.monotonic() + self.visibility_timeout)
         if self.fifo:
             self.release_group_tails(keep)
 
-        with self.counter_lock:
+        with self.state_lock:
             self.batches += 1
             n = self.batches
-        groups = len({group_of[i] for i in ids}) if self.fifo else "-"
-        line = (f"batch {n}: {len(batch)} messages, {groups} groups, {len(keep)} failed, "
+        groups = ", ".join(sorted({str(group_of[i]) for i in ids})) if self.fifo else "-"
+        line = (f"batch {n}: {len(batch)} messages, group {groups}, {len(keep)} failed, "
                 f"{len(delete) - delete_errors} deleted, {(time.monotonic() - started) * 1000:.0f} ms")
         if error:
             line += f"; function error, nothing deleted: {error}"
@@ -275,10 +313,11 @@ class Poller:
         errors = 0
         for i in range(0, len(messages), 10):
             chunk = messages[i:i + 10]
-            resp = self.sqs.delete_message_batch(
-                QueueUrl=self.args.queue_url,
-                Entries=[{"Id": str(j), "ReceiptHandle": m["ReceiptHandle"]} for j, m in enumerate(chunk)],
-            )
+            with self.sqs_lock:
+                resp = self.sqs.delete_message_batch(
+                    QueueUrl=self.args.queue_url,
+                    Entries=[{"Id": str(j), "ReceiptHandle": m["ReceiptHandle"]} for j, m in enumerate(chunk)],
+                )
             errors += len(resp.get("Failed", []))
         return errors
 
@@ -292,26 +331,89 @@ class Poller:
                 seen.add(group)
                 continue
             try:
-                self.sqs.change_message_visibility(QueueUrl=self.args.queue_url,
-                                                   ReceiptHandle=m["ReceiptHandle"], VisibilityTimeout=0)
+                with self.sqs_lock:
+                    self.sqs.change_message_visibility(QueueUrl=self.args.queue_url,
+                                                       ReceiptHandle=m["ReceiptHandle"], VisibilityTimeout=0)
             except botocore.exceptions.ClientError as e:  # e.g. the receipt expired meanwhile
                 log(f"could not release {m['MessageId']} of group {group}: {e}")
 
     # ---- loop ----------------------------------------------------------------------------
 
+    def dispatch(self, batch):
+        """Splits what one receive returned into batches (one per FIFO group, in queue order) and
+        starts them as slots free up."""
+        split = OrderedDict()
+        for m in batch:
+            key = m.get("Attributes", {}).get("MessageGroupId") if self.fifo else None
+            split.setdefault(key if self.fifo else id(batch), []).append(m)
+        with self.state_lock:
+            for key, messages in split.items():
+                if key in self.running or key in self.waiting:
+                    # SQS never does this (the group is locked while in flight); if a queue ever
+                    # does, the batch waits for the one in flight, so the group stays exclusive.
+                    log(f"WARNING: group {key} was handed out while a batch of it is in flight; "
+                        f"it waits behind that batch")
+                self.waiting.setdefault(key, []).append(messages)
+            self.start_ready()
+
+    def start_ready(self):
+        """Starts waiting batches while slots are free, never two of one group. Holds state_lock."""
+        for key in list(self.waiting):
+            if len(self.running) >= self.args.concurrency:
+                return
+            if key in self.running:
+                continue
+            queued = self.waiting[key]
+            messages = queued.pop(0)
+            if not queued:
+                del self.waiting[key]
+            self.running.add(key)
+            self.pool.submit(self.run_batch, key, messages)
+
+    def run_batch(self, key, messages):
+        try:
+            self.process(messages)
+        except Exception as e:  # moto down while deleting: the messages come back after their timeout
+            log(f"error finishing a batch of group {key}: {type(e).__name__}: {e}")
+        finally:
+            with self.state_lock:
+                self.running.discard(key)
+                self.start_ready()
+            self.changed.set()
+
     def run(self):
+        """The one receiving thread: receives while a slot is free, hands batches to the pool."""
         backoff = 0.0
         while not self.stop.is_set():
+            # Cleared before the state is read: a batch finishing after this wakes the wait below.
+            self.changed.clear()
+            with self.state_lock:
+                full = len(self.running) >= self.args.concurrency or bool(self.waiting)
+                running = bool(self.running)
+                busy = running or time.monotonic() < self.held_until
+            if full:  # every slot has a batch, as at Lambda's concurrency limit: receive nothing
+                self.changed.wait(0.5)
+                continue
             try:
-                batch = self.receive()
-                ok = self.process(batch) if batch else True
-                backoff = 0.0 if ok else min(MAX_BACKOFF_S, max(0.5, backoff * 2))
+                batch = self.receive(long_poll=not busy)
+                backoff = 0.0
             except Exception as e:  # moto down, network: say so, wait, retry
                 backoff = min(MAX_BACKOFF_S, max(0.5, backoff * 2))
                 log(f"error: {type(e).__name__}: {e}; retrying in {backoff:.1f} s")
-            if backoff:
-                # After a function error AWS backs off too; the messages wait out their timeout anyway.
                 self.stop.wait(backoff)
+                continue
+            if batch:
+                self.dispatch(batch)
+            elif busy:
+                self.changed.wait(BUSY_POLL_S if running else HELD_POLL_S)
+        # Finish what was received, waiting batches too: their messages are in flight and would
+        # otherwise wait out their visibility timeout.
+        while True:
+            with self.state_lock:
+                if not self.running and not self.waiting:
+                    break
+            time.sleep(0.05)
+        self.pool.shutdown(wait=True)
 
 
 def message_attribute(v):
@@ -342,7 +444,7 @@ def main(argv=None):
 
     def on_signal(signum, _frame):
         if not stop.is_set():
-            log(f"{signal.Signals(signum).name}: finishing the batch in flight, then stopping")
+            log(f"{signal.Signals(signum).name}: finishing the batches received, then stopping")
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -359,12 +461,10 @@ def main(argv=None):
     log(f"polling {args.queue_url} ({'FIFO' if poller.fifo else 'standard'}, visibility {poller.visibility_timeout} s) "
         f"for {args.function} at {args.invoke_url}: batch size {args.batch_size}, concurrency {args.concurrency}, "
         f"invoke timeout {poller.invoke_timeout:g} s")
-    threads = [threading.Thread(target=poller.run, name=f"poller-{i}", daemon=True) for i in range(args.concurrency)]
-    for t in threads:
-        t.start()
-    while any(t.is_alive() for t in threads):
-        for t in threads:
-            t.join(timeout=0.5)
+    receiver = threading.Thread(target=poller.run, name="receiver", daemon=True)
+    receiver.start()
+    while receiver.is_alive():
+        receiver.join(timeout=0.5)
     log("stopped")
 
 

@@ -6,8 +6,9 @@ here in Python: no Rust build needed.
   set -a; . .local/stack/stack.env; set +a
   .local/venv/bin/python infra/sqs_poller_selftest.py          # about 15 s
 
-It first checks what the local settlement path relies on in moto's FIFO queues and prints where moto
-differs from AWS. Then it creates a throwaway FIFO queue (visibility timeout 1 s, maxReceiveCount 5)
+It first checks what the local settlement path relies on in moto's FIFO queues (among them that
+moto itself withholds a group while part of it is in flight and hands out the other groups) and
+prints where moto differs from AWS. Then it creates a throwaway FIFO queue (visibility timeout 1 s, maxReceiveCount 5)
 and its DLQ, starts the emulator and the poller as the stack would, and sends three message groups:
 
   lane-0  a0..a5   a2 crashes the function the first time it is seen (the whole batch fails);
@@ -17,8 +18,9 @@ and its DLQ, starts the emulator and the poller as the stack would, and sends th
                    handler must), is received as often, and so reaches the DLQ too: that is what
                    AWS does with a poison message's group, shown here on purpose
 
-and asserts: per group, successful deliveries in send order; nothing delivered again after it
-succeeded; every message either succeeded exactly once or is in the DLQ; the DLQ holds exactly
+with three consumer instances attached and the poller's --concurrency 3, and asserts: batches of
+different groups ran side by side, never two of one group, each batch one group; per group,
+successful deliveries in send order; nothing delivered again after it succeeded; every message either succeeded exactly once or is in the DLQ; the DLQ holds exactly
 a5, c1, c2 (each received 5 times); the source queue ends empty; every event has the shape Lambda
 sends; the poller stops cleanly on SIGTERM. Exits 0 on success.
 Environment: AWS_ENDPOINT_URL (or X402_STACK_DIR/stack.env), AWS_REGION.
@@ -45,6 +47,7 @@ FUNCTION = "sqs-selftest-consumer"
 VISIBILITY_S = 1
 MAX_RECEIVES = 5
 DEADLINE_S = 50
+INSTANCES = 3  # consumer instances attached to the emulator, and the poller's --concurrency
 
 RECORD_KEYS = {"messageId", "receiptHandle", "body", "attributes", "messageAttributes", "md5OfBody",
                "eventSource", "eventSourceARN", "awsRegion"}
@@ -139,16 +142,55 @@ def check_moto(sqs, tag):
         check(counts == ["1", "2"] and not leaked and [m["Body"] for m in in_dlq] == ["r"],
               f"maxReceiveCount 2: received twice (counts {counts}), then moved to the DLQ on the next receive")
         sqs.delete_queue(QueueUrl=r)
+        check_group_lock(sqs, tag)
     finally:
         sqs.delete_queue(QueueUrl=q)
         sqs.delete_queue(QueueUrl=dlq)
+
+
+def check_group_lock(sqs, tag):
+    """What the poller's concurrency rests on: moto itself withholds a group while part of it is
+    in flight, and hands out the other groups meanwhile."""
+    g, _ = create_fifo(sqs, f"{tag}-moto-g.fifo", VisibilityTimeout=30)
+    try:
+        for body in ("x0", "x1", "x2", "y0", "y1"):
+            sqs.send_message(QueueUrl=g, MessageBody=body, MessageGroupId=body[0], MessageDeduplicationId=body)
+        first = sqs.receive_message(QueueUrl=g, MaxNumberOfMessages=1, AttributeNames=["All"]).get("Messages", [])
+        check([m["Body"] for m in first] == ["x0"], f"a receive of one message takes the head of the first group ({[m['Body'] for m in first]})")
+        second = [m["Body"] for m in receive(sqs, g, wait=0)]
+        check(second == ["y0", "y1"], f"while x0 is in flight, x1 and x2 are withheld and group y is handed out ({second})")
+        check(receive(sqs, g, wait=0) == [], "with both groups in flight, nothing is handed out")
+        sqs.delete_message(QueueUrl=g, ReceiptHandle=first[0]["ReceiptHandle"])
+        rest = [m["Body"] for m in receive(sqs, g, wait=0)]
+        check(rest == ["x1", "x2"], f"once x0 is deleted, x1 and x2 follow in order ({rest})")
+        # A long poll that starts while a group is locked and sees it unlock midway: AWS answers
+        # with the group's next message; moto decided which groups are locked when the poll started.
+        sqs.send_message(QueueUrl=g, MessageBody="z0", MessageGroupId="z", MessageDeduplicationId="z0")
+        z0 = receive(sqs, g, wait=0)
+        sqs.send_message(QueueUrl=g, MessageBody="z1", MessageGroupId="z", MessageDeduplicationId="z1")
+        unlock = threading.Timer(0.3, lambda: sqs.delete_message(QueueUrl=g, ReceiptHandle=z0[0]["ReceiptHandle"]))
+        unlock.start()
+        t0 = time.monotonic()
+        late = [m["Body"] for m in receive(sqs, g, wait=2)]
+        took = time.monotonic() - t0
+        unlock.join()
+        if late != ["z1"] or took > 1:
+            print(f"  moto  a long poll that starts while a group is locked does not see it unlock (after "
+                  f"{took:.1f} s: {late}); AWS would answer with z1 at once. sqs_poller.py does not long-poll "
+                  f"while it has batches in flight")
+    finally:
+        sqs.delete_queue(QueueUrl=g)
 
 
 # ---- part 2: the stand-in consumer --------------------------------------------------------------
 
 class Consumer:
     """A FIFO settle-worker's contract, in Python: process records in order; on a failure, report it
-    and every later record of the same group; a crash fails the invocation (runtime /error)."""
+    and every later record of the same group; a crash fails the invocation (runtime /error).
+    Several instances (threads) attach to the emulator, as Lambda runs several at once, and each
+    invocation takes WORK_S, so batches that run side by side overlap."""
+
+    WORK_S = 0.15
 
     def __init__(self, runtime_api, fail_times, crash_once):
         self.api = runtime_api
@@ -156,10 +198,22 @@ class Consumer:
         self.crash_once = set(crash_once)
         self.log = []  # (invocation number, body, messageId, receive count, outcome)
         self.events = []
+        self.intervals = []  # (start, end, groups) of every invocation, as the consumer saw it
         self.invocations = 0
         self.lock = threading.Lock()
 
     def handle(self, event):
+        started = time.monotonic()
+        time.sleep(self.WORK_S)
+        groups = {r["attributes"].get("MessageGroupId") for r in event["Records"]}
+        try:
+            with self.lock:
+                return self.outcome(event)
+        finally:
+            with self.lock:
+                self.intervals.append((started, time.monotonic(), groups))
+
+    def outcome(self, event):
         self.events.append(event)
         self.invocations += 1
         bodies = [r["body"] for r in event["Records"]]
@@ -248,7 +302,8 @@ def poller_test(sqs, tag, workdir):
     try:
         consumer = Consumer(f"http://127.0.0.1:{port}/.rt/{FUNCTION}",
                             fail_times={"b1": 2, "a5": 1000, "c1": 1000}, crash_once={"a2"})
-        threading.Thread(target=consumer.run, daemon=True).start()
+        for _ in range(INSTANCES):
+            threading.Thread(target=consumer.run, daemon=True).start()
 
         groups = {"lane-0": [f"a{i}" for i in range(6)], "lane-1": [f"b{i}" for i in range(6)], "lane-2": ["c0", "c1", "c2"]}
         sent = {}
@@ -261,7 +316,8 @@ def poller_test(sqs, tag, workdir):
         started = time.monotonic()
         poller_log = os.path.join(workdir, "poller.log")
         poller = subprocess.Popen([sys.executable, "-u", os.path.join(INFRA, "sqs_poller.py"), "--queue-url", q,
-                                   "--function", FUNCTION, "--invoke-url", f"http://127.0.0.1:{port}", "--wait-seconds", "1"],
+                                   "--function", FUNCTION, "--invoke-url", f"http://127.0.0.1:{port}", "--wait-seconds", "1",
+                                   "--concurrency", str(INSTANCES)],
                                   stdout=open(poller_log, "w"), stderr=subprocess.STDOUT)
         in_dlq = {}
         while time.monotonic() - started < DEADLINE_S:
@@ -301,7 +357,14 @@ def poller_test(sqs, tag, workdir):
         check(b1[-1] == "ok" and b1.count("failed") == 2, f"b1 failed twice then succeeded ({b1})")
         check(any(o == "crash" for _, b, _, _, o in log if b == "a2") and "function error, nothing deleted" in out,
               "a2's crash failed its whole batch, which came back")
-        check("WARNING" not in out, "no unreported FIFO tail (the consumer reports its groups' tails)")
+        check("WARNING" not in out, "no unreported FIFO tail and no group handed out twice (no warning)")
+        spans = sorted(consumer.intervals, key=lambda i: i[0])
+        overlapping = [(a, b) for i, a in enumerate(spans) for b in spans[i + 1:] if b[0] < a[1]]
+        same_group = [(sorted(a[2]), sorted(b[2])) for a, b in overlapping if a[2] & b[2]]
+        check(not same_group, f"no two invocations of one group overlapped ({same_group[:3]})")
+        check(all(len(i[2]) == 1 for i in spans), "every batch held one group")
+        check(len(overlapping) > 0, f"batches of different groups ran side by side ({len(overlapping)} overlapping pairs "
+              f"of {len(spans)} invocations, {INSTANCES} instances)")
         ids = {m: b for b, m in sent.items()}
         shape_ok = all(set(r) == RECORD_KEYS | {"md5OfMessageAttributes"} and FIFO_ATTRIBUTES <= set(r["attributes"])
                        and r["eventSource"] == "aws:sqs" and r["eventSourceARN"] == q_arn and ids.get(r["messageId"]) == r["body"]

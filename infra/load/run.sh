@@ -5,7 +5,7 @@
 # the settle load against both (ours: the local server's settle handler plus the settle-worker
 # function under cargo-lambda's emulator fed by the SQS poller, every AWS call counted by
 # infra/aws_counter.py in front of moto), the Lambda functions' cold start, ours settling again on
-# a stack with fewer lanes, and the "Load: verify" and "Load: settle" sections of docs/benchmarks.md
+# stacks with other lane counts, and the "Load: verify" and "Load: settle" sections of docs/benchmarks.md
 # rewritten with the figures. Stops everything it started when it exits.
 #
 #   bash infra/load/run.sh
@@ -15,7 +15,7 @@
 #   LOAD_CONCURRENCY (1,8,32)                 verify concurrency levels; /supported runs at 8
 #   LOAD_SETTLE_REQUESTS (200), LOAD_SETTLE_SECONDS (20), LOAD_SETTLE_CONCURRENCY (1,8,32)   the same for settle
 #   LOAD_SETTLE_POLL_MS (250), LOAD_SETTLE_DEADLINE_MS (25000)   our settle handler's X402_SETTLE_POLL_MS/_DEADLINE_MS
-#   LOAD_LANES (2), LOAD_SETTLE_OTHER_LANES (1)   the main stack's lanes; lane counts ours settles again with ("" skips)
+#   LOAD_LANES (2), LOAD_SETTLE_OTHER_LANES (1 4)   the main stack's lanes; lane counts ours settles again with ("" skips)
 #   LOAD_BIN_DIR ($CARGO_TARGET_DIR or target, /debug)   where the built binaries are (.../release once built)
 #   LOAD_BUILD (1)                            0 measures the binaries as they are, without building first
 #   LOAD_STACK_DIR (.local/load-stack), LOAD_ANVIL_PORT (28545), LOAD_RPC_PROXY_PORT (28546),
@@ -41,18 +41,8 @@ SHOWN_BIN_DIR="${BIN_DIR#"$REPO"/}" # as the report names it
 RUN="$X402_STACK_DIR/run" LOGS="$X402_STACK_DIR/logs" RESULTS="$X402_STACK_DIR/results"
 LOAD="$REPO/infra/load"
 
-step() { printf '\n== %s\n' "$*" >&2; }
-
-# Stops one process we started, by the pid file we wrote for it.
-stop_pid() {
-  local pidfile="$RUN/$1.pid" pid
-  [[ -f "$pidfile" ]] || return 0
-  pid="$(cat "$pidfile")"
-  kill "$pid" 2>/dev/null || true
-  for _ in $(seq 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -9 "$pid" 2>/dev/null || true
-  rm -f "$pidfile"
-}
+# shellcheck source=infra/load/lib/common.sh
+. "$LOAD/lib/common.sh"
 
 cleanup() {
   set +e
@@ -66,32 +56,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-# Waits until GET $1 answers, or fails with the tail of log $2.
-wait_for() {
-  for _ in $(seq 100); do
-    curl -fsS "$1" >/dev/null 2>&1 && return 0
-    sleep 0.1
-  done
-  echo "load: $1 does not answer; the end of $2:" >&2
-  tail -20 "$2" >&2
-  exit 1
-}
-
-# Other work on the machine (a build, say) skews every figure. Waits, up to LOAD_QUIET_WAIT seconds
-# (120), until the CPUs are at least 80 % idle over 2 s; then goes on either way (the report gives
-# the load average, so a disturbed run shows).
-wait_quiet() {
-  local deadline=$((SECONDS + ${LOAD_QUIET_WAIT:-120})) a b idle total
-  while :; do
-    read -ra a </proc/stat; sleep 2; read -ra b </proc/stat
-    idle=$(( (b[4] + b[5]) - (a[4] + a[5]) ))
-    total=0; for i in 1 2 3 4 5 6 7 8; do total=$(( total + b[i] - a[i] )); done
-    (( total > 0 && idle * 100 >= total * 80 )) && return 0
-    (( SECONDS >= deadline )) && { echo "load: the machine is still busy ($(( 100 - idle * 100 / (total > 0 ? total : 1) )) %); measuring anyway" >&2; return 0; }
-    echo "load: waiting for the machine to quiet down ($(( 100 - idle * 100 / (total > 0 ? total : 1) )) % busy)" >&2
-  done
-}
 
 # The counting proxy in front of moto (infra/aws_counter.py): one port for our local server (the
 # settle handler), one for the settle worker, so the counts say who made each call. The SQS poller
@@ -113,13 +77,14 @@ start_local_server() {
 }
 
 # The settle-worker function under the emulator (as infra/test.sh runs it), its AWS calls through
-# the counter, fed by the SQS poller with its defaults (one batch of up to 10 at a time).
+# the counter, fed by the SQS poller as Lambda's event source mapping would feed it: one batch (of up
+# to 10) per lane at once, lanes side by side, each batch in its own instance of the function.
 start_settle_worker() {
   AWS_ENDPOINT_URL="http://127.0.0.1:$AWS_COUNTER_WORKER_PORT" LAMBDA_PORT="$SETTLE_LAMBDA_PORT" \
-    LAMBDA_BIN_DIR="$SNAPSHOT" bash infra/lambda-emulator.sh start
+    SETTLE_WORKER_INSTANCES="$X402_LANES" LAMBDA_BIN_DIR="$SNAPSHOT" bash infra/lambda-emulator.sh start
   # On a busy machine the poller (boto3's import) can miss sqs-poller.sh's 10 s readiness limit once.
-  LAMBDA_PORT="$SETTLE_LAMBDA_PORT" bash infra/sqs-poller.sh start settle-worker ||
-    LAMBDA_PORT="$SETTLE_LAMBDA_PORT" bash infra/sqs-poller.sh start settle-worker
+  LAMBDA_PORT="$SETTLE_LAMBDA_PORT" bash infra/sqs-poller.sh start settle-worker -- --concurrency "$X402_LANES" ||
+    LAMBDA_PORT="$SETTLE_LAMBDA_PORT" bash infra/sqs-poller.sh start settle-worker -- --concurrency "$X402_LANES"
 }
 stop_settle_worker() {
   bash infra/sqs-poller.sh stop settle-worker
@@ -130,7 +95,8 @@ stop_settle_worker() {
 run_settle() {
   local out="$1" pids
   shift
-  pids="ours=$(cat "$RUN/load-local-server.pid"),$(cat "$RUN/lambda-settle-worker.pid")"
+  pids="ours=$(cat "$RUN/load-local-server.pid")"
+  for pidfile in "$RUN"/lambda-settle-worker*.pid; do pids="$pids,$(cat "$pidfile")"; done
   [[ -f "$RUN/load-reference.pid" ]] && pids="$pids --pid reference=$(cat "$RUN/load-reference.pid")"
   wait_quiet
   # shellcheck disable=SC2086 # $pids is two words on purpose
@@ -204,27 +170,21 @@ stop_pid load-local-server
 stop_pid load-reference
 
 step "cold start under cargo-lambda's runtime emulator on :$LAMBDA_PORT"
-# Only the runtime API: coldstart.mjs starts (and stops) each function process itself.
-setsid cargo lambda watch --only-lambda-apis --invoke-address 127.0.0.1 --invoke-port "$LAMBDA_PORT" \
-  >"$LOGS/load-lambda-emulator.log" 2>&1 &
-echo $! >"$RUN/load-lambda-emulator.pid"
-for _ in $(seq 100); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$LAMBDA_PORT") 2>/dev/null && break
-  sleep 0.1
-done
+start_runtime_emulator load-lambda-emulator "$LAMBDA_PORT"
 wait_quiet
 timeout 300 node "$LOAD/coldstart.mjs" --emulator-port "$LAMBDA_PORT" --bin-dir "$SNAPSHOT" --shown-bin-dir "$SHOWN_BIN_DIR" \
-  --events "$REPO/events" --logs "$LOGS" --out "$RESULTS/coldstart.json"
+  --functions "$(IFS=,; echo "${FUNCTION_BINS[*]}")" --events "$REPO/events" --logs "$LOGS" --out "$RESULTS/coldstart.json"
 
 stop_pid load-lambda-emulator
 
 # Ours again on a fresh stack with other lane counts: does throughput follow the lanes?
 OTHER_SETTLES=()
-for lanes in ${LOAD_SETTLE_OTHER_LANES-1}; do
+for lanes in ${LOAD_SETTLE_OTHER_LANES-1 4}; do
   step "settle under load, ours, on a fresh stack with $lanes lane(s)"
   stop_pid load-aws-counter
   bash infra/stack.sh down >/dev/null
-  X402_LANES="$lanes" bash infra/stack.sh up
+  export X402_LANES="$lanes"
+  bash infra/stack.sh up
   # shellcheck source=infra/facilitator-env.sh
   . infra/facilitator-env.sh
   start_aws_counter

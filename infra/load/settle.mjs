@@ -12,6 +12,7 @@
 // Prints a markdown table; writes every figure as JSON to --out. The first target is "ours".
 
 import { readFileSync, writeFileSync } from "node:fs";
+import { loadavg } from "node:os";
 import { parseArgs } from "node:util";
 import { readSettledAwsCounts, resetAwsCounts } from "./lib/aws-counter.mjs";
 import { chainFloor } from "./lib/chain-floor.mjs";
@@ -83,6 +84,8 @@ async function measure(target, concurrency) {
   await resetRpcCounts(proxy);
   if (ours) await resetAwsCounts(counter);
   const ownPids = pids[target.name] ?? [];
+  // The machine is shared: the 1-minute load average around each phase says how disturbed it was.
+  const loadBefore = loadavg()[0];
   const cpuBefore = cpuSeconds(ownPids);
   const stats = await drive(target.url, settleScenario(take(maxRequests)), { concurrency, maxRequests, maxSeconds });
   // Every /settle has answered; let a worker finish what it may still hold before reading counts.
@@ -94,7 +97,8 @@ async function measure(target, concurrency) {
     settled: n - stats.errorCount,
     rpcRequests: rpc.rpc_requests, rpcPerSettle: rpc.rpc_requests / n,
     rpcMethodsPerSettle: Object.fromEntries(Object.entries(rpc.methods).map(([m, k]) => [m, k / n])),
-    cpuMsPerSettle: ownPids.length ? (cpu * 1000) / n : NaN };
+    cpuMsPerSettle: ownPids.length ? (cpu * 1000) / n : NaN,
+    loadAverage1m: { before: Math.round(loadBefore * 100) / 100, after: Math.round(loadavg()[0] * 100) / 100 } };
   if (aws) {
     row.aws = aws;
     row.kmsSignPerSettle = (aws.calls.kms?.Sign ?? 0) / n;

@@ -66,7 +66,7 @@ export function coldStartTable(coldStart) {
     const t = f.firstAnswerMs;
     lines.push(`| ${f.function} | \`${f.binary}\` (${f.profile}) | ${f.runs.length} `
       + `| ${fixed(t.min, 0)} / ${fixed(t.median, 0)} / ${fixed(t.max, 0)} `
-      + `| ${fixed(f.peakRssMB.median, 1)} / ${fixed(f.peakRssMB.max, 1)} | ${fixed(f.binaryMB, 0)} |`);
+      + `| ${fixed(f.peakRssMB.median, 1)} / ${fixed(f.peakRssMB.max, 1)} | ${fixed(f.binaryMB, f.binaryMB < 100 ? 1 : 0)} |`);
   }
   return lines.join("\n");
 }
@@ -106,7 +106,7 @@ export function section({ verify, coldStart, command, ours, versions, commit }) 
     "",
     "### Read with care",
     "",
-    `- ${ours.includes("/debug/") ? "**These are debug builds**, not what ships: unoptimised code, full debug info. A release measurement comes later." : "Release builds."}`,
+    `- ${ours.includes("/debug/") ? "**These are debug builds**, not what ships: unoptimised code, full debug info. Release binaries' sizes and cold starts (every function) are in \"Release builds\" below." : "Release builds."}`,
     ...(m.loadAverage1m >= 1 || coldStart.loadAverage1m >= 1
       ? [`- **The machine was busy with other work** (load average ${m.loadAverage1m} before the load started, `
         + `${coldStart.loadAverage1m} before the cold starts, on ${m.nproc} CPUs): latencies, throughput and start-up times are `
@@ -118,8 +118,8 @@ export function section({ verify, coldStart, command, ours, versions, commit }) 
     `- Where the reference's chain calls go (@x402/evm ${versions.evm}, EIP-3009 path): \`eth_getCode\` on the payer twice `
       + "(once to tell an ERC-6492 wrapper from a plain signature, again to choose ECDSA or ERC-1271), then the `eth_call` "
       + "simulation of the transfer; its check that the asset is a contract is cached after the warm-up.",
-    "- Settle (throughput, latency, RPC, KMS `Sign`, DynamoDB and SQS calls per settlement) is in \"Load: settle\" below. Not "
-      + "measured yet: the settle functions' cold start, and release builds. Machine-readable figures: the harness's JSON "
+    "- Settle (throughput, latency, RPC, KMS `Sign`, DynamoDB and SQS calls per settlement) is in \"Load: settle\" below; "
+      + "every function's cold start as a release build in \"Release builds\". Machine-readable figures: the harness's JSON "
       + "(`infra/load/run.sh` says where).",
     END,
   ].join("\n");
@@ -127,12 +127,17 @@ export function section({ verify, coldStart, command, ours, versions, commit }) 
 
 /** Replaces the section between the markers in `path` (or appends it; or creates the file). */
 export function writeSection(path, text) {
+  writeBetween(path, BEGIN, END, text);
+}
+
+/** Replaces the text between `begin` and `end` in the file at `path` (or appends it after everything else). */
+function writeBetween(path, begin, end, text) {
   const header = "# Benchmarks\n\nFigures measured on this project's own machines; each section says how to regenerate it.\n";
   const current = existsSync(path) ? readFileSync(path, "utf8") : header;
-  const start = current.indexOf(BEGIN);
-  const end = current.indexOf(END);
-  const next = start >= 0 && end > start
-    ? current.slice(0, start) + text + current.slice(end + END.length)
+  const start = current.indexOf(begin);
+  const stop = current.indexOf(end);
+  const next = start >= 0 && stop > start
+    ? current.slice(0, start) + text + current.slice(stop + end.length)
     : `${current.trimEnd()}\n\n${text}\n`;
   writeFileSync(path, next);
 }
@@ -221,8 +226,9 @@ export function settleSection({ settle, others = [], command, ours, versions, co
       + "settlements per facilitator; a `settlement_pending` answer is sent again once, as the SDK's client does, and the latency "
       + "is to the last answer. A settle counts as settled only for `success: true` with a transaction hash. "
       + `"ours" is \`${ours}\` serving \`/settle\` (the settle handler, as in the Lambda function) with the \`settle-worker\` `
-      + "function under cargo-lambda's runtime emulator, fed from the SQS FIFO queue by `infra/sqs-poller.sh` (one batch at a time, "
-      + `up to 10 messages), signing with moto's KMS; ${s.lanes} signer lane${s.lanes === 1 ? "" : "s"}; ${s.ours}. `
+      + "function under cargo-lambda's runtime emulator, fed from the SQS FIFO queue by `infra/sqs-poller.sh` as Lambda's event "
+      + "source mapping feeds it (one batch of up to 10 messages per lane at once, lanes side by side, one instance of the "
+      + `function per lane), signing with moto's KMS; ${s.lanes} signer lane${s.lanes === 1 ? "" : "s"}; ${s.ours}. `
       + `"reference" is \`infra/load/reference/server.mjs\` (@x402/core ${versions.core} with @x402/evm ${versions.evm} on viem `
       + `${versions.viem}, one local wallet key), which settles synchronously: it sends the transaction and waits for the receipt.`,
     "",
@@ -248,8 +254,28 @@ export function settleSection({ settle, others = [], command, ours, versions, co
     ...oursRows(settle).map((r) => `| ${r.target}, concurrency ${r.concurrency}, beyond the chain | ${ms(r.p50 - f.p50)} | ${ms(r.p90 - f.p90)} | ${ms(r.p99 - f.p99)} |`),
   ];
   if (others.length) {
-    lines.push("", "### Lanes", "", `Ours again on a fresh stack with ${others.map((o) => o.settings.lanes).join(", ")} lane(s) `
-      + "(`X402_LANES`), the same phases, beside the main run's figures:", "",
+    const byLanes = [settle, ...others].sort((a, b) => a.settings.lanes - b.settings.lanes);
+    const levels = [...new Set(laneRows.map((r) => r.concurrency))].sort((a, b) => a - b);
+    const rowOf = (report, c) => oursRows(report).find((r) => r.concurrency === c);
+    const base = byLanes[0];
+    const load = (r) => (r?.loadAverage1m ? `${r.loadAverage1m.before} → ${r.loadAverage1m.after}` : "–");
+    lines.push("", "### Lanes", "", `Ours on a fresh stack per lane count (${byLanes.map((o) => o.settings.lanes).join(", ")}; `
+      + "`X402_LANES`, with as many settle-worker instances and batches in flight), the same phases. Does settle throughput "
+      + `grow with the lanes? Settled per second, and the ratio to ${base.settings.lanes} lane${base.settings.lanes === 1 ? "" : "s"}; `
+      + "the 1-minute load average before → after each phase (2 CPUs, shared with other work):", "",
+      `| concurrency | ${byLanes.map((o) => `${o.settings.lanes} lane${o.settings.lanes === 1 ? "" : "s"}`).join(" | ")} | load average |`,
+      `|--:|${byLanes.map(() => "--:").join("|")}|---|`);
+    for (const c of levels) {
+      const b = rowOf(base, c);
+      const cells = byLanes.map((o) => {
+        const r = rowOf(o, c);
+        if (!r) return "–";
+        const t = r.settled / r.seconds;
+        return o === base || !b ? fixed(t, 1) : `${fixed(t, 1)} (×${fixed(t / (b.settled / b.seconds), 2)})`;
+      });
+      lines.push(`| ${c} | ${cells.join(" | ")} | ${byLanes.map((o) => `${o.settings.lanes}: ${load(rowOf(o, c))}`).join("; ")} |`);
+    }
+    lines.push("", "Every phase:", "",
       "| lanes | concurrency | settles | settled | throughput (settled/s) | p50 (ms) | p99 (ms) | KMS Sign per settle | DynamoDB per settle |",
       "|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
     for (const r of laneRows.sort((a, b) => a.concurrency - b.concurrency || a.lanes - b.lanes)) {
@@ -269,9 +295,11 @@ export function settleSection({ settle, others = [], command, ours, versions, co
       : []),
     "- The settle handler re-reads the payment record while it waits for the worker (first after a quarter of "
       + "`X402_SETTLE_POLL_MS`, then doubling up to it), and the re-read is one DynamoDB `GetItem`: the handler's "
-      + "`GetItem`s per settle therefore grow with the settle's latency (the worker's do not), and at high concurrency "
-      + "those reads are much of moto's load, slowing the worker that shares it. The same polling rounds a fast "
-      + "settlement up to the next re-read.",
+      + "`GetItem`s per settle therefore grow with the time a payment waits in the queue (the worker's do not), and at "
+      + "high concurrency those reads are much of moto's load, slowing the worker that shares it. Once the record is "
+      + "`submitted` the handler looks for the receipt instead and re-reads the record at most once per four poll "
+      + "intervals, and the conditional update that settles the record returns it (no read after it). The same polling "
+      + "rounds a fast settlement up to the next re-read.",
     ...(settle.results.some((r) => Object.keys(r.awsErrors?.dynamodb ?? {}).some((k) => k.startsWith("TransactWriteItems HTTP 5")))
       ? ["- moto 5.2.5's `TransactWriteItems` deep-copies every table it touches before writing (its rollback), so it "
         + "slows down as the payments table grows through the run, and it fails with HTTP 500 (`RuntimeError: dictionary "
@@ -280,10 +308,11 @@ export function settleSection({ settle, others = [], command, ours, versions, co
         + "`TransactWriteItems` per settle is a little over 1 while KMS `Sign` stays at 1."]
       : []),
     ...(others.length
-      ? ["- Lanes here share one pipeline: the worker runs the lanes of a batch side by side (each lane in order), "
-        + "but the poller hands it one batch at a time and the emulator runs one instance of the function, and moto "
-        + "serves every DynamoDB call. So the lanes table shows the local pipeline's limit, not what more lanes give "
-        + "in AWS, where Lambda's event source mapping runs a batch per message group at once."]
+      ? ["- Each lane has its own batch in flight and its own instance of the worker, as with Lambda's event source "
+        + "mapping; but every lane still shares one moto (each KMS, DynamoDB and SQS call, in one Python process), one "
+        + "anvil and the machine's 2 CPUs with the load generator and the settle handler. Throughput grows with lanes "
+        + "only until those saturate; in AWS, KMS and DynamoDB scale out and each lane is bounded by its own chain "
+        + "round trips."]
       : []),
     ...notes.map((n) => `- ${n}`),
     SETTLE_END);
@@ -292,11 +321,61 @@ export function settleSection({ settle, others = [], command, ours, versions, co
 
 /** Replaces the settle section between its markers (or appends it after everything else). */
 export function writeSettleSection(path, text) {
-  const current = readFileSync(path, "utf8");
-  const start = current.indexOf(SETTLE_BEGIN);
-  const end = current.indexOf(SETTLE_END);
-  const next = start >= 0 && end > start
-    ? current.slice(0, start) + text + current.slice(end + SETTLE_END.length)
-    : `${current.trimEnd()}\n\n${text}\n`;
-  writeFileSync(path, next);
+  writeBetween(path, SETTLE_BEGIN, SETTLE_END, text);
+}
+
+// ---- Release builds ------------------------------------------------------------------------------
+
+const RELEASE_BEGIN = "<!-- load:release:begin (generated by infra/load/release.sh; change infra/load/lib/report.mjs, not this text) -->";
+const RELEASE_END = "<!-- load:release:end -->";
+
+/** The "Release builds" section: each Lambda function's release binary size and its cold start. */
+export function releaseSection({ coldStart, machine: m, command, commit, build }) {
+  const lines = [
+    RELEASE_BEGIN,
+    "## Release builds",
+    "",
+    `Measured ${coldStart.date.slice(0, 16).replace("T", " ")} UTC at commit ${commit} with \`${command}\` on ${m.nproc} CPUs `
+      + `(${m.cpuModel}), ${m.memoryGiB} GiB memory, ${m.kernel}, node ${m.node}. Built with \`${build}\` (the workspace's `
+      + "release profile: opt-level 3, thin LTO, one codegen unit, stripped), x86_64 and linked against this machine's "
+      + "glibc, as `cargo build` makes them. `cargo lambda build --release`, which packages for Lambda, links with zig "
+      + "instead; its sizes are not measured here.",
+    "",
+    "### Release binary sizes",
+    "",
+    "| function | binary | size (MB) | size (bytes) |",
+    "|---|---|--:|--:|",
+    ...coldStart.functions.map((f) => `| ${f.function} | \`${f.binary}\` | ${fixed(f.binaryMB, 1)} | ${f.binaryBytes ?? "–"} |`),
+    "",
+    "### Cold start (release)",
+    "",
+    "Each function binary is started attached to cargo-lambda's runtime emulator (`cargo lambda watch --only-lambda-apis`) "
+      + "with its first invoke already waiting; the time is from spawning the process to the answer to that invoke, so it "
+      + "includes the runtime's init, reading the configuration, building the clients (no chain, KMS or other AWS call: "
+      + "DESIGN §8) and the first request. The first events (`infra/load/coldstart.mjs` says why each): verify a valid "
+      + "payment (one `eth_call`), supported, settle a payment its local checks refuse (no chain or AWS call), the worker a "
+      + "message whose payment has no record (one DynamoDB `GetItem`), replay one scheduled run (one index query). Peak RSS "
+      + `is \`VmHWM\` right after the answer. ${coldStart.runsPerFunction} fresh processes per function, one after the other; `
+      + `load average ${coldStart.loadAverage1m} when they started.`,
+    "",
+    coldStartTable(coldStart),
+    "",
+    "### Read with care",
+    "",
+    "- The first answer includes the first request: for verify the `eth_call` to the local anvil, for the worker and "
+      + "replay a call to moto; in AWS those are network round trips of milliseconds more. The minimum is the undisturbed "
+      + "cost; the median and maximum show the shared machine.",
+    "- Lambda's own init (downloading and unpacking the package, starting the sandbox) is not here: these are the "
+      + "function's own start-up and first answer on this machine.",
+    ...(coldStart.loadAverage1m >= 1
+      ? [`- **The machine was busy with other work** (load average ${coldStart.loadAverage1m} on ${m.nproc} CPUs): `
+        + "start-up times are pessimistic."]
+      : []),
+    RELEASE_END,
+  ];
+  return lines.join("\n");
+}
+
+export function writeReleaseSection(path, text) {
+  writeBetween(path, RELEASE_BEGIN, RELEASE_END, text);
 }

@@ -221,9 +221,12 @@ impl Settler {
         // many at once should not crowd DynamoDB (or the local emulator) for the worker.
         let mut wait = (self.timing.poll / 4).max(Duration::from_millis(10));
         let mut last_state = record.state;
+        let mut read_at = Instant::now();
+        let mut state_since = Instant::now();
         loop {
             if record.state != last_state {
                 last_state = record.state;
+                state_since = Instant::now();
                 wait = (self.timing.poll / 4).max(Duration::from_millis(10));
             }
             match record.state {
@@ -286,6 +289,25 @@ impl Settler {
             )
             .await;
             wait = (wait * 2).min(self.timing.poll);
+            if record.state == State::Queued {
+                // A queued payment waits for its lane's worker, behind what the lane queued before
+                // it: the longer it has waited, the longer that line, and the less it matters to see
+                // the worker's move a little later. So the next read comes a quarter of the time
+                // already waited after this one (never sooner than the usual pace, never later than
+                // four polls): at most a quarter more latency, and far fewer reads from the many
+                // /settle calls that wait behind a busy lane, which share DynamoDB with the worker.
+                wait = wait.max((state_since.elapsed() / 4).min(self.timing.poll * 4));
+            }
+            // Once broadcast, what the follower waits for is a receipt, which it looks for on every
+            // round above; re-reading the record each round as well would double the reads of every
+            // waiting /settle for nothing. The record could change only by a replacement (replay
+            // asks for one only after X402_REPLAY_MIN_AGE_MS, kept above the settle deadline) or by
+            // another follower finishing it from the same receipt. An occasional re-read still
+            // catches a replacement where the grace is set shorter (tests set 0).
+            if record.state == State::Submitted && read_at.elapsed() < self.timing.poll * 4 {
+                continue;
+            }
+            read_at = Instant::now();
             match self.store.get(&record.id).await {
                 Ok(Some(latest)) => record = latest,
                 Ok(None) => {

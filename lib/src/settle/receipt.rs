@@ -66,23 +66,25 @@ pub async fn finish(
             ),
         )
     };
-    if record.tx_hash.as_deref() != Some(hash.as_str()) {
-        // An earlier transaction won: the record names the one that was mined.
-        fields.push(("tx_hash", AttributeValue::S(hash)));
-    }
+    // The record names the transaction that was mined, always: an earlier one may have won over
+    // its replacement, and the caller's copy of the record may predate a replacement.
+    fields.push(("tx_hash", AttributeValue::S(hash)));
     if let Some(block) = receipt.block_number {
         fields.push(("block_number", AttributeValue::N(block.to_string())));
     }
-    let moved = store
-        .transition(&record.id, record.state, to, &fields)
+    match store
+        .transition_and_read(&record.id, record.state, to, &fields)
         .await
-        .map_err(|e| e.to_string())?;
-    if moved {
-        // Counted once per transaction: by whoever records its outcome.
-        crate::metrics::gas_used(&record.network, receipt.gas_used);
+        .map_err(|e| e.to_string())?
+    {
+        Some(finished) => {
+            // Counted once per transaction: by whoever records its outcome.
+            crate::metrics::gas_used(&record.network, receipt.gas_used);
+            Ok(Some(finished))
+        }
+        // A concurrent follower (or replay) moved it first: the record says what happened.
+        None => store.get(&record.id).await.map_err(|e| e.to_string()),
     }
-    // Whether we or a concurrent follower made the move, the record now says what happened.
-    store.get(&record.id).await.map_err(|e| e.to_string())
 }
 
 fn failure(reason: Reason, message: &str) -> Vec<(&'static str, AttributeValue)> {

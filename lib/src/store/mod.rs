@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use aws_sdk_dynamodb::{
     error::SdkError,
     operation::{put_item::PutItemError, update_item::UpdateItemError},
-    types::{AttributeValue, Put, TransactWriteItem, Update},
+    types::{AttributeValue, Put, ReturnValue, TransactWriteItem, Update},
 };
 use tracing::instrument;
 
@@ -126,8 +126,43 @@ impl Store {
         self.change(id, &Change::new(from, to, fields)).await
     }
 
+    /// [`Store::transition`] that also answers with the record as the move left it (DynamoDB's
+    /// `ReturnValues: ALL_NEW`), or `None` if the record was not in `from`: one call where a
+    /// transition and a read would be two.
+    #[instrument(skip_all, fields(id, from = ?from, to = ?to), err(level = "warn"))]
+    pub async fn transition_and_read(
+        &self,
+        id: &str,
+        from: State,
+        to: State,
+        fields: &[(&str, AttributeValue)],
+    ) -> Result<Option<PaymentRecord>, StoreError> {
+        let change = Change::new(from, to, fields);
+        let Some(item) = self.update(id, &change, ReturnValue::AllNew).await? else {
+            return Ok(None);
+        };
+        let item = item.ok_or_else(|| StoreError {
+            operation: "UpdateItem",
+            problem: "the answer has no attributes although ALL_NEW was asked".to_owned(),
+        })?;
+        serde_dynamo::from_item(item)
+            .map(Some)
+            .map_err(fail("deserialise"))
+    }
+
     /// Applies one conditional change; returns whether its conditions held (and it was made).
     async fn change(&self, id: &str, change: &Change<'_>) -> Result<bool, StoreError> {
+        Ok(self.update(id, change, ReturnValue::None).await?.is_some())
+    }
+
+    /// One conditional UpdateItem: `None` if its conditions did not hold, else the attributes
+    /// `returns` asked for.
+    async fn update(
+        &self,
+        id: &str,
+        change: &Change<'_>,
+        returns: ReturnValue,
+    ) -> Result<Option<Option<HashMap<String, AttributeValue>>>, StoreError> {
         let update = transition_update(&self.payments, id, change);
         let request = self
             .client
@@ -138,13 +173,14 @@ impl Store {
             .condition_expression(update.condition_expression().unwrap_or_default())
             .set_expression_attribute_names(update.expression_attribute_names().cloned())
             .set_expression_attribute_values(update.expression_attribute_values().cloned())
+            .return_values(returns)
             .send();
         match Box::pin(request).await {
-            Ok(_) => Ok(true),
+            Ok(answer) => Ok(Some(answer.attributes)),
             Err(SdkError::ServiceError(e))
                 if matches!(e.err(), UpdateItemError::ConditionalCheckFailedException(_)) =>
             {
-                Ok(false)
+                Ok(None)
             }
             Err(e) => Err(fail("UpdateItem")(e)),
         }
