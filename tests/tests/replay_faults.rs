@@ -510,20 +510,13 @@ async fn set_rpc_fault(mode: &str, methods: &[&str]) {
 impl Drop for RpcFault {
     fn drop(&mut self) {
         let url = format!("{}/__fault", stack().rpc_proxy_url);
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                let _ = reqwest::Client::new()
-                    .post(url)
-                    .json(&json!({"mode": "none", "methods": []}))
-                    .send()
-                    .await;
-            });
-        })
-        .join();
+        finish_detached(async move {
+            let _ = reqwest::Client::new()
+                .post(url)
+                .json(&json!({"mode": "none", "methods": []}))
+                .send()
+                .await;
+        });
     }
 }
 
@@ -733,18 +726,11 @@ impl OwnQueue {
 impl Drop for OwnQueue {
     fn drop(&mut self) {
         let (sqs, urls) = (self.sqs.clone(), [self.url.clone(), self.dlq_url.clone()]);
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                for url in urls {
-                    let _ = sqs.delete_queue().queue_url(url).send().await;
-                }
-            });
-        })
-        .join();
+        finish_detached(async move {
+            for url in urls {
+                let _ = sqs.delete_queue().queue_url(url).send().await;
+            }
+        });
     }
 }
 
@@ -830,18 +816,11 @@ impl KeysDisabled {
 impl Drop for KeysDisabled {
     fn drop(&mut self) {
         let kms = self.0.clone();
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                for lane in &stack().lanes {
-                    let _ = kms.enable_key().key_id(&lane.key_id).send().await;
-                }
-            });
-        })
-        .join();
+        finish_detached(async move {
+            for lane in &stack().lanes {
+                let _ = kms.enable_key().key_id(&lane.key_id).send().await;
+            }
+        });
     }
 }
 

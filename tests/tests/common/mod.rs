@@ -526,3 +526,20 @@ pub fn invoke(function: &str, event: &str) -> Value {
 pub fn body_of(response: &Value) -> Value {
     serde_json::from_str(response["body"].as_str().expect("a body")).expect("a JSON body")
 }
+
+/// Runs `work` to the end on a thread of its own, with a runtime of its own: how a `Drop` that
+/// puts the stack back (mining on, faults off, keys enabled) does async work, since drop cannot
+/// await and the test's runtime may be unwinding.
+pub fn finish_detached<F>(work: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let _ = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(work);
+    })
+    .join();
+}

@@ -160,27 +160,16 @@ impl MiningStopped {
 impl Drop for MiningStopped {
     fn drop(&mut self) {
         let url = stack().anvil_url.clone();
-        // Drop cannot await, and the test's runtime may be unwinding: a thread with its own runtime
-        // and client does it.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                let client = reqwest::Client::new();
-                for (method, params) in
-                    [("evm_setAutomine", json!([true])), ("evm_mine", json!([]))]
-                {
-                    let _ = client
-                        .post(&url)
-                        .json(&json!({"jsonrpc":"2.0","id":1,"method":method,"params":params}))
-                        .send()
-                        .await;
-                }
-            });
-        })
-        .join();
+        finish_detached(async move {
+            let client = reqwest::Client::new();
+            for (method, params) in [("evm_setAutomine", json!([true])), ("evm_mine", json!([]))] {
+                let _ = client
+                    .post(&url)
+                    .json(&json!({"jsonrpc":"2.0","id":1,"method":method,"params":params}))
+                    .send()
+                    .await;
+            }
+        });
     }
 }
 
