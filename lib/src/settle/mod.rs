@@ -242,7 +242,10 @@ impl Settler {
                         .unwrap_or_else(|| format!("the payment is {}", record.state.as_str()));
                     return echo.failure(Rejection::new(reason, message), record.tx_hash);
                 }
-                State::Submitted => {
+                // `signed` already names its transaction (written ahead of the broadcast): look
+                // for its receipt too, so the answer does not wait for the worker's move to
+                // `submitted`, one DynamoDB write after the broadcast.
+                State::Signed | State::Submitted => {
                     match receipt::finish(scheme.chain(), &self.store, &record).await {
                         Ok(Some(finished)) => {
                             record = finished;
@@ -254,7 +257,7 @@ impl Settler {
                         }
                     }
                 }
-                State::Queued | State::Signed => {}
+                State::Queued => {}
             }
             if Instant::now() >= deadline {
                 if record.state == State::Queued {

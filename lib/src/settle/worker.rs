@@ -219,12 +219,16 @@ impl Worker {
         let signer = self.signer(&record.lane).await?;
         let chain = scheme.chain();
 
+        // The simulation, the lane's nonce (table and chain) and the fees do not depend on each
+        // other: asked at once, they cost one round trip instead of four.
+        let (estimate, table_nonce, chain_nonce, fees) = tokio::join!(
+            chain.estimate_gas(signer.address(), asset, calldata.clone()),
+            self.store.lane_next_nonce(&record.lane),
+            chain.pending_nonce(signer.address()),
+            chain.fees(),
+        );
         // The simulation before signing: a call that would revert never takes a lane nonce.
-        let gas = match chain
-            .estimate_gas(signer.address(), asset, calldata.clone())
-            .await
-            .map_err(retry)?
-        {
+        let gas = match estimate.map_err(retry)? {
             Ok(gas) => gas + gas / 5,
             Err(revert) => {
                 return self
@@ -232,13 +236,8 @@ impl Worker {
                     .await
             }
         };
-        let nonce = self
-            .store
-            .lane_next_nonce(&record.lane)
-            .await
-            .map_err(retry)?
-            .max(chain.pending_nonce(signer.address()).await.map_err(retry)?);
-        let (max_fee_per_gas, max_priority_fee_per_gas) = chain.fees().await.map_err(retry)?;
+        let nonce = table_nonce.map_err(retry)?.max(chain_nonce.map_err(retry)?);
+        let (max_fee_per_gas, max_priority_fee_per_gas) = fees.map_err(retry)?;
         let tx = TxEip1559 {
             chain_id: scheme.network().chain_id(),
             nonce,
