@@ -496,17 +496,6 @@ impl RpcFault {
     }
 }
 
-async fn set_rpc_fault(mode: &str, methods: &[&str]) {
-    let url = format!("{}/__fault", stack().rpc_proxy_url);
-    let answer = http()
-        .post(url)
-        .json(&json!({"mode": mode, "methods": methods}))
-        .send()
-        .await
-        .unwrap();
-    assert!(answer.status().is_success());
-}
-
 impl Drop for RpcFault {
     fn drop(&mut self) {
         let url = format!("{}/__fault", stack().rpc_proxy_url);

@@ -9,21 +9,6 @@
 mod common;
 
 use common::*;
-use serde_json::json;
-
-async fn set_fault(mode: &str) {
-    let url = format!("{}/__fault", stack().rpc_proxy_url);
-    let response = http()
-        .post(url)
-        .body(json!({"mode": mode}).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        response.status().is_success(),
-        "setting fault {mode} failed"
-    );
-}
 
 #[tokio::test]
 async fn verify_answers_clearly_when_the_rpc_fails_and_recovers_after() {
@@ -31,13 +16,13 @@ async fn verify_answers_clearly_when_the_rpc_fails_and_recovers_after() {
     // facilitator cuts at X402_RPC_TIMEOUT_MS (infra/test.sh sets 2 s).
     let mut answers = Vec::new();
     for mode in ["error", "drop", "hang"] {
-        set_fault(mode).await;
+        set_rpc_fault(mode, &[]).await;
         let payment = PaymentBuilder::new(0).sign();
         let answer =
             tokio::time::timeout(std::time::Duration::from_secs(30), verify(&payment.body())).await;
         answers.push((mode, answer));
     }
-    set_fault("none").await;
+    set_rpc_fault("none", &[]).await;
 
     for (mode, answer) in answers {
         let answer = answer.unwrap_or_else(|_| panic!("verify hung with the RPC fault {mode}"));

@@ -441,6 +441,23 @@ pub async fn reset_rpc_counts() {
     );
 }
 
+/// Sets the RPC proxy's fault (infra/rpc_counter.py): `mode` for requests calling any of `methods`
+/// (every request when empty); `"none"` lifts it.
+pub async fn set_rpc_fault(mode: &str, methods: &[&str]) {
+    let url = format!("{}/__fault", stack().rpc_proxy_url);
+    let answer = http()
+        .post(url)
+        .json(&json!({"mode": mode, "methods": methods}))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        answer.status().is_success(),
+        "setting the RPC fault {mode} failed: {}",
+        answer.status()
+    );
+}
+
 /// A local server of our own, stopped however the test ends.
 pub struct LocalServer(std::process::Child);
 
