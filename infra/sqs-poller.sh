@@ -67,9 +67,10 @@ start() {
   "$REPO/.local/venv/bin/python" -u "$REPO/infra/sqs_poller.py" --queue-url "$queue" --function "$fn" \
     --invoke-url "http://127.0.0.1:${LAMBDA_PORT:-9000}" "$@" </dev/null >"$log" 2>&1 &
   echo $! >"$pidfile"
-  # Ready once it has read the queue's attributes and logged "polling"; a bad queue, function or
+  # Ready once it has read the queue's attributes and logged "polling" (up to 30 s: once, on a busy
+  # machine, 10 s passed with nothing logged yet); a bad queue, function or
   # emulator address makes it exit at once.
-  for _ in $(seq 100); do
+  for _ in $(seq 300); do
     grep -q '^sqs-poller: polling' "$log" && { echo "sqs-poller: $fn <- $queue (log: $log)"; return 0; }
     running "$pidfile" || break
     sleep 0.1
