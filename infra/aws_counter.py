@@ -27,6 +27,7 @@ Stdlib only. Usage: aws_counter.py UPSTREAM_URL PORT[=LABEL] [PORT[=LABEL] ...]
 
 import http.client
 import json
+import os
 import re
 import sys
 import threading
@@ -36,6 +37,10 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 UPSTREAM_TIMEOUT_S = 120
+# AWS_COUNTER_TRACE=<file>: also append one JSON line per forwarded call (wall-clock start and end,
+# label, service, operation, status), for a timeline of where a settlement's time goes.
+TRACE = open(os.environ["AWS_COUNTER_TRACE"], "a", buffering=1) if os.environ.get("AWS_COUNTER_TRACE") else None
+TRACE_LOCK = threading.Lock()
 # Not forwarded: they describe one connection, not the request (RFC 9110 §7.6.1), or we re-frame
 # the body ourselves.
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
@@ -169,11 +174,13 @@ class Handler(BaseHTTPRequestHandler):
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
     def forward(self):
+        entered = time.time()
         body = self.read_body()
         service = service_of(self.headers)
         operation = operation_of(self.headers, self.path, body)
         headers = [(k, v) for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP]
         started = time.perf_counter()
+        wall = time.time()
         try:
             status, reason, answer_headers, answer = self.call_upstream(self.command, self.path, headers, body)
         except (http.client.HTTPException, OSError) as e:
@@ -183,6 +190,11 @@ class Handler(BaseHTTPRequestHandler):
         self.stats.record(self.label(), service, operation,
                           error_code(status, answer_headers, answer) if status >= 400 else None,
                           time.perf_counter() - started)
+        if TRACE:
+            line = json.dumps({"t0": wall, "entered": entered, "t1": wall + time.perf_counter() - started, "label": self.label(),
+                               "service": service, "op": operation, "status": status})
+            with TRACE_LOCK:
+                TRACE.write(line + "\n")
         self.send_response(status, reason)
         for key, value in answer_headers:
             if key.lower() not in HOP_BY_HOP:

@@ -22,14 +22,20 @@ Stdlib only. Usage: rpc_counter.py LISTEN_PORT UPSTREAM_URL
 
 import http.client
 import json
+import os
 import sys
 import threading
+import time
 import urllib.parse
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 HANG_LIMIT_S = 600
 FAULT_MODES = ("none", "error", "hang", "drop")
+# RPC_COUNTER_TRACE=<file>: also append one JSON line per forwarded request (wall-clock start and
+# end, its methods), for a timeline of where a settlement's time goes.
+TRACE = open(os.environ["RPC_COUNTER_TRACE"], "a", buffering=1) if os.environ.get("RPC_COUNTER_TRACE") else None
+TRACE_LOCK = threading.Lock()
 
 
 class Stats:
@@ -154,11 +160,16 @@ class Handler(BaseHTTPRequestHandler):
         if mode == "drop":
             self.close_connection = True
             return
+        wall, started = time.time(), time.perf_counter()
         try:
             status, content_type, answer = self.call_upstream(body)
         except (http.client.HTTPException, OSError) as e:
             self.reply(502, {"error": f"upstream unreachable: {e}"})
             return
+        if TRACE:
+            line = json.dumps({"t0": wall, "t1": wall + time.perf_counter() - started, "methods": methods})
+            with TRACE_LOCK:
+                TRACE.write(line + "\n")
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(answer)))

@@ -8,7 +8,12 @@
 // much CPU per request, which showed up as a ceiling on the faster facilitator's throughput.
 
 import { Agent, request } from "node:http";
+import { appendFileSync } from "node:fs";
 import { performance } from "node:perf_hooks";
+
+// LOAD_TRACE=<file>: also append one JSON line per request (wall-clock start and end, the request's
+// index), for a timeline of where a settlement's time goes (infra/load/timeline.mjs).
+const TRACE = process.env.LOAD_TRACE;
 
 const REQUEST_TIMEOUT_MS = 10_000;
 
@@ -46,6 +51,10 @@ export async function drive(baseUrl, scenario, { concurrency, maxRequests, maxSe
         failure = `transport: ${error?.code ?? error?.message ?? error}`;
       }
       latencies.push(performance.now() - t0);
+      if (TRACE) {
+        const end = performance.timeOrigin + performance.now();
+        appendFileSync(TRACE, JSON.stringify({ t0: (performance.timeOrigin + t0) / 1000, t1: end / 1000, path: scenario.path, failure }) + "\n");
+      }
       if (failure) errors[failure] = (errors[failure] ?? 0) + 1;
     }
   }
