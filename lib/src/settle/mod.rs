@@ -4,6 +4,7 @@
 //! This side never signs: the worker ([`worker`]) does, so only the worker function needs
 //! `kms:Sign` (I7).
 
+mod pace;
 pub(crate) mod receipt;
 pub mod worker;
 
@@ -22,6 +23,7 @@ use crate::{
     store::{now_ms, Created, PaymentId, PaymentRecord, State, Store},
 };
 
+use pace::{Pace, SigningTime};
 pub use receipt::reason_from_revert;
 
 /// Tunables of the settle function.
@@ -41,6 +43,8 @@ pub struct Settler {
     queue: Queue,
     lanes: Vec<String>,
     timing: Timing,
+    /// How long this instance's payments have taken to be signed: when a follower first looks.
+    signing: SigningTime,
 }
 
 /// The request's view of the answer: what the wire echoes back.
@@ -87,6 +91,8 @@ impl Settler {
             queue,
             lanes,
             timing,
+            // Until a payment has been seen signed: a quarter of the poll, as a guess.
+            signing: SigningTime::new(timing.poll / 4),
         }
     }
 
@@ -143,14 +149,19 @@ impl Settler {
             a.nonce,
         );
 
-        // Someone settled (or is settling) this authorization already: follow that (I2).
-        match self.store.get(id.as_str()).await {
+        // Someone settled (or is settling) this authorization already: follow that (I2). Whether a
+        // record exists and what the chain says of the transfer are asked at once: one round trip
+        // instead of two on the path every new payment takes, for one wasted simulation when a
+        // client repeats a /settle (its result is then not used: the record answers).
+        let (existing, confirmed) =
+            tokio::join!(self.store.get(id.as_str()), scheme.confirm(&checked));
+        match existing {
             Ok(Some(record)) => return self.follow(scheme, record, &echo, started).await,
             Ok(None) => {}
             Err(e) => return echo.failure(unexpected(e.to_string()), None),
         }
         // A payment the chain would refuse never gets a record, a queue message or a lane nonce.
-        if let Err(rejection) = scheme.confirm(&checked).await {
+        if let Err(rejection) = confirmed {
             let rejection = match rejection.reason {
                 Reason::UnexpectedVerifyError => unexpected(rejection.message),
                 _ => rejection,
@@ -206,8 +217,8 @@ impl Settler {
         self.follow(scheme, record, &echo, started).await
     }
 
-    /// Reads the record until it is final or the deadline passes, finishing `submitted` records
-    /// from their receipts on the way.
+    /// Reads the record until it is final or the deadline passes, finishing `signed` and
+    /// `submitted` records from their receipts on the way. When it looks again: [`pace`].
     async fn follow(
         &self,
         scheme: &ExactEvm,
@@ -216,18 +227,26 @@ impl Settler {
         started: Instant,
     ) -> SettleResponse {
         let deadline = started + self.timing.deadline;
-        // Re-read quickly at first (anvil and fast chains finish in tens of milliseconds), then less
-        // often while nothing changes, up to `poll`: every in-flight /settle reads its record, and
-        // many at once should not crowd DynamoDB (or the local emulator) for the worker.
-        let mut wait = (self.timing.poll / 4).max(Duration::from_millis(10));
+        let mut pace = Pace::new(self.timing.poll);
         let mut last_state = record.state;
-        let mut read_at = Instant::now();
         let mut state_since = Instant::now();
+        let mut read_at = Instant::now();
+        let mut first_round = true;
         loop {
             if record.state != last_state {
+                if last_state == State::Queued
+                    && matches!(record.state, State::Signed | State::Submitted)
+                {
+                    // The worker stamped `updated_at` when it signed (or sent, if we missed
+                    // `signed`): how long this lane took, for the next follower's first read.
+                    self.signing.observe(
+                        Duration::from_millis(record.updated_at.saturating_sub(record.created_at)),
+                        self.timing.deadline,
+                    );
+                }
                 last_state = record.state;
                 state_since = Instant::now();
-                wait = (self.timing.poll / 4).max(Duration::from_millis(10));
+                pace.entered();
             }
             match record.state {
                 State::Settled => return echo.success(record.tx_hash.unwrap_or_default()),
@@ -286,28 +305,27 @@ impl Settler {
                     );
                 }
             }
+            let wait = if first_round && record.state == State::Queued {
+                let age = Duration::from_millis(now_ms().saturating_sub(record.created_at));
+                pace.first_queued_wait(self.signing.get(), age)
+            } else {
+                pace.next_wait(record.state, state_since.elapsed())
+            };
+            first_round = false;
             tokio::time::sleep(
                 wait.min(deadline.saturating_duration_since(Instant::now()))
                     .max(Duration::from_millis(1)),
             )
             .await;
-            wait = (wait * 2).min(self.timing.poll);
-            if record.state == State::Queued {
-                // A queued payment waits for its lane's worker, behind what the lane queued before
-                // it: the longer it has waited, the longer that line, and the less it matters to see
-                // the worker's move a little later. So the next read comes a quarter of the time
-                // already waited after this one (never sooner than the usual pace, never later than
-                // four polls): at most a quarter more latency, and far fewer reads from the many
-                // /settle calls that wait behind a busy lane, which share DynamoDB with the worker.
-                wait = wait.max((state_since.elapsed() / 4).min(self.timing.poll * 4));
-            }
             // Once broadcast, what the follower waits for is a receipt, which it looks for on every
             // round above; re-reading the record each round as well would double the reads of every
             // waiting /settle for nothing. The record could change only by a replacement (replay
             // asks for one only after X402_REPLAY_MIN_AGE_MS, kept above the settle deadline) or by
             // another follower finishing it from the same receipt. An occasional re-read still
             // catches a replacement where the grace is set shorter (tests set 0).
-            if record.state == State::Submitted && read_at.elapsed() < self.timing.poll * 4 {
+            if matches!(record.state, State::Signed | State::Submitted)
+                && read_at.elapsed() < self.timing.poll * 4
+            {
                 continue;
             }
             read_at = Instant::now();

@@ -73,7 +73,7 @@ pub async fn finish(
         fields.push(("block_number", AttributeValue::N(block.to_string())));
     }
     match store
-        .transition_and_read(&record.id, record.state, to, &fields)
+        .finish_broadcast_and_read(&record.id, to, &fields)
         .await
         .map_err(|e| e.to_string())?
     {

@@ -150,6 +150,30 @@ impl Store {
             .map_err(fail("deserialise"))
     }
 
+    /// [`Store::transition_and_read`] from a record that is `signed` or `submitted`: a follower
+    /// that found the receipt of a `signed` record need not lose a round to the worker's move to
+    /// `submitted`, which changes nothing else.
+    #[instrument(skip_all, fields(id, to = ?to), err(level = "warn"))]
+    pub async fn finish_broadcast_and_read(
+        &self,
+        id: &str,
+        to: State,
+        fields: &[(&str, AttributeValue)],
+    ) -> Result<Option<PaymentRecord>, StoreError> {
+        let mut change = Change::new(State::Signed, to, fields);
+        change.or_from = Some(State::Submitted);
+        let Some(item) = self.update(id, &change, ReturnValue::AllNew).await? else {
+            return Ok(None);
+        };
+        let item = item.ok_or_else(|| StoreError {
+            operation: "UpdateItem",
+            problem: "the answer has no attributes although ALL_NEW was asked".to_owned(),
+        })?;
+        serde_dynamo::from_item(item)
+            .map(Some)
+            .map_err(fail("deserialise"))
+    }
+
     /// Applies one conditional change; returns whether its conditions held (and it was made).
     async fn change(&self, id: &str, change: &Change<'_>) -> Result<bool, StoreError> {
         Ok(self.update(id, change, ReturnValue::None).await?.is_some())
@@ -368,6 +392,8 @@ impl Store {
 #[derive(Debug, Clone)]
 struct Change<'a> {
     from: State,
+    /// A second state the change may start from.
+    or_from: Option<State>,
     to: State,
     set: &'a [(&'a str, AttributeValue)],
     remove: &'a [&'a str],
@@ -379,6 +405,7 @@ impl<'a> Change<'a> {
     fn new(from: State, to: State, set: &'a [(&'a str, AttributeValue)]) -> Self {
         Change {
             from,
+            or_from: None,
             to,
             set,
             remove: &[],
@@ -426,6 +453,13 @@ fn transition_update(table: &str, id: &str, change: &Change<'_>) -> Update {
         expression.push_str(&format!(" REMOVE {}", remove.join(", ")));
     }
     let mut condition = "#state = :from".to_owned();
+    if let Some(or_from) = change.or_from {
+        condition = "#state IN (:from, :or_from)".to_owned();
+        values.insert(
+            ":or_from".to_owned(),
+            AttributeValue::S(or_from.as_str().to_owned()),
+        );
+    }
     if let Some((name, value)) = &change.unchanged {
         condition.push_str(" AND #unchanged = :unchanged");
         names.insert("#unchanged".to_owned(), (*name).to_owned());

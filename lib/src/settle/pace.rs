@@ -1,0 +1,148 @@
+//! When a waiting `/settle` looks again (docs/settlement.md, `/settle` step 5).
+//!
+//! A follower pays for every look: a DynamoDB read of the record while the payment is `queued`, an
+//! RPC receipt lookup once it is `signed`. Looking too late adds latency to every settlement;
+//! looking too often crowds DynamoDB, which the worker needs, when many payments wait at once. So:
+//!
+//! - while `queued`, the first look comes when this instance's recent payments were typically
+//!   signed (its [`SigningTime`], which follows the load: seconds when lanes are backed up,
+//!   tens of milliseconds when they are idle), and later looks a quarter of the time waited so far
+//!   after the last one, so a payment that waits long behind a busy lane is read a few times rather
+//!   than once per poll;
+//! - once `signed` or `submitted`, the receipt is looked for at once, then after 10 ms, doubling up
+//!   to `X402_SETTLE_POLL_MS`: a fast chain answers within one short step of the broadcast, a chain
+//!   with a block time is looked at about once per poll while it mines.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::store::State;
+
+/// The shortest wait between two looks.
+pub(crate) const MIN_WAIT: Duration = Duration::from_millis(10);
+
+/// How long this instance's payments took from being queued to being signed (the record's
+/// `updated_at` at signing minus its `created_at`), as a running average in which each new
+/// payment weighs a quarter.
+#[derive(Debug)]
+pub(crate) struct SigningTime {
+    millis: AtomicU64,
+}
+
+impl SigningTime {
+    /// Starts at `initial` until a payment is seen signed.
+    pub(crate) fn new(initial: Duration) -> Self {
+        SigningTime {
+            millis: AtomicU64::new(initial.as_millis() as u64),
+        }
+    }
+
+    pub(crate) fn get(&self) -> Duration {
+        Duration::from_millis(self.millis.load(Ordering::Relaxed))
+    }
+
+    /// One payment's time from queued to signed, bounded by `limit` (the settle deadline), so a
+    /// clock step between the two functions cannot push the average out of range.
+    pub(crate) fn observe(&self, sample: Duration, limit: Duration) {
+        let sample = sample.min(limit).as_millis() as u64;
+        // Concurrent followers may interleave; the average then misses a sample, which is harmless.
+        let _ = self
+            .millis
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some((old * 3 + sample) / 4)
+            });
+    }
+}
+
+/// One follower's schedule.
+#[derive(Debug)]
+pub(crate) struct Pace {
+    poll: Duration,
+    /// The wait after the next look in the `signed`/`submitted` states; doubles each round.
+    receipt_wait: Duration,
+}
+
+impl Pace {
+    pub(crate) fn new(poll: Duration) -> Self {
+        Pace {
+            poll,
+            receipt_wait: MIN_WAIT,
+        }
+    }
+
+    /// The state changed: a broadcast starts its receipt lookups afresh.
+    pub(crate) fn entered(&mut self) {
+        self.receipt_wait = MIN_WAIT;
+    }
+
+    /// The first wait of a follower that found the record `queued`, `age` after it was created:
+    /// until the record is as old as payments have typically been when they were signed.
+    pub(crate) fn first_queued_wait(&self, signing: Duration, age: Duration) -> Duration {
+        signing.saturating_sub(age).min(self.poll * 4).max(MIN_WAIT)
+    }
+
+    /// The wait before the next look, `waited` after this follower started waiting in `state`.
+    pub(crate) fn next_wait(&mut self, state: State, waited: Duration) -> Duration {
+        match state {
+            State::Queued => (waited / 4).min(self.poll * 4).max(MIN_WAIT),
+            _ => {
+                let wait = self.receipt_wait.min(self.poll);
+                self.receipt_wait = (self.receipt_wait * 2).min(self.poll);
+                wait
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLL: Duration = Duration::from_millis(250);
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn the_signing_time_follows_new_samples_a_quarter_at_a_time() {
+        let signing = SigningTime::new(ms(62));
+        signing.observe(ms(30), ms(25_000));
+        assert_eq!(signing.get(), ms(54)); // (62 * 3 + 30) / 4
+        for _ in 0..20 {
+            signing.observe(ms(30), ms(25_000));
+        }
+        assert!(signing.get() <= ms(31), "{:?}", signing.get());
+        signing.observe(ms(u64::MAX / 8), ms(25_000));
+        assert!(signing.get() <= ms(25_000 / 4 + 31), "{:?}", signing.get());
+    }
+
+    #[test]
+    fn a_queued_payment_is_first_read_when_payments_are_typically_signed() {
+        let pace = Pace::new(POLL);
+        assert_eq!(pace.first_queued_wait(ms(45), ms(5)), ms(40));
+        // Already older than that (a retry of an old payment): soon, never at once.
+        assert_eq!(pace.first_queued_wait(ms(45), ms(3_000)), MIN_WAIT);
+        // Lanes backed up for seconds: the first read waits too, up to four polls.
+        assert_eq!(pace.first_queued_wait(ms(9_000), ms(5)), POLL * 4);
+    }
+
+    #[test]
+    fn a_long_wait_in_the_queue_is_read_less_and_less_often() {
+        let mut pace = Pace::new(POLL);
+        assert_eq!(pace.next_wait(State::Queued, ms(20)), MIN_WAIT);
+        assert_eq!(pace.next_wait(State::Queued, ms(400)), ms(100));
+        assert_eq!(pace.next_wait(State::Queued, ms(20_000)), POLL * 4);
+    }
+
+    #[test]
+    fn receipts_are_looked_for_soon_after_the_broadcast_then_once_per_poll() {
+        let mut pace = Pace::new(POLL);
+        let waits: Vec<_> = (0..7)
+            .map(|_| pace.next_wait(State::Submitted, ms(0)).as_millis())
+            .collect();
+        assert_eq!(waits, [10, 20, 40, 80, 160, 250, 250]);
+        pace.entered();
+        assert_eq!(pace.next_wait(State::Signed, ms(0)), MIN_WAIT);
+    }
+}
