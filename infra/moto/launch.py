@@ -17,13 +17,31 @@ and refuses to start on any other, so nobody runs an unpatched KMS by accident.
 A second patch makes `Sign` refuse a key that is not enabled, as KMS does (moto signs with a
 disabled key): the fault tests disable the lane keys to make KMS refuse.
 
+Three more make moto behave (and keep up) under the load of concurrent callers:
+
+- DynamoDB's item operations run one at a time (one lock around the backend's reads and writes).
+  DynamoDB applies a conditional write atomically and a transaction in isolation; moto serves each
+  request on its own thread and checks a condition, then writes, with nothing in between held, so
+  two conditional writes could both pass, and a TransactWriteItems, which deep-copies the tables it
+  touches for its rollback, failed with HTTP 500 ("dictionary changed size during iteration") when
+  another request wrote the table during the copy. The facilitator's guarantees rest on those
+  conditions (DESIGN I2-I4), so the emulator has to honour them.
+- Which service a request is for is worked out once per Host header, not once per request: moto
+  matches every request against the URL patterns of all its services, under a global lock, which
+  was a tenth of its CPU in the settle load.
+- werkzeug's one log line per request is off (`X402_MOTO_LOG_REQUESTS=1` turns it back on); errors
+  are still logged.
+
 Usage: launch.py PORT
 """
 
 import contextvars
+import functools
 import importlib.metadata
+import os
 import pathlib
 import sys
+import threading
 
 VERSIONS_ENV = pathlib.Path(__file__).resolve().parent.parent / "versions.env"
 
@@ -110,6 +128,51 @@ def patch_kms_sign_needs_enabled_key() -> None:
     KmsBackend.sign = sign
 
 
+def patch_dynamodb_one_operation_at_a_time() -> None:
+    from moto.dynamodb.models import DynamoDBBackend
+
+    lock = threading.RLock()  # re-entrant: a transaction calls get_item, put_item, update_item
+
+    def serialised(operation):
+        @functools.wraps(operation)
+        def run(self, *args, **kwargs):
+            with lock:
+                return operation(self, *args, **kwargs)
+
+        return run
+
+    for name in ("get_item", "put_item", "update_item", "delete_item", "query", "scan",
+                 "transact_write_items", "execute_statement", "execute_transaction",
+                 "batch_execute_statement"):
+        setattr(DynamoDBBackend, name, serialised(getattr(DynamoDBBackend, name)))
+
+
+def patch_backend_lookup_once_per_host() -> None:
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication
+
+    lookup = DomainDispatcherApplication.get_backend_for_host
+    known = {}
+
+    @functools.wraps(lookup)
+    def get_backend_for_host(self, host):
+        # Only found backends are kept: a miss makes the caller look at the body instead.
+        if host not in known:
+            backend = lookup(self, host)
+            if not backend:
+                return backend
+            known[host] = backend
+        return known[host]
+
+    DomainDispatcherApplication.get_backend_for_host = get_backend_for_host
+
+
+def quiet_request_log() -> None:
+    from werkzeug.serving import WSGIRequestHandler
+
+    if os.environ.get("X402_MOTO_LOG_REQUESTS") != "1":
+        WSGIRequestHandler.log_request = lambda self, code="-", size="-": None
+
+
 def main() -> None:
     if len(sys.argv) != 2 or not sys.argv[1].isdigit():
         sys.exit("usage: launch.py PORT")
@@ -125,10 +188,13 @@ def main() -> None:
 
     patch_kms_digest_signing()
     patch_kms_sign_needs_enabled_key()
+    patch_dynamodb_one_operation_at_a_time()
+    patch_backend_lookup_once_per_host()
+    quiet_request_log()
 
     from moto.server import main as serve
 
-    print(f"moto {installed} (KMS DIGEST and key state patched) on 127.0.0.1:{port}", flush=True)
+    print(f"moto {installed} (patched: KMS DIGEST and key state, DynamoDB one operation at a time, backend lookup, request log) on 127.0.0.1:{port}", flush=True)
     serve(["--host", "127.0.0.1", "--port", port])
 
 
