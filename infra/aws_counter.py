@@ -11,6 +11,10 @@ per transaction). Every request is forwarded to moto unchanged, over a kept-aliv
                         "upstream_ms": {...same shape as calls: milliseconds spent waiting for moto...},
                         "by_client": {"<label>": {"http_requests": ..., "calls": ..., "errors": ...}}}
     POST /__reset      zero the counts
+    GET  /__latency    the added latency
+    POST /__latency    {"ms": N}: hold every forwarded call N ms first, as the network between a
+                       Lambda function and KMS, DynamoDB or SQS would (the load harness models a
+                       deployment with it); 0 (the default) forwards at once
 
 One process can listen on several ports, each with a label, so that the counts say which
 component made a call (the settle handler and the settle worker, say) while all of them reach the
@@ -131,12 +135,24 @@ def operation_of(headers, path, body):
     return "(unknown)"
 
 
+def parse_latency(body):
+    """The milliseconds of a `POST /__latency` body, or None if it is not {"ms": 0..10000}."""
+    try:
+        ms = json.loads(body or b"{}").get("ms")
+    except (ValueError, AttributeError):
+        return None
+    if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not 0 <= ms <= 10_000:
+        return None
+    return ms
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive towards clients
     # Headers and body go out in two writes; with Nagle on, the body waits for the client's
     # delayed ACK (40 ms), as rpc_counter.py found.
     disable_nagle_algorithm = True
     stats = Stats()
+    latency_ms = 0
     upstream = None  # urllib.parse result, set in main()
     local = threading.local()  # one keep-alive upstream connection per handler thread
 
@@ -149,6 +165,8 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/__counts":
             self.reply(200, self.stats.snapshot())
+        elif self.path == "/__latency":
+            self.reply(200, {"ms": Handler.latency_ms})
         else:
             self.forward()
 
@@ -157,6 +175,13 @@ class Handler(BaseHTTPRequestHandler):
             self.read_body()
             self.stats.reset()
             self.reply(200, self.stats.snapshot())
+        elif self.path == "/__latency":
+            ms = parse_latency(self.read_body())
+            if ms is None:
+                self.reply(400, {"error": 'expected {"ms": a number from 0 to 10000}'})
+                return
+            Handler.latency_ms = ms
+            self.reply(200, {"ms": ms})
         else:
             self.forward()
 
@@ -179,6 +204,8 @@ class Handler(BaseHTTPRequestHandler):
         service = service_of(self.headers)
         operation = operation_of(self.headers, self.path, body)
         headers = [(k, v) for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP]
+        if Handler.latency_ms:
+            time.sleep(Handler.latency_ms / 1000)
         started = time.perf_counter()
         wall = time.time()
         try:

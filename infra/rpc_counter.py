@@ -9,6 +9,10 @@ make the chain misbehave on purpose (fault tests, DESIGN §7).
     POST /__reset      zero the counts
     GET  /__fault      the current fault
     POST /__fault      {"mode": "none"|"error"|"hang"|"drop", "methods": ["eth_call", ...]}
+    GET  /__latency    the added latency
+    POST /__latency    {"ms": N}: hold every forwarded request N ms first, as a remote RPC
+                       provider's round trip would (the load harness models a deployment's
+                       network with it); 0 (the default) forwards at once
 
 A JSON-RPC batch is one HTTP request and one RPC request per entry. Faulted requests
 are counted too: the counts say what the client sent, not what anvil answered.
@@ -104,6 +108,17 @@ def rpc_methods(body):
     return [e.get("method", "(invalid)") if isinstance(e, dict) else "(invalid)" for e in entries]
 
 
+def parse_latency(body):
+    """The milliseconds of a `POST /__latency` body, or None if it is not {"ms": 0..10000}."""
+    try:
+        ms = json.loads(body or b"{}").get("ms")
+    except (ValueError, AttributeError):
+        return None
+    if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not 0 <= ms <= 10_000:
+        return None
+    return ms
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive towards clients
     # Headers and body go out in two writes; with Nagle on, the body waits for the
@@ -111,6 +126,7 @@ class Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     stats = Stats()
     fault = Fault()
+    latency_ms = 0
     upstream = None  # urllib.parse result, set in main()
     local = threading.local()  # one keep-alive upstream connection per handler thread
 
@@ -122,6 +138,8 @@ class Handler(BaseHTTPRequestHandler):
             self.reply(200, self.stats.snapshot())
         elif self.path == "/__fault":
             self.reply(200, self.fault.describe())
+        elif self.path == "/__latency":
+            self.reply(200, {"ms": Handler.latency_ms})
         else:
             self.reply(404, {"error": "POST JSON-RPC to /, or GET /__counts"})
 
@@ -132,6 +150,13 @@ class Handler(BaseHTTPRequestHandler):
             self.reply(200, self.stats.snapshot())
         elif self.path == "/__fault":
             self.set_fault(body)
+        elif self.path == "/__latency":
+            ms = parse_latency(body)
+            if ms is None:
+                self.reply(400, {"error": 'expected {"ms": a number from 0 to 10000}'})
+                return
+            Handler.latency_ms = ms
+            self.reply(200, {"ms": ms})
         else:
             self.forward(body)
 
@@ -160,6 +185,8 @@ class Handler(BaseHTTPRequestHandler):
         if mode == "drop":
             self.close_connection = True
             return
+        if Handler.latency_ms:
+            time.sleep(Handler.latency_ms / 1000)
         wall, started = time.time(), time.perf_counter()
         try:
             status, content_type, answer = self.call_upstream(body)

@@ -2,7 +2,7 @@
 // coldstart.mjs wrote, and the "Load: settle" section from settle.mjs's, and prints them.
 //
 //   node infra/load/render.mjs --verify v.json --coldstart c.json --doc docs/benchmarks.md \
-//     --settle s.json [--settle-other s-1-lane.json] \
+//     --settle s.json [--settle-other s-1-lane.json] [--settle-net s-net-1-lane.json] \
 //     --ours target/debug/local-server --command "bash infra/load/run.sh"
 
 import { execFileSync } from "node:child_process";
@@ -16,6 +16,7 @@ const { values: opts } = parseArgs({
     coldstart: { type: "string" },
     settle: { type: "string" }, // settle.mjs's JSON (ours and the reference); optional
     "settle-other": { type: "string", multiple: true, default: [] }, // ours again with other lane counts
+    "settle-net": { type: "string", multiple: true, default: [] }, // ours per lane count, network modelled
     doc: { type: "string" },
     ours: { type: "string" }, // the binary measured, for its build time
     "shown-ours": { type: "string" }, // how the report names it (run.sh measures a copy)
@@ -49,6 +50,7 @@ if (opts.settle) {
     commit,
     settle: JSON.parse(readFileSync(opts.settle, "utf8")),
     others: opts["settle-other"].map((file) => JSON.parse(readFileSync(file, "utf8"))),
+    networked: opts["settle-net"].map((file) => JSON.parse(readFileSync(file, "utf8"))),
     command: opts.command,
     ours: opts["shown-ours"] ?? opts.ours,
     versions: { core: versionOf("@x402/core"), evm: versionOf("@x402/evm"), viem: versionOf("viem") },

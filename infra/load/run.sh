@@ -10,18 +10,21 @@
 #
 #   bash infra/load/run.sh
 #
-# Takes about 6 minutes once built and installed. Only 127.0.0.1 is ever driven. Env (defaults):
+# Takes about 10 minutes once built and installed. Only 127.0.0.1 is ever driven. Env (defaults):
 #   LOAD_REQUESTS (3000), LOAD_SECONDS (10)   per facilitator and phase, whichever is reached first
 #   LOAD_CONCURRENCY (1,8,32)                 verify concurrency levels; /supported runs at 8
 #   LOAD_SETTLE_REQUESTS (200), LOAD_SETTLE_SECONDS (20), LOAD_SETTLE_CONCURRENCY (1,8,32)   the same for settle
 #   LOAD_SETTLE_POLL_MS (250), LOAD_SETTLE_DEADLINE_MS (25000)   our settle handler's X402_SETTLE_POLL_MS/_DEADLINE_MS
 #   LOAD_LANES (2), LOAD_SETTLE_OTHER_LANES (1 4)   the main stack's lanes; lane counts ours settles again with ("" skips)
+#   LOAD_NET_LANES (1 2 4), LOAD_NET_CONCURRENCY (8,32), LOAD_NET_RPC_MS (40), LOAD_NET_AWS_MS (15)
+#                                             ours settling again per lane count with a deployment's network modelled:
+#                                             every chain RPC request and AWS call held that long by the counting proxies ("" skips)
 #   LOAD_BIN_DIR ($CARGO_TARGET_DIR or target, /debug)   where the built binaries are (.../release once built)
 #   LOAD_BUILD (1)                            0 measures the binaries as they are, without building first
 #   LOAD_STACK_DIR (.local/load-stack), LOAD_ANVIL_PORT (28545), LOAD_RPC_PROXY_PORT (28546),
 #   LOAD_MOTO_PORT (25000), LOAD_LAMBDA_PORT (29000), LOAD_LOCAL_PORT (24020), LOAD_REFERENCE_PORT (24021),
 #   LOAD_AWS_COUNTER_PORT (25001; the worker's is the next one), LOAD_SETTLE_LAMBDA_PORT (29001)
-# Results: $LOAD_STACK_DIR/results/{load-verify,load-settle,load-settle-lanes-N,coldstart}.json; logs in $LOAD_STACK_DIR/logs.
+# Results: $LOAD_STACK_DIR/results/{load-verify,load-settle,load-settle-lanes-N,load-settle-net-lanes-N,coldstart}.json; logs in $LOAD_STACK_DIR/logs.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$REPO"
@@ -196,9 +199,32 @@ for lanes in ${LOAD_SETTLE_OTHER_LANES-1 4}; do
   OTHER_SETTLES+=(--settle-other "$RESULTS/load-settle-lanes-$lanes.json")
 done
 
+# And once more per lane count with a deployment's network modelled: on the bare local stack a
+# lane's worker is never the limit (moto and the 2 CPUs are), while in AWS a lane is bounded by its
+# own round trips. With them held to realistic lengths by the counting proxies, does throughput
+# follow the lanes?
+NET_SETTLES=()
+for lanes in ${LOAD_NET_LANES-1 2 4}; do
+  step "settle under load, ours, $lanes lane(s), network modelled (+${LOAD_NET_RPC_MS:-40} ms per RPC, +${LOAD_NET_AWS_MS:-15} ms per AWS call)"
+  stop_pid load-aws-counter
+  bash infra/stack.sh down >/dev/null
+  export X402_LANES="$lanes"
+  bash infra/stack.sh up
+  # shellcheck source=infra/facilitator-env.sh
+  . infra/facilitator-env.sh
+  start_aws_counter
+  start_local_server
+  start_settle_worker
+  LOAD_SETTLE_CONCURRENCY="${LOAD_NET_CONCURRENCY:-8,32}" run_settle "$RESULTS/load-settle-net-lanes-$lanes.json" \
+    --target "ours=http://127.0.0.1:$LOCAL_PORT" --rpc-latency-ms "${LOAD_NET_RPC_MS:-40}" --aws-latency-ms "${LOAD_NET_AWS_MS:-15}"
+  stop_settle_worker
+  stop_pid load-local-server
+  NET_SETTLES+=(--settle-net "$RESULTS/load-settle-net-lanes-$lanes.json")
+done
+
 step "docs/benchmarks.md"
 node "$LOAD/render.mjs" --verify "$RESULTS/load-verify.json" --coldstart "$RESULTS/coldstart.json" \
-  --settle "$RESULTS/load-settle.json" "${OTHER_SETTLES[@]}" \
+  --settle "$RESULTS/load-settle.json" "${OTHER_SETTLES[@]}" "${NET_SETTLES[@]}" \
   --doc "$REPO/docs/benchmarks.md" --ours "$SNAPSHOT/local-server" --shown-ours "$SHOWN_BIN_DIR/local-server" \
   --commit "$MEASURED" --command "bash infra/load/run.sh"
 echo "load: wrote docs/benchmarks.md (Load: verify, Load: settle); JSON in $RESULTS" >&2

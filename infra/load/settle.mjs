@@ -21,7 +21,7 @@ import { drive } from "./lib/drive.mjs";
 import { machine } from "./lib/machine.mjs";
 import { signSettleBodies } from "./lib/payments.mjs";
 import { settleRatios, settleTable } from "./lib/report.mjs";
-import { readRpcCounts, resetRpcCounts } from "./lib/rpc-counter.mjs";
+import { readRpcCounts, resetRpcCounts, setProxyLatency } from "./lib/rpc-counter.mjs";
 import { settleScenario } from "./lib/scenarios.mjs";
 import { loopback, parseTargets } from "./lib/targets.mjs";
 
@@ -39,6 +39,10 @@ const { values: opts } = parseArgs({
     // The processes whose CPU time is reported per settlement (name=pid,pid).
     pid: { type: "string", multiple: true, default: [] },
     settings: { type: "string", default: "" }, // how ours was configured (poll, deadline), for the report
+    // A deployment's network, modelled: every chain RPC request (both facilitators') and every AWS
+    // call of ours held this long by the counting proxies. 0 (the default) is the bare local stack.
+    "rpc-latency-ms": { type: "string", default: "0" },
+    "aws-latency-ms": { type: "string", default: "0" },
   },
 });
 if (!opts.stack || !opts.target?.length) {
@@ -55,6 +59,14 @@ const warmup = Number(opts.warmup);
 const floorSends = Number(opts["floor-sends"]);
 const proxy = stack.RPC_PROXY_URL;
 const pids = Object.fromEntries(opts.pid.map((p) => p.split("=")).map(([name, list]) => [name, list.split(",").map(Number)]));
+
+const network = { rpcMs: Number(opts["rpc-latency-ms"]), awsMs: Number(opts["aws-latency-ms"]) };
+if (network.awsMs && !counter) throw new Error("settle.mjs: --aws-latency-ms needs --aws-counter");
+await setProxyLatency(proxy, network.rpcMs);
+if (counter) await setProxyLatency(counter, network.awsMs);
+if (network.rpcMs || network.awsMs) {
+  console.error(`modelled network: +${network.rpcMs} ms per chain RPC request, +${network.awsMs} ms per AWS call`);
+}
 
 const startedOn = machine();
 const signCount = floorSends + targets.length * (warmup + levels.length * maxRequests);
@@ -129,11 +141,13 @@ const report = {
   date: new Date().toISOString(),
   machine: startedOn,
   settings: { concurrency: levels, maxRequestsPerPhase: maxRequests, maxSecondsPerPhase: maxSeconds, warmup,
-    signedPayments: signCount, lanes: stack.lanes?.length ?? NaN, ours: opts.settings, amount: JSON.parse(bodies[0]).paymentRequirements.amount },
+    signedPayments: signCount, lanes: stack.lanes?.length ?? NaN, ours: opts.settings, network, amount: JSON.parse(bodies[0]).paymentRequirements.amount },
   floor,
   targets,
   results,
   ratios: targets.length >= 2 ? settleRatios(results, targets[0].name, targets[1].name) : [],
 };
+await setProxyLatency(proxy, 0);
+if (counter) await setProxyLatency(counter, 0);
 console.log(settleTable(report));
 if (opts.out) writeFileSync(opts.out, JSON.stringify(report, null, 2) + "\n");

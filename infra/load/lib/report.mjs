@@ -206,7 +206,7 @@ export function settleTable(report, { lanesLabel = true } = {}) {
 }
 
 /** The "Load: settle" section: the main run (ours and the reference) and, if run, ours with other lane counts. */
-export function settleSection({ settle, others = [], command, ours, versions, commit, notes = [] }) {
+export function settleSection({ settle, others = [], networked = [], command, ours, versions, commit, notes = [] }) {
   const m = settle.machine;
   const s = settle.settings;
   const f = settle.floor;
@@ -283,6 +283,49 @@ export function settleSection({ settle, others = [], command, ours, versions, co
         + `| ${ms(r.p99)} | ${fixed(r.kmsSignPerSettle, 2)} | ${fixed(r.dynamodbTotalPerSettle, 2)} |`);
     }
   }
+  if (networked.length) {
+    const byLanes = [...networked].sort((a, b) => a.settings.lanes - b.settings.lanes);
+    const net = byLanes[0].settings.network ?? { rpcMs: NaN, awsMs: NaN };
+    const levels = [...new Set(byLanes.flatMap((o) => oursRows(o).map((r) => r.concurrency)))].sort((a, b) => a - b);
+    const rowOf = (report, c) => oursRows(report).find((r) => r.concurrency === c);
+    const base = byLanes[0];
+    const plural = (n) => `${n} lane${n === 1 ? "" : "s"}`;
+    lines.push("", "### Lanes, with a deployment's network modelled", "",
+      "On the bare local stack above, a lane is never what limits throughput: its worker signs and sends a payment in a "
+        + "few tens of milliseconds, while moto (one Python process for every KMS, DynamoDB and SQS call) and the 2 CPUs "
+        + "saturate first. In AWS it is the other way round: DynamoDB and KMS scale out, and a lane is bounded by its own "
+        + "sequence of network round trips (read the record, simulate and read the nonce, sign, write ahead, broadcast, "
+        + `mark sent). So ours again, on a fresh stack per lane count, with the counting proxies holding every chain RPC `
+        + `request ${net.rpcMs} ms (a hosted RPC provider's round trip) and every AWS call ${net.awsMs} ms (a Lambda `
+        + "function's round trip to DynamoDB, KMS or SQS in its region) before forwarding it; the settle handler's calls are "
+        + "held as well, and the chain floor includes the RPC latency too. The SQS poller's own calls are not held. "
+        + `Settled per second, and the ratio to ${plural(base.settings.lanes)}:`, "",
+      `| concurrency | ${byLanes.map((o) => plural(o.settings.lanes)).join(" | ")} | p50 (ms), by lanes | load average before → after, by lanes |`,
+      `|--:|${byLanes.map(() => "--:").join("|")}|---|---|`);
+    for (const c of levels) {
+      const b = rowOf(base, c);
+      const cells = byLanes.map((o) => {
+        const r = rowOf(o, c);
+        if (!r) return "–";
+        const t = r.settled / r.seconds;
+        return o === base || !b ? fixed(t, 1) : `${fixed(t, 1)} (×${fixed(t / (b.settled / b.seconds), 2)})`;
+      });
+      const p50s = byLanes.map((o) => (rowOf(o, c) ? ms(rowOf(o, c).p50) : "–")).join(" / ");
+      const loads = byLanes.map((o) => {
+        const r = rowOf(o, c);
+        return r?.loadAverage1m ? `${r.loadAverage1m.before} → ${r.loadAverage1m.after}` : "–";
+      }).join("; ");
+      lines.push(`| ${c} | ${cells.join(" | ")} | ${p50s} | ${loads} |`);
+    }
+    lines.push("", "Every phase:", "",
+      "| lanes | concurrency | settles | settled | failures | throughput (settled/s) | p50 (ms) | p99 (ms) | KMS Sign per settle | DynamoDB per settle | chain RPC per settle |",
+      "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    const netRows = byLanes.flatMap((o) => oursRows(o).map((r) => ({ lanes: o.settings.lanes, ...r })));
+    for (const r of netRows.sort((a, b) => a.concurrency - b.concurrency || a.lanes - b.lanes)) {
+      lines.push(`| ${r.lanes} | ${r.concurrency} | ${r.requests} | ${r.settled} | ${r.errorCount} | ${fixed(r.settled / r.seconds, 1)} `
+        + `| ${ms(r.p50)} | ${ms(r.p99)} | ${fixed(r.kmsSignPerSettle, 2)} | ${fixed(r.dynamodbTotalPerSettle, 2)} | ${fixed(r.rpcPerSettle, 2)} |`);
+    }
+  }
   lines.push("", "### Read with care", "",
     `- ${ours.includes("/debug/") ? "**These are debug builds**, not what ships." : "Release builds."} moto stands in for KMS, `
       + "DynamoDB and SQS: its latencies are not AWS's (a real KMS Sign, DynamoDB write or SQS hop costs milliseconds to tens of "
@@ -293,13 +336,11 @@ export function settleSection({ settle, others = [], command, ours, versions, co
       ? [`- **The machine was busy with other work** (load average ${m.loadAverage1m} before the settle load started, on `
         + `${m.nproc} CPUs): latencies and throughput are pessimistic; the call counts per settle hold regardless.`]
       : []),
-    "- The settle handler re-reads the payment record while it waits for the worker (first after a quarter of "
-      + "`X402_SETTLE_POLL_MS`, then doubling up to it), and the re-read is one DynamoDB `GetItem`: the handler's "
-      + "`GetItem`s per settle therefore grow with the time a payment waits in the queue (the worker's do not), and at "
-      + "high concurrency those reads are much of moto's load, slowing the worker that shares it. Once the record is "
-      + "`submitted` the handler looks for the receipt instead and re-reads the record at most once per four poll "
-      + "intervals, and the conditional update that settles the record returns it (no read after it). The same polling "
-      + "rounds a fast settlement up to the next re-read.",
+    "- The settle handler re-reads the payment record (one DynamoDB `GetItem`) while the payment is queued: first when "
+      + "the record is as old as this instance's recent payments were when they were signed, then a quarter of the time "
+      + "waited so far apart; once it is signed it looks for the receipt instead (10 ms after, doubling up to the poll) "
+      + "and re-reads the record at most once per four polls (docs/settlement.md, `/settle` step 5). The handler's "
+      + "`GetItem`s per settle therefore grow slowly with the time a payment waits in its lane's queue; the worker's do not.",
     ...(settle.results.some((r) => Object.keys(r.awsErrors?.dynamodb ?? {}).some((k) => k.startsWith("TransactWriteItems HTTP 5")))
       ? ["- moto 5.2.5's `TransactWriteItems` deep-copies every table it touches before writing (its rollback), so it "
         + "slows down as the payments table grows through the run, and it fails with HTTP 500 (`RuntimeError: dictionary "

@@ -14,3 +14,13 @@ export async function readRpcCounts(proxyUrl) {
   if (!response.ok) throw new Error(`rpc proxy counts: HTTP ${response.status}`);
   return response.json();
 }
+
+/**
+ * Makes a counting proxy (this one or infra/aws_counter.py: both answer POST /__latency) hold every
+ * request `ms` milliseconds before forwarding it: a deployment's network round trip, modelled.
+ */
+export async function setProxyLatency(proxyUrl, ms) {
+  const response = await fetch(`${proxyUrl}/__latency`, { method: "POST", body: JSON.stringify({ ms }) });
+  if (!response.ok) throw new Error(`${proxyUrl}/__latency: HTTP ${response.status}`);
+  await response.arrayBuffer();
+}
