@@ -21,6 +21,7 @@
 #                                             every chain RPC request and AWS call held that long by the counting proxies ("" skips)
 #   LOAD_BIN_DIR ($CARGO_TARGET_DIR or target, /debug)   where the built binaries are (.../release once built)
 #   LOAD_BUILD (1)                            0 measures the binaries as they are, without building first
+#   LOAD_RENDER (1)                           0 leaves docs/benchmarks.md alone (a partial or traced run)
 #   LOAD_STACK_DIR (.local/load-stack), LOAD_ANVIL_PORT (28545), LOAD_RPC_PROXY_PORT (28546),
 #   LOAD_MOTO_PORT (25000), LOAD_LAMBDA_PORT (29000), LOAD_LOCAL_PORT (24020), LOAD_REFERENCE_PORT (24021),
 #   LOAD_AWS_COUNTER_PORT (25001; the worker's is the next one), LOAD_SETTLE_LAMBDA_PORT (29001)
@@ -222,6 +223,10 @@ for lanes in ${LOAD_NET_LANES-1 2 4}; do
   NET_SETTLES+=(--settle-net "$RESULTS/load-settle-net-lanes-$lanes.json")
 done
 
+if [[ "${LOAD_RENDER:-1}" != 1 ]]; then
+  echo "load: LOAD_RENDER=${LOAD_RENDER}: docs/benchmarks.md left as it is; JSON in $RESULTS" >&2
+  exit 0
+fi
 step "docs/benchmarks.md"
 node "$LOAD/render.mjs" --verify "$RESULTS/load-verify.json" --coldstart "$RESULTS/coldstart.json" \
   --settle "$RESULTS/load-settle.json" "${OTHER_SETTLES[@]}" "${NET_SETTLES[@]}" \

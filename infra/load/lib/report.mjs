@@ -106,7 +106,7 @@ export function section({ verify, coldStart, command, ours, versions, commit }) 
     "",
     "### Read with care",
     "",
-    `- ${ours.includes("/debug/") ? "**These are debug builds**, not what ships: unoptimised code, full debug info. Release binaries' sizes and cold starts (every function) are in \"Release builds\" below." : "Release builds."}`,
+    `- ${ours.includes("/debug/") ? "**These are debug builds**, not what ships: unoptimised code, full debug info. Release binaries' sizes and cold starts (every function) are in \"Release builds\" below." : "**Release builds**, as they ship (the workspace's release profile: opt-level 3, thin LTO); their sizes and release cold starts with every function's first event are in \"Release builds\" below."}`,
     ...(m.loadAverage1m >= 1 || coldStart.loadAverage1m >= 1
       ? [`- **The machine was busy with other work** (load average ${m.loadAverage1m} before the load started, `
         + `${coldStart.loadAverage1m} before the cold starts, on ${m.nproc} CPUs): latencies, throughput and start-up times are `
@@ -327,7 +327,7 @@ export function settleSection({ settle, others = [], networked = [], command, ou
     }
   }
   lines.push("", "### Read with care", "",
-    `- ${ours.includes("/debug/") ? "**These are debug builds**, not what ships." : "Release builds."} moto stands in for KMS, `
+    `- ${ours.includes("/debug/") ? "**These are debug builds**, not what ships." : "**Release builds**, as they ship."} moto stands in for KMS, `
       + "DynamoDB and SQS: its latencies are not AWS's (a real KMS Sign, DynamoDB write or SQS hop costs milliseconds to tens of "
       + "milliseconds more), so the latencies say how our own pipeline behaves, and the call counts are what carries over to AWS.",
     "- One machine runs everything (generator, both facilitators, the worker, the emulator and poller, moto, anvil, both proxies): "
