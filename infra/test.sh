@@ -76,6 +76,9 @@ export X402_SETTLE_POLL_MS=250 X402_SETTLE_DEADLINE_MS=15000
 step "test contracts"
 node infra/node/check-contracts.mjs
 
+step "moto's patches (self-test: KMS digest signing and key state, DynamoDB transactions and concurrency)"
+.local/venv/bin/python infra/moto/selftest.py
+
 step "local SQS event source mapping (self-test against moto and the Lambda emulator)"
 .local/venv/bin/python infra/sqs_poller_selftest.py
 
