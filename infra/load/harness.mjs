@@ -18,6 +18,7 @@ import { drive } from "./lib/drive.mjs";
 import { machine } from "./lib/machine.mjs";
 import { signVerifyBodies } from "./lib/payments.mjs";
 import { verifyTable, ratios } from "./lib/report.mjs";
+import { readSettledAwsCounts, resetAwsCounts } from "./lib/aws-counter.mjs";
 import { readRpcCounts, resetRpcCounts } from "./lib/rpc-counter.mjs";
 import { supportedScenario, verifyScenario } from "./lib/scenarios.mjs";
 import { parseTargets } from "./lib/targets.mjs";
@@ -35,6 +36,8 @@ const { values: opts } = parseArgs({
     // The processes whose CPU time is reported per request: a facilitator's (name=pid) and the chain side's.
     pid: { type: "string", multiple: true, default: [] },
     "chain-pids": { type: "string", default: "" },
+    // The AWS counting proxy the first target (ours) calls AWS through: its KMS, DynamoDB, SQS calls per request.
+    "aws-counter": { type: "string" },
   },
 });
 if (!opts.stack || !opts.target?.length) {
@@ -69,19 +72,26 @@ for (const target of targets) {
   await drive(target.url, verifyScenario(take(warmup)), { concurrency: 1, maxRequests: warmup, maxSeconds });
 }
 
+const counter = opts["aws-counter"];
+
 async function measure(target, scenario, concurrency, limits) {
+  const ours = counter && target === targets[0];
   await resetRpcCounts(proxy);
+  if (ours) await resetAwsCounts(counter);
   const ownPids = pids[target.name] ?? [];
   const cpuBefore = [cpuSeconds(ownPids), cpuSeconds(chainPids), process.cpuUsage()];
   const stats = await drive(target.url, scenario, { concurrency, ...limits });
   const cpuAfter = [cpuSeconds(ownPids), cpuSeconds(chainPids), process.cpuUsage(cpuBefore[2])];
   const rpc = await readRpcCounts(proxy);
+  const aws = ours ? await readSettledAwsCounts(counter, { quietMs: 200 }) : null;
   const perRequestMs = (seconds) => (seconds * 1000) / stats.requests;
   const row = { target: target.name, scenario: scenario.name, concurrency, ...stats,
     rpcRequests: rpc.rpc_requests, rpcPerRequest: rpc.rpc_requests / stats.requests, rpcMethods: rpc.methods,
     cpuMsPerRequest: ownPids.length ? perRequestMs(cpuAfter[0] - cpuBefore[0]) : NaN,
     chainCpuMsPerRequest: chainPids.length ? perRequestMs(cpuAfter[1] - cpuBefore[1]) : NaN,
-    generatorCpuMsPerRequest: perRequestMs((cpuAfter[2].user + cpuAfter[2].system) / 1e6) };
+    generatorCpuMsPerRequest: perRequestMs((cpuAfter[2].user + cpuAfter[2].system) / 1e6),
+    // Every AWS call the phase made, by service and operation ({} = none); null when not counted.
+    awsCalls: aws ? aws.calls : null, awsRequests: aws ? aws.http_requests : null };
   console.error(`${target.name} ${scenario.name} c=${concurrency}: ${stats.requests} in ${stats.seconds.toFixed(1)} s, `
     + `${stats.throughput.toFixed(0)}/s, p50 ${stats.p50.toFixed(2)} ms, p99 ${stats.p99.toFixed(2)} ms, `
     + `${stats.errorCount} errors, ${row.rpcPerRequest.toFixed(2)} rpc/req, cpu ${row.cpuMsPerRequest.toFixed(2)} ms/req `

@@ -160,7 +160,7 @@ wait_quiet
 timeout 900 node "$LOAD/harness.mjs" --stack "$X402_STACK_DIR/stack.json" \
   --target "ours=http://127.0.0.1:$LOCAL_PORT" --target "reference=http://127.0.0.1:$REFERENCE_PORT" \
   --pid "ours=$(cat "$RUN/load-local-server.pid")" --pid "reference=$(cat "$RUN/load-reference.pid")" \
-  --chain-pids "$(cat "$RUN/anvil.pid"),$(cat "$RUN/rpc-proxy.pid")" \
+  --chain-pids "$(cat "$RUN/anvil.pid"),$(cat "$RUN/rpc-proxy.pid")" --aws-counter "http://127.0.0.1:$AWS_COUNTER_PORT" \
   --requests "${LOAD_REQUESTS:-3000}" --seconds "${LOAD_SECONDS:-10}" --concurrency "${LOAD_CONCURRENCY:-1,8,32}" \
   --out "$RESULTS/load-verify.json"
 

@@ -27,16 +27,24 @@ export function ratios(results, ours, reference) {
   return rows;
 }
 
+/** A verify phase's AWS calls per request: "none", the calls by operation, or "–" when not counted. */
+function awsPerRequest(r) {
+  if (!r.awsCalls) return "–";
+  const calls = Object.entries(r.awsCalls).flatMap(([service, ops]) =>
+    Object.entries(ops).map(([op, n]) => `${service} ${op} ${fixed(n / r.requests, 2)}`));
+  return calls.length ? calls.join(", ") : "none";
+}
+
 export function verifyTable(report) {
   const lines = [
     "| facilitator | route | concurrency | requests | errors | throughput (req/s) | p50 (ms) | p90 (ms) | p99 (ms) "
-      + "| chain RPC per request | RPC methods per request | facilitator CPU per request (ms) | anvil + proxy CPU per request (ms) |",
-    "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|--:|",
+      + "| chain RPC per request | RPC methods per request | AWS calls (KMS, DynamoDB, SQS) per request | facilitator CPU per request (ms) | anvil + proxy CPU per request (ms) |",
+    "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|---|--:|--:|",
   ];
   for (const r of report.results) {
     lines.push(`| ${r.target} | ${r.scenario === "verify" ? "POST /verify" : "GET /supported"} | ${r.concurrency} `
       + `| ${r.requests} | ${r.errorCount} | ${fixed(r.throughput, 0)} | ${ms(r.p50)} | ${ms(r.p90)} | ${ms(r.p99)} `
-      + `| ${fixed(r.rpcPerRequest, 2)} | ${methods(r.rpcMethods, r.requests)} | ${fixed(r.cpuMsPerRequest, 2)} `
+      + `| ${fixed(r.rpcPerRequest, 2)} | ${methods(r.rpcMethods, r.requests)} | ${awsPerRequest(r)} | ${fixed(r.cpuMsPerRequest, 2)} `
       + `| ${fixed(r.chainCpuMsPerRequest, 2)} |`);
   }
   if (report.ratios.length) {
