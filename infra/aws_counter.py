@@ -40,6 +40,8 @@ import urllib.parse
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from rpc_counter import parse_latency  # beside this file; both proxies take POST /__latency alike
+
 UPSTREAM_TIMEOUT_S = 120
 # AWS_COUNTER_TRACE=<file>: also append one JSON line per forwarded call (wall-clock start and end,
 # label, service, operation, status), for a timeline of where a settlement's time goes.
@@ -133,17 +135,6 @@ def operation_of(headers, path, body):
         if action:
             return action[0]
     return "(unknown)"
-
-
-def parse_latency(body):
-    """The milliseconds of a `POST /__latency` body, or None if it is not {"ms": 0..10000}."""
-    try:
-        ms = json.loads(body or b"{}").get("ms")
-    except (ValueError, AttributeError):
-        return None
-    if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not 0 <= ms <= 10_000:
-        return None
-    return ms
 
 
 class Handler(BaseHTTPRequestHandler):

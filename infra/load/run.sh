@@ -95,6 +95,23 @@ stop_settle_worker() {
   bash infra/lambda-emulator.sh stop
 }
 
+# A fresh stack with $1 lanes, and ours on it: the local server, the worker and its poller.
+fresh_stack_with_lanes() {
+  stop_pid load-aws-counter
+  bash infra/stack.sh down >/dev/null
+  export X402_LANES="$1"
+  bash infra/stack.sh up
+  # shellcheck source=infra/facilitator-env.sh
+  . infra/facilitator-env.sh
+  start_aws_counter
+  start_local_server
+  start_settle_worker
+}
+stop_ours() {
+  stop_settle_worker
+  stop_pid load-local-server
+}
+
 # The settle phases against the targets given; $1 is the JSON to write.
 run_settle() {
   local out="$1" pids
@@ -185,18 +202,9 @@ stop_pid load-lambda-emulator
 OTHER_SETTLES=()
 for lanes in ${LOAD_SETTLE_OTHER_LANES-1 4}; do
   step "settle under load, ours, on a fresh stack with $lanes lane(s)"
-  stop_pid load-aws-counter
-  bash infra/stack.sh down >/dev/null
-  export X402_LANES="$lanes"
-  bash infra/stack.sh up
-  # shellcheck source=infra/facilitator-env.sh
-  . infra/facilitator-env.sh
-  start_aws_counter
-  start_local_server
-  start_settle_worker
+  fresh_stack_with_lanes "$lanes"
   run_settle "$RESULTS/load-settle-lanes-$lanes.json" --target "ours=http://127.0.0.1:$LOCAL_PORT"
-  stop_settle_worker
-  stop_pid load-local-server
+  stop_ours
   OTHER_SETTLES+=(--settle-other "$RESULTS/load-settle-lanes-$lanes.json")
 done
 
@@ -207,19 +215,10 @@ done
 NET_SETTLES=()
 for lanes in ${LOAD_NET_LANES-1 2 4}; do
   step "settle under load, ours, $lanes lane(s), network modelled (+${LOAD_NET_RPC_MS:-40} ms per RPC, +${LOAD_NET_AWS_MS:-15} ms per AWS call)"
-  stop_pid load-aws-counter
-  bash infra/stack.sh down >/dev/null
-  export X402_LANES="$lanes"
-  bash infra/stack.sh up
-  # shellcheck source=infra/facilitator-env.sh
-  . infra/facilitator-env.sh
-  start_aws_counter
-  start_local_server
-  start_settle_worker
+  fresh_stack_with_lanes "$lanes"
   LOAD_SETTLE_CONCURRENCY="${LOAD_NET_CONCURRENCY:-8,32}" run_settle "$RESULTS/load-settle-net-lanes-$lanes.json" \
     --target "ours=http://127.0.0.1:$LOCAL_PORT" --rpc-latency-ms "${LOAD_NET_RPC_MS:-40}" --aws-latency-ms "${LOAD_NET_AWS_MS:-15}"
-  stop_settle_worker
-  stop_pid load-local-server
+  stop_ours
   NET_SETTLES+=(--settle-net "$RESULTS/load-settle-net-lanes-$lanes.json")
 done
 

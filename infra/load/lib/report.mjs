@@ -213,6 +213,17 @@ export function settleTable(report, { lanesLabel = true } = {}) {
   return lines.join("\n");
 }
 
+/** One concurrency's settled per second for each lane count, with its ratio to the first (fewest lanes). */
+function throughputByLanes(byLanes, rowOf) {
+  const perSecond = (r) => r.settled / r.seconds;
+  const base = rowOf(byLanes[0]);
+  return byLanes.map((o, i) => {
+    const r = rowOf(o);
+    if (!r) return "–";
+    return i === 0 || !base ? fixed(perSecond(r), 1) : `${fixed(perSecond(r), 1)} (×${fixed(perSecond(r) / perSecond(base), 2)})`;
+  });
+}
+
 /** The "Load: settle" section: the main run (ours and the reference) and, if run, ours with other lane counts. */
 export function settleSection({ settle, others = [], networked = [], command, ours, versions, commit, notes = [] }) {
   const m = settle.machine;
@@ -274,13 +285,7 @@ export function settleSection({ settle, others = [], networked = [], command, ou
       `| concurrency | ${byLanes.map((o) => `${o.settings.lanes} lane${o.settings.lanes === 1 ? "" : "s"}`).join(" | ")} | load average |`,
       `|--:|${byLanes.map(() => "--:").join("|")}|---|`);
     for (const c of levels) {
-      const b = rowOf(base, c);
-      const cells = byLanes.map((o) => {
-        const r = rowOf(o, c);
-        if (!r) return "–";
-        const t = r.settled / r.seconds;
-        return o === base || !b ? fixed(t, 1) : `${fixed(t, 1)} (×${fixed(t / (b.settled / b.seconds), 2)})`;
-      });
+      const cells = throughputByLanes(byLanes, (o) => rowOf(o, c));
       lines.push(`| ${c} | ${cells.join(" | ")} | ${byLanes.map((o) => `${o.settings.lanes}: ${load(rowOf(o, c))}`).join("; ")} |`);
     }
     lines.push("", "Every phase:", "",
@@ -311,13 +316,7 @@ export function settleSection({ settle, others = [], networked = [], command, ou
       `| concurrency | ${byLanes.map((o) => plural(o.settings.lanes)).join(" | ")} | p50 (ms), by lanes | load average before → after, by lanes |`,
       `|--:|${byLanes.map(() => "--:").join("|")}|---|---|`);
     for (const c of levels) {
-      const b = rowOf(base, c);
-      const cells = byLanes.map((o) => {
-        const r = rowOf(o, c);
-        if (!r) return "–";
-        const t = r.settled / r.seconds;
-        return o === base || !b ? fixed(t, 1) : `${fixed(t, 1)} (×${fixed(t / (b.settled / b.seconds), 2)})`;
-      });
+      const cells = throughputByLanes(byLanes, (o) => rowOf(o, c));
       const p50s = byLanes.map((o) => (rowOf(o, c) ? ms(rowOf(o, c).p50) : "–")).join(" / ");
       const loads = byLanes.map((o) => {
         const r = rowOf(o, c);

@@ -137,17 +137,8 @@ impl Store {
         to: State,
         fields: &[(&str, AttributeValue)],
     ) -> Result<Option<PaymentRecord>, StoreError> {
-        let change = Change::new(from, to, fields);
-        let Some(item) = self.update(id, &change, ReturnValue::AllNew).await? else {
-            return Ok(None);
-        };
-        let item = item.ok_or_else(|| StoreError {
-            operation: "UpdateItem",
-            problem: "the answer has no attributes although ALL_NEW was asked".to_owned(),
-        })?;
-        serde_dynamo::from_item(item)
-            .map(Some)
-            .map_err(fail("deserialise"))
+        self.change_and_read(id, &Change::new(from, to, fields))
+            .await
     }
 
     /// [`Store::transition_and_read`] from a record that is `signed` or `submitted`: a follower
@@ -162,7 +153,17 @@ impl Store {
     ) -> Result<Option<PaymentRecord>, StoreError> {
         let mut change = Change::new(State::Signed, to, fields);
         change.or_from = Some(State::Submitted);
-        let Some(item) = self.update(id, &change, ReturnValue::AllNew).await? else {
+        self.change_and_read(id, &change).await
+    }
+
+    /// Applies one conditional change and answers with the record as it left it, or `None` if
+    /// its conditions did not hold.
+    async fn change_and_read(
+        &self,
+        id: &str,
+        change: &Change<'_>,
+    ) -> Result<Option<PaymentRecord>, StoreError> {
+        let Some(item) = self.update(id, change, ReturnValue::AllNew).await? else {
             return Ok(None);
         };
         let item = item.ok_or_else(|| StoreError {
