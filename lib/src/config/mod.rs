@@ -174,6 +174,24 @@ impl Config {
                 problem: format!("{settle_deadline:?} is over {MAX_SETTLE_DEADLINE:?}: API Gateway gives up at 29 s"),
             });
         }
+        let replay_min_age = match lookup(REPLAY_MIN_AGE_VAR) {
+            None => DEFAULT_REPLAY_MIN_AGE,
+            Some(ms) => Duration::from_millis(ms.trim().parse().map_err(|_| ConfigError {
+                var: REPLAY_MIN_AGE_VAR,
+                problem: format!("expected milliseconds (0 or more), got {ms:?}"),
+            })?),
+        };
+        // Replay must not take a record from under a /settle that is still following it: a
+        // replacement it asked for would then go unseen by that follower until its deadline. 0 turns
+        // the grace off altogether, for tests that replay at once.
+        if !replay_min_age.is_zero() && replay_min_age <= settle_deadline {
+            return Err(ConfigError {
+                var: REPLAY_MIN_AGE_VAR,
+                problem: format!(
+                    "{replay_min_age:?} is not above {SETTLE_DEADLINE_VAR} ({settle_deadline:?}): replay could race a live /settle; raise it, or set 0 only in tests"
+                ),
+            });
+        }
         Ok(Config {
             networks,
             lane_keys,
@@ -190,13 +208,7 @@ impl Config {
                 Some("0") => Duration::ZERO,
                 Some(ms) => Duration::from_millis(positive(FEE_CACHE_VAR, ms)?),
             },
-            replay_min_age: match lookup(REPLAY_MIN_AGE_VAR) {
-                None => DEFAULT_REPLAY_MIN_AGE,
-                Some(ms) => Duration::from_millis(ms.trim().parse().map_err(|_| ConfigError {
-                    var: REPLAY_MIN_AGE_VAR,
-                    problem: format!("expected milliseconds (0 or more), got {ms:?}"),
-                })?),
-            },
+            replay_min_age,
             replay_max_records: match lookup(REPLAY_MAX_RECORDS_VAR) {
                 None => DEFAULT_REPLAY_MAX_RECORDS,
                 Some(n) => {
@@ -367,6 +379,22 @@ mod tests {
             (c.replay_min_age, c.replay_max_records, c.replay_bump_after),
             (Duration::ZERO, 20, Duration::from_secs(30))
         );
+        // The grace must outlast the settle deadline (or be 0).
+        let e = Config::from_lookup(lookup(&[
+            (NETWORKS_VAR, NETS),
+            (SETTLE_DEADLINE_VAR, "20000"),
+            (REPLAY_MIN_AGE_VAR, "20000"),
+        ]))
+        .unwrap_err();
+        assert_eq!(e.var, REPLAY_MIN_AGE_VAR);
+        assert!(e.problem.contains(SETTLE_DEADLINE_VAR), "{}", e.problem);
+        let c = Config::from_lookup(lookup(&[
+            (NETWORKS_VAR, NETS),
+            (SETTLE_DEADLINE_VAR, "20000"),
+            (REPLAY_MIN_AGE_VAR, "20001"),
+        ]))
+        .unwrap();
+        assert_eq!(c.replay_min_age, Duration::from_millis(20_001));
         for (var, bad) in [
             (REPLAY_MIN_AGE_VAR, "soon"),
             (REPLAY_MAX_RECORDS_VAR, "0"),

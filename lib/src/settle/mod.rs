@@ -320,9 +320,9 @@ impl Settler {
             // Once broadcast, what the follower waits for is a receipt, which it looks for on every
             // round above; re-reading the record each round as well would double the reads of every
             // waiting /settle for nothing. The record could change only by a replacement (replay
-            // asks for one only after X402_REPLAY_MIN_AGE_MS, kept above the settle deadline) or by
-            // another follower finishing it from the same receipt. An occasional re-read still
-            // catches a replacement where the grace is set shorter (tests set 0).
+            // asks for one only after X402_REPLAY_MIN_AGE_MS, which the config holds above the
+            // settle deadline) or by another follower finishing it from the same receipt. An
+            // occasional re-read still catches a replacement where the grace is 0 (tests).
             if matches!(record.state, State::Signed | State::Submitted)
                 && read_at.elapsed() < self.timing.poll * 4
             {
