@@ -119,10 +119,16 @@ run_settle() {
   pids="ours=$(cat "$RUN/load-local-server.pid")"
   for pidfile in "$RUN"/lambda-settle-worker*.pid; do pids="$pids,$(cat "$pidfile")"; done
   [[ -f "$RUN/load-reference.pid" ]] && pids="$pids --pid reference=$(cat "$RUN/load-reference.pid")"
+  # Everything else ours runs with, for "CPU per settle by process": the AWS emulator and its
+  # counting proxy, the chain and its proxy, the SQS poller and the Lambda emulator.
+  local infra=() part
+  for part in moto load-aws-counter anvil rpc-proxy sqs-poller-settle-worker lambda-emulator; do
+    [[ -f "$RUN/$part.pid" ]] && infra+=(--infra-pid "${part#load-}=$(cat "$RUN/$part.pid")")
+  done
   wait_quiet
   # shellcheck disable=SC2086 # $pids is two words on purpose
   timeout 1200 node "$LOAD/settle.mjs" --stack "$X402_STACK_DIR/stack.json" "$@" \
-    --aws-counter "http://127.0.0.1:$AWS_COUNTER_PORT" --pid $pids \
+    --aws-counter "http://127.0.0.1:$AWS_COUNTER_PORT" --pid $pids "${infra[@]}" \
     --requests "${LOAD_SETTLE_REQUESTS:-200}" --seconds "${LOAD_SETTLE_SECONDS:-20}" \
     --concurrency "${LOAD_SETTLE_CONCURRENCY:-1,8,32}" \
     --settings "X402_SETTLE_POLL_MS=$SETTLE_POLL_MS, X402_SETTLE_DEADLINE_MS=$SETTLE_DEADLINE_MS" --out "$out"

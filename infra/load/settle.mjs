@@ -16,7 +16,7 @@ import { loadavg } from "node:os";
 import { parseArgs } from "node:util";
 import { readSettledAwsCounts, resetAwsCounts } from "./lib/aws-counter.mjs";
 import { chainFloor } from "./lib/chain-floor.mjs";
-import { cpuSeconds } from "./lib/cpu.mjs";
+import { cpuSeconds, processTree } from "./lib/cpu.mjs";
 import { drive } from "./lib/drive.mjs";
 import { machine } from "./lib/machine.mjs";
 import { signSettleBodies } from "./lib/payments.mjs";
@@ -38,6 +38,9 @@ const { values: opts } = parseArgs({
     "floor-sends": { type: "string", default: "50" },
     // The processes whose CPU time is reported per settlement (name=pid,pid).
     pid: { type: "string", multiple: true, default: [] },
+    // The rest of the set-up (name=pid,pid; each with its descendants): where the machine's CPU goes
+    // per settlement of ours (moto, the proxies, anvil, the poller, the emulator).
+    "infra-pid": { type: "string", multiple: true, default: [] },
     settings: { type: "string", default: "" }, // how ours was configured (poll, deadline), for the report
     // A deployment's network, modelled: every chain RPC request (both facilitators') and every AWS
     // call of ours held this long by the counting proxies. 0 (the default) is the bare local stack.
@@ -59,6 +62,7 @@ const warmup = Number(opts.warmup);
 const floorSends = Number(opts["floor-sends"]);
 const proxy = stack.RPC_PROXY_URL;
 const pids = Object.fromEntries(opts.pid.map((p) => p.split("=")).map(([name, list]) => [name, list.split(",").map(Number)]));
+const infraPids = Object.fromEntries(opts["infra-pid"].map((p) => p.split("=")).map(([name, list]) => [name, list.split(",").map(Number)]));
 
 const network = { rpcMs: Number(opts["rpc-latency-ms"]), awsMs: Number(opts["aws-latency-ms"]) };
 if (network.awsMs && !counter) throw new Error("settle.mjs: --aws-latency-ms needs --aws-counter");
@@ -99,10 +103,16 @@ async function measure(target, concurrency) {
   // The machine is shared: the 1-minute load average around each phase says how disturbed it was.
   const loadBefore = loadavg()[0];
   const cpuBefore = cpuSeconds(ownPids);
+  // Where the whole machine's CPU goes, for ours: each part of the set-up with its descendants.
+  const parts = ours ? { ...Object.fromEntries(Object.entries(infraPids).map(([name, list]) => [name, processTree(list)])),
+    [`${target.name} (handler and worker)`]: ownPids } : {};
+  const partsBefore = Object.fromEntries(Object.entries(parts).map(([name, list]) => [name, cpuSeconds(list)]));
+  const generatorBefore = process.cpuUsage();
   const stats = await drive(target.url, settleScenario(take(maxRequests)), { concurrency, maxRequests, maxSeconds });
   // Every /settle has answered; let a worker finish what it may still hold before reading counts.
   const aws = ours ? await readSettledAwsCounts(counter) : null;
   const cpu = cpuSeconds(ownPids) - cpuBefore;
+  const generator = process.cpuUsage(generatorBefore);
   const rpc = await readRpcCounts(proxy);
   const n = stats.requests;
   const row = { target: target.name, scenario: "settle", concurrency, ...stats,
@@ -110,6 +120,10 @@ async function measure(target, concurrency) {
     rpcRequests: rpc.rpc_requests, rpcPerSettle: rpc.rpc_requests / n,
     rpcMethodsPerSettle: Object.fromEntries(Object.entries(rpc.methods).map(([m, k]) => [m, k / n])),
     cpuMsPerSettle: ownPids.length ? (cpu * 1000) / n : NaN,
+    cpuMsPerSettleByPart: ours && Object.keys(parts).length
+      ? { ...Object.fromEntries(Object.entries(parts).map(([name, list]) => [name, ((cpuSeconds(list) - partsBefore[name]) * 1000) / n])),
+        "load generator": (generator.user + generator.system) / 1000 / n }
+      : null,
     loadAverage1m: { before: Math.round(loadBefore * 100) / 100, after: Math.round(loadavg()[0] * 100) / 100 } };
   if (aws) {
     row.aws = aws;

@@ -200,6 +200,19 @@ export function settleTable(report, { lanesLabel = true } = {}) {
         + `| ${Object.entries(r.awsMeanMs ?? {}).sort().map(([k, v]) => `${k} ${fixed(v, 1)}`).join(", ") || "–"} |`);
     }
   }
+  const byPart = report.results.filter((r) => r.cpuMsPerSettleByPart);
+  if (byPart.length) {
+    const parts = Object.keys(byPart[0].cpuMsPerSettleByPart);
+    lines.push("", `CPU per settle by process, ${report.targets[0].name}${lanes} (ms of user + system CPU from \`/proc\` over `
+      + "each phase, each process with its children, divided by the settlements driven; the machine has "
+      + `${report.machine?.nproc ?? "?"} CPUs, so about ${report.machine?.nproc ?? "?"}000 ms of CPU a second in all):`, "",
+      `| concurrency | ${parts.join(" | ")} | all of these |`,
+      `|--:|${parts.map(() => "--:").join("|")}|--:|`);
+    for (const r of byPart) {
+      const values = parts.map((p) => r.cpuMsPerSettleByPart[p]);
+      lines.push(`| ${r.concurrency} | ${values.map((v) => fixed(v, 1)).join(" | ")} | ${fixed(values.reduce((a, b) => a + b, 0), 1)} |`);
+    }
+  }
   if (report.ratios?.length) {
     const [ours, reference] = report.targets.map((t) => t.name);
     lines.push("", `Ratios, ${ours} / ${reference} (throughput above 1 is better; latency, RPC and CPU below 1 are better):`, "",
