@@ -8,7 +8,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use facilitator::{
     queue::Queue,
     replay::{Replayer, Summary},
-    store::{now_ms, Created, PaymentId, PaymentRecord, State, Store},
+    store::{now_ms, Created, PaymentId, PaymentRecord, State, Store, RETENTION_SECS},
     Config,
 };
 use serde_json::json;
@@ -82,7 +82,7 @@ pub async fn record_payment(payment: &PaymentBuilder, age_ms: u64) -> String {
         created_at: at,
         updated_at: at,
         open_shard: Some("open".to_owned()),
-        expires_at: payment.valid_before + 7 * 24 * 3600,
+        expires_at: payment.valid_before.saturating_add(RETENTION_SECS),
     };
     assert_eq!(store().await.create(&record).await.unwrap(), Created::New);
     id
