@@ -8,7 +8,8 @@ make the chain misbehave on purpose (fault tests, DESIGN §7).
     GET  /__counts     {"http_requests": N, "rpc_requests": M, "methods": {"eth_call": k, ...}}
     POST /__reset      zero the counts
     GET  /__fault      the current fault
-    POST /__fault      {"mode": "none"|"error"|"hang"|"drop", "methods": ["eth_call", ...]}
+    POST /__fault      {"mode": "none"|"error"|"hang"|"drop"|"node_error"|"lag",
+                        "methods": ["eth_call", ...], "count": N}
     GET  /__latency    the added latency
     POST /__latency    {"ms": N}: hold every forwarded request N ms first, as a remote RPC
                        provider's round trip would (the load harness models a deployment's
@@ -18,8 +19,13 @@ A JSON-RPC batch is one HTTP request and one RPC request per entry. Faulted requ
 are counted too: the counts say what the client sent, not what anvil answered.
 Fault modes: "error" answers HTTP 503; "hang" holds the request until the fault is
 changed (or HANG_LIMIT_S passes, so no thread waits forever); "drop" closes the
-connection without an answer. `methods` limits the fault to requests that contain
-one of those methods; absent or empty means every request.
+connection without an answer; "node_error" answers HTTP 200 with a JSON-RPC error
+per entry, as a rate-limited or unsynced node does ({"code": -32005, "message":
+"rate limit exceeded"}); "lag" answers `null` for the faulted methods, as a node
+that has not seen a transaction yet does (meant for eth_getTransactionReceipt and
+eth_getTransactionByHash), and forwards the rest. `methods` limits the fault to
+requests that contain one of those methods; absent or empty means every request.
+`count` (optional) lifts the fault by itself after that many faulted requests.
 
 Stdlib only. Usage: rpc_counter.py LISTEN_PORT UPSTREAM_URL
 """
@@ -35,7 +41,8 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 HANG_LIMIT_S = 600
-FAULT_MODES = ("none", "error", "hang", "drop")
+FAULT_MODES = ("none", "error", "hang", "drop", "node_error", "lag")
+NODE_ERROR = {"code": -32005, "message": "rate limit exceeded"}
 # RPC_COUNTER_TRACE=<file>: also append one JSON line per forwarded request (wall-clock start and
 # end, its methods), for a timeline of where a settlement's time goes.
 TRACE = open(os.environ["RPC_COUNTER_TRACE"], "a", buffering=1) if os.environ.get("RPC_COUNTER_TRACE") else None
@@ -74,23 +81,29 @@ class Fault:
 
     def __init__(self):
         self._changed = threading.Condition()
-        self.mode, self.methods = "none", frozenset()
+        self.mode, self.methods, self.left = "none", frozenset(), None
 
-    def set(self, mode, methods):
+    def set(self, mode, methods, count=None):
         with self._changed:
-            self.mode, self.methods = mode, frozenset(methods)
+            self.mode, self.methods, self.left = mode, frozenset(methods), count
             self._changed.notify_all()
 
     def describe(self):
         with self._changed:
-            return {"mode": self.mode, "methods": sorted(self.methods)}
+            return {"mode": self.mode, "methods": sorted(self.methods), "count": self.left}
 
     def for_request(self, methods):
-        """The mode that applies to a request calling `methods`."""
+        """The mode that applies to a request calling `methods` (and one less of `count`)."""
         with self._changed:
-            if self.methods and not self.methods.intersection(methods):
+            if self.mode == "none" or (self.methods and not self.methods.intersection(methods)):
                 return "none"
-            return self.mode
+            mode = self.mode
+            if self.left is not None:
+                self.left -= 1
+                if self.left <= 0:
+                    self.mode, self.methods, self.left = "none", frozenset(), None
+                    self._changed.notify_all()
+            return mode
 
     def hang(self):
         with self._changed:
@@ -164,12 +177,15 @@ class Handler(BaseHTTPRequestHandler):
         try:
             request = json.loads(body or b"{}")
             mode, methods = request.get("mode", "none"), request.get("methods") or []
+            count = request.get("count")
             if mode not in FAULT_MODES or not all(isinstance(m, str) for m in methods):
                 raise ValueError
+            if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+                raise ValueError
         except (ValueError, AttributeError):
-            self.reply(400, {"error": f"expected {{\"mode\": one of {list(FAULT_MODES)}, \"methods\": [str]}}"})
+            self.reply(400, {"error": f"expected {{\"mode\": one of {list(FAULT_MODES)}, \"methods\": [str], \"count\": N}}"})
             return
-        self.fault.set(mode, methods)
+        self.fault.set(mode, methods, count)
         self.reply(200, self.fault.describe())
 
     def forward(self, body):
@@ -184,6 +200,12 @@ class Handler(BaseHTTPRequestHandler):
             return
         if mode == "drop":
             self.close_connection = True
+            return
+        if mode == "node_error":
+            self.reply(200, self.per_entry(body, lambda e: {"jsonrpc": "2.0", "id": e.get("id"), "error": NODE_ERROR}))
+            return
+        if mode == "lag":
+            self.forward_lagging(body)
             return
         if Handler.latency_ms:
             time.sleep(Handler.latency_ms / 1000)
@@ -202,6 +224,27 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(answer)))
         self.end_headers()
         self.wfile.write(answer)
+
+    def per_entry(self, body, answer):
+        """One answer per JSON-RPC entry, in the request's shape (batch or single)."""
+        request = json.loads(body)
+        if isinstance(request, list):
+            return [answer(e) for e in request]
+        return answer(request)
+
+    def forward_lagging(self, body):
+        """Answers `null` for the faulted methods and forwards every other entry upstream."""
+        request = json.loads(body)
+        entries = request if isinstance(request, list) else [request]
+        hidden = self.fault.methods or frozenset(rpc_methods(body))
+        answers = []
+        for entry in entries:
+            if entry.get("method") in hidden:
+                answers.append({"jsonrpc": "2.0", "id": entry.get("id"), "result": None})
+            else:
+                _, _, answer = self.call_upstream(json.dumps(entry).encode())
+                answers.append(json.loads(answer))
+        self.reply(200, answers if isinstance(request, list) else answers[0])
 
     def call_upstream(self, body):
         conn = getattr(self.local, "conn", None)

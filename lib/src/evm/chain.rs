@@ -55,6 +55,8 @@ pub struct Chain {
     /// than once per settlement (DESIGN §8). Zero turns the reuse off.
     fee_ttl: Duration,
     fee_cache: std::sync::Mutex<Option<(std::time::Instant, (u128, u128))>>,
+    /// How many blocks back a search for an authorization's use looks (0: the whole chain).
+    logs_lookback: u64,
 }
 
 impl Chain {
@@ -71,7 +73,16 @@ impl Chain {
             provider: OnceCell::new(),
             fee_ttl: Duration::ZERO,
             fee_cache: std::sync::Mutex::new(None),
+            logs_lookback: 0,
         }
+    }
+
+    /// Searches the last `blocks` blocks for an authorization's use (0: the whole chain). RPC
+    /// providers cap the range of `eth_getLogs`; a payment's window is minutes, so a few hours of
+    /// blocks are plenty.
+    pub fn with_logs_lookback(mut self, blocks: u64) -> Self {
+        self.logs_lookback = blocks;
+        self
     }
 
     /// Reuses a fee estimate for `ttl` (about the chain's block time).
@@ -123,25 +134,54 @@ impl Chain {
         }
     }
 
-    /// Runs one RPC request within the timeout. The node's own error answer (a revert, "nonce too
-    /// low") comes back as `Ok(Err(message))`; no answer at all is a [`ChainError`]. The request is
-    /// boxed: alloy's futures are very deep types, and every async fn above would inherit that depth.
+    /// Runs one RPC request within the timeout. The node's own error answer comes back as
+    /// `Ok(Err(NodeError))`, classified by [`node_answer`]; no answer at all is a [`ChainError`]. The
+    /// request is boxed: alloy's futures are very deep types, and every async fn above would inherit
+    /// that depth.
     async fn bounded<'a, T>(
         &'a self,
         request: impl FnOnce(&'a RootProvider) -> BoxFuture<'a, TransportResult<T>>,
-    ) -> Result<Result<T, String>, ChainError> {
+    ) -> Result<Result<T, NodeError>, ChainError> {
         let (provider, url) = self.provider().await?;
         match tokio::time::timeout(self.timeout, request(provider)).await {
             Err(_) => Err(ChainError::Timeout(self.timeout)),
             Ok(Ok(value)) => Ok(Ok(value)),
             Ok(Err(error)) => match error.as_error_resp() {
-                Some(payload) => Ok(Err(payload.message.to_string())),
+                Some(payload) => Ok(Err(NodeError {
+                    kind: node_answer(payload.code, &payload.message),
+                    message: payload.message.to_string(),
+                })),
                 // HTTP client errors quote the URL, which may hold an API key.
                 None => Err(ChainError::Transport(
                     error.to_string().replace(url.as_str(), &redact_url(url)),
                 )),
             },
         }
+    }
+
+    /// [`Chain::bounded`] for a request whose only final error answer is `keep`: any other error
+    /// answer (a rate limit, an unknown block, a node's internal error) is a [`ChainError`], to be
+    /// retried, never taken as the chain's verdict on the payment.
+    async fn bounded_keeping<'a, T>(
+        &'a self,
+        keep: &[NodeAnswer],
+        request: impl FnOnce(&'a RootProvider) -> BoxFuture<'a, TransportResult<T>>,
+    ) -> Result<Result<T, String>, ChainError> {
+        match self.bounded(request).await? {
+            Ok(value) => Ok(Ok(value)),
+            Err(e) if keep.contains(&e.kind) => Ok(Err(e.message)),
+            Err(e) => Err(ChainError::Node(e.message)),
+        }
+    }
+
+    /// [`Chain::bounded`] for a read, where every error answer is a [`ChainError`].
+    async fn read<'a, T>(
+        &'a self,
+        request: impl FnOnce(&'a RootProvider) -> BoxFuture<'a, TransportResult<T>>,
+    ) -> Result<T, ChainError> {
+        self.bounded_keeping(&[], request)
+            .await?
+            .map_err(ChainError::Node)
     }
 
     /// `eth_call` against the latest block, from `from` if given.
@@ -160,7 +200,9 @@ impl Chain {
         .input(data.into());
         Ok(
             match self
-                .bounded(|p| Box::pin(async move { p.call(request).await }))
+                .bounded_keeping(&[NodeAnswer::Revert], |p| {
+                    Box::pin(async move { p.call(request).await })
+                })
                 .await?
             {
                 Ok(output) => CallOutcome::Returned(output),
@@ -181,37 +223,35 @@ impl Chain {
             .from(from)
             .to(to)
             .input(data.into());
-        self.bounded(|p| Box::pin(async move { p.estimate_gas(request).await }))
-            .await
+        self.bounded_keeping(&[NodeAnswer::Revert], |p| {
+            Box::pin(async move { p.estimate_gas(request).await })
+        })
+        .await
     }
 
     /// `eth_getCode` at the latest block: empty for an EOA.
     #[instrument(skip_all, fields(address = %address), err(level = "warn"))]
     pub async fn code_at(&self, address: Address) -> Result<Bytes, ChainError> {
-        self.bounded(|p| Box::pin(async move { p.get_code_at(address).await }))
-            .await?
-            .map_err(ChainError::Node)
+        self.read(|p| Box::pin(async move { p.get_code_at(address).await }))
+            .await
     }
 
     /// The account's native balance (wei) at the latest block: the gas a signer lane has left.
     pub async fn balance(&self, address: Address) -> Result<alloy::primitives::U256, ChainError> {
-        self.bounded(|p| Box::pin(async move { p.get_balance(address).await }))
-            .await?
-            .map_err(ChainError::Node)
+        self.read(|p| Box::pin(async move { p.get_balance(address).await }))
+            .await
     }
 
     /// The account's nonce counting its pending transactions.
     pub async fn pending_nonce(&self, address: Address) -> Result<u64, ChainError> {
-        self.bounded(|p| Box::pin(async move { p.get_transaction_count(address).pending().await }))
-            .await?
-            .map_err(ChainError::Node)
+        self.read(|p| Box::pin(async move { p.get_transaction_count(address).pending().await }))
+            .await
     }
 
     /// The account's nonce at the latest block: how many of its transactions are mined.
     pub async fn latest_nonce(&self, address: Address) -> Result<u64, ChainError> {
-        self.bounded(|p| Box::pin(async move { p.get_transaction_count(address).latest().await }))
-            .await?
-            .map_err(ChainError::Node)
+        self.read(|p| Box::pin(async move { p.get_transaction_count(address).latest().await }))
+            .await
     }
 
     /// EIP-1559 fees for the next block: `(max_fee_per_gas, max_priority_fee_per_gas)`, reused for
@@ -228,9 +268,8 @@ impl Chain {
             }
         }
         let estimate = self
-            .bounded(|p| Box::pin(async move { p.estimate_eip1559_fees().await }))
-            .await?
-            .map_err(ChainError::Node)?;
+            .read(|p| Box::pin(async move { p.estimate_eip1559_fees().await }))
+            .await?;
         let fees = (estimate.max_fee_per_gas, estimate.max_priority_fee_per_gas);
         *self
             .fee_cache
@@ -243,24 +282,171 @@ impl Chain {
     /// `eth_sendRawTransaction`. The node's refusal (e.g. "already known") is `Ok(Err(message))`.
     #[instrument(skip_all, err(level = "warn"))]
     pub async fn send_raw(&self, raw: Bytes) -> Result<Result<(), String>, ChainError> {
-        self.bounded(|p| Box::pin(async move { p.send_raw_transaction(&raw).await.map(|_| ()) }))
-            .await
+        self.bounded_keeping(&[NodeAnswer::Refused, NodeAnswer::Revert], |p| {
+            Box::pin(async move { p.send_raw_transaction(&raw).await.map(|_| ()) })
+        })
+        .await
     }
 
     /// Whether the node knows the transaction at all (`eth_getTransactionByHash`): in its pool or
     /// mined. A broadcast transaction it does not know was dropped, and its bytes can be sent again.
     pub async fn transaction_known(&self, hash: B256) -> Result<bool, ChainError> {
-        self.bounded(|p| {
+        self.read(|p| {
             Box::pin(async move { p.get_transaction_by_hash(hash).await.map(|t| t.is_some()) })
         })
-        .await?
-        .map_err(ChainError::Node)
+        .await
+    }
+
+    /// The token's `AuthorizationUsed(authorizer, nonce)` logs within the lookback
+    /// ([`Chain::with_logs_lookback`]): which transaction used an EIP-3009 authorization. One
+    /// `eth_blockNumber` and one `eth_getLogs`; asked only when an authorization turned out used.
+    pub async fn authorization_used_logs(
+        &self,
+        token: Address,
+        authorizer: Address,
+        nonce: B256,
+    ) -> Result<Vec<alloy::rpc::types::Log>, ChainError> {
+        use alloy::{rpc::types::Filter, sol_types::SolEvent};
+        let from = match self.logs_lookback {
+            0 => 0,
+            n => self
+                .read(|p| Box::pin(async move { p.get_block_number().await }))
+                .await?
+                .saturating_sub(n),
+        };
+        let filter = Filter::new()
+            .address(token)
+            .event_signature(super::abi::IEip3009::AuthorizationUsed::SIGNATURE_HASH)
+            .topic1(authorizer.into_word())
+            .topic2(nonce)
+            .from_block(from);
+        self.read(|p| Box::pin(async move { p.get_logs(&filter).await }))
+            .await
     }
 
     /// The receipt of a transaction, if it is mined.
     pub async fn receipt(&self, hash: B256) -> Result<Option<TransactionReceipt>, ChainError> {
-        self.bounded(|p| Box::pin(async move { p.get_transaction_receipt(hash).await }))
-            .await?
-            .map_err(ChainError::Node)
+        self.read(|p| Box::pin(async move { p.get_transaction_receipt(hash).await }))
+            .await
+    }
+}
+
+/// A node's JSON-RPC error answer, classified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct NodeError {
+    kind: NodeAnswer,
+    message: String,
+}
+
+/// What a node's JSON-RPC error answer says about a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeAnswer {
+    /// The EVM ran the call and it failed: a verdict on the payment.
+    Revert,
+    /// The transaction pool refused a transaction by its rules (nonce, fees, funds): a verdict on
+    /// the transaction, not on the payment.
+    Refused,
+    /// Anything else: rate limits, unknown blocks, timeouts, a node's internal errors. Nodes send
+    /// these with HTTP 200 too; they say nothing about the payment and are retried.
+    Transient,
+}
+
+/// The error answers that are a verdict, by JSON-RPC code (`None`: any code) and a fragment of the
+/// message (lowercase; `""`: any message). The first row that matches decides; an answer no row
+/// matches is [`NodeAnswer::Transient`]. One table, so that what we treat as final is in one place
+/// and each row has its unit test.
+pub const NODE_ANSWERS: &[(Option<i64>, &str, NodeAnswer)] = &[
+    // geth, anvil and reth answer a revert that carries revert data with code 3.
+    (Some(3), "", NodeAnswer::Revert),
+    // The same without data (geth -32000, erigon, besu), and nethermind's "VM execution error".
+    (None, "execution reverted", NodeAnswer::Revert),
+    (None, "vm execution error", NodeAnswer::Revert),
+    (None, "invalid opcode", NodeAnswer::Revert),
+    // eth_estimateGas: the call cannot finish within the node's gas cap.
+    (None, "out of gas", NodeAnswer::Revert),
+    (None, "gas required exceeds allowance", NodeAnswer::Revert),
+    // eth_sendRawTransaction: the pool's rules.
+    (None, "nonce too low", NodeAnswer::Refused),
+    (None, "nonce too high", NodeAnswer::Refused),
+    (None, "already known", NodeAnswer::Refused),
+    (None, "known transaction", NodeAnswer::Refused),
+    (None, "underpriced", NodeAnswer::Refused),
+    (None, "insufficient funds", NodeAnswer::Refused),
+    (None, "intrinsic gas too low", NodeAnswer::Refused),
+    (None, "exceeds block gas limit", NodeAnswer::Refused),
+    (None, "less than block base fee", NodeAnswer::Refused),
+];
+
+/// Classifies a node's error answer by [`NODE_ANSWERS`].
+pub fn node_answer(code: i64, message: &str) -> NodeAnswer {
+    let message = message.to_ascii_lowercase();
+    NODE_ANSWERS
+        .iter()
+        .find(|(c, fragment, _)| c.is_none_or(|c| c == code) && message.contains(fragment))
+        .map(|(_, _, answer)| *answer)
+        .unwrap_or(NodeAnswer::Transient)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{node_answer, NodeAnswer::*, NODE_ANSWERS};
+
+    /// One case per row of the table, as nodes really word them, each decided by its own row.
+    #[test]
+    fn every_row_of_the_table_decides_its_own_answer() {
+        let cases = [
+            (
+                3,
+                "execution reverted: EIP3009: authorization is used or canceled",
+                Revert,
+            ),
+            (-32000, "execution reverted", Revert),
+            (-32015, "VM execution error.", Revert),
+            (-32000, "invalid opcode: INVALID", Revert),
+            (-32000, "out of gas", Revert),
+            (-32000, "gas required exceeds allowance (30000000)", Revert),
+            (-32000, "nonce too low: next nonce 5, tx nonce 4", Refused),
+            (-32000, "nonce too high", Refused),
+            (-32000, "already known", Refused),
+            (-32000, "known transaction: 0xabc", Refused),
+            (-32000, "replacement transaction underpriced", Refused),
+            (
+                -32000,
+                "insufficient funds for gas * price + value",
+                Refused,
+            ),
+            (-32000, "intrinsic gas too low", Refused),
+            (-32000, "exceeds block gas limit", Refused),
+            (-32000, "max fee per gas less than block base fee", Refused),
+        ];
+        assert_eq!(cases.len(), NODE_ANSWERS.len(), "a case for every row");
+        for (row, (code, message, expected)) in NODE_ANSWERS.iter().zip(cases) {
+            assert_eq!(node_answer(code, message), expected, "{message}");
+            let first = NODE_ANSWERS
+                .iter()
+                .position(|(c, f, _)| {
+                    c.is_none_or(|c| c == code) && message.to_ascii_lowercase().contains(f)
+                })
+                .map(|i| &NODE_ANSWERS[i]);
+            assert_eq!(first, Some(row), "{message} is decided by its own row");
+        }
+    }
+
+    /// Errors that nodes and providers send with HTTP 200 and that say nothing about the payment.
+    #[test]
+    fn rate_limits_unknown_blocks_and_internal_errors_are_transient() {
+        for (code, message) in [
+            (-32005, "rate limit exceeded"),
+            (429, "Too Many Requests"),
+            (-32000, "header not found"),
+            (-32001, "resource not found"),
+            (-32603, "internal error"),
+            (-32000, "request timed out"),
+            (-32000, "missing trie node abc (path )"),
+            (-32602, "unknown block"),
+            (-32000, "upstream connect error"),
+        ] {
+            assert_eq!(node_answer(code, message), Transient, "{message}");
+        }
     }
 }
