@@ -96,20 +96,23 @@ for _ in $(seq 100); do
 done
 curl -fsS "$X402_BASE_URL/health" >/dev/null || { tail -20 "$X402_STACK_DIR/logs/local-server.log" >&2; exit 1; }
 
-step "integration and Lambda tests"
-run_tests --workspace --test '*'
-
-step "interop: the official x402 SDKs through the local server and through the Lambda functions on :$LAMBDA_ROUTE_PORT"
+# The Lambda functions behind the facilitator's paths, as API Gateway would put them: the
+# integration tests that run through both front ends and the interop tests use it.
 LAMBDA_ROUTE_LISTEN="127.0.0.1:$LAMBDA_ROUTE_PORT" node infra/lambda-route.mjs >"$X402_STACK_DIR/logs/lambda-route.log" 2>&1 &
 echo $! >"$X402_STACK_DIR/run/lambda-route.pid"
 for _ in $(seq 100); do
   (exec 3<>"/dev/tcp/127.0.0.1/$LAMBDA_ROUTE_PORT") 2>/dev/null && break
   sleep 0.1
 done
+export X402_LAMBDA_ROUTE_URL="http://127.0.0.1:$LAMBDA_ROUTE_PORT"
+
+step "integration and Lambda tests"
+run_tests --workspace --test '*'
+
+step "interop: the official x402 SDKs through the local server and through the Lambda functions on :$LAMBDA_ROUTE_PORT"
 # Their failures are counted below, so the summary is printed before the script fails.
 interop_rc=0
-X402_LAMBDA_ROUTE_URL="http://127.0.0.1:$LAMBDA_ROUTE_PORT" X402_INTEROP_PORT="$INTEROP_PORT" \
-  bash tests/interop/run.sh 2>&1 | tee -a "$RESULTS" || interop_rc=$?
+X402_INTEROP_PORT="$INTEROP_PORT" bash tests/interop/run.sh 2>&1 | tee -a "$RESULTS" || interop_rc=$?
 
 # cargo's `test result:` lines and tests/interop/run.sh's `interop result:` lines.
 passed=$(awk '/^(test|interop) result:/ {for (i = 1; i <= NF; i++) if ($(i+1) ~ /^passed;?$/) s += $i} END {print s + 0}' "$RESULTS")

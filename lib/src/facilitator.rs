@@ -36,7 +36,8 @@ impl Facilitator {
             .iter()
             .map(|n| {
                 let chain = Chain::new(n.rpc.clone(), Some(secrets.clone()), config.rpc_timeout)
-                    .with_fee_cache(config.fee_cache);
+                    .with_fee_cache(config.fee_cache)
+                    .with_logs_lookback(config.logs_lookback);
                 ExactEvm::new(n.network.clone(), n.assets.clone(), chain)
             })
             .collect();
@@ -89,6 +90,12 @@ impl Facilitator {
     /// Verifies a payment. Never writes (DESIGN I1).
     pub async fn verify(&self, payment: &Payment) -> VerifyResponse {
         let payer = payer_hint(&payment.payload);
+        // A payment-identifier that settle would refuse (missing where required, malformed) makes
+        // the payment invalid here too; whether it is bound to another payment is settle's to
+        // find out (verify reads nothing from DynamoDB).
+        if let Err(e) = crate::protocol::payment_identifier::parse(payment) {
+            return VerifyResponse::invalid(e.0.reason, Some(e.0.message), payer);
+        }
         let result = match self.route(payment) {
             Ok(scheme) => scheme
                 .verify(payment, unix_now())
@@ -125,7 +132,8 @@ impl Facilitator {
             .collect();
         Ok(SupportedResponse {
             kinds,
-            extensions: Vec::new(),
+            // Settle honours payment identifiers (docs/protocol-choices.md).
+            extensions: vec![crate::protocol::payment_identifier::EXTENSION.to_owned()],
             signers: BTreeMap::from([("eip155:*".to_owned(), signers)]),
         })
     }

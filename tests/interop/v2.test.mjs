@@ -89,6 +89,40 @@ for (const frontEnd of FRONT_ENDS) {
       assert.equal(await chain.balanceOf(payTo), payeeBefore);
     });
 
+    test("the same PAYMENT-SIGNATURE header sent ten times at once is delivered once, for one transfer", async () => {
+      const payer = await chain.fundedPayer(10n * PRICE_ATOMIC);
+      const payeeBefore = await chain.balanceOf(payTo);
+      // Signed by the official client without sending it: the first request of a paid fetch gets
+      // the 402, and the header the client would send is what an attacker replays at once.
+      const client = registerExactEvmScheme(new x402Client(), { signer: payer });
+      let header;
+      const capture = async (input, init) => {
+        const request = new Request(input, init);
+        header = request.headers.get("PAYMENT-SIGNATURE");
+        if (header) return new Response("captured", { status: 499 });
+        return fetch(request);
+      };
+      await wrapFetchWithPayment(capture, client)(server.url).catch(() => undefined);
+      assert.ok(header, "the client signed a payment");
+
+      const responses = await Promise.all(
+        Array.from({ length: 10 }, () => fetch(server.url, { headers: { "PAYMENT-SIGNATURE": header } })),
+      );
+      const statuses = responses.map((r) => r.status).sort();
+      assert.deepEqual(statuses, [200, 402, 402, 402, 402, 402, 402, 402, 402, 402], JSON.stringify(statuses));
+      // Refused at the server's verify (already mined) or at its settle (another caller was told
+      // success): the reason is the used nonce either way.
+      for (const refused of responses.filter((r) => r.status === 402)) {
+        const settled = refused.headers.get("PAYMENT-RESPONSE");
+        const reason = settled
+          ? decodePaymentResponseHeader(settled).errorReason
+          : decodePaymentRequiredHeader(refused.headers.get("PAYMENT-REQUIRED")).error;
+        assert.equal(reason, "invalid_exact_evm_nonce_already_used");
+      }
+      assert.equal(await chain.balanceOf(payer.address), 9n * PRICE_ATOMIC);
+      assert.equal(await chain.balanceOf(payTo), payeeBefore + PRICE_ATOMIC);
+    });
+
     test("a payment cancelled on chain between verify and settle gets 402 with our settle failure", async () => {
       const payer = await chain.fundedPayer(10n * PRICE_ATOMIC);
       const payeeBefore = await chain.balanceOf(payTo);
@@ -146,7 +180,7 @@ describe("x402 v2 SDKs and settlement_pending (a local server with a 3 s settle 
     await facilitatorServer?.close();
   });
 
-  test("the SDK settles once more on our settlement_pending and gets the same transaction, mined", async () => {
+  test("the SDK settles once more on our settlement_pending and gets the success, mined", async () => {
     const payer = await chain.fundedPayer(10n * PRICE_ATOMIC);
     // The chain stops mining, so the first /settle can only say pending; the block is mined before
     // the SDK, which retries a pending settlement once at once, sends its second /settle.

@@ -36,6 +36,8 @@ pub const REPLAY_MIN_AGE_VAR: &str = "X402_REPLAY_MIN_AGE_MS";
 pub const REPLAY_MAX_RECORDS_VAR: &str = "X402_REPLAY_MAX_RECORDS";
 /// Replay replaces a transaction still unmined this long after it was sent, in milliseconds.
 pub const REPLAY_BUMP_AFTER_VAR: &str = "X402_REPLAY_BUMP_AFTER_MS";
+/// How many blocks back the search for an authorization's use looks (0: the whole chain).
+pub const LOGS_LOOKBACK_VAR: &str = "X402_LOGS_LOOKBACK_BLOCKS";
 /// DynamoDB table of API keys (hashes). The authorizer reads it; the local server checks keys
 /// only when it is set.
 pub const API_KEYS_TABLE_VAR: &str = "X402_API_KEYS_TABLE";
@@ -49,6 +51,10 @@ const DEFAULT_REPLAY_MIN_AGE: Duration = Duration::from_secs(60);
 const DEFAULT_REPLAY_MAX_RECORDS: usize = 500;
 /// Minutes of blocks on a 2-second chain: a transaction still in the pool after this is stuck.
 const DEFAULT_REPLAY_BUMP_AFTER: Duration = Duration::from_secs(120);
+
+/// About five and a half hours of 2-second blocks: far beyond any payment's window, and within the
+/// `eth_getLogs` range that RPC providers commonly allow (10,000 blocks).
+const DEFAULT_LOGS_LOOKBACK: u64 = 10_000;
 
 const DEFAULT_RPC_TIMEOUT: Duration = Duration::from_secs(5);
 /// x402 bodies are 1–3 KiB; 64 KiB leaves room for extensions and refuses floods early.
@@ -75,6 +81,8 @@ pub struct Config {
     pub replay_bump_after: Duration,
     /// How long the worker reuses a fee estimate (about a block; zero: never).
     pub fee_cache: Duration,
+    /// How many blocks back the search for an authorization's use looks (0: the whole chain).
+    pub logs_lookback: u64,
 }
 
 /// One EVM network this deployment serves.
@@ -216,6 +224,15 @@ impl Config {
                 }
             },
             replay_bump_after: millis(REPLAY_BUMP_AFTER_VAR, DEFAULT_REPLAY_BUMP_AFTER)?,
+            logs_lookback: match lookup(LOGS_LOOKBACK_VAR) {
+                None => DEFAULT_LOGS_LOOKBACK,
+                Some(n) => n.trim().parse().map_err(|_| ConfigError {
+                    var: LOGS_LOOKBACK_VAR,
+                    problem: format!(
+                        "expected a number of blocks (0 for the whole chain), got {n:?}"
+                    ),
+                })?,
+            },
         })
     }
 

@@ -1,6 +1,7 @@
 //! The `exact` payment scheme on EVM chains, EIP-3009 method (`transferWithAuthorization`).
 
 pub mod abi;
+pub mod attribution;
 pub mod chain;
 pub mod checks;
 pub mod eip712;
@@ -9,6 +10,7 @@ pub mod payload;
 pub mod signature;
 pub mod verify;
 
+pub use attribution::Transfer;
 pub use chain::{CallOutcome, Chain, ChainError};
 pub use payload::{Authorization, ExactPayment, TokenDomain};
 pub use verify::{Checked, ExactEvm};

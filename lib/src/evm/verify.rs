@@ -6,7 +6,7 @@
 //! we spend a second call (one Multicall3 batch) to say why.
 
 use alloy::{
-    primitives::{Address, Bytes, U256},
+    primitives::{keccak256, Address, Bytes, B256, U256},
     sol_types::{SolCall, SolValue},
 };
 use tracing::instrument;
@@ -35,6 +35,42 @@ pub struct Checked {
 }
 
 impl Checked {
+    /// The payment's identity for a settlement record (DESIGN I2): a hash over everything that
+    /// makes it this payment and no other. The authorization (from, to, value, validAfter,
+    /// validBefore, nonce), its signature, the token, the network (CAIP-2, so a v1 and a v2 request
+    /// for the same authorization agree) and the requirements' `payTo` and amount.
+    pub fn digest(&self, network: &str) -> B256 {
+        let p = &self.payment;
+        let a = &p.authorization;
+        keccak256(
+            (
+                network.to_owned(),
+                p.asset,
+                a.from,
+                a.to,
+                a.value,
+                a.valid_after,
+                a.valid_before,
+                a.nonce,
+                p.signature.clone(),
+                p.pay_to,
+                p.amount,
+            )
+                .abi_encode(),
+        )
+    }
+
+    /// What the payment moves when it settles.
+    pub fn transfer(&self) -> super::Transfer {
+        let a = &self.payment.authorization;
+        super::Transfer {
+            asset: self.payment.asset,
+            from: a.from,
+            to: a.to,
+            value: a.value,
+        }
+    }
+
     /// Calldata of `transferWithAuthorization`: the `v, r, s` overload for an EOA (what every USDC
     /// version has), the `bytes` overload for a contract wallet (FiatToken v2.2, which asks ERC-1271).
     pub fn transfer_calldata(&self) -> Bytes {
@@ -96,6 +132,27 @@ impl ExactEvm {
             payment: exact,
             signer,
         })
+    }
+
+    /// [`ExactEvm::check`] without the time window: what settle checks before it looks for the
+    /// payment's record, since a payment that has a record is answered from it whatever the clock
+    /// says (a retry after `settlement_pending` may come after `validBefore`).
+    pub fn check_terms(&self, payment: &Payment) -> Result<Checked, Rejection> {
+        let exact = ExactPayment::parse(payment, self.network.chain_id())?;
+        checks::asset_accepted(exact.asset, &self.assets)?;
+        checks::recipient(&exact)?;
+        checks::amount(&exact)?;
+        let signer = checks::signer(&exact)?;
+        Ok(Checked {
+            payment: exact,
+            signer,
+        })
+    }
+
+    /// The time window of a payment that passed [`ExactEvm::check_terms`]; `now` is unix seconds.
+    pub fn check_window(&self, checked: &Checked, now: u64) -> Result<(), Rejection> {
+        checks::valid_before(&checked.payment, now)?;
+        checks::valid_after(&checked.payment, now)
     }
 
     /// Full verification: the local checks, then the simulation, then a diagnosis if it failed.

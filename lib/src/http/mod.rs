@@ -90,7 +90,10 @@ pub async fn settle(settler: &Settler, body: &[u8], max_body_bytes: usize) -> Re
     let started = Instant::now();
     match accept(PaymentRoute::Settle, body, max_body_bytes) {
         Ok(payment) => {
-            let answer = settler.settle(&payment).await;
+            let crate::settle::SettleAnswer {
+                status,
+                response: answer,
+            } = settler.settle(&payment).await;
             let outcome = match (answer.success, answer.error_reason) {
                 (true, _) => SettleOutcome::Success,
                 (false, Some(Reason::SettlementPending)) => SettleOutcome::Pending,
@@ -99,7 +102,7 @@ pub async fn settle(settler: &Settler, body: &[u8], max_body_bytes: usize) -> Re
             let reason = answer.error_reason.map(Reason::as_str);
             let network = served_network(settler.facilitator(), &payment);
             metrics::settle(network, outcome, reason, started.elapsed());
-            json(StatusCode::OK, &answer)
+            json(status, &answer)
         }
         Err(refusal) => {
             let outcome = match refusal.status() {

@@ -9,6 +9,7 @@
 pub mod amount;
 pub mod messages;
 pub mod network;
+pub mod payment_identifier;
 pub mod reason;
 pub mod v1;
 pub mod v2;
@@ -34,6 +35,8 @@ pub struct Payment {
     pub requirements: Requirements,
     /// The scheme-specific payload (for EVM exact: `signature` + `authorization`).
     pub payload: Value,
+    /// The payload's `extensions` (v2 only; v1 has none), as sent.
+    pub extensions: Option<Value>,
 }
 
 /// Payment requirements of either version, with the amount already a `U256`.
@@ -111,6 +114,7 @@ pub fn parse_request(body: &[u8]) -> Result<Payment, RequestError> {
                 accepted_network: p.accepted.network,
                 requirements: r.into(),
                 payload: p.payload,
+                extensions: p.extensions,
             })
         }
         X402Version::V1 => {
@@ -122,6 +126,7 @@ pub fn parse_request(body: &[u8]) -> Result<Payment, RequestError> {
                 accepted_network: p.network,
                 requirements: r.into(),
                 payload: p.payload,
+                extensions: None,
             })
         }
     }

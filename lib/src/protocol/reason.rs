@@ -41,6 +41,10 @@ pub enum Reason {
     TransferEventMismatch,
     SettlementPending,
     InvalidTransactionState,
+    // The payment-identifier extension (no SDK defines these; docs/protocol-choices.md).
+    InvalidPaymentIdentifier,
+    PaymentIdentifierRequired,
+    PaymentIdentifierConflict,
 }
 
 impl Reason {
@@ -76,13 +80,16 @@ impl Reason {
             Reason::TransferEventMismatch => "invalid_exact_evm_transfer_event_mismatch",
             Reason::SettlementPending => "settlement_pending",
             Reason::InvalidTransactionState => "invalid_transaction_state",
+            Reason::InvalidPaymentIdentifier => "invalid_payment_identifier",
+            Reason::PaymentIdentifierRequired => "payment_identifier_required",
+            Reason::PaymentIdentifierConflict => "payment_identifier_conflict",
         }
     }
 }
 
 impl Reason {
     /// Every reason, for reading one back from storage.
-    pub const ALL: [Reason; 29] = [
+    pub const ALL: [Reason; 32] = [
         Reason::InvalidPayload,
         Reason::InvalidPaymentRequirements,
         Reason::InvalidX402Version,
@@ -112,6 +119,9 @@ impl Reason {
         Reason::TransferEventMismatch,
         Reason::SettlementPending,
         Reason::InvalidTransactionState,
+        Reason::InvalidPaymentIdentifier,
+        Reason::PaymentIdentifierRequired,
+        Reason::PaymentIdentifierConflict,
     ];
 
     /// The reason with this wire string, if any.

@@ -32,7 +32,7 @@ use serde::Serialize;
 
 use crate::{
     config::{Config, ConfigError},
-    evm::{abi::IEip3009, hex, CallOutcome, Chain},
+    evm::{abi::IEip3009, attribution, hex, CallOutcome, Chain},
     facilitator::{unix_now, Facilitator},
     protocol::Reason,
     queue::Queue,
@@ -351,7 +351,7 @@ impl Replayer {
             Ok(n) => n,
             Err(e) => return error(&record.id, &e),
         };
-        match receipt::finish(chain, &self.store, &record).await {
+        match receipt::finish(chain, &self.store, &record, None).await {
             Ok(Some(finished)) => {
                 return match finished.state {
                     State::Settled => Action::Settled,
@@ -428,13 +428,10 @@ impl Replayer {
             Ok(used) => used,
             Err(e) => return error(&record.id, &e),
         };
-        let (to, reason, message) = if used {
-            (
-                State::Failed,
-                Reason::NonceAlreadyUsed,
-                "the authorization was used by a transaction that is not this facilitator's",
-            )
-        } else if unix_now() >= record.valid_before {
+        if used {
+            return self.used_by_whom(chain, record).await;
+        }
+        let (to, reason, message) = if unix_now() >= record.valid_before {
             (
                 State::Expired,
                 Reason::ValidBefore,
@@ -458,17 +455,90 @@ impl Replayer {
                 Err(e) => error(&record.id, &e),
             };
         };
-        let fields = [
-            ("reason", AttributeValue::S(reason.as_str().to_owned())),
-            ("message", AttributeValue::S(message.to_owned())),
-        ];
+        match self
+            .store
+            .transition(
+                &record.id,
+                record.state,
+                to,
+                &receipt::failure(reason, message),
+            )
+            .await
+        {
+            Ok(true) => Action::Expired,
+            Ok(false) => Action::MovedOn,
+            Err(e) => error(&record.id, &e),
+        }
+    }
+}
+
+impl Replayer {
+    /// The authorization is used, and no receipt of ours was found under the record's hashes:
+    /// find the transaction that used it before deciding anything. Ours (the node that answered
+    /// the receipts lags behind the one that logged it) → finished from its receipt, or left for
+    /// the next run while that node has none. Somebody else's that paid the payee exactly →
+    /// `settled`, naming it. Any other → `failed`, naming it.
+    async fn used_by_whom(&self, chain: &Chain, record: &PaymentRecord) -> Action {
+        let (Some(transfer), Some(nonce)) = (
+            record.transfer(),
+            record.authorization_nonce().and_then(hex::b256),
+        ) else {
+            return error(&record.id, &"the record's payment is not well formed");
+        };
+        let found = match attribution::find_use(chain, &transfer, nonce).await {
+            Ok(found) => found,
+            Err(e) => return error(&record.id, &e),
+        };
+        let (to, fields) = match found {
+            Some(u) if record.is_ours(u.tx) => {
+                return match receipt::finish(chain, &self.store, record, None).await {
+                    Ok(Some(finished)) => match finished.state {
+                        State::Settled => Action::Settled,
+                        State::Failed => Action::Failed,
+                        State::Expired => Action::Expired,
+                        _ => Action::MovedOn,
+                    },
+                    Ok(None) => error(&record.id, &format!("{:#x} is logged but its receipt is not found yet", u.tx)),
+                    Err(e) => error(&record.id, &e),
+                };
+            }
+            Some(u) if transfer.made_by(&u.receipt) => {
+                let mut fields = vec![
+                    ("tx_hash", AttributeValue::S(format!("{:#x}", u.tx))),
+                    ("settled_by_other", AttributeValue::Bool(true)),
+                ];
+                if let Some(block) = u.receipt.block_number {
+                    fields.push(("block_number", AttributeValue::N(block.to_string())));
+                }
+                (State::Settled, fields)
+            }
+            Some(u) => (
+                State::Failed,
+                receipt::failure(
+                    Reason::NonceAlreadyUsed,
+                    &format!(
+                        "the authorization was used by transaction {:#x}, which is not this facilitator's and did not make this payment",
+                        u.tx
+                    ),
+                )
+                .to_vec(),
+            ),
+            None => (
+                State::Failed,
+                receipt::failure(
+                    Reason::NonceAlreadyUsed,
+                    "the authorization was cancelled on chain, or used by a transaction older than the lookback (X402_LOGS_LOOKBACK_BLOCKS)",
+                )
+                .to_vec(),
+            ),
+        };
         match self
             .store
             .transition(&record.id, record.state, to, &fields)
             .await
         {
-            Ok(true) if to == State::Failed => Action::Failed,
-            Ok(true) => Action::Expired,
+            Ok(true) if to == State::Settled => Action::Settled,
+            Ok(true) => Action::Failed,
             Ok(false) => Action::MovedOn,
             Err(e) => error(&record.id, &e),
         }

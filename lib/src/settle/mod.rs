@@ -10,17 +10,23 @@ pub mod worker;
 
 use std::time::{Duration, Instant};
 
-use alloy::primitives::Address;
-use aws_sdk_dynamodb::types::AttributeValue;
+use alloy::primitives::{Bytes, B256};
+use http::StatusCode;
 use tracing::instrument;
 
 use crate::{
     config::{Config, ConfigError},
-    evm::ExactEvm,
+    evm::{attribution, Checked, ExactEvm},
     facilitator::{unix_now, Facilitator},
-    protocol::{payer_hint, Payment, Reason, Rejection, SettleResponse},
+    protocol::{
+        payer_hint,
+        payment_identifier::{self, PaymentIdentifier},
+        Payment, Reason, Rejection, SettleResponse,
+    },
     queue::Queue,
-    store::{now_ms, Created, PaymentId, PaymentRecord, State, Store},
+    store::{
+        now_ms, Binding, Claimant, Created, NewPayment, PaymentId, PaymentRecord, State, Store,
+    },
 };
 
 use pace::{Pace, SigningTime};
@@ -77,6 +83,65 @@ impl Echo {
     }
 }
 
+/// `/settle`'s answer and the HTTP status to send it with: 200 for every answer about the payment;
+/// 400 and 409 for a `payment-identifier` that is missing, malformed or bound to another payment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SettleAnswer {
+    pub status: StatusCode,
+    pub response: SettleResponse,
+}
+
+impl From<SettleResponse> for SettleAnswer {
+    fn from(response: SettleResponse) -> Self {
+        SettleAnswer {
+            status: StatusCode::OK,
+            response,
+        }
+    }
+}
+
+/// One `/settle` request, checked: everything the steps after the checks share.
+struct Request<'a> {
+    scheme: &'a ExactEvm,
+    checked: Checked,
+    id: PaymentId,
+    digest: B256,
+    /// Who this request claims a success as (DESIGN I2).
+    claimant: Claimant,
+    echo: Echo,
+    started: Instant,
+}
+
+impl Request<'_> {
+    fn new_payment<'b>(&'b self, lane: &'b str, calldata: &'b Bytes) -> NewPayment<'b> {
+        let a = &self.checked.payment.authorization;
+        NewPayment {
+            id: &self.id,
+            network: self.scheme.network().caip2(),
+            asset: self.checked.payment.asset,
+            payer: a.from,
+            pay_to: a.to,
+            value: a.value,
+            valid_before: u64::try_from(a.valid_before).unwrap_or(u64::MAX),
+            calldata,
+            digest: self.digest,
+            lane,
+        }
+    }
+
+    fn unexpected(&self, what: impl Into<String>) -> SettleResponse {
+        self.echo
+            .failure(Rejection::new(Reason::UnexpectedSettleError, what), None)
+    }
+
+    /// Another caller was told `success` for this payment already, or another payment holds the
+    /// nonce: the reference's answer to a used authorization, with nothing named.
+    fn nonce_used(&self, message: impl Into<String>) -> SettleResponse {
+        self.echo
+            .failure(Rejection::new(Reason::NonceAlreadyUsed, message), None)
+    }
+}
+
 impl Settler {
     pub fn new(
         facilitator: Facilitator,
@@ -118,115 +183,299 @@ impl Settler {
         &self.facilitator
     }
 
-    /// Settles a payment, or says why not, within the deadline.
+    /// Settles a payment, or says why not, within the deadline (docs/settlement.md, `/settle`).
     #[instrument(skip_all)]
-    pub async fn settle(&self, payment: &Payment) -> SettleResponse {
+    pub async fn settle(&self, payment: &Payment) -> SettleAnswer {
         let started = Instant::now();
         let echo = Echo {
             network: payment.accepted_network.clone(),
             payer: payer_hint(&payment.payload),
         };
-        let unexpected = |what: String| Rejection::new(Reason::UnexpectedSettleError, what);
         if self.lanes.is_empty() {
-            return echo.failure(
-                unexpected("no signer lanes are configured (X402_LANE_KEYS)".into()),
-                None,
-            );
+            return echo
+                .failure(
+                    Rejection::new(
+                        Reason::UnexpectedSettleError,
+                        "no signer lanes are configured (X402_LANE_KEYS)",
+                    ),
+                    None,
+                )
+                .into();
         }
+        let identifier = match payment_identifier::parse(payment) {
+            Ok(identifier) => identifier,
+            Err(e) => {
+                return SettleAnswer {
+                    status: StatusCode::BAD_REQUEST,
+                    response: echo.failure(e.0, None),
+                }
+            }
+        };
         let scheme = match self.facilitator.route(payment) {
             Ok(scheme) => scheme,
-            Err(rejection) => return echo.failure(rejection, None),
+            Err(rejection) => return echo.failure(rejection, None).into(),
         };
-        let checked = match scheme.check(payment, unix_now()) {
+        // Every check but the time window: a payment with a record is answered from it whatever
+        // the clock says; the window applies only to a payment seen for the first time.
+        let checked = match scheme.check_terms(payment) {
             Ok(checked) => checked,
-            Err(rejection) => return echo.failure(rejection, None),
+            Err(rejection) => return echo.failure(rejection, None).into(),
         };
         let a = &checked.payment.authorization;
-        let id = PaymentId::new(
-            scheme.network().caip2(),
-            checked.payment.asset,
-            a.from,
-            a.nonce,
-        );
-
-        // Someone settled (or is settling) this authorization already: follow that (I2). Whether a
-        // record exists and what the chain says of the transfer are asked at once: one round trip
-        // instead of two on the path every new payment takes, for one wasted simulation when a
-        // client repeats a /settle (its result is then not used: the record answers).
-        let (existing, confirmed) =
-            tokio::join!(self.store.get(id.as_str()), scheme.confirm(&checked));
-        match existing {
-            Ok(Some(record)) => return self.follow(scheme, record, &echo, started).await,
-            Ok(None) => {}
-            Err(e) => return echo.failure(unexpected(e.to_string()), None),
-        }
-        // A payment the chain would refuse never gets a record, a queue message or a lane nonce.
-        if let Err(rejection) = confirmed {
-            let rejection = match rejection.reason {
-                Reason::UnexpectedVerifyError => unexpected(rejection.message),
-                _ => rejection,
-            };
-            return echo.failure(rejection, None);
-        }
-
-        let now = now_ms();
-        let lane = lane_for(&id, &self.lanes).to_owned();
-        let valid_before = u64::try_from(a.valid_before).unwrap_or(u64::MAX);
-        let record = PaymentRecord {
-            id: id.to_string(),
-            state: State::Queued,
-            network: scheme.network().caip2().to_owned(),
-            asset: hex_address(checked.payment.asset),
-            payer: hex_address(a.from),
-            pay_to: hex_address(a.to),
-            value: a.value.to_string(),
-            valid_before,
-            calldata: checked.transfer_calldata().to_string(),
-            lane: lane.clone(),
-            lane_nonce: None,
-            raw_tx: None,
-            tx_hash: None,
-            sender: None,
-            replaced: vec![],
-            reason: None,
-            message: None,
-            created_at: now,
-            updated_at: now,
-            open_shard: Some("open".to_owned()),
-            expires_at: valid_before.saturating_add(crate::store::RETENTION_SECS),
+        let network = scheme.network().caip2();
+        let request = Request {
+            id: PaymentId::new(network, checked.payment.asset, a.from, a.nonce),
+            digest: checked.digest(network),
+            claimant: match &identifier {
+                Some(identifier) => Claimant::Identifier(identifier.as_str().to_owned()),
+                None => Claimant::new_request(),
+            },
+            scheme,
+            checked,
+            echo,
+            started,
         };
-        match self.store.create(&record).await {
-            Ok(Created::New) => {}
-            Ok(Created::Exists(existing)) => {
-                return self.follow(scheme, *existing, &echo, started).await
+        if let Some(identifier) = &identifier {
+            if let Some(conflict) = self.bind(&request, identifier).await {
+                return conflict;
             }
-            Err(e) => return echo.failure(unexpected(e.to_string()), None),
         }
-        if let Err(e) = self.queue.enqueue(id.as_str(), &lane).await {
-            // Not queued, so nothing will ever sign it: cancel it so it cannot settle later unseen.
-            let cancelled = self
-                .cancel(id.as_str(), &format!("could not queue the payment: {e}"))
-                .await;
-            if cancelled {
-                return echo.failure(
-                    unexpected(format!("could not queue the payment: {e}")),
+        self.settle_checked(&request).await.into()
+    }
+
+    /// Binds the request's `payment-identifier` to its payment; the answer to send instead when
+    /// that is not possible.
+    async fn bind(
+        &self,
+        request: &Request<'_>,
+        identifier: &PaymentIdentifier,
+    ) -> Option<SettleAnswer> {
+        // Scoped to the merchant (network and payTo), so that one merchant's identifiers never
+        // collide with another's.
+        let key = format!(
+            "pid#{}#{:#x}#{}",
+            request.scheme.network().caip2(),
+            request.checked.payment.pay_to,
+            identifier.as_str()
+        );
+        let expires_at = u64::try_from(request.checked.payment.authorization.valid_before)
+            .unwrap_or(u64::MAX)
+            .saturating_add(crate::store::RETENTION_SECS);
+        match self
+            .store
+            .bind_identifier(&key, request.id.as_str(), request.digest, expires_at)
+            .await
+        {
+            Ok(Binding::Same) => None,
+            Ok(Binding::Conflict) => Some(SettleAnswer {
+                status: StatusCode::CONFLICT,
+                response: request.echo.failure(
+                    Rejection::new(
+                        Reason::PaymentIdentifierConflict,
+                        format!(
+                            "payment identifier {} was already used with a different payment",
+                            identifier.as_str()
+                        ),
+                    ),
                     None,
-                );
+                ),
+            }),
+            Err(e) => Some(request.unexpected(e.to_string()).into()),
+        }
+    }
+
+    async fn settle_checked(&self, r: &Request<'_>) -> SettleResponse {
+        // Whether a record exists and what the chain says of the transfer are asked at once: one
+        // round trip instead of two on the path every new payment takes, for one wasted
+        // simulation when a client repeats a /settle (its result is then not used: the record
+        // answers).
+        let (existing, confirmed) =
+            tokio::join!(self.store.get(r.id.as_str()), r.scheme.confirm(&r.checked));
+        match existing {
+            Ok(Some(record)) => return self.answer_from(r, record).await,
+            Ok(None) => {}
+            Err(e) => return r.unexpected(e.to_string()),
+        }
+        if let Err(rejection) = r.scheme.check_window(&r.checked, unix_now()) {
+            return r.echo.failure(rejection, None);
+        }
+        if let Err(rejection) = confirmed {
+            // The record read may have been answered before another request created the record,
+            // and the chain read after that request's transfer was mined: look again before
+            // answering from the chain.
+            match self.store.get(r.id.as_str()).await {
+                Ok(Some(record)) => return self.answer_from(r, record).await,
+                Ok(None) => {}
+                Err(e) => return r.unexpected(e.to_string()),
+            }
+            return match rejection.reason {
+                Reason::UnexpectedVerifyError => r.unexpected(rejection.message),
+                Reason::NonceAlreadyUsed => self.used_elsewhere(r, rejection).await,
+                // A payment the chain would refuse never gets a record, a queue message or a lane
+                // nonce.
+                _ => r.echo.failure(rejection, None),
+            };
+        }
+        self.record_and_follow(r).await
+    }
+
+    /// A request that found a record: answered from it only if it is the same payment. Another
+    /// authorization under the same (payer, nonce) gets the used-nonce failure and changes nothing.
+    async fn answer_from(&self, r: &Request<'_>, record: PaymentRecord) -> SettleResponse {
+        if !record.is_payment(r.digest, &r.checked.transfer_calldata()) {
+            return r.nonce_used(
+                "another payment with this authorization nonce was already submitted here; this one cannot be settled",
+            );
+        }
+        self.follow(r, record).await
+    }
+
+    /// The chain has the authorization used and we have no record of it: find the transaction
+    /// that used it. If it paid exactly this payment's payee and value, the payee was paid (by a
+    /// front-runner): record that and claim it. Otherwise the used-nonce failure, naming it.
+    async fn used_elsewhere(&self, r: &Request<'_>, used: Rejection) -> SettleResponse {
+        let transfer = r.checked.transfer();
+        let nonce = r.checked.payment.authorization.nonce;
+        let found = match attribution::find_use(r.scheme.chain(), &transfer, nonce).await {
+            Ok(found) => found,
+            Err(e) => {
+                return r.unexpected(format!(
+                    "the authorization is used on chain, and finding the transaction that used it failed: {e}"
+                ))
+            }
+        };
+        let Some(found) = found else {
+            return r.echo.failure(used, None);
+        };
+        if !transfer.made_by(&found.receipt) {
+            return r.nonce_used(format!(
+                "the authorization was used by transaction {:#x}, which did not pay {} of {} to {}",
+                found.tx, transfer.value, transfer.asset, transfer.to
+            ));
+        }
+        let calldata = r.checked.transfer_calldata();
+        let lane = lane_for(&r.id, &self.lanes).to_owned();
+        let record = PaymentRecord::settled_by_other(
+            &r.new_payment(&lane, &calldata),
+            found.tx,
+            found.receipt.block_number,
+            &r.claimant,
+            now_ms(),
+        );
+        match self.create(r, &record).await {
+            Ok(Created::New) => {
+                tracing::info!(id = %r.id, tx = %found.tx, "settled by another sender's transaction");
+                r.echo.success(format!("{:#x}", found.tx))
+            }
+            Ok(Created::Exists(existing)) => self.answer_from(r, *existing).await,
+            Err(answer) => answer,
+        }
+    }
+
+    /// Records a new payment `queued`, queues it on its lane and follows it.
+    async fn record_and_follow(&self, r: &Request<'_>) -> SettleResponse {
+        let calldata = r.checked.transfer_calldata();
+        let lane = lane_for(&r.id, &self.lanes).to_owned();
+        let record = PaymentRecord::queued(&r.new_payment(&lane, &calldata), now_ms());
+        match self.create(r, &record).await {
+            Ok(Created::New) => {}
+            Ok(Created::Exists(existing)) => return self.answer_from(r, *existing).await,
+            Err(answer) => return answer,
+        }
+        if let Err(e) = self.queue.enqueue(r.id.as_str(), &lane).await {
+            // Not queued, so nothing will ever sign it: cancel it so it cannot settle later unseen.
+            let why = format!("could not queue the payment: {e}");
+            if self.cancel(r.id.as_str(), &why).await {
+                return r.unexpected(why);
             }
         }
-        self.follow(scheme, record, &echo, started).await
+        self.follow(r, record).await
+    }
+
+    /// Creates the record, or finds the one that is there. A write whose outcome is unknown (an
+    /// error after the request may have been applied) is read back, and tried again while nothing
+    /// is there; it is never answered as a failure while a record may exist. `Err` is the answer
+    /// to send when the deadline came first.
+    async fn create(
+        &self,
+        r: &Request<'_>,
+        record: &PaymentRecord,
+    ) -> Result<Created, SettleResponse> {
+        let deadline = r.started + self.timing.deadline;
+        let mut wait = Duration::from_millis(20);
+        loop {
+            match self.store.create(record).await {
+                Ok(created) => return Ok(created),
+                Err(e) => {
+                    tracing::warn!(error = %e, id = %r.id, "creating the payment record failed; reading it back")
+                }
+            }
+            match self.store.get(r.id.as_str()).await {
+                // Ours (an earlier attempt's write landed) or a concurrent request's: either way
+                // the record answers, and a `queued` one is queued again (SQS deduplicates).
+                Ok(Some(found)) => {
+                    if found.state == State::Queued
+                        && found.is_payment(r.digest, &r.checked.transfer_calldata())
+                    {
+                        if let Err(e) = self.queue.enqueue(r.id.as_str(), &found.lane).await {
+                            tracing::warn!(error = %e, id = %r.id, "queueing a read-back record failed; replay will queue it");
+                        }
+                    }
+                    return Ok(Created::Exists(Box::new(found)));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, id = %r.id, "reading back the payment record failed")
+                }
+            }
+            if Instant::now() + wait >= deadline {
+                return Err(r.echo.failure(
+                    Rejection::new(
+                        Reason::SettlementPending,
+                        "the payment could not be recorded or read back before the deadline; call /settle again with the same payment",
+                    ),
+                    None,
+                ));
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(self.timing.poll);
+        }
+    }
+
+    /// A `settled` record's answer for this request: success if the request holds (or wins) the
+    /// claim, the used-nonce failure if an earlier request was told (DESIGN I2). `None` when the
+    /// claim could not be written: the caller tries again until its deadline.
+    async fn claimed_answer(
+        &self,
+        r: &Request<'_>,
+        record: &PaymentRecord,
+    ) -> Option<SettleResponse> {
+        let tx = record.tx_hash.clone().unwrap_or_default();
+        let mine = record.claimed_by.as_deref() == Some(r.claimant.stored().as_str());
+        let won = match mine {
+            true => true,
+            false => match self.store.claim(&record.id, &r.claimant).await {
+                Ok(won) => won,
+                Err(e) => {
+                    tracing::warn!(error = %e, id = %record.id, "claiming a settled payment failed; will retry");
+                    return None;
+                }
+            },
+        };
+        Some(match won {
+            true => r.echo.success(tx),
+            false => r.nonce_used(format!(
+                "this payment was settled (transaction {tx}) and its success was answered to an earlier request; \
+                 send the same payment-identifier extension to see a success again"
+            )),
+        })
     }
 
     /// Reads the record until it is final or the deadline passes, finishing `signed` and
-    /// `submitted` records from their receipts on the way. When it looks again: [`pace`].
-    async fn follow(
-        &self,
-        scheme: &ExactEvm,
-        mut record: PaymentRecord,
-        echo: &Echo,
-        started: Instant,
-    ) -> SettleResponse {
-        let deadline = started + self.timing.deadline;
+    /// `submitted` records from their receipts on the way, and claiming a settled one's success.
+    /// When it looks again: [`pace`].
+    async fn follow(&self, r: &Request<'_>, mut record: PaymentRecord) -> SettleResponse {
+        let deadline = r.started + self.timing.deadline;
         let mut pace = Pace::new(self.timing.poll);
         let mut last_state = record.state;
         let mut state_since = Instant::now();
@@ -249,23 +498,21 @@ impl Settler {
                 pace.entered();
             }
             match record.state {
-                State::Settled => return echo.success(record.tx_hash.unwrap_or_default()),
+                State::Settled => {
+                    if let Some(answer) = self.claimed_answer(r, &record).await {
+                        return answer;
+                    }
+                }
                 State::Failed | State::Expired | State::Cancelled => {
-                    let reason = record
-                        .reason
-                        .as_deref()
-                        .and_then(Reason::from_wire)
-                        .unwrap_or(Reason::UnexpectedSettleError);
-                    let message = record
-                        .message
-                        .unwrap_or_else(|| format!("the payment is {}", record.state.as_str()));
-                    return echo.failure(Rejection::new(reason, message), record.tx_hash);
+                    return r.echo.failure(failure_of(&record), record.tx_hash)
                 }
                 // `signed` already names its transaction (written ahead of the broadcast): look
                 // for its receipt too, so the answer does not wait for the worker's move to
                 // `submitted`, one DynamoDB write after the broadcast.
                 State::Signed | State::Submitted => {
-                    match receipt::finish(scheme.chain(), &self.store, &record).await {
+                    match receipt::finish(r.scheme.chain(), &self.store, &record, Some(&r.claimant))
+                        .await
+                    {
                         Ok(Some(finished)) => {
                             record = finished;
                             continue;
@@ -279,33 +526,41 @@ impl Settler {
                 State::Queued => {}
             }
             if Instant::now() >= deadline {
-                if record.state == State::Queued {
-                    if self
-                        .cancel(
-                            &record.id,
-                            "nothing was broadcast before the settle deadline",
-                        )
-                        .await
-                    {
-                        return echo.failure(
-                            Rejection::new(
-                                Reason::UnexpectedSettleError,
-                                "nothing was broadcast before the settle deadline; the payment was cancelled and will not be settled",
-                            ),
-                            None,
-                        );
+                match record.state {
+                    State::Queued => {
+                        if self
+                            .cancel(
+                                &record.id,
+                                "nothing was broadcast before the settle deadline",
+                            )
+                            .await
+                        {
+                            return r.unexpected("nothing was broadcast before the settle deadline; the payment was cancelled and will not be settled");
+                        }
                     }
-                } else {
-                    return echo.failure(
-                        Rejection::new(
-                            Reason::SettlementPending,
-                            "broadcast but not mined yet; call /settle again with the same payment for the final result",
-                        ),
-                        record.tx_hash,
-                    );
+                    State::Settled => {
+                        return r.echo.failure(
+                            Rejection::new(
+                                Reason::SettlementPending,
+                                "the payment is settled but this answer could not be recorded; call /settle again with the same payment",
+                            ),
+                            record.tx_hash,
+                        )
+                    }
+                    _ => {
+                        return r.echo.failure(
+                            Rejection::new(
+                                Reason::SettlementPending,
+                                "broadcast but not mined yet; call /settle again with the same payment for the final result",
+                            ),
+                            record.tx_hash,
+                        )
+                    }
                 }
             }
-            let wait = if first_round && record.state == State::Queued {
+            let wait = if record.state == State::Settled {
+                Duration::from_millis(20)
+            } else if first_round && record.state == State::Queued {
                 let age = Duration::from_millis(now_ms().saturating_sub(record.created_at));
                 pace.first_queued_wait(self.signing.get(), age)
             } else {
@@ -323,23 +578,17 @@ impl Settler {
             // asks for one only after X402_REPLAY_MIN_AGE_MS, which the config holds above the
             // settle deadline) or by another follower finishing it from the same receipt. An
             // occasional re-read still catches a replacement where the grace is 0 (tests).
-            if matches!(record.state, State::Signed | State::Submitted)
-                && read_at.elapsed() < self.timing.poll * 4
+            if matches!(
+                record.state,
+                State::Signed | State::Submitted | State::Settled
+            ) && read_at.elapsed() < self.timing.poll * 4
             {
                 continue;
             }
             read_at = Instant::now();
             match self.store.get(&record.id).await {
                 Ok(Some(latest)) => record = latest,
-                Ok(None) => {
-                    return echo.failure(
-                        Rejection::new(
-                            Reason::UnexpectedSettleError,
-                            "the payment record vanished",
-                        ),
-                        record.tx_hash,
-                    )
-                }
+                Ok(None) => return r.unexpected("the payment record vanished"),
                 Err(e) => {
                     tracing::warn!(error = %e, id = %record.id, "re-reading the payment failed; will retry")
                 }
@@ -349,16 +598,14 @@ impl Settler {
 
     /// `queued → cancelled`; false if the record had moved on (the worker took it).
     async fn cancel(&self, id: &str, why: &str) -> bool {
-        let fields = [
-            (
-                "reason",
-                AttributeValue::S(Reason::UnexpectedSettleError.as_str().to_owned()),
-            ),
-            ("message", AttributeValue::S(why.to_owned())),
-        ];
         match self
             .store
-            .transition(id, State::Queued, State::Cancelled, &fields)
+            .transition(
+                id,
+                State::Queued,
+                State::Cancelled,
+                &receipt::failure(Reason::UnexpectedSettleError, why),
+            )
             .await
         {
             Ok(done) => done,
@@ -368,6 +615,20 @@ impl Settler {
             }
         }
     }
+}
+
+/// A terminal failure's reason and message, as the record keeps them.
+fn failure_of(record: &PaymentRecord) -> Rejection {
+    let reason = record
+        .reason
+        .as_deref()
+        .and_then(Reason::from_wire)
+        .unwrap_or(Reason::UnexpectedSettleError);
+    let message = record
+        .message
+        .clone()
+        .unwrap_or_else(|| format!("the payment is {}", record.state.as_str()));
+    Rejection::new(reason, message)
 }
 
 /// The payments and lanes tables, as configured.
@@ -393,10 +654,6 @@ pub fn lane_for_id<'a>(id: &str, lanes: &'a [String]) -> &'a str {
         .get(index as usize)
         .map(String::as_str)
         .unwrap_or_default()
-}
-
-fn hex_address(address: Address) -> String {
-    format!("{address:#x}")
 }
 
 /// The EIP-1559 transaction inside a stored raw transaction (`0x…`, EIP-2718 encoded): what a

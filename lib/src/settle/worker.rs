@@ -19,7 +19,7 @@ use tracing::instrument;
 
 use super::reason_from_revert;
 use crate::{
-    evm::{hex, Chain},
+    evm::{attribution, hex, Chain},
     facilitator::{unix_now, Facilitator},
     protocol::Reason,
     queue::SettlementMessage,
@@ -27,15 +27,29 @@ use crate::{
     store::{PaymentRecord, State, Store, StoreError},
 };
 
-/// A failure worth retrying: the message goes back to the queue (and, after the queue's
+/// A failure worth retrying: a transient one is first tried again in this invocation, a few
+/// times with a short backoff; then the message goes back to the queue (and, after the queue's
 /// maxReceiveCount, to the dead-letter queue, where replay still finishes the payment).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct Retry(pub String);
+pub enum Retry {
+    /// An RPC, DynamoDB or KMS call failed, or the payment's state moved under us.
+    #[error("{0}")]
+    Transient(String),
+    /// Fault injection ([`Worker::stop_after`]): the worker stops here as if it had died.
+    #[error("stopped after {0:?} (fault injection)")]
+    Stopped(Step),
+}
 
 fn retry<E: std::fmt::Display>(e: E) -> Retry {
-    Retry(e.to_string())
+    Retry::Transient(e.to_string())
 }
+
+/// How often [`Worker::process`] tries a payment within one invocation before the message goes
+/// back to the queue: a throttle or a node's hiccup must not cost the queue's visibility timeout,
+/// which holds the whole lane (FIFO).
+const ATTEMPTS: u32 = 3;
+/// The first wait between two attempts; it doubles, with up to as much again of jitter.
+const FIRST_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// A step of signing and sending, after which [`Worker::stop_after`] makes the worker stop as if
 /// its process had died there: the fault tests' way to leave exactly what a crash leaves.
@@ -87,9 +101,7 @@ impl Worker {
 
     fn crash_point(&self, step: Step) -> Result<(), Retry> {
         match self.stop_after {
-            Some(stop) if stop == step => {
-                Err(Retry(format!("stopped after {step:?} (fault injection)")))
-            }
+            Some(stop) if stop == step => Err(Retry::Stopped(step)),
             _ => Ok(()),
         }
     }
@@ -168,9 +180,25 @@ impl Worker {
     }
 
     /// Moves one payment forward as far as this worker can, or replaces its transaction when the
-    /// message asks for that (replay).
+    /// message asks for that (replay). A transient failure is tried again here, [`ATTEMPTS`] times
+    /// in all: each attempt starts from the record as it is, exactly as a redelivery would.
     #[instrument(skip_all, fields(id = %message.id))]
     pub async fn process(&self, message: &SettlementMessage) -> Result<(), Retry> {
+        let mut wait = FIRST_BACKOFF;
+        for attempt in 1.. {
+            match self.process_once(message).await {
+                Err(Retry::Transient(e)) if attempt < ATTEMPTS => {
+                    tracing::warn!(error = %e, attempt, "settlement step failed; trying again");
+                    tokio::time::sleep(wait + jitter(wait)).await;
+                    wait *= 2;
+                }
+                outcome => return outcome,
+            }
+        }
+        Ok(())
+    }
+
+    async fn process_once(&self, message: &SettlementMessage) -> Result<(), Retry> {
         let id = message.id.as_str();
         let Some(record) = self.store.get(id).await.map_err(retry)? else {
             tracing::warn!(id, "no record for a queued payment; nothing to do");
@@ -231,9 +259,12 @@ impl Worker {
         let gas = match estimate.map_err(retry)? {
             Ok(gas) => gas + gas / 5,
             Err(revert) => {
-                return self
-                    .fail(&record, reason_from_revert(&revert), &revert)
-                    .await
+                return match reason_from_revert(&revert) {
+                    Reason::NonceAlreadyUsed => {
+                        self.used_before_signing(chain, &record, &revert).await
+                    }
+                    reason => self.fail(&record, reason, &revert).await,
+                }
             }
         };
         let nonce = table_nonce.map_err(retry)?.max(chain_nonce.map_err(retry)?);
@@ -262,7 +293,7 @@ impl Worker {
             let latest = self.store.get(&record.id).await.map_err(retry)?;
             return match latest {
                 // The lane's nonce moved under us: take the next one on the retry.
-                Some(r) if r.state == State::Queued => Err(Retry(format!(
+                Some(r) if r.state == State::Queued => Err(Retry::Transient(format!(
                     "lane {} nonce {nonce} was taken",
                     record.lane
                 ))),
@@ -290,7 +321,10 @@ impl Worker {
     /// Sends a signed record's bytes and marks it `submitted`.
     async fn broadcast(&self, record: &PaymentRecord) -> Result<(), Retry> {
         let Some(scheme) = self.facilitator.network(&record.network) else {
-            return Err(Retry(format!("{} is not configured here", record.network)));
+            return Err(Retry::Transient(format!(
+                "{} is not configured here",
+                record.network
+            )));
         };
         if self.stop_after == Some(Step::Broadcast) {
             send_stored(scheme.chain(), record).await?;
@@ -306,7 +340,10 @@ impl Worker {
     /// replacement is written ahead, next to the hashes it supersedes, before it is sent.
     async fn replace(&self, record: PaymentRecord) -> Result<(), Retry> {
         let Some(scheme) = self.facilitator.network(&record.network) else {
-            return Err(Retry(format!("{} is not configured here", record.network)));
+            return Err(Retry::Transient(format!(
+                "{} is not configured here",
+                record.network
+            )));
         };
         let chain = scheme.chain();
         let (Some(old_hash), Some(sender), Some(nonce), Some(old)) = (
@@ -331,7 +368,7 @@ impl Worker {
         }
         let signer = self.signer(&record.lane).await?;
         if signer.address() != sender {
-            return Err(Retry(format!(
+            return Err(Retry::Transient(format!(
                 "lane {} now signs as {:#x}, not as the record's sender {sender:#x}",
                 record.lane,
                 signer.address()
@@ -397,14 +434,69 @@ impl Worker {
         reason: Reason,
         message: &str,
     ) -> Result<(), Retry> {
-        let fields = [
-            ("reason", AttributeValue::S(reason.as_str().to_owned())),
-            ("message", AttributeValue::S(message.to_owned())),
-        ];
         self.store
-            .transition(&record.id, State::Queued, State::Failed, &fields)
+            .transition(
+                &record.id,
+                State::Queued,
+                State::Failed,
+                &super::receipt::failure(reason, message),
+            )
             .await
             .map_err(retry)?;
+        Ok(())
+    }
+
+    /// A `queued` payment whose authorization the token already has as used: find the transaction
+    /// that used it before calling this a failure. Ours (a lagging node hid its receipt from
+    /// replay, which had it signed afresh) or somebody else's that paid the payee exactly: the
+    /// payment is settled, by that transaction. Another transaction, or none (cancelled on chain):
+    /// failed, naming it.
+    async fn used_before_signing(
+        &self,
+        chain: &Chain,
+        record: &PaymentRecord,
+        revert: &str,
+    ) -> Result<(), Retry> {
+        let (Some(transfer), Some(nonce)) = (
+            record.transfer(),
+            record.authorization_nonce().and_then(hex::b256),
+        ) else {
+            return self
+                .fail(
+                    record,
+                    Reason::UnexpectedSettleError,
+                    "the record's payment is not well formed",
+                )
+                .await;
+        };
+        let Some(found) = attribution::find_use(chain, &transfer, nonce)
+            .await
+            .map_err(retry)?
+        else {
+            return self.fail(record, Reason::NonceAlreadyUsed, revert).await;
+        };
+        if !transfer.made_by(&found.receipt) {
+            let message = format!(
+                "the authorization was used by transaction {:#x}, which did not make this payment",
+                found.tx
+            );
+            return self.fail(record, Reason::NonceAlreadyUsed, &message).await;
+        }
+        let mut fields = vec![("tx_hash", AttributeValue::S(format!("{:#x}", found.tx)))];
+        if let Some(block) = found.receipt.block_number {
+            fields.push(("block_number", AttributeValue::N(block.to_string())));
+        }
+        if !record.is_ours(found.tx) {
+            fields.push(("settled_by_other", AttributeValue::Bool(true)));
+        }
+        let moved = self
+            .store
+            .transition(&record.id, State::Queued, State::Settled, &fields)
+            .await
+            .map_err(retry)?;
+        if moved {
+            tracing::info!(id = %record.id, tx = %found.tx, "the authorization was already used by a transaction that paid the payee");
+        }
         Ok(())
     }
 
@@ -413,7 +505,7 @@ impl Worker {
         // A record names its lane; a worker signs only with the lanes it was configured with, so a
         // changed or drained lane list can never make it sign with a key nobody meant it to use.
         if !self.lanes.iter().any(|l| l == lane) {
-            return Err(Retry(format!(
+            return Err(Retry::Transient(format!(
                 "lane {lane} is not one of X402_LANE_KEYS; leaving the payment for reconciliation"
             )));
         }
@@ -429,6 +521,16 @@ impl Worker {
             .cloned()
             .map_err(retry)
     }
+}
+
+/// Up to `wait` more, so that retries of many payments do not fall in step.
+fn jitter(wait: std::time::Duration) -> std::time::Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let millis = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+    std::time::Duration::from_millis(u64::from(nanos) % millis)
 }
 
 /// A fee raised by an eighth and one wei: above the 10 % nodes ask of a replacement.
@@ -451,7 +553,7 @@ pub(crate) async fn send_stored(chain: &Chain, record: &PaymentRecord) -> Result
         .raw_tx
         .as_deref()
         .and_then(hex::bytes)
-        .ok_or_else(|| Retry(format!("record {} has no raw_tx to send", record.id)))?;
+        .ok_or_else(|| Retry::Transient(format!("record {} has no raw_tx to send", record.id)))?;
     match chain.send_raw(raw).await.map_err(retry)? {
         Ok(()) => Ok(Sent::Accepted),
         // Already in the pool (a re-send of the same bytes): as good as sent.
@@ -489,16 +591,10 @@ pub(crate) async fn broadcast(
 /// `queued → expired`: the authorization's `validBefore` passed before anything was signed.
 /// Returns whether this call made the move.
 pub(crate) async fn expire_queued(store: &Store, id: &str) -> Result<bool, StoreError> {
-    let fields = [
-        (
-            "reason",
-            AttributeValue::S(Reason::ValidBefore.as_str().to_owned()),
-        ),
-        (
-            "message",
-            AttributeValue::S("the authorization expired before it could be sent".to_owned()),
-        ),
-    ];
+    let fields = super::receipt::failure(
+        Reason::ValidBefore,
+        "the authorization expired before it could be sent",
+    );
     store
         .transition(id, State::Queued, State::Expired, &fields)
         .await

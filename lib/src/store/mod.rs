@@ -15,7 +15,7 @@ use aws_sdk_dynamodb::{
 };
 use tracing::instrument;
 
-pub use record::{PaymentId, PaymentRecord, State, RETENTION_SECS};
+pub use record::{Claimant, NewPayment, PaymentId, PaymentRecord, State, RETENTION_SECS};
 
 /// DynamoDB could not be asked, or answered with an error we do not expect.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -39,6 +39,15 @@ pub enum Created {
     New,
     /// A record for the same authorization was already there: this one.
     Exists(Box<PaymentRecord>),
+}
+
+/// What binding a `payment-identifier` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binding {
+    /// The identifier is this payment's (bound now, or earlier to the same payment).
+    Same,
+    /// The identifier is bound to another payment.
+    Conflict,
 }
 
 /// The sparse index of records that are not terminal, by `open_shard` and `updated_at`.
@@ -143,17 +152,37 @@ impl Store {
 
     /// [`Store::transition_and_read`] from a record that is `signed` or `submitted`: a follower
     /// that found the receipt of a `signed` record need not lose a round to the worker's move to
-    /// `submitted`, which changes nothing else.
+    /// `submitted`, which changes nothing else. A `/settle` follower that settles the record claims
+    /// its success in the same write (`claim`); replay claims nothing.
     #[instrument(skip_all, fields(id, to = ?to), err(level = "warn"))]
     pub async fn finish_broadcast_and_read(
         &self,
         id: &str,
         to: State,
         fields: &[(&str, AttributeValue)],
+        claim: Option<&Claimant>,
     ) -> Result<Option<PaymentRecord>, StoreError> {
-        let mut change = Change::new(State::Signed, to, fields);
-        change.or_from = Some(State::Submitted);
+        let claimed = claim.filter(|_| to == State::Settled).map(Claimant::stored);
+        let change = Change {
+            or_from: Some(State::Submitted),
+            claim: claimed.as_deref(),
+            ..Change::new(State::Signed, to, fields)
+        };
         self.change_and_read(id, &change).await
+    }
+
+    /// Claims a `settled` record's success for `claimant` (DESIGN I2): true if the claim is now
+    /// `claimant`'s, because nobody held it or `claimant` already did (the same request retrying
+    /// the write, or the same `payment-identifier`); false if another caller holds it, or the
+    /// record is not `settled`.
+    #[instrument(skip_all, fields(id), err(level = "warn"))]
+    pub async fn claim(&self, id: &str, claimant: &Claimant) -> Result<bool, StoreError> {
+        let who = claimant.stored();
+        let change = Change {
+            claim: Some(&who),
+            ..Change::new(State::Settled, State::Settled, &[])
+        };
+        self.change(id, &change).await
     }
 
     /// Applies one conditional change and answers with the record as it left it, or `None` if
@@ -366,6 +395,60 @@ impl Store {
         })
     }
 
+    /// Binds a `payment-identifier` to a payment, once (the x402 extension's idempotency key). The
+    /// binding is an item of its own in the payments table (`key` never looks like a payment id)
+    /// and lives as long as the payment's record.
+    #[instrument(skip_all, err(level = "warn"))]
+    pub async fn bind_identifier(
+        &self,
+        key: &str,
+        payment: &str,
+        digest: alloy::primitives::B256,
+        expires_at: u64,
+    ) -> Result<Binding, StoreError> {
+        let digest = format!("{digest:#x}");
+        let item = HashMap::from([
+            ("id".to_owned(), AttributeValue::S(key.to_owned())),
+            ("payment".to_owned(), AttributeValue::S(payment.to_owned())),
+            ("digest".to_owned(), AttributeValue::S(digest.clone())),
+            (
+                "expires_at".to_owned(),
+                AttributeValue::N(expires_at.to_string()),
+            ),
+        ]);
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.payments)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(id)")
+            .send();
+        match Box::pin(put).await {
+            Ok(_) => Ok(Binding::Same),
+            Err(SdkError::ServiceError(e))
+                if matches!(e.err(), PutItemError::ConditionalCheckFailedException(_)) =>
+            {
+                let read = self
+                    .client
+                    .get_item()
+                    .table_name(&self.payments)
+                    .key("id", AttributeValue::S(key.to_owned()))
+                    .consistent_read(true)
+                    .send();
+                let bound = Box::pin(read)
+                    .await
+                    .map_err(fail("GetItem"))?
+                    .item
+                    .and_then(|item| item.get("digest").and_then(|d| d.as_s().ok()).cloned());
+                Ok(match bound {
+                    Some(d) if d == digest => Binding::Same,
+                    _ => Binding::Conflict,
+                })
+            }
+            Err(e) => Err(fail("PutItem")(e)),
+        }
+    }
+
     /// The lane's next nonce as the table has it (0 for a lane never used).
     pub async fn lane_next_nonce(&self, lane: &str) -> Result<u64, StoreError> {
         let read = self
@@ -400,6 +483,8 @@ struct Change<'a> {
     remove: &'a [&'a str],
     replaced: Option<&'a str>,
     unchanged: Option<(&'a str, AttributeValue)>,
+    /// Sets `claimed_by`, only if nobody else holds it.
+    claim: Option<&'a str>,
 }
 
 impl<'a> Change<'a> {
@@ -412,6 +497,7 @@ impl<'a> Change<'a> {
             remove: &[],
             replaced: None,
             unchanged: None,
+            claim: None,
         }
     }
 }
@@ -445,6 +531,10 @@ fn transition_update(table: &str, id: &str, change: &Change<'_>) -> Update {
             AttributeValue::L(vec![AttributeValue::S(hash.to_owned())]),
         );
     }
+    if let Some(who) = change.claim {
+        set.push("claimed_by = :who".to_owned());
+        values.insert(":who".to_owned(), AttributeValue::S(who.to_owned()));
+    }
     let mut remove: Vec<&str> = change.remove.to_vec();
     if change.to.is_terminal() {
         remove.push("open_shard");
@@ -460,6 +550,9 @@ fn transition_update(table: &str, id: &str, change: &Change<'_>) -> Update {
             ":or_from".to_owned(),
             AttributeValue::S(or_from.as_str().to_owned()),
         );
+    }
+    if change.claim.is_some() {
+        condition.push_str(" AND (attribute_not_exists(claimed_by) OR claimed_by = :who)");
     }
     if let Some((name, value)) = &change.unchanged {
         condition.push_str(" AND #unchanged = :unchanged");

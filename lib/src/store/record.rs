@@ -68,7 +68,7 @@ impl std::fmt::Display for PaymentId {
 pub struct PaymentRecord {
     pub id: String,
     pub state: State,
-    /// The network as the payment named it (CAIP-2 or v1 name), echoed in answers.
+    /// The network's CAIP-2 id (answers echo the network as each request names it).
     pub network: String,
     pub asset: String,
     pub payer: String,
@@ -92,6 +92,9 @@ pub struct PaymentRecord {
     /// them, so the receipt is looked for under every hash.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replaced: Vec<String>,
+    /// The block of the mined transaction, once terminal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_number: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -103,18 +106,165 @@ pub struct PaymentRecord {
     pub open_shard: Option<String>,
     /// DynamoDB TTL, seconds.
     pub expires_at: u64,
+    /// The whole payment this record is for ([`crate::evm::Checked::digest`]): the authorization,
+    /// its signature, the token, the network and the requirements' `payTo` and amount. A request
+    /// is answered from this record only if its payment has the same digest (DESIGN I2). Empty in
+    /// records written before digests were kept: those are compared by `calldata`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub digest: String,
+    /// Who was told `success` for this payment ([`Claimant`]): at most one caller, or every
+    /// caller that presents the same `payment-identifier`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_by: Option<String>,
+    /// The authorization was executed by a transaction that is not this facilitator's (a
+    /// front-runner's), and that transaction paid the payee: `tx_hash` names it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub settled_by_other: bool,
+}
+
+/// Who claims a payment's success ([`PaymentRecord::claimed_by`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claimant {
+    /// One `/settle` request: no other request can hold its claim.
+    Request(String),
+    /// Every request that carries this `payment-identifier` (already bound to this payment).
+    Identifier(String),
+}
+
+impl Claimant {
+    /// A claimant no other request will ever be: 128 random bits.
+    pub fn new_request() -> Self {
+        let mut bytes = [0u8; 16];
+        // Without randomness the request still gets a claimant of its own: the time in
+        // nanoseconds and a per-process counter are unique enough within one instance, and the
+        // claim only has to differ from the other callers'.
+        if getrandom::fill(&mut bytes).is_err() {
+            use std::sync::atomic::{AtomicU64, Ordering};
+            static COUNTER: AtomicU64 = AtomicU64::new(0);
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            let seed = format!("{nanos}:{}", COUNTER.fetch_add(1, Ordering::Relaxed));
+            bytes.copy_from_slice(&alloy::primitives::keccak256(seed)[..16]);
+        }
+        Claimant::Request(alloy::hex::encode(bytes))
+    }
+
+    /// The value stored in `claimed_by`.
+    pub fn stored(&self) -> String {
+        match self {
+            Claimant::Request(token) => format!("req:{token}"),
+            Claimant::Identifier(id) => format!("pid:{id}"),
+        }
+    }
 }
 
 /// How long a finished record is kept after its authorization expired.
 pub const RETENTION_SECS: u64 = 7 * 24 * 3600;
 
+/// What `/settle` records for a new payment, before anything is signed.
+#[derive(Debug, Clone)]
+pub struct NewPayment<'a> {
+    pub id: &'a PaymentId,
+    /// The network's CAIP-2 id: how the worker and replay find its chain.
+    pub network: &'a str,
+    pub asset: Address,
+    pub payer: Address,
+    pub pay_to: Address,
+    pub value: alloy::primitives::U256,
+    pub valid_before: u64,
+    pub calldata: &'a alloy::primitives::Bytes,
+    pub digest: B256,
+    pub lane: &'a str,
+}
+
 impl PaymentRecord {
+    /// The record of a payment just accepted: `queued`, open, nothing signed. The only place a
+    /// record is built.
+    pub fn queued(new: &NewPayment<'_>, now_ms: u64) -> Self {
+        PaymentRecord {
+            id: new.id.to_string(),
+            state: State::Queued,
+            network: new.network.to_owned(),
+            asset: format!("{:#x}", new.asset),
+            payer: format!("{:#x}", new.payer),
+            pay_to: format!("{:#x}", new.pay_to),
+            value: new.value.to_string(),
+            valid_before: new.valid_before,
+            calldata: new.calldata.to_string(),
+            lane: new.lane.to_owned(),
+            lane_nonce: None,
+            raw_tx: None,
+            tx_hash: None,
+            sender: None,
+            replaced: vec![],
+            block_number: None,
+            reason: None,
+            message: None,
+            created_at: now_ms,
+            updated_at: now_ms,
+            open_shard: Some("open".to_owned()),
+            expires_at: new.valid_before.saturating_add(RETENTION_SECS),
+            digest: format!("{:#x}", new.digest),
+            claimed_by: None,
+            settled_by_other: false,
+        }
+    }
+
+    /// The record of a payment found already executed on chain by `tx`, somebody else's
+    /// transaction that paid the payee: `settled` at once and claimed by `claimant`.
+    pub fn settled_by_other(
+        new: &NewPayment<'_>,
+        tx: B256,
+        block: Option<u64>,
+        claimant: &Claimant,
+        now_ms: u64,
+    ) -> Self {
+        PaymentRecord {
+            state: State::Settled,
+            tx_hash: Some(format!("{tx:#x}")),
+            open_shard: None,
+            claimed_by: Some(claimant.stored()),
+            settled_by_other: true,
+            block_number: block,
+            ..Self::queued(new, now_ms)
+        }
+    }
+
+    /// Whether `digest` (of a request's payment) is the payment this record is for. A record kept
+    /// from before digests compares the calldata, which encodes the whole authorization and its
+    /// signature.
+    pub fn is_payment(&self, digest: B256, calldata: &alloy::primitives::Bytes) -> bool {
+        if self.digest.is_empty() {
+            return self.calldata == calldata.to_string();
+        }
+        self.digest == format!("{digest:#x}")
+    }
+
     /// Every transaction this payment was signed as, the current one first.
     pub fn hashes(&self) -> impl Iterator<Item = &str> {
         self.tx_hash
             .as_deref()
             .into_iter()
             .chain(self.replaced.iter().rev().map(String::as_str))
+    }
+
+    /// What the payment moves, typed; `None` if a stored address or amount does not parse.
+    pub fn transfer(&self) -> Option<crate::evm::Transfer> {
+        use crate::evm::hex;
+        Some(crate::evm::Transfer {
+            asset: hex::address(&self.asset)?,
+            from: hex::address(&self.payer)?,
+            to: hex::address(&self.pay_to)?,
+            value: self.value.parse().ok()?,
+        })
+    }
+
+    /// Whether `hash` is one of this payment's own transactions.
+    pub fn is_ours(&self, hash: B256) -> bool {
+        let hash = format!("{hash:#x}");
+        self.hashes().any(|h| h.eq_ignore_ascii_case(&hash))
     }
 
     /// The EIP-3009 nonce of the authorization, the last part of the id.

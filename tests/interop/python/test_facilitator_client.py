@@ -87,13 +87,13 @@ class Supported(unittest.TestCase):
             supported = client.get_supported()
         kinds = {(k.x402_version, k.scheme, k.network) for k in supported.kinds}
         self.assertEqual(kinds, {(2, "exact", "eip155:84532"), (1, "exact", "base-sepolia")})
-        self.assertEqual(supported.extensions, [])
+        self.assertEqual(supported.extensions, ["payment-identifier"])
         lanes = sorted(lane["address"].lower() for lane in STACK["lanes"])
         self.assertEqual(sorted(a.lower() for a in supported.signers["eip155:*"]), lanes)
 
 
 class ValidPayment(unittest.TestCase):
-    def test_verify_then_settle_pays_once_and_a_repeat_names_the_same_transaction(self):
+    def test_verify_then_settle_pays_once_and_a_repeat_is_not_a_second_success(self):
         pay_to = fresh_address()
         reqs = requirements(pay_to)
         payload = pay(reqs)
@@ -111,9 +111,11 @@ class ValidPayment(unittest.TestCase):
             self.assertEqual(CHAIN.eth.get_transaction_receipt(settled.transaction)["status"], 1)
             self.assertEqual(TOKEN.functions.balanceOf(pay_to).call(), int(PRICE))
 
+            # One success per payment: a repeat is told the nonce is used, and names nothing.
             again = client.settle(payload, reqs)
-            self.assertTrue(again.success, again)
-            self.assertEqual(again.transaction, settled.transaction)
+            self.assertFalse(again.success, again)
+            self.assertEqual(again.error_reason, "invalid_exact_evm_nonce_already_used")
+            self.assertEqual(again.transaction, "")
             self.assertEqual(TOKEN.functions.balanceOf(pay_to).call(), int(PRICE))
 
             used = client.verify(payload, reqs)

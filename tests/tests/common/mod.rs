@@ -230,6 +230,13 @@ impl PaymentBuilder {
                "paymentRequirements":self.requirements()})
     }
 
+    /// [`PaymentBuilder::body`] with `extensions` in the payment payload (v2).
+    pub fn body_with_extensions(&self, extensions: Value) -> Value {
+        let mut body = self.body();
+        body["paymentPayload"]["extensions"] = extensions;
+        body
+    }
+
     /// The id of this payment's record in DynamoDB, as the facilitator builds it.
     pub fn record_id(&self) -> String {
         facilitator::store::PaymentId::new(NETWORK, self.asset, self.from, self.nonce).to_string()
@@ -359,8 +366,9 @@ pub async fn token_balance(token: Address, owner: Address) -> U256 {
     U256::from_str_radix(out.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
 }
 
-/// Sends a transaction from one of anvil's unlocked accounts and waits for it to be mined.
-pub async fn send_from_anvil_account(from: Address, to: Address, data: Bytes) {
+/// Sends a transaction from one of anvil's unlocked accounts and waits for it to be mined;
+/// returns its hash.
+pub async fn send_from_anvil_account(from: Address, to: Address, data: Bytes) -> String {
     let hash = rpc(
         "eth_sendTransaction",
         json!([{"from":from,"to":to,"data":data}]),
@@ -373,7 +381,7 @@ pub async fn send_from_anvil_account(from: Address, to: Address, data: Bytes) {
                 receipt["status"], "0x1",
                 "setup transaction reverted: {receipt}"
             );
-            return;
+            return hash.as_str().unwrap().to_owned();
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
@@ -444,10 +452,15 @@ pub async fn reset_rpc_counts() {
 /// Sets the RPC proxy's fault (infra/rpc_counter.py): `mode` for requests calling any of `methods`
 /// (every request when empty); `"none"` lifts it.
 pub async fn set_rpc_fault(mode: &str, methods: &[&str]) {
+    set_rpc_fault_for(mode, methods, None).await
+}
+
+/// [`set_rpc_fault`] that lifts itself after `count` faulted requests (`None`: until changed).
+pub async fn set_rpc_fault_for(mode: &str, methods: &[&str], count: Option<u32>) {
     let url = format!("{}/__fault", stack().rpc_proxy_url);
     let answer = http()
         .post(url)
-        .json(&json!({"mode": mode, "methods": methods}))
+        .json(&json!({"mode": mode, "methods": methods, "count": count}))
         .send()
         .await
         .unwrap();
@@ -456,6 +469,59 @@ pub async fn set_rpc_fault(mode: &str, methods: &[&str]) {
         "setting the RPC fault {mode} failed: {}",
         answer.status()
     );
+}
+
+/// The facilitator's front ends under test: the local server, and the Lambda functions behind
+/// the local stand-in for the HTTP API (infra/lambda-route.mjs), when infra/test.sh started it.
+pub fn front_ends() -> Vec<(&'static str, String)> {
+    let mut ends = vec![("local server", base_url())];
+    if let Ok(url) = std::env::var("X402_LAMBDA_ROUTE_URL") {
+        ends.push(("Lambda functions", url));
+    }
+    ends
+}
+
+/// POSTs a JSON body to `base` + `path`.
+pub async fn post_json(base: &str, path: &str, body: &Value) -> Answer {
+    post_raw(&format!("{base}{path}"), serde_json::to_vec(body).unwrap()).await
+}
+
+/// Keeps every core of the machine busy until dropped: a race that shows only under load must
+/// show in the tests that look for it (DEVELOPERS.md: concurrency tests run on a busy machine).
+pub struct BusyMachine {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl BusyMachine {
+    pub fn start() -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let threads = (0..cores)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut x = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        x = std::hint::black_box(
+                            x.wrapping_mul(6364136223846793005).wrapping_add(1),
+                        );
+                    }
+                })
+            })
+            .collect();
+        BusyMachine { stop, threads }
+    }
+}
+
+impl Drop for BusyMachine {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// A local server of our own, stopped however the test ends.

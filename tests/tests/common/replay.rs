@@ -8,7 +8,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use facilitator::{
     queue::Queue,
     replay::{Replayer, Summary},
-    store::{now_ms, Created, PaymentId, PaymentRecord, State, Store, RETENTION_SECS},
+    store::{now_ms, Created, NewPayment, PaymentId, PaymentRecord, Store},
     Config,
 };
 use serde_json::json;
@@ -59,33 +59,29 @@ pub async fn store() -> Store {
 
 /// Records a signed payment as `/settle` would, `age_ms` old, on the first lane; not queued.
 pub async fn record_payment(payment: &PaymentBuilder, age_ms: u64) -> String {
-    let id = PaymentId::new(NETWORK, payment.asset, payment.from, payment.nonce).to_string();
-    let at = now_ms() - age_ms;
-    let record = PaymentRecord {
-        id: id.clone(),
-        state: State::Queued,
-        network: NETWORK.to_owned(),
-        asset: format!("{:#x}", payment.asset),
-        payer: format!("{:#x}", payment.from),
-        pay_to: format!("{:#x}", payment.pay_to),
-        value: payment.value.to_string(),
+    let body = serde_json::to_vec(&payment.body()).unwrap();
+    let request = facilitator::protocol::parse_request(&body).unwrap();
+    let facilitator = facilitator::Facilitator::new(&config(), &aws().await);
+    let scheme = facilitator.route(&request).unwrap();
+    let checked = scheme.check_terms(&request).unwrap();
+    let id = PaymentId::new(NETWORK, payment.asset, payment.from, payment.nonce);
+    let calldata = checked.transfer_calldata();
+    let lane = config().lane_keys[0].clone();
+    let new = NewPayment {
+        id: &id,
+        network: NETWORK,
+        asset: payment.asset,
+        payer: payment.from,
+        pay_to: payment.pay_to,
+        value: payment.value,
         valid_before: payment.valid_before,
-        calldata: payment.transfer_calldata().to_string(),
-        lane: config().lane_keys[0].clone(),
-        lane_nonce: None,
-        raw_tx: None,
-        tx_hash: None,
-        sender: None,
-        replaced: vec![],
-        reason: None,
-        message: None,
-        created_at: at,
-        updated_at: at,
-        open_shard: Some("open".to_owned()),
-        expires_at: payment.valid_before.saturating_add(RETENTION_SECS),
+        calldata: &calldata,
+        digest: checked.digest(NETWORK),
+        lane: &lane,
     };
+    let record = PaymentRecord::queued(&new, now_ms() - age_ms);
     assert_eq!(store().await.create(&record).await.unwrap(), Created::New);
-    id
+    id.to_string()
 }
 
 pub async fn item(id: &str) -> Item {

@@ -1,0 +1,350 @@
+//! Honest `/settle` answers (DESIGN I2, I5): one success per payment and only to that payment,
+//! whatever the timing, on the local stack. Each test asserts the exact answers and what moved on
+//! chain. Tests here run one at a time: they share the RPC proxy's fault switch and compare
+//! balances.
+
+// Test helpers panic on set-up failures: that is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use alloy::primitives::{Address, U256};
+use common::{replay::*, *};
+use facilitator::store::State;
+use serde_json::{json, Value};
+
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const PRICE: u64 = 1_000_000;
+
+fn used_nonce(answer: &Value) -> (Value, Value, Value) {
+    (
+        answer["success"].clone(),
+        answer["errorReason"].clone(),
+        answer["transaction"].clone(),
+    )
+}
+
+fn is_used_nonce(answer: &Value) -> bool {
+    used_nonce(answer)
+        == (
+            json!(false),
+            json!("invalid_exact_evm_nonce_already_used"),
+            json!(""),
+        )
+}
+
+/// The payment identifier extension as a client echoes it with an id.
+fn identifier(id: &str) -> Value {
+    json!({"payment-identifier": {"info": {"required": false, "id": id}}})
+}
+
+fn new_identifier() -> String {
+    format!("pay_{}", &alloy::hex::encode(random_nonce())[..32])
+}
+
+/// Puts the RPC proxy back however the test ends.
+struct FaultLifted;
+
+impl Drop for FaultLifted {
+    fn drop(&mut self) {
+        let url = format!("{}/__fault", stack().rpc_proxy_url);
+        finish_detached(async move {
+            let _ = reqwest::Client::new()
+                .post(url)
+                .json(&json!({"mode": "none", "methods": []}))
+                .send()
+                .await;
+        });
+    }
+}
+
+/// The payer signs A1 (to the payee) and A2 (another amount to another merchant) under the same
+/// nonce. A2 verifies while the nonce is unused; once A1 settles, A2 is never told success, gets
+/// no transaction and changes nothing.
+#[tokio::test]
+async fn a_second_authorization_under_a_used_nonce_is_never_told_success() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let s = stack();
+    for (front_end, base) in front_ends() {
+        let merchant_2 = Address::from_slice(&random_nonce()[..20]);
+        let a1 = PaymentBuilder::new(0).sign();
+        let a2 = a1
+            .clone()
+            .edit(|p| {
+                p.to = merchant_2;
+                p.pay_to = merchant_2;
+                p.value = U256::from(500_000u64);
+                p.amount = "500000".into();
+            })
+            .sign();
+        assert_eq!(
+            post_json(&base, "/verify", &a2.body()).await.json["isValid"],
+            true,
+            "{front_end}: A2 verifies while its nonce is unused"
+        );
+
+        let settled = post_json(&base, "/settle", &a1.body()).await;
+        assert_eq!(
+            settled.json["success"], true,
+            "{front_end}: {:?}",
+            settled.json
+        );
+        let record = store().await.get(&a1.record_id()).await.unwrap().unwrap();
+        let block = block_number().await;
+
+        let answer = post_json(&base, "/settle", &a2.body()).await;
+        assert_eq!(answer.status, 200);
+        assert!(
+            is_used_nonce(&answer.json),
+            "{front_end}: {:?}",
+            answer.json
+        );
+        assert_eq!(token_balance(s.token, merchant_2).await, U256::ZERO);
+        assert_eq!(block_number().await, block, "{front_end}: nothing was sent");
+        assert_eq!(
+            store().await.get(&a1.record_id()).await.unwrap().unwrap(),
+            record,
+            "{front_end}: the one record is unchanged"
+        );
+    }
+}
+
+/// A payment answered `settlement_pending` (anvil not mining), mined before its `validBefore`,
+/// and asked for again after `validBefore` has passed: the retry is answered from the record, not
+/// refused by the clock.
+#[tokio::test]
+async fn a_retry_after_settlement_pending_and_past_valid_before_is_the_success() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (_server, base) = start_local_server(&[("X402_SETTLE_DEADLINE_MS", "2000")]).await;
+    let payment = PaymentBuilder::new(2)
+        .edit(|p| p.valid_before = now() + 9)
+        .sign();
+    let before = balances(&payment).await;
+
+    let mining = MiningStopped::start().await;
+    let pending = post_json(&base, "/settle", &payment.body()).await;
+    assert_eq!(
+        pending.json["errorReason"], "settlement_pending",
+        "{:?}",
+        pending.json
+    );
+    let hash = pending.json["transaction"].as_str().unwrap().to_owned();
+    rpc("evm_mine", json!([])).await;
+    drop(mining);
+    while now() <= payment.valid_before + 1 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let retry = post_json(&base, "/settle", &payment.body()).await;
+    assert_eq!(
+        (
+            retry.json["success"].clone(),
+            retry.json["transaction"].clone()
+        ),
+        (json!(true), json!(hash)),
+        "{:?}",
+        retry.json
+    );
+    moved_once(before, balances(&payment).await, U256::from(PRICE));
+    // Claimed: one more request is not a second success.
+    assert!(is_used_nonce(&settle(&payment.body()).await.json));
+}
+
+/// `payment-identifier`: the same id with the same payment gets the same success again; the same
+/// id with another payment is a 409; a payment that requires an id and has none is a 400; the
+/// same payment without the id is not told success again.
+#[tokio::test]
+async fn a_payment_identifier_gets_the_same_answer_and_a_conflict_gets_409() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    for (front_end, base) in front_ends() {
+        let id = new_identifier();
+        let payment = PaymentBuilder::new(1).sign();
+        let before = balances(&payment).await;
+        let body = payment.body_with_extensions(identifier(&id));
+
+        let first = post_json(&base, "/settle", &body).await;
+        assert_eq!(first.json["success"], true, "{front_end}: {:?}", first.json);
+        let again = post_json(&base, "/settle", &body).await;
+        assert_eq!(
+            (again.status, &again.json),
+            (200, &first.json),
+            "{front_end}"
+        );
+        moved_once(before, balances(&payment).await, U256::from(PRICE));
+
+        let without_id = post_json(&base, "/settle", &payment.body()).await;
+        assert!(
+            is_used_nonce(&without_id.json),
+            "{front_end}: {:?}",
+            without_id.json
+        );
+
+        let other = PaymentBuilder::new(1).sign();
+        let conflict = post_json(
+            &base,
+            "/settle",
+            &other.body_with_extensions(identifier(&id)),
+        )
+        .await;
+        assert_eq!(conflict.status, 409, "{front_end}: {:?}", conflict.json);
+        assert_eq!(
+            (
+                conflict.json["success"].clone(),
+                conflict.json["errorReason"].clone()
+            ),
+            (json!(false), json!("payment_identifier_conflict"))
+        );
+        assert!(
+            store()
+                .await
+                .get(&other.record_id())
+                .await
+                .unwrap()
+                .is_none(),
+            "{front_end}: the conflicting payment is not recorded"
+        );
+
+        let required =
+            other.body_with_extensions(json!({"payment-identifier": {"info": {"required": true}}}));
+        let refused = post_json(&base, "/settle", &required).await;
+        assert_eq!(refused.status, 400, "{front_end}: {:?}", refused.json);
+        assert_eq!(refused.json["errorReason"], "payment_identifier_required");
+        let verified = post_json(&base, "/verify", &required).await;
+        assert_eq!(
+            (
+                verified.json["isValid"].clone(),
+                verified.json["invalidReason"].clone()
+            ),
+            (json!(false), json!("payment_identifier_required"))
+        );
+    }
+}
+
+/// Somebody else executes the payer's authorization before we do (a front-runner with the
+/// payment header). The payee was paid: `/settle` answers success with that transaction, once.
+#[tokio::test]
+async fn a_front_run_authorization_is_a_success_with_the_front_runners_transaction() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let s = stack();
+    for (front_end, base) in front_ends() {
+        let payment = PaymentBuilder::new(3).sign();
+        let before = balances(&payment).await;
+        let foreign =
+            send_from_anvil_account(s.deployer.address, s.token, payment.transfer_calldata()).await;
+        moved_once(before, balances(&payment).await, U256::from(PRICE));
+        let block = block_number().await;
+
+        let answer = post_json(&base, "/settle", &payment.body()).await;
+        assert_eq!(
+            (
+                answer.json["success"].clone(),
+                answer.json["transaction"].clone()
+            ),
+            (json!(true), json!(foreign)),
+            "{front_end}: {:?}",
+            answer.json
+        );
+        let record = store()
+            .await
+            .get(&payment.record_id())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            record.state == State::Settled && record.settled_by_other,
+            "{record:?}"
+        );
+        assert!(is_used_nonce(
+            &post_json(&base, "/settle", &payment.body()).await.json
+        ));
+        assert_eq!(block_number().await, block, "{front_end}: we sent nothing");
+        moved_once(before, balances(&payment).await, U256::from(PRICE));
+    }
+}
+
+/// A node that has not seen our mined transaction yet (its receipt answered as unknown) never
+/// makes the payment fail: `/settle` says pending with the hash, replay finds the transaction
+/// logged as ours and waits for its receipt, and once the node catches up the payment settles.
+#[tokio::test]
+async fn a_lagging_node_never_makes_a_mined_payment_fail() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let _lifted = FaultLifted;
+    let (_server, base) = start_local_server(&[("X402_SETTLE_DEADLINE_MS", "2000")]).await;
+    let payment = PaymentBuilder::new(0).sign();
+    let before = balances(&payment).await;
+    set_rpc_fault("lag", &["eth_getTransactionReceipt"]).await;
+
+    let pending = post_json(&base, "/settle", &payment.body()).await;
+    assert_eq!(
+        pending.json["errorReason"], "settlement_pending",
+        "{:?}",
+        pending.json
+    );
+    let hash = pending.json["transaction"].as_str().unwrap().to_owned();
+    moved_once(before, balances(&payment).await, U256::from(PRICE));
+
+    let summary = replay().await;
+    assert!(summary.errors >= 1, "{summary:?}");
+    let record = store()
+        .await
+        .get(&payment.record_id())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        record.state,
+        State::Submitted,
+        "no failure recorded: {record:?}"
+    );
+
+    set_rpc_fault("none", &[]).await;
+    let settled = post_json(&base, "/settle", &payment.body()).await;
+    assert_eq!(
+        (
+            settled.json["success"].clone(),
+            settled.json["transaction"].clone()
+        ),
+        (json!(true), json!(hash)),
+        "{:?}",
+        settled.json
+    );
+    moved_once(before, balances(&payment).await, U256::from(PRICE));
+}
+
+/// A node's error answer sent with HTTP 200 (a rate limit) is not a revert: the worker's
+/// simulation is tried again and the payment settles; verify says it could not check, not that
+/// the payment is bad.
+#[tokio::test]
+async fn a_node_error_sent_with_http_200_is_retried_not_failed() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let _lifted = FaultLifted;
+    let payment = PaymentBuilder::new(2).sign();
+    let before = balances(&payment).await;
+
+    set_rpc_fault_for("node_error", &["eth_call"], Some(1)).await;
+    let verified = verify(&payment.body()).await;
+    assert_eq!(
+        (
+            verified.json["isValid"].clone(),
+            verified.json["invalidReason"].clone()
+        ),
+        (json!(false), json!("unexpected_verify_error")),
+        "{:?}",
+        verified.json
+    );
+
+    set_rpc_fault_for("node_error", &["eth_estimateGas"], Some(2)).await;
+    let settled = settle(&payment.body()).await;
+    assert_eq!(settled.json["success"], true, "{:?}", settled.json);
+    moved_once(before, balances(&payment).await, U256::from(PRICE));
+    let record = store()
+        .await
+        .get(&payment.record_id())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((record.state, record.reason), (State::Settled, None));
+}
