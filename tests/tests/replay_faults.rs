@@ -486,29 +486,6 @@ async fn a_lane_nonce_taken_by_another_transaction_is_signed_afresh_and_settles_
 
 // ---- the chain RPC down ----
 
-/// Sets the RPC proxy's fault (infra/rpc_counter.py); the fault is lifted however the test ends.
-struct RpcFault;
-
-impl RpcFault {
-    async fn set(mode: &str, methods: &[&str]) -> Self {
-        set_rpc_fault(mode, methods).await;
-        RpcFault
-    }
-}
-
-impl Drop for RpcFault {
-    fn drop(&mut self) {
-        let url = format!("{}/__fault", stack().rpc_proxy_url);
-        finish_detached(async move {
-            let _ = reqwest::Client::new()
-                .post(url)
-                .json(&json!({"mode": "none", "methods": []}))
-                .send()
-                .await;
-        });
-    }
-}
-
 #[tokio::test]
 async fn with_the_rpc_down_answers_stay_clear_and_replay_finishes_once_it_is_back() {
     let _one = ONE_AT_A_TIME.lock().await;

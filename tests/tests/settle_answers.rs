@@ -36,6 +36,14 @@ fn is_used_nonce(answer: &Value) -> bool {
         )
 }
 
+fn assert_success_with(answer: &Value, hash: &str) {
+    assert_eq!(
+        (answer["success"].clone(), answer["transaction"].clone()),
+        (json!(true), json!(hash)),
+        "{answer}"
+    );
+}
+
 /// The payment identifier extension as a client echoes it with an id.
 fn identifier(id: &str) -> Value {
     json!({"payment-identifier": {"info": {"required": false, "id": id}}})
@@ -43,22 +51,6 @@ fn identifier(id: &str) -> Value {
 
 fn new_identifier() -> String {
     format!("pay_{}", &alloy::hex::encode(random_nonce())[..32])
-}
-
-/// Puts the RPC proxy back however the test ends.
-struct FaultLifted;
-
-impl Drop for FaultLifted {
-    fn drop(&mut self) {
-        let url = format!("{}/__fault", stack().rpc_proxy_url);
-        finish_detached(async move {
-            let _ = reqwest::Client::new()
-                .post(url)
-                .json(&json!({"mode": "none", "methods": []}))
-                .send()
-                .await;
-        });
-    }
 }
 
 /// The payer signs A1 (to the payee) and A2 (another amount to another merchant) under the same
@@ -139,15 +131,7 @@ async fn a_retry_after_settlement_pending_and_past_valid_before_is_the_success()
     }
 
     let retry = post_json(&base, "/settle", &payment.body()).await;
-    assert_eq!(
-        (
-            retry.json["success"].clone(),
-            retry.json["transaction"].clone()
-        ),
-        (json!(true), json!(hash)),
-        "{:?}",
-        retry.json
-    );
+    assert_success_with(&retry.json, &hash);
     moved_once(before, balances(&payment).await, U256::from(PRICE));
     // Claimed: one more request is not a second success.
     assert!(is_used_nonce(&settle(&payment.body()).await.json));
@@ -271,11 +255,10 @@ async fn a_front_run_authorization_is_a_success_with_the_front_runners_transacti
 #[tokio::test]
 async fn a_lagging_node_never_makes_a_mined_payment_fail() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let _lifted = FaultLifted;
     let (_server, base) = start_local_server(&[("X402_SETTLE_DEADLINE_MS", "2000")]).await;
     let payment = PaymentBuilder::new(0).sign();
     let before = balances(&payment).await;
-    set_rpc_fault("lag", &["eth_getTransactionReceipt"]).await;
+    let lagging = RpcFault::set("lag", &["eth_getTransactionReceipt"]).await;
 
     let pending = post_json(&base, "/settle", &payment.body()).await;
     assert_eq!(
@@ -300,17 +283,9 @@ async fn a_lagging_node_never_makes_a_mined_payment_fail() {
         "no failure recorded: {record:?}"
     );
 
-    set_rpc_fault("none", &[]).await;
+    drop(lagging);
     let settled = post_json(&base, "/settle", &payment.body()).await;
-    assert_eq!(
-        (
-            settled.json["success"].clone(),
-            settled.json["transaction"].clone()
-        ),
-        (json!(true), json!(hash)),
-        "{:?}",
-        settled.json
-    );
+    assert_success_with(&settled.json, &hash);
     moved_once(before, balances(&payment).await, U256::from(PRICE));
 }
 
@@ -320,7 +295,7 @@ async fn a_lagging_node_never_makes_a_mined_payment_fail() {
 #[tokio::test]
 async fn a_node_error_sent_with_http_200_is_retried_not_failed() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let _lifted = FaultLifted;
+    let _lifted = RpcFault::set("none", &[]).await;
     let payment = PaymentBuilder::new(2).sign();
     let before = balances(&payment).await;
 

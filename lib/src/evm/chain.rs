@@ -44,7 +44,6 @@ pub enum ChainError {
 }
 
 /// One chain's RPC endpoint.
-#[derive(Debug)]
 pub struct Chain {
     source: RpcSource,
     secrets: Option<aws_sdk_secretsmanager::Client>,
@@ -57,6 +56,18 @@ pub struct Chain {
     fee_cache: std::sync::Mutex<Option<(std::time::Instant, (u128, u128))>>,
     /// How many blocks back a search for an authorization's use looks (0: the whole chain).
     logs_lookback: u64,
+}
+
+impl std::fmt::Debug for Chain {
+    // The resolved URL may carry an API key: only the (redacting) source is printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chain")
+            .field("source", &self.source)
+            .field("timeout", &self.timeout)
+            .field("fee_ttl", &self.fee_ttl)
+            .field("logs_lookback", &self.logs_lookback)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Chain {
@@ -430,6 +441,19 @@ mod tests {
                 .map(|i| &NODE_ANSWERS[i]);
             assert_eq!(first, Some(row), "{message} is decided by its own row");
         }
+    }
+
+    #[test]
+    fn a_chain_never_prints_its_rpc_url() {
+        let chain = super::Chain::new(
+            crate::config::RpcSource::Url("https://base.example/v2/SECRET-KEY-123".into()),
+            None,
+            std::time::Duration::from_secs(1),
+        );
+        assert!(
+            !format!("{chain:?}").contains("SECRET-KEY-123"),
+            "{chain:?}"
+        );
     }
 
     /// Errors that nodes and providers send with HTTP 200 and that say nothing about the payment.

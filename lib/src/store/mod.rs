@@ -84,6 +84,18 @@ impl Store {
     #[instrument(skip_all, fields(id = %record.id), err(level = "warn"))]
     pub async fn create(&self, record: &PaymentRecord) -> Result<Created, StoreError> {
         let item = serde_dynamo::to_item(record).map_err(fail("serialise"))?;
+        if self.put_new(item).await? {
+            return Ok(Created::New);
+        }
+        let existing = self.get(&record.id).await?.ok_or_else(|| StoreError {
+            operation: "PutItem",
+            problem: format!("{} exists by its condition but cannot be read", record.id),
+        })?;
+        Ok(Created::Exists(Box::new(existing)))
+    }
+
+    /// Puts an item into the payments table only if no item has its `id`; false if one has.
+    async fn put_new(&self, item: HashMap<String, AttributeValue>) -> Result<bool, StoreError> {
         let put = self
             .client
             .put_item()
@@ -92,15 +104,11 @@ impl Store {
             .condition_expression("attribute_not_exists(id)")
             .send();
         match Box::pin(put).await {
-            Ok(_) => Ok(Created::New),
+            Ok(_) => Ok(true),
             Err(SdkError::ServiceError(e))
                 if matches!(e.err(), PutItemError::ConditionalCheckFailedException(_)) =>
             {
-                let existing = self.get(&record.id).await?.ok_or_else(|| StoreError {
-                    operation: "PutItem",
-                    problem: format!("{} exists by its condition but cannot be read", record.id),
-                })?;
-                Ok(Created::Exists(Box::new(existing)))
+                Ok(false)
             }
             Err(e) => Err(fail("PutItem")(e)),
         }
@@ -416,37 +424,25 @@ impl Store {
                 AttributeValue::N(expires_at.to_string()),
             ),
         ]);
-        let put = self
-            .client
-            .put_item()
-            .table_name(&self.payments)
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(id)")
-            .send();
-        match Box::pin(put).await {
-            Ok(_) => Ok(Binding::Same),
-            Err(SdkError::ServiceError(e))
-                if matches!(e.err(), PutItemError::ConditionalCheckFailedException(_)) =>
-            {
-                let read = self
-                    .client
-                    .get_item()
-                    .table_name(&self.payments)
-                    .key("id", AttributeValue::S(key.to_owned()))
-                    .consistent_read(true)
-                    .send();
-                let bound = Box::pin(read)
-                    .await
-                    .map_err(fail("GetItem"))?
-                    .item
-                    .and_then(|item| item.get("digest").and_then(|d| d.as_s().ok()).cloned());
-                Ok(match bound {
-                    Some(d) if d == digest => Binding::Same,
-                    _ => Binding::Conflict,
-                })
-            }
-            Err(e) => Err(fail("PutItem")(e)),
+        if self.put_new(item).await? {
+            return Ok(Binding::Same);
         }
+        let read = self
+            .client
+            .get_item()
+            .table_name(&self.payments)
+            .key("id", AttributeValue::S(key.to_owned()))
+            .consistent_read(true)
+            .send();
+        let bound = Box::pin(read)
+            .await
+            .map_err(fail("GetItem"))?
+            .item
+            .and_then(|item| item.get("digest").and_then(|d| d.as_s().ok()).cloned());
+        Ok(match bound {
+            Some(d) if d == digest => Binding::Same,
+            _ => Binding::Conflict,
+        })
     }
 
     /// The lane's next nonce as the table has it (0 for a lane never used).

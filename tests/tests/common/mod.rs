@@ -524,6 +524,29 @@ impl Drop for BusyMachine {
     }
 }
 
+/// Sets the RPC proxy's fault (infra/rpc_counter.py); the fault is lifted however the test ends.
+pub struct RpcFault;
+
+impl RpcFault {
+    pub async fn set(mode: &str, methods: &[&str]) -> Self {
+        set_rpc_fault(mode, methods).await;
+        RpcFault
+    }
+}
+
+impl Drop for RpcFault {
+    fn drop(&mut self) {
+        let url = format!("{}/__fault", stack().rpc_proxy_url);
+        finish_detached(async move {
+            let _ = reqwest::Client::new()
+                .post(url)
+                .json(&json!({"mode": "none", "methods": []}))
+                .send()
+                .await;
+        });
+    }
+}
+
 /// A local server of our own, stopped however the test ends.
 pub struct LocalServer(std::process::Child);
 
