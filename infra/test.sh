@@ -49,7 +49,8 @@ step "template (cfn-lint, sam validate --lint, and only the worker may sign)"
 bash infra/install-sam.sh --if-needed
 bash infra/template-check.sh
 
-step "format and lints"
+step "format and lints (and no import cycle among the library's modules)"
+python3 infra/import-cycles.py
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
@@ -62,6 +63,9 @@ run_tests() { cargo test --locked "$@" 2>&1 | tee -a "$RESULTS"; }
 
 step "unit tests"
 run_tests --workspace --lib --bins --benches
+
+step "the local stack's tables and queues are template.yaml's"
+.local/venv/bin/python infra/resource-parity.py
 
 step "local stack (fresh)"
 bash infra/stack.sh down >/dev/null

@@ -4,6 +4,11 @@
 //! - [`evm`]: the `exact` scheme on EVM chains (EIP-3009): checks, EIP-712, signatures, chain access.
 //! - [`facilitator`]: routing a payment to its scheme; what `/supported` lists.
 //! - [`config`]: the environment variables, read once at cold start.
+//! - [`settle`]: `POST /settle`: record, queue, follow to an honest answer.
+//! - [`worker`]: the settlement queue's consumer, the only code that signs.
+//! - [`replay`]: the scheduled reconciliation.
+//! - [`lifecycle`]: the payment record's shared steps, used by the three above.
+//! - [`store`] (DynamoDB) and [`queue`] (SQS).
 //! - [`signer`]: the KMS signer lanes.
 //! - [`http`]: HTTP requests in, HTTP responses out, shared by the Lambda functions and the local server.
 //! - [`auth`]: API keys for `/verify` and `/settle` (the Lambda authorizer and the local server).
@@ -17,6 +22,7 @@ pub mod config;
 pub mod evm;
 pub mod facilitator;
 pub mod http;
+pub mod lifecycle;
 pub mod metrics;
 pub mod protocol;
 pub mod queue;
@@ -25,6 +31,7 @@ pub mod settle;
 pub mod signer;
 pub mod store;
 pub mod telemetry;
+pub mod worker;
 
 pub use config::Config;
 pub use facilitator::Facilitator;

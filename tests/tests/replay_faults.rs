@@ -24,7 +24,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use common::{replay::*, *};
 use facilitator::{
     queue::SettlementMessage,
-    settle::worker::{Step, Worker},
+    worker::{Step, Worker},
 };
 use serde_json::{json, Value};
 

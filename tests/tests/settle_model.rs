@@ -28,8 +28,9 @@ use facilitator::{
     protocol::parse_request,
     queue::{Queue, SettlementMessage},
     replay::Replayer,
-    settle::{worker::Worker, Settler, Timing},
+    settle::{Settler, Timing},
     store::{State, Store},
+    worker::Worker,
     Facilitator,
 };
 use serde_json::{json, Value};

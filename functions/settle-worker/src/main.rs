@@ -1,9 +1,9 @@
 //! The settlement worker Lambda: consumes the settlement SQS FIFO queue (one message group per
 //! signer lane) with partial batch failures, and is the only function that may call `kms:Sign`.
-//! Glue only; the work is in `facilitator::settle::worker`.
+//! Glue only; the work is in `facilitator::worker`.
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
-use facilitator::{settle::worker::Worker, telemetry, Config};
+use facilitator::{telemetry, worker::Worker, Config};
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 
 #[tokio::main]

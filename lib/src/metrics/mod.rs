@@ -11,13 +11,9 @@
 //!
 //! The namespace is `X402_METRICS_NAMESPACE` (default `X402Facilitator`), read once.
 
-mod gauges;
-
 use std::{io::Write, sync::OnceLock, time::Duration};
 
 use serde_json::{json, Map, Value};
-
-pub use gauges::report_operational;
 
 /// Where the namespace comes from (docs/configuration.md).
 pub const NAMESPACE_VAR: &str = "X402_METRICS_NAMESPACE";
@@ -159,8 +155,9 @@ pub fn oldest_open_payment(age: Duration) {
 }
 
 /// `ReplayRecords`: what one replay run did, by Action (`examined`, `settled`, `requeued`, …: the
-/// summary's counters, whatever replay adds to them later).
-pub fn replay_run(summary: &crate::replay::Summary) {
+/// summary's counters, whatever replay adds to them later). Any serialisable summary of counters,
+/// so that this module depends on nothing it reports on.
+pub fn replay_run(summary: &impl serde::Serialize) {
     let Ok(Value::Object(fields)) = serde_json::to_value(summary) else {
         return;
     };

@@ -24,6 +24,8 @@
 //! Every change is a conditional write on what replay read, so replay racing the live path, or
 //! itself, moves a record at most once, and a second run right after the first finds nothing to do.
 
+mod gauges;
+
 use std::time::{Duration, Instant};
 
 use alloy::sol_types::SolCall;
@@ -34,12 +36,10 @@ use crate::{
     config::{Config, ConfigError},
     evm::{abi::IEip3009, attribution, hex, CallOutcome, Chain},
     facilitator::{unix_now, Facilitator},
+    lifecycle::{self, receipt, Sent},
     protocol::Reason,
     queue::Queue,
-    settle::{
-        lane_for_id, receipt,
-        worker::{self, Sent},
-    },
+    settle::lane_for_id,
     store::{now_ms, PaymentRecord, State, Store, StoreError},
 };
 
@@ -226,7 +226,7 @@ impl Replayer {
             started.saturating_sub(u64::try_from(min_age.as_millis()).unwrap_or(u64::MAX));
         // Names this run's queue messages, so SQS deduplication does not swallow them.
         let attempt = format!("replay-{started}");
-        crate::metrics::report_operational(&self.facilitator, &self.store).await;
+        gauges::report_operational(&self.facilitator, &self.store).await;
         let mut summary = Summary::default();
         let mut start = None;
         'pages: loop {
@@ -311,7 +311,7 @@ impl Replayer {
     /// A `queued` record: nothing signed, so it can expire, change lanes or be queued again freely.
     async fn queued(&self, record: PaymentRecord, attempt: &str) -> Action {
         if unix_now() >= record.valid_before {
-            return match worker::expire_queued(&self.store, &record.id).await {
+            return match lifecycle::expire_queued(&self.store, &record.id).await {
                 Ok(true) => Action::Expired,
                 Ok(false) => Action::MovedOn,
                 Err(e) => error(&record.id, &e),
@@ -370,7 +370,7 @@ impl Replayer {
         }
         let expired = unix_now() >= record.valid_before;
         if record.state == State::Signed && !expired {
-            return match worker::broadcast(chain, &self.store, &record).await {
+            return match lifecycle::submit(chain, &self.store, &record).await {
                 Ok((Sent::Accepted, true)) => Action::Submitted,
                 Ok((Sent::Accepted, false)) => Action::MovedOn,
                 Ok((Sent::Refused(_), _)) => Action::Refused,
@@ -393,7 +393,7 @@ impl Replayer {
             Action::Cancelling
         } else if !in_pool {
             // Dropped from the pool: the same bytes again (I3).
-            return match worker::send_stored(chain, &record).await {
+            return match lifecycle::send_stored(chain, &record).await {
                 Ok(Sent::Accepted) => Action::Rebroadcast,
                 Ok(Sent::Refused(_)) => Action::Refused,
                 Err(e) => error(&record.id, &e),

@@ -5,8 +5,6 @@
 //! `kms:Sign` (I7).
 
 mod pace;
-pub(crate) mod receipt;
-pub mod worker;
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +16,7 @@ use crate::{
     config::{Config, ConfigError},
     evm::{attribution, Checked, ExactEvm},
     facilitator::{unix_now, Facilitator},
+    lifecycle::receipt,
     protocol::{
         payer_hint,
         payment_identifier::{self, PaymentIdentifier},
@@ -30,7 +29,6 @@ use crate::{
 };
 
 use pace::{Pace, SigningTime};
-pub use receipt::reason_from_revert;
 
 /// Tunables of the settle function.
 #[derive(Debug, Clone, Copy)]
@@ -654,43 +652,4 @@ pub fn lane_for_id<'a>(id: &str, lanes: &'a [String]) -> &'a str {
         .get(index as usize)
         .map(String::as_str)
         .unwrap_or_default()
-}
-
-/// The EIP-1559 transaction inside a stored raw transaction (`0x…`, EIP-2718 encoded): what a
-/// replacement copies and outbids. `None` for anything else.
-pub(crate) fn decode_eip1559(raw: &str) -> Option<alloy::consensus::TxEip1559> {
-    use alloy::eips::eip2718::Decodable2718;
-    let bytes = crate::evm::hex::bytes(raw)?;
-    let envelope = alloy::consensus::TxEnvelope::decode_2718(&mut bytes.as_ref()).ok()?;
-    envelope.as_eip1559().map(|signed| signed.tx().clone())
-}
-
-#[cfg(test)]
-mod tests {
-    use alloy::{
-        consensus::{SignableTransaction, TxEip1559, TxEnvelope},
-        eips::eip2718::Encodable2718,
-        primitives::{address, Bytes, Signature, TxKind, U256},
-    };
-
-    #[test]
-    fn a_stored_transaction_decodes_back_to_what_was_signed() {
-        let tx = TxEip1559 {
-            chain_id: 84532,
-            nonce: 7,
-            gas_limit: 90_000,
-            max_fee_per_gas: 2_000_000_000,
-            max_priority_fee_per_gas: 1_000_000,
-            to: TxKind::Call(address!("0x036CbD53842c5426634e7929541eC2318f3dCF7e")),
-            value: U256::ZERO,
-            access_list: Default::default(),
-            input: Bytes::from(vec![0xe3, 0xee, 0x16, 0x0e]),
-        };
-        let signature = Signature::new(U256::from(1), U256::from(2), false);
-        let envelope: TxEnvelope = tx.clone().into_signed(signature).into();
-        let raw = format!("0x{}", alloy::hex::encode(envelope.encoded_2718()));
-        assert_eq!(super::decode_eip1559(&raw), Some(tx));
-        assert_eq!(super::decode_eip1559("0x02"), None);
-        assert_eq!(super::decode_eip1559("not hex"), None);
-    }
 }

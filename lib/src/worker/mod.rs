@@ -1,4 +1,5 @@
 //! The settlement worker: the consumer of the settlement queue, and the only code that signs.
+//! It shares the record's lifecycle steps with `/settle` and replay ([`crate::lifecycle`]).
 //!
 //! For each message, one lane at a time (the FIFO message group): simulate with `eth_estimateGas`,
 //! take the lane's next nonce, sign with KMS, write the signed transaction ahead into the record
@@ -17,14 +18,17 @@ use futures_util::future::join_all;
 use tokio::sync::{Mutex, OnceCell};
 use tracing::instrument;
 
-use super::reason_from_revert;
 use crate::{
     evm::{attribution, hex, Chain},
     facilitator::{unix_now, Facilitator},
+    lifecycle::{
+        self,
+        receipt::{self, reason_from_revert},
+    },
     protocol::Reason,
     queue::SettlementMessage,
     signer::LaneSigner,
-    store::{PaymentRecord, State, Store, StoreError},
+    store::{PaymentRecord, State, Store},
 };
 
 /// A failure worth retrying: a transient one is first tried again in this invocation, a few
@@ -110,7 +114,7 @@ impl Worker {
     pub fn from_config(config: &crate::config::Config, aws: &aws_config::SdkConfig) -> Self {
         Worker::new(
             Facilitator::new(config, aws),
-            super::store_from(config, aws),
+            crate::settle::store_from(config, aws),
             aws_sdk_kms::Client::new(aws),
             config.lane_keys.clone(),
         )
@@ -228,7 +232,7 @@ impl Worker {
                 .await;
         };
         if unix_now() >= record.valid_before {
-            expire_queued(&self.store, &record.id)
+            lifecycle::expire_queued(&self.store, &record.id)
                 .await
                 .map_err(retry)?;
             return Ok(());
@@ -327,10 +331,14 @@ impl Worker {
             )));
         };
         if self.stop_after == Some(Step::Broadcast) {
-            send_stored(scheme.chain(), record).await?;
+            lifecycle::send_stored(scheme.chain(), record)
+                .await
+                .map_err(retry)?;
             return self.crash_point(Step::Broadcast);
         }
-        broadcast(scheme.chain(), &self.store, record).await?;
+        lifecycle::submit(scheme.chain(), &self.store, record)
+            .await
+            .map_err(retry)?;
         Ok(())
     }
 
@@ -350,7 +358,7 @@ impl Worker {
             record.tx_hash.clone(),
             record.sender.as_deref().and_then(hex::address),
             record.lane_nonce,
-            record.raw_tx.as_deref().and_then(super::decode_eip1559),
+            record.raw_tx.as_deref().and_then(decode_eip1559),
         ) else {
             tracing::error!(id = %record.id, "a record to replace lacks its transaction, sender or nonce");
             return Ok(());
@@ -419,10 +427,14 @@ impl Worker {
         };
         match written.state {
             State::Signed => {
-                broadcast(chain, &self.store, &written).await?;
+                lifecycle::submit(chain, &self.store, &written)
+                    .await
+                    .map_err(retry)?;
             }
             _ => {
-                send_stored(chain, &written).await?;
+                lifecycle::send_stored(chain, &written)
+                    .await
+                    .map_err(retry)?;
             }
         }
         Ok(())
@@ -439,7 +451,7 @@ impl Worker {
                 &record.id,
                 State::Queued,
                 State::Failed,
-                &super::receipt::failure(reason, message),
+                &receipt::failure(reason, message),
             )
             .await
             .map_err(retry)?;
@@ -538,64 +550,41 @@ fn bump(fee: u128) -> u128 {
     fee.saturating_add(fee / 8).saturating_add(1)
 }
 
-/// What sending a signed record's stored bytes came to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Sent {
-    /// The node took the bytes (or already had them).
-    Accepted,
-    /// The node refused them (e.g. the nonce is used); re-sending the same bytes cannot help.
-    Refused(String),
+/// The EIP-1559 transaction inside a stored raw transaction (`0x…`, EIP-2718 encoded): what a
+/// replacement copies and outbids. `None` for anything else.
+fn decode_eip1559(raw: &str) -> Option<alloy::consensus::TxEip1559> {
+    use alloy::eips::eip2718::Decodable2718;
+    let bytes = crate::evm::hex::bytes(raw)?;
+    let envelope = alloy::consensus::TxEnvelope::decode_2718(&mut bytes.as_ref()).ok()?;
+    envelope.as_eip1559().map(|signed| signed.tx().clone())
 }
 
-/// Sends a record's stored raw transaction, the same bytes every time (I3).
-pub(crate) async fn send_stored(chain: &Chain, record: &PaymentRecord) -> Result<Sent, Retry> {
-    let raw: Bytes = record
-        .raw_tx
-        .as_deref()
-        .and_then(hex::bytes)
-        .ok_or_else(|| Retry::Transient(format!("record {} has no raw_tx to send", record.id)))?;
-    match chain.send_raw(raw).await.map_err(retry)? {
-        Ok(()) => Ok(Sent::Accepted),
-        // Already in the pool (a re-send of the same bytes): as good as sent.
-        Err(message)
-            if message.contains("already known") || message.contains("known transaction") =>
-        {
-            Ok(Sent::Accepted)
-        }
-        Err(message) => {
-            tracing::error!(id = %record.id, %message, "the node refused a signed settlement");
-            Ok(Sent::Refused(message))
-        }
+#[cfg(test)]
+mod tests {
+    use alloy::{
+        consensus::{SignableTransaction, TxEip1559, TxEnvelope},
+        eips::eip2718::Encodable2718,
+        primitives::{address, Bytes, Signature, TxKind, U256},
+    };
+
+    #[test]
+    fn a_stored_transaction_decodes_back_to_what_was_signed() {
+        let tx = TxEip1559 {
+            chain_id: 84532,
+            nonce: 7,
+            gas_limit: 90_000,
+            max_fee_per_gas: 2_000_000_000,
+            max_priority_fee_per_gas: 1_000_000,
+            to: TxKind::Call(address!("0x036CbD53842c5426634e7929541eC2318f3dCF7e")),
+            value: U256::ZERO,
+            access_list: Default::default(),
+            input: Bytes::from(vec![0xe3, 0xee, 0x16, 0x0e]),
+        };
+        let signature = Signature::new(U256::from(1), U256::from(2), false);
+        let envelope: TxEnvelope = tx.clone().into_signed(signature).into();
+        let raw = format!("0x{}", alloy::hex::encode(envelope.encoded_2718()));
+        assert_eq!(super::decode_eip1559(&raw), Some(tx));
+        assert_eq!(super::decode_eip1559("0x02"), None);
+        assert_eq!(super::decode_eip1559("not hex"), None);
     }
-}
-
-/// Sends a `signed` record's bytes and moves it to `submitted`. A refused send leaves it `signed`
-/// for the reconciliation to resolve against the chain. Returns what the send came to and whether
-/// this call made the move.
-pub(crate) async fn broadcast(
-    chain: &Chain,
-    store: &Store,
-    record: &PaymentRecord,
-) -> Result<(Sent, bool), Retry> {
-    let sent = send_stored(chain, record).await?;
-    if sent != Sent::Accepted {
-        return Ok((sent, false));
-    }
-    let moved = store
-        .transition(&record.id, State::Signed, State::Submitted, &[])
-        .await
-        .map_err(retry)?;
-    Ok((sent, moved))
-}
-
-/// `queued → expired`: the authorization's `validBefore` passed before anything was signed.
-/// Returns whether this call made the move.
-pub(crate) async fn expire_queued(store: &Store, id: &str) -> Result<bool, StoreError> {
-    let fields = super::receipt::failure(
-        Reason::ValidBefore,
-        "the authorization expired before it could be sent",
-    );
-    store
-        .transition(id, State::Queued, State::Expired, &fields)
-        .await
 }

@@ -24,7 +24,7 @@ pub async fn report_operational(facilitator: &Facilitator, store: &Store) {
                     addresses.iter().map(move |address| async move {
                         let network = scheme.network().caip2();
                         match scheme.chain().balance(*address).await {
-                            Ok(wei) => super::lane_balance(
+                            Ok(wei) => crate::metrics::lane_balance(
                                 network,
                                 &address.to_checksum(None),
                                 to_native(wei),
@@ -49,7 +49,7 @@ pub async fn report_operational(facilitator: &Facilitator, store: &Store) {
                     .first()
                     .map(|r| now_ms().saturating_sub(r.updated_at))
                     .unwrap_or(0);
-                super::oldest_open_payment(Duration::from_millis(age_ms));
+                crate::metrics::oldest_open_payment(Duration::from_millis(age_ms));
             }
             Err(e) => tracing::warn!(error = %e, "cannot read the oldest open payment"),
         }
