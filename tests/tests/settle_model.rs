@@ -11,7 +11,7 @@
 //!
 //! The settle handler, the worker and replay run in this process on the local stack (anvil, moto),
 //! on a queue of the test's own that nothing else consumes: the test is the lane's only worker, so
-//! the steps happen exactly when the case says. `X402_MODEL_CASES` (default 150) and
+//! the steps happen exactly when the case says. `X402_MODEL_CASES` (default 200) and
 //! `X402_MODEL_SEED` (default 1) choose the cases; a failure names its seed, and
 //! `X402_MODEL_SEED=<seed> X402_MODEL_CASES=1` runs that case alone.
 
@@ -164,7 +164,7 @@ async fn random_interleavings_keep_one_success_per_payment_and_finish_every_reco
     let cases: u64 = std::env::var("X402_MODEL_CASES")
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(150);
+        .unwrap_or(200);
     let first: u64 = std::env::var("X402_MODEL_SEED")
         .ok()
         .and_then(|n| n.parse().ok())
