@@ -323,3 +323,35 @@ async fn a_node_error_sent_with_http_200_is_retried_not_failed() {
         .unwrap();
     assert_eq!((record.state, record.reason), (State::Settled, None));
 }
+
+/// A v1 request settles on the network it names (`base-sepolia`, echoed back), and is the same
+/// payment as the v2 request for the same authorization: that one is not a second success.
+#[tokio::test]
+async fn a_v1_payment_settles_and_is_the_same_payment_as_its_v2_twin() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    for (front_end, base) in front_ends() {
+        let payment = PaymentBuilder::new(3).sign();
+        let before = balances(&payment).await;
+        let settled = post_json(&base, "/settle", &payment.body_v1()).await;
+        assert_eq!(
+            (
+                settled.json["success"].clone(),
+                settled.json["network"].clone()
+            ),
+            (json!(true), json!("base-sepolia")),
+            "{front_end}: {:?}",
+            settled.json
+        );
+        moved_once(before, balances(&payment).await, U256::from(PRICE));
+        let record = store()
+            .await
+            .get(&payment.record_id())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(record.network, "eip155:84532", "{front_end}");
+        assert!(is_used_nonce(
+            &post_json(&base, "/settle", &payment.body()).await.json
+        ));
+    }
+}

@@ -31,15 +31,7 @@ async fn a_payment_signed_by_a_test_payer_is_valid() {
 #[tokio::test]
 async fn a_v1_payment_is_valid_too() {
     let payment = PaymentBuilder::new(1).sign();
-    let mut body = payment.body();
-    let requirements = json!({"scheme":"exact","network":"base-sepolia","maxAmountRequired":"1000000",
-        "resource":"https://api.example.com/premium","description":"premium","mimeType":"application/json",
-        "payTo":payment.pay_to,"maxTimeoutSeconds":300,"asset":payment.asset,"extra":{"name":"USDC","version":"2"}});
-    body["x402Version"] = json!(1);
-    body["paymentPayload"] = json!({"x402Version":1,"scheme":"exact","network":"base-sepolia",
-        "payload":body["paymentPayload"]["payload"].clone()});
-    body["paymentRequirements"] = requirements;
-    let answer = verify(&body).await;
+    let answer = verify(&payment.body_v1()).await;
     assert_eq!(
         (answer.status, &answer.json["isValid"]),
         (200, &json!(true)),

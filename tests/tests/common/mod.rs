@@ -230,6 +230,19 @@ impl PaymentBuilder {
                "paymentRequirements":self.requirements()})
     }
 
+    /// The same payment as an x402 v1 client and resource server send it (`base-sepolia`).
+    pub fn body_v1(&self) -> Value {
+        let v2 = self.body();
+        json!({"x402Version":1,
+               "paymentPayload":{"x402Version":1,"scheme":self.scheme,"network":"base-sepolia",
+                  "payload":v2["paymentPayload"]["payload"].clone()},
+               "paymentRequirements":{"scheme":self.scheme,"network":"base-sepolia",
+                  "maxAmountRequired":self.amount,"resource":"https://api.example.com/premium",
+                  "description":"premium","mimeType":"application/json","payTo":self.pay_to,
+                  "maxTimeoutSeconds":300,"asset":self.asset,
+                  "extra":{"name":self.domain_name,"version":self.domain_version}}})
+    }
+
     /// [`PaymentBuilder::body`] with `extensions` in the payment payload (v2).
     pub fn body_with_extensions(&self, extensions: Value) -> Value {
         let mut body = self.body();
