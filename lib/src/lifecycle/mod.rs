@@ -7,7 +7,8 @@
 
 pub mod receipt;
 
-use alloy::primitives::Bytes;
+use alloy::primitives::{Bytes, B256};
+use aws_sdk_dynamodb::types::AttributeValue;
 
 use crate::{
     evm::{hex, Chain, ChainError},
@@ -25,6 +26,19 @@ pub enum LifecycleError {
     /// The record lacks what the step needs (it was written by something else than this code).
     #[error("{0}")]
     Malformed(String),
+}
+
+/// The attributes of a record settled by `tx`, the transaction the chain names as having used the
+/// authorization (`lib/src/evm/attribution.rs`): `settled_by_other` unless it is one of ours.
+pub fn settled_by(tx: B256, block: Option<u64>, ours: bool) -> Vec<(&'static str, AttributeValue)> {
+    let mut fields = vec![("tx_hash", AttributeValue::S(format!("{tx:#x}")))];
+    if let Some(block) = block {
+        fields.push(("block_number", AttributeValue::N(block.to_string())));
+    }
+    if !ours {
+        fields.push(("settled_by_other", AttributeValue::Bool(true)));
+    }
+    fields
 }
 
 /// What sending a signed record's stored bytes came to.

@@ -29,7 +29,6 @@ mod gauges;
 use std::time::{Duration, Instant};
 
 use alloy::sol_types::SolCall;
-use aws_sdk_dynamodb::types::AttributeValue;
 use serde::Serialize;
 
 use crate::{
@@ -502,16 +501,10 @@ impl Replayer {
                     Err(e) => error(&record.id, &e),
                 };
             }
-            Some(u) if transfer.made_by(&u.receipt) => {
-                let mut fields = vec![
-                    ("tx_hash", AttributeValue::S(format!("{:#x}", u.tx))),
-                    ("settled_by_other", AttributeValue::Bool(true)),
-                ];
-                if let Some(block) = u.receipt.block_number {
-                    fields.push(("block_number", AttributeValue::N(block.to_string())));
-                }
-                (State::Settled, fields)
-            }
+            Some(u) if transfer.made_by(&u.receipt) => (
+                State::Settled,
+                lifecycle::settled_by(u.tx, u.receipt.block_number, false),
+            ),
             Some(u) => (
                 State::Failed,
                 receipt::failure(

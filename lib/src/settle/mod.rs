@@ -102,6 +102,8 @@ impl From<SettleResponse> for SettleAnswer {
 struct Request<'a> {
     scheme: &'a ExactEvm,
     checked: Checked,
+    /// The `transferWithAuthorization` call, encoded once: what a record stores and is compared by.
+    calldata: Bytes,
     id: PaymentId,
     digest: B256,
     /// Who this request claims a success as (DESIGN I2).
@@ -111,7 +113,7 @@ struct Request<'a> {
 }
 
 impl Request<'_> {
-    fn new_payment<'b>(&'b self, lane: &'b str, calldata: &'b Bytes) -> NewPayment<'b> {
+    fn new_payment<'b>(&'b self, lane: &'b str) -> NewPayment<'b> {
         let a = &self.checked.payment.authorization;
         NewPayment {
             id: &self.id,
@@ -121,7 +123,7 @@ impl Request<'_> {
             pay_to: a.to,
             value: a.value,
             valid_before: u64::try_from(a.valid_before).unwrap_or(u64::MAX),
-            calldata,
+            calldata: &self.calldata,
             digest: self.digest,
             lane,
         }
@@ -224,6 +226,7 @@ impl Settler {
         let request = Request {
             id: PaymentId::new(network, checked.payment.asset, a.from, a.nonce),
             digest: checked.digest(network),
+            calldata: checked.transfer_calldata(),
             claimant: match &identifier {
                 Some(identifier) => Claimant::Identifier(identifier.as_str().to_owned()),
                 None => Claimant::new_request(),
@@ -320,7 +323,7 @@ impl Settler {
     /// A request that found a record: answered from it only if it is the same payment. Another
     /// authorization under the same (payer, nonce) gets the used-nonce failure and changes nothing.
     async fn answer_from(&self, r: &Request<'_>, record: PaymentRecord) -> SettleResponse {
-        if !record.is_payment(r.digest, &r.checked.transfer_calldata()) {
+        if !record.is_payment(r.digest, &r.calldata) {
             return r.nonce_used(
                 "another payment with this authorization nonce was already submitted here; this one cannot be settled",
             );
@@ -351,10 +354,9 @@ impl Settler {
                 found.tx, transfer.value, transfer.asset, transfer.to
             ));
         }
-        let calldata = r.checked.transfer_calldata();
         let lane = lane_for(&r.id, &self.lanes).to_owned();
         let record = PaymentRecord::settled_by_other(
-            &r.new_payment(&lane, &calldata),
+            &r.new_payment(&lane),
             found.tx,
             found.receipt.block_number,
             &r.claimant,
@@ -372,9 +374,8 @@ impl Settler {
 
     /// Records a new payment `queued`, queues it on its lane and follows it.
     async fn record_and_follow(&self, r: &Request<'_>) -> SettleResponse {
-        let calldata = r.checked.transfer_calldata();
         let lane = lane_for(&r.id, &self.lanes).to_owned();
-        let record = PaymentRecord::queued(&r.new_payment(&lane, &calldata), now_ms());
+        let record = PaymentRecord::queued(&r.new_payment(&lane), now_ms());
         match self.create(r, &record).await {
             Ok(Created::New) => {}
             Ok(Created::Exists(existing)) => return self.answer_from(r, *existing).await,
@@ -412,9 +413,7 @@ impl Settler {
                 // Ours (an earlier attempt's write landed) or a concurrent request's: either way
                 // the record answers, and a `queued` one is queued again (SQS deduplicates).
                 Ok(Some(found)) => {
-                    if found.state == State::Queued
-                        && found.is_payment(r.digest, &r.checked.transfer_calldata())
-                    {
+                    if found.state == State::Queued && found.is_payment(r.digest, &r.calldata) {
                         if let Err(e) = self.queue.enqueue(r.id.as_str(), &found.lane).await {
                             tracing::warn!(error = %e, id = %r.id, "queueing a read-back record failed; replay will queue it");
                         }

@@ -13,7 +13,6 @@ use alloy::{
     primitives::{Bytes, TxKind, U256},
 };
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
-use aws_sdk_dynamodb::types::AttributeValue;
 use futures_util::future::join_all;
 use tokio::sync::{Mutex, OnceCell};
 use tracing::instrument;
@@ -494,13 +493,11 @@ impl Worker {
             );
             return self.fail(record, Reason::NonceAlreadyUsed, &message).await;
         }
-        let mut fields = vec![("tx_hash", AttributeValue::S(format!("{:#x}", found.tx)))];
-        if let Some(block) = found.receipt.block_number {
-            fields.push(("block_number", AttributeValue::N(block.to_string())));
-        }
-        if !record.is_ours(found.tx) {
-            fields.push(("settled_by_other", AttributeValue::Bool(true)));
-        }
+        let fields = lifecycle::settled_by(
+            found.tx,
+            found.receipt.block_number,
+            record.is_ours(found.tx),
+        );
         let moved = self
             .store
             .transition(&record.id, State::Queued, State::Settled, &fields)
