@@ -4,9 +4,10 @@
 //! Routing never falls back to a wildcard: a network without a configured RPC is `invalid_network`,
 //! not a guess (x402-protocol.md §3.6).
 
-use std::{collections::BTreeMap, time::SystemTime};
+use std::collections::BTreeMap;
 
 use crate::{
+    clock::unix_now,
     config::Config,
     evm::{Chain, ExactEvm},
     protocol::{
@@ -150,13 +151,4 @@ fn kind(version: X402Version, network: &str) -> SupportedKind {
 
 fn truncate(s: &str) -> String {
     s.chars().take(100).collect()
-}
-
-/// Unix seconds now. A clock before 1970 is treated as 0, which refuses every payment as expired
-/// rather than panicking.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }

@@ -14,10 +14,12 @@
 //! - [`auth`]: API keys for `/verify` and `/settle` (the Lambda authorizer and the local server).
 //! - [`metrics`]: CloudWatch Embedded Metric Format lines, one function per metric.
 //! - [`telemetry`]: JSON logs.
+//! - [`clock`]: the time, from one place.
 //!
 //! Lambda entry points in `functions/` are glue around this crate.
 
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod evm;
 pub mod facilitator;

@@ -534,7 +534,7 @@ async fn with_the_rpc_down_answers_stay_clear_and_replay_finishes_once_it_is_bac
     assert!(
         store()
             .await
-            .get(&refused.record_id())
+            .get(&refused.payment_id())
             .await
             .unwrap()
             .is_none(),

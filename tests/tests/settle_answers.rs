@@ -84,7 +84,7 @@ async fn a_second_authorization_under_a_used_nonce_is_never_told_success() {
             "{front_end}: {:?}",
             settled.json
         );
-        let record = store().await.get(&a1.record_id()).await.unwrap().unwrap();
+        let record = store().await.get(&a1.payment_id()).await.unwrap().unwrap();
         let block = block_number().await;
 
         let answer = post_json(&base, "/settle", &a2.body()).await;
@@ -97,7 +97,7 @@ async fn a_second_authorization_under_a_used_nonce_is_never_told_success() {
         assert_eq!(token_balance(s.token, merchant_2).await, U256::ZERO);
         assert_eq!(block_number().await, block, "{front_end}: nothing was sent");
         assert_eq!(
-            store().await.get(&a1.record_id()).await.unwrap().unwrap(),
+            store().await.get(&a1.payment_id()).await.unwrap().unwrap(),
             record,
             "{front_end}: the one record is unchanged"
         );
@@ -184,7 +184,7 @@ async fn a_payment_identifier_gets_the_same_answer_and_a_conflict_gets_409() {
         assert!(
             store()
                 .await
-                .get(&other.record_id())
+                .get(&other.payment_id())
                 .await
                 .unwrap()
                 .is_none(),
@@ -233,7 +233,7 @@ async fn a_front_run_authorization_is_a_success_with_the_front_runners_transacti
         );
         let record = store()
             .await
-            .get(&payment.record_id())
+            .get(&payment.payment_id())
             .await
             .unwrap()
             .unwrap();
@@ -273,7 +273,7 @@ async fn a_lagging_node_never_makes_a_mined_payment_fail() {
     assert!(summary.errors >= 1, "{summary:?}");
     let record = store()
         .await
-        .get(&payment.record_id())
+        .get(&payment.payment_id())
         .await
         .unwrap()
         .unwrap();
@@ -317,7 +317,7 @@ async fn a_node_error_sent_with_http_200_is_retried_not_failed() {
     moved_once(before, balances(&payment).await, U256::from(PRICE));
     let record = store()
         .await
-        .get(&payment.record_id())
+        .get(&payment.payment_id())
         .await
         .unwrap()
         .unwrap();
@@ -345,7 +345,7 @@ async fn a_v1_payment_settles_and_is_the_same_payment_as_its_v2_twin() {
         moved_once(before, balances(&payment).await, U256::from(PRICE));
         let record = store()
             .await
-            .get(&payment.record_id())
+            .get(&payment.payment_id())
             .await
             .unwrap()
             .unwrap();

@@ -257,7 +257,8 @@ async fn run_case(path: &Path, seed: u64) -> Vec<&'static str> {
     for round in 0.. {
         let mut open = false;
         for id in &ids {
-            if let Some(record) = path.store.get(id).await.unwrap() {
+            let id = facilitator::store::PaymentId::parse(id).unwrap();
+            if let Some(record) = path.store.get(&id).await.unwrap() {
                 open |= !record.state.is_terminal();
             }
         }
@@ -339,7 +340,7 @@ async fn check_case(
                 ))
             );
         }
-        let record = path.store.get(&payment.record_id()).await.unwrap();
+        let record = path.store.get(&payment.payment_id()).await.unwrap();
         let Some(record) = record else {
             assert!(
                 successes.is_empty(),

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use facilitator::{metrics, replay::Replayer, store::now_ms, telemetry, Config};
+use facilitator::{clock::now_ms, metrics, replay::Replayer, telemetry, Config};
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use serde_json::Value;
 

@@ -7,38 +7,25 @@
 
 pub mod receipt;
 
-use alloy::primitives::{Bytes, B256};
-use aws_sdk_dynamodb::types::AttributeValue;
-
 use crate::{
-    evm::{hex, Chain, ChainError},
+    evm::{Chain, ChainError},
     protocol::Reason,
-    store::{PaymentRecord, State, Store, StoreError},
+    store::{Failure, Mined, PaymentId, PaymentRecord, State, Store, StoreError},
 };
 
 /// A lifecycle step could not be done now; each keeps its cause.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
     #[error(transparent)]
     Chain(#[from] ChainError),
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The record lacks what the step needs (it was written by something else than this code).
-    #[error("{0}")]
-    Malformed(String),
-}
-
-/// The attributes of a record settled by `tx`, the transaction the chain names as having used the
-/// authorization (`lib/src/evm/attribution.rs`): `settled_by_other` unless it is one of ours.
-pub fn settled_by(tx: B256, block: Option<u64>, ours: bool) -> Vec<(&'static str, AttributeValue)> {
-    let mut fields = vec![("tx_hash", AttributeValue::S(format!("{tx:#x}")))];
-    if let Some(block) = block {
-        fields.push(("block_number", AttributeValue::N(block.to_string())));
-    }
-    if !ours {
-        fields.push(("settled_by_other", AttributeValue::Bool(true)));
-    }
-    fields
+    #[error("record {id} {problem}")]
+    Malformed {
+        id: PaymentId,
+        problem: &'static str,
+    },
 }
 
 /// What sending a signed record's stored bytes came to.
@@ -52,13 +39,10 @@ pub enum Sent {
 
 /// Sends a record's stored raw transaction, the same bytes every time (I3).
 pub async fn send_stored(chain: &Chain, record: &PaymentRecord) -> Result<Sent, LifecycleError> {
-    let raw: Bytes = record
-        .raw_tx
-        .as_deref()
-        .and_then(hex::bytes)
-        .ok_or_else(|| {
-            LifecycleError::Malformed(format!("record {} has no raw_tx to send", record.id))
-        })?;
+    let raw = record.raw_tx.clone().ok_or(LifecycleError::Malformed {
+        id: record.id.clone(),
+        problem: "has no raw_tx to send",
+    })?;
     match chain.send_raw(raw).await? {
         Ok(()) => Ok(Sent::Accepted),
         // Already in the pool (a re-send of the same bytes): as good as sent.
@@ -86,20 +70,56 @@ pub async fn submit(
     if sent != Sent::Accepted {
         return Ok((sent, false));
     }
-    let moved = store
-        .transition(&record.id, State::Signed, State::Submitted, &[])
-        .await?;
+    let moved = store.submit(&record.id).await?;
     Ok((sent, moved))
 }
 
 /// `queued → expired`: the authorization's `validBefore` passed before anything was signed.
 /// Returns whether this call made the move.
-pub async fn expire_queued(store: &Store, id: &str) -> Result<bool, StoreError> {
-    let fields = receipt::failure(
+pub async fn expire_queued(store: &Store, id: &PaymentId) -> Result<bool, StoreError> {
+    let failure = Failure::new(
         Reason::ValidBefore,
         "the authorization expired before it could be sent",
     );
-    store
-        .transition(id, State::Queued, State::Expired, &fields)
-        .await
+    store.expire(id, State::Queued, &failure).await
+}
+
+/// Who used a payment's authorization, as the chain's `AuthorizationUsed` log says
+/// ([`crate::evm::attribution`]): asked when the token has the authorization as used and no
+/// receipt of ours settles the question.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsedBy {
+    /// One of this payment's own transactions (a lagging node hid its receipt); `paid`: it moved
+    /// exactly the payment.
+    Ours { mined: Mined, paid: bool },
+    /// Somebody else's transaction (a front-runner's); `paid` as above.
+    Theirs { mined: Mined, paid: bool },
+    /// No log within the lookback: cancelled on chain, or used before the lookback.
+    Nobody,
+}
+
+/// Finds who used the record's authorization.
+pub async fn used_by(chain: &Chain, record: &PaymentRecord) -> Result<UsedBy, LifecycleError> {
+    let transfer = record.transfer();
+    let found =
+        crate::evm::attribution::find_use(chain, &transfer, record.authorization_nonce()).await?;
+    Ok(match found {
+        None => UsedBy::Nobody,
+        Some(u) => classify(
+            record,
+            Mined {
+                tx: u.tx,
+                block: u.receipt.block_number,
+            },
+            transfer.made_by(&u.receipt),
+        ),
+    })
+}
+
+/// Whose `mined` is (pure).
+pub fn classify(record: &PaymentRecord, mined: Mined, paid: bool) -> UsedBy {
+    match record.is_ours(mined.tx) {
+        true => UsedBy::Ours { mined, paid },
+        false => UsedBy::Theirs { mined, paid },
+    }
 }

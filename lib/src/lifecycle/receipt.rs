@@ -1,20 +1,17 @@
 //! Finishing a broadcast payment from its receipt, and naming the reason of a revert.
 
-use aws_sdk_dynamodb::types::AttributeValue;
-
+use super::{LifecycleError, UsedBy};
 use crate::{
-    evm::{attribution, hex, Chain, Transfer},
+    evm::Chain,
     protocol::Reason,
-    store::{Claimant, PaymentRecord, State, Store},
+    store::{Claimant, Ending, Failure, Mined, PaymentRecord, Store},
 };
 
 /// What a mined transaction of the payment's means for its record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// The payee was paid: by our transaction, or by `other`'s when ours lost to a front-runner.
-    Settled {
-        other: Option<alloy::primitives::B256>,
-    },
+    Settled { other: Option<Mined> },
     /// What was mined is the zero-value self-transfer that cancelled an expired authorization.
     Cancelled,
     /// Our transaction reverted, and nobody else's paid the payee.
@@ -26,12 +23,7 @@ pub enum Verdict {
 /// The verdict on a mined transaction of the payment (pure: the facts are read before). `other`
 /// is the transaction that used the authorization, when ours reverted and someone else's made
 /// exactly the payment.
-pub fn verdict(
-    to_token: bool,
-    status: bool,
-    transfer_seen: bool,
-    other: Option<alloy::primitives::B256>,
-) -> Verdict {
+pub fn verdict(to_token: bool, status: bool, transfer_seen: bool, other: Option<Mined>) -> Verdict {
     match (to_token, status, transfer_seen) {
         (false, _, _) => Verdict::Cancelled,
         (true, true, true) => Verdict::Settled { other: None },
@@ -40,6 +32,39 @@ pub fn verdict(
             Some(other) => Verdict::Settled { other: Some(other) },
             None => Verdict::Reverted,
         },
+    }
+}
+
+impl Verdict {
+    /// How the record ends, and the transaction it names: `ours` (the one whose receipt was
+    /// found), or the front-runner's that paid the payee.
+    pub fn ending(self, ours: Mined) -> (Mined, Ending) {
+        match self {
+            Verdict::Settled { other: None } => (ours, Ending::Settled { by_other: false }),
+            Verdict::Settled { other: Some(other) } => (other, Ending::Settled { by_other: true }),
+            Verdict::Cancelled => (
+                ours,
+                Ending::Expired(Failure::new(
+                    Reason::ValidBefore,
+                    "the authorization expired before its transaction was mined; a zero-value \
+                     self-transfer used the lane nonce instead, and nothing was paid",
+                )),
+            ),
+            Verdict::Reverted => (
+                ours,
+                Ending::Failed(Failure::new(
+                    Reason::TransactionFailed,
+                    "the settlement transaction reverted",
+                )),
+            ),
+            Verdict::NoTransfer => (
+                ours,
+                Ending::Failed(Failure::new(
+                    Reason::TransferEventMismatch,
+                    "the transaction succeeded but emitted no matching Transfer event",
+                )),
+            ),
+        }
     }
 }
 
@@ -54,121 +79,56 @@ pub async fn finish(
     store: &Store,
     record: &PaymentRecord,
     claim: Option<&Claimant>,
-) -> Result<Option<PaymentRecord>, String> {
+) -> Result<Option<PaymentRecord>, LifecycleError> {
     if record.tx_hash.is_none() {
-        return Err(format!(
-            "record {} is {} without a transaction hash",
-            record.id,
-            record.state.as_str()
-        ));
+        return Err(LifecycleError::Malformed {
+            id: record.id.clone(),
+            problem: "is signed or submitted without a transaction hash",
+        });
     }
-    let transfer = record
-        .transfer()
-        .ok_or_else(|| format!("record {} has a malformed payment", record.id))?;
     let mut mined = None;
-    for text in record.hashes() {
-        let hash = hex::b256(text)
-            .ok_or_else(|| format!("record {} has a malformed hash {text}", record.id))?;
-        if let Some(receipt) = chain.receipt(hash).await.map_err(|e| e.to_string())? {
-            mined = Some((text.to_owned(), receipt));
+    for hash in record.hashes() {
+        if let Some(receipt) = chain.receipt(hash).await? {
+            mined = Some((hash, receipt));
             break;
         }
     }
     let Some((hash, receipt)) = mined else {
         return Ok(None);
     };
+    let transfer = record.transfer();
     let to_token = receipt.to == Some(transfer.asset);
-    let other = if to_token && !receipt.status() {
-        paid_by_other(chain, record, &transfer).await?
-    } else {
-        None
+    let other = match to_token && !receipt.status() {
+        true => paid_by_other(chain, record).await?,
+        false => None,
     };
-    let verdict = verdict(
-        to_token,
-        receipt.status(),
-        transfer.in_logs(receipt.inner.logs()),
-        other.map(|(tx, _)| tx),
-    );
-    let mut fields = Vec::new();
-    let (to, tx, block) = match verdict {
-        Verdict::Settled { other: None } => (State::Settled, hash, receipt.block_number),
-        Verdict::Settled { other: Some(tx) } => {
-            fields.push(("settled_by_other", AttributeValue::Bool(true)));
-            (
-                State::Settled,
-                format!("{tx:#x}"),
-                other.and_then(|(_, b)| b),
-            )
-        }
-        Verdict::Cancelled => {
-            fields.extend(failure(
-                Reason::ValidBefore,
-                "the authorization expired before its transaction was mined; a zero-value \
-                 self-transfer used the lane nonce instead, and nothing was paid",
-            ));
-            (State::Expired, hash, receipt.block_number)
-        }
-        Verdict::Reverted => {
-            fields.extend(failure(
-                Reason::TransactionFailed,
-                "the settlement transaction reverted",
-            ));
-            (State::Failed, hash, receipt.block_number)
-        }
-        Verdict::NoTransfer => {
-            fields.extend(failure(
-                Reason::TransferEventMismatch,
-                "the transaction succeeded but emitted no matching Transfer event",
-            ));
-            (State::Failed, hash, receipt.block_number)
-        }
+    let seen = transfer.in_logs(receipt.inner.logs());
+    let ours = Mined {
+        tx: hash,
+        block: receipt.block_number,
     };
-    // The record names the transaction that decided it, always: an earlier one may have won over
-    // its replacement, and the caller's copy of the record may predate a replacement.
-    fields.push(("tx_hash", AttributeValue::S(tx)));
-    if let Some(block) = block {
-        fields.push(("block_number", AttributeValue::N(block.to_string())));
-    }
-    match store
-        .finish_broadcast_and_read(&record.id, to, &fields, claim)
-        .await
-        .map_err(|e| e.to_string())?
-    {
+    let (decided_by, ending) = verdict(to_token, receipt.status(), seen, other).ending(ours);
+    match store.finish(&record.id, decided_by, &ending, claim).await? {
         Some(finished) => {
             // Counted once per transaction: by whoever records its outcome.
             crate::metrics::gas_used(&record.network, receipt.gas_used);
             Ok(Some(finished))
         }
         // A concurrent follower (or replay) moved it first: the record says what happened.
-        None => store.get(&record.id).await.map_err(|e| e.to_string()),
+        None => Ok(store.get(&record.id).await?),
     }
 }
 
 /// The transaction that used the record's authorization, if it is not one of ours and it paid
-/// the payee exactly; with its block.
-pub(crate) async fn paid_by_other(
+/// the payee exactly.
+async fn paid_by_other(
     chain: &Chain,
     record: &PaymentRecord,
-    transfer: &Transfer,
-) -> Result<Option<(alloy::primitives::B256, Option<u64>)>, String> {
-    let nonce = record
-        .authorization_nonce()
-        .and_then(hex::b256)
-        .ok_or_else(|| format!("record {} has a malformed nonce", record.id))?;
-    let found = attribution::find_use(chain, transfer, nonce)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(found
-        .filter(|u| !record.is_ours(u.tx) && transfer.made_by(&u.receipt))
-        .map(|u| (u.tx, u.receipt.block_number)))
-}
-
-/// The reason and message attributes of a terminal failure.
-pub(crate) fn failure(reason: Reason, message: &str) -> [(&'static str, AttributeValue); 2] {
-    [
-        ("reason", AttributeValue::S(reason.as_str().to_owned())),
-        ("message", AttributeValue::S(message.to_owned())),
-    ]
+) -> Result<Option<Mined>, LifecycleError> {
+    Ok(match super::used_by(chain, record).await? {
+        UsedBy::Theirs { mined, paid: true } => Some(mined),
+        _ => None,
+    })
 }
 
 /// The x402 reason for a revert message from an EIP-3009 token (USDC's and ours), as the reference
@@ -196,6 +156,13 @@ mod tests {
 
     use super::*;
 
+    fn mined(byte: u8) -> Mined {
+        Mined {
+            tx: B256::repeat_byte(byte),
+            block: Some(u64::from(byte)),
+        }
+    }
+
     #[test]
     fn a_successful_transfer_with_its_event_settles() {
         assert_eq!(
@@ -212,16 +179,51 @@ mod tests {
     #[test]
     fn a_revert_fails_unless_a_front_runner_paid_the_payee() {
         assert_eq!(verdict(true, false, false, None), Verdict::Reverted);
-        let other = B256::repeat_byte(7);
         assert_eq!(
-            verdict(true, false, false, Some(other)),
-            Verdict::Settled { other: Some(other) }
+            verdict(true, false, false, Some(mined(7))),
+            Verdict::Settled {
+                other: Some(mined(7))
+            }
         );
     }
 
     #[test]
     fn a_mined_self_transfer_is_the_cancellation() {
         assert_eq!(verdict(false, true, false, None), Verdict::Cancelled);
+    }
+
+    #[test]
+    fn a_settlement_names_our_transaction_or_the_front_runners() {
+        assert_eq!(
+            Verdict::Settled { other: None }.ending(mined(1)),
+            (mined(1), Ending::Settled { by_other: false })
+        );
+        assert_eq!(
+            Verdict::Settled {
+                other: Some(mined(2))
+            }
+            .ending(mined(1)),
+            (mined(2), Ending::Settled { by_other: true })
+        );
+    }
+
+    #[test]
+    fn a_cancellation_expires_and_a_revert_or_missing_transfer_fails_naming_ours() {
+        let (tx, ending) = Verdict::Cancelled.ending(mined(1));
+        assert!(
+            tx == mined(1)
+                && matches!(ending, Ending::Expired(f) if f.reason == Reason::ValidBefore)
+        );
+        let (tx, ending) = Verdict::Reverted.ending(mined(1));
+        assert!(
+            tx == mined(1)
+                && matches!(ending, Ending::Failed(f) if f.reason == Reason::TransactionFailed)
+        );
+        let (tx, ending) = Verdict::NoTransfer.ending(mined(1));
+        assert!(
+            tx == mined(1)
+                && matches!(ending, Ending::Failed(f) if f.reason == Reason::TransferEventMismatch)
+        );
     }
 
     #[test]

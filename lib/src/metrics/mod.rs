@@ -188,7 +188,7 @@ struct Observation<'a> {
 }
 
 fn emit(observation: &Observation<'_>) {
-    let line = render(namespace(), now_ms(), observation);
+    let line = render(namespace(), crate::clock::now_ms(), observation);
     // One write of the whole line, so it never interleaves with a log line from another thread.
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(line.as_bytes());
@@ -242,13 +242,6 @@ fn namespace() -> &'static str {
 /// CloudWatch's rule: 1–255 characters, no leading colon, and not the reserved `AWS/` prefix.
 fn valid_namespace(n: &str) -> bool {
     !n.is_empty() && n.len() <= 255 && !n.starts_with(':') && !n.starts_with("AWS/")
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -7,10 +7,7 @@ use std::time::Duration;
 use alloy::primitives::U256;
 use futures_util::future::join_all;
 
-use crate::{
-    facilitator::Facilitator,
-    store::{now_ms, Store},
-};
+use crate::{clock::now_ms, facilitator::Facilitator, store::Store};
 
 /// Reads and emits `LaneGasBalance` for every (network, lane) and `OldestOpenPaymentAge`.
 /// Never fails: a reading that cannot be taken now is logged and left out (a missing lane balance

@@ -24,22 +24,27 @@
 //! Every change is a conditional write on what replay read, so replay racing the live path, or
 //! itself, moves a record at most once, and a second run right after the first finds nothing to do.
 
+mod decide;
 mod gauges;
 
 use std::time::{Duration, Instant};
 
-use alloy::sol_types::SolCall;
+use alloy::{primitives::B256, sol_types::SolCall};
 use serde::Serialize;
 
 use crate::{
+    clock::{now_ms, unix_now},
     config::{Config, ConfigError},
-    evm::{abi::IEip3009, attribution, hex, CallOutcome, Chain},
-    facilitator::{unix_now, Facilitator},
+    evm::{abi::IEip3009, CallOutcome, Chain},
+    facilitator::Facilitator,
     lifecycle::{self, receipt, Sent},
-    protocol::Reason,
     queue::Queue,
-    settle::lane_for_id,
-    store::{now_ms, PaymentRecord, State, Store, StoreError},
+    store::{PaymentId, PaymentRecord, State, Store, StoreError},
+};
+
+pub use decide::{
+    in_flight_plan, nonce_taken_plan, pool_plan, queued_plan, used_plan, InFlightPlan,
+    NonceTakenPlan, PoolPlan, QueuedPlan, UsedPlan,
 };
 
 /// Index pages are at most this long (DynamoDB caps a page at 1 MB anyway).
@@ -123,7 +128,45 @@ impl Action {
     }
 }
 
+/// One run's bounds.
+struct Run {
+    /// Records changed after this (unix ms) belong to the live path.
+    changed_by: u64,
+    attempt: String,
+    stop_at: Option<Instant>,
+}
+
+impl Run {
+    fn out_of_time(&self) -> bool {
+        self.stop_at.is_some_and(|at| Instant::now() >= at)
+    }
+}
+
 impl Summary {
+    /// The run's one summary line.
+    fn log(&self, elapsed_ms: u64) {
+        tracing::info!(
+            examined = self.examined,
+            settled = self.settled,
+            failed = self.failed,
+            pending = self.pending,
+            bumped = self.bumped,
+            cancelling = self.cancelling,
+            resigned = self.resigned,
+            relaned = self.relaned,
+            rebroadcast = self.rebroadcast,
+            submitted = self.submitted,
+            refused = self.refused,
+            expired = self.expired,
+            requeued = self.requeued,
+            moved_on = self.moved_on,
+            errors = self.errors,
+            more = self.more,
+            elapsed_ms,
+            "replay finished"
+        );
+    }
+
     fn count(&mut self, action: Action) {
         let counter = match action {
             Action::Settled => &mut self.settled,
@@ -219,67 +262,65 @@ impl Replayer {
             let margin = STOP_BEFORE_DEADLINE.min(d.saturating_duration_since(Instant::now()) / 4);
             d.checked_sub(margin).unwrap_or(d)
         });
-        let out_of_time = || stop_at.is_some_and(|at| Instant::now() >= at);
-        let min_age = self.tunables.min_age;
-        let changed_by =
-            started.saturating_sub(u64::try_from(min_age.as_millis()).unwrap_or(u64::MAX));
-        // Names this run's queue messages, so SQS deduplication does not swallow them.
-        let attempt = format!("replay-{started}");
+        let run = Run {
+            changed_by: started.saturating_sub(
+                u64::try_from(self.tunables.min_age.as_millis()).unwrap_or(u64::MAX),
+            ),
+            // Names this run's queue messages, so SQS deduplication does not swallow them.
+            attempt: format!("replay-{started}"),
+            stop_at,
+        };
         gauges::report_operational(&self.facilitator, &self.store).await;
         let mut summary = Summary::default();
         let mut start = None;
-        'pages: loop {
+        loop {
             let left = self
                 .tunables
                 .max_records
                 .saturating_sub(summary.examined as usize);
-            if left == 0 || out_of_time() {
+            if left == 0 || run.out_of_time() {
                 summary.more = true;
                 break;
             }
             let limit = i32::try_from(left.min(PAGE)).unwrap_or(1);
-            let page = self.store.open_records(changed_by, limit, start).await?;
+            let page = self
+                .store
+                .open_records(run.changed_by, limit, start)
+                .await?;
             let more_pages = page.next.is_some();
-            let count = page.records.len();
-            for (i, indexed) in page.records.into_iter().enumerate() {
-                if out_of_time() {
-                    summary.more = i < count || more_pages;
-                    break 'pages;
-                }
-                summary.examined += 1;
-                let id = indexed.id.clone();
-                let action = self.replay_one(indexed, &attempt).await;
-                if !matches!(action, Action::Pending | Action::MovedOn) {
-                    tracing::info!(id = %id, action = action.as_str(), "replayed");
-                }
-                summary.count(action);
+            if !self.replay_page(page.records, &run, &mut summary).await {
+                summary.more = true;
+                break;
             }
             match page.next {
-                Some(next) => start = Some(next),
-                None => break,
+                Some(next) if more_pages => start = Some(next),
+                _ => break,
             }
         }
-        tracing::info!(
-            examined = summary.examined,
-            settled = summary.settled,
-            failed = summary.failed,
-            pending = summary.pending,
-            bumped = summary.bumped,
-            cancelling = summary.cancelling,
-            resigned = summary.resigned,
-            relaned = summary.relaned,
-            rebroadcast = summary.rebroadcast,
-            submitted = summary.submitted,
-            refused = summary.refused,
-            expired = summary.expired,
-            requeued = summary.requeued,
-            moved_on = summary.moved_on,
-            errors = summary.errors,
-            more = summary.more,
-            elapsed_ms = now_ms().saturating_sub(started),
-            "replay finished"
-        );
+        summary.log(now_ms().saturating_sub(started));
         Ok(summary)
+    }
+
+    /// One page of the index; false if the run's time ran out before its end.
+    async fn replay_page(
+        &self,
+        records: Vec<PaymentRecord>,
+        run: &Run,
+        summary: &mut Summary,
+    ) -> bool {
+        for indexed in records {
+            if run.out_of_time() {
+                return false;
+            }
+            summary.examined += 1;
+            let id = indexed.id.clone();
+            let action = self.replay_one(indexed, &run.attempt).await;
+            if !matches!(action, Action::Pending | Action::MovedOn) {
+                tracing::info!(%id, action = action.as_str(), "replayed");
+            }
+            summary.count(action);
+        }
+        true
     }
 
     async fn replay_one(&self, indexed: PaymentRecord, attempt: &str) -> Action {
@@ -307,41 +348,44 @@ impl Replayer {
         }
     }
 
-    /// A `queued` record: nothing signed, so it can expire, change lanes or be queued again freely.
+    /// A `queued` record: nothing signed, so it can expire, change lanes or be queued again freely
+    /// ([`queued_plan`]).
     async fn queued(&self, record: PaymentRecord, attempt: &str) -> Action {
-        if unix_now() >= record.valid_before {
-            return match lifecycle::expire_queued(&self.store, &record.id).await {
-                Ok(true) => Action::Expired,
-                Ok(false) => Action::MovedOn,
-                Err(e) => error(&record.id, &e),
-            };
-        }
-        if !self.lanes.is_empty() && !self.lanes.contains(&record.lane) {
+        let lane = match queued_plan(&record, unix_now(), &self.lanes) {
+            QueuedPlan::Expire => {
+                return moved(
+                    &record.id,
+                    lifecycle::expire_queued(&self.store, &record.id).await,
+                    Action::Expired,
+                )
+            }
             // Its lane was drained (taken out of X402_LANE_KEYS): no worker will sign with it, and
             // its messages end in the dead-letter queue. Nothing was signed, so it can move.
-            let lane = lane_for_id(&record.id, &self.lanes).to_owned();
-            return match self.store.move_lane(&record.id, &record.lane, &lane).await {
-                Ok(true) => match self.queue.requeue(&record.id, &lane, attempt).await {
-                    Ok(()) => Action::Relaned,
-                    Err(e) => error(&record.id, &e),
-                },
-                Ok(false) => Action::MovedOn,
-                Err(e) => error(&record.id, &e),
-            };
-        }
-        match self.queue.requeue(&record.id, &record.lane, attempt).await {
-            Ok(()) => Action::Requeued,
+            QueuedPlan::Relane(lane) => {
+                match self.store.move_lane(&record.id, &record.lane, &lane).await {
+                    Ok(true) => lane,
+                    Ok(false) => return Action::MovedOn,
+                    Err(e) => return error(&record.id, &e),
+                }
+            }
+            QueuedPlan::Requeue => record.lane.clone(),
+        };
+        let done = match lane == record.lane {
+            true => Action::Requeued,
+            false => Action::Relaned,
+        };
+        match self.queue.requeue(record.id.as_str(), &lane, attempt).await {
+            Ok(()) => done,
             Err(e) => error(&record.id, &e),
         }
     }
 
-    /// A `signed` or `submitted` record: a transaction exists at its lane nonce.
+    /// A `signed` or `submitted` record: a transaction exists at its lane nonce. Its receipt first,
+    /// then [`in_flight_plan`].
     async fn in_flight(&self, chain: &Chain, record: PaymentRecord, attempt: &str) -> Action {
-        let (Some(sender), Some(nonce), Some(hash)) = (
-            record.sender.as_deref().and_then(hex::address),
-            record.lane_nonce,
-            record.tx_hash.clone(),
-        ) else {
+        let (Some(sender), Some(nonce), Some(hash)) =
+            (record.sender, record.lane_nonce, record.tx_hash)
+        else {
             return error(&record.id, &"signed without its sender, lane nonce or hash");
         };
         // The lane's mined nonce first, then the receipts: a transaction of ours mined between the
@@ -351,62 +395,27 @@ impl Replayer {
             Err(e) => return error(&record.id, &e),
         };
         match receipt::finish(chain, &self.store, &record, None).await {
-            Ok(Some(finished)) => {
-                return match finished.state {
-                    State::Settled => Action::Settled,
-                    State::Failed => Action::Failed,
-                    State::Expired => Action::Expired,
-                    _ => Action::MovedOn,
-                }
-            }
+            Ok(Some(finished)) => return finished_action(&finished),
             Ok(None) => {}
             Err(e) => return error(&record.id, &e),
         }
-        if mined_nonce > nonce {
-            return self
-                .nonce_used_elsewhere(chain, &record, &hash, attempt)
-                .await;
-        }
-        let expired = unix_now() >= record.valid_before;
-        if record.state == State::Signed && !expired {
-            return match lifecycle::submit(chain, &self.store, &record).await {
-                Ok((Sent::Accepted, true)) => Action::Submitted,
-                Ok((Sent::Accepted, false)) => Action::MovedOn,
-                Ok((Sent::Refused(_), _)) => Action::Refused,
-                Err(e) => error(&record.id, &e),
-            };
-        }
-        let in_pool = match record.state {
-            State::Signed => false,
-            _ => match hex::b256(&hash) {
-                Some(h) => match chain.transaction_known(h).await {
-                    Ok(known) => known,
-                    Err(e) => return error(&record.id, &e),
-                },
-                None => return error(&record.id, &format!("malformed hash {hash}")),
+        let action = match in_flight_plan(&record, nonce, mined_nonce, unix_now()) {
+            InFlightPlan::NonceTaken => {
+                return self.nonce_taken(chain, &record, hash, attempt).await
+            }
+            InFlightPlan::Submit => return self.submit(chain, &record).await,
+            InFlightPlan::Cancel => Action::Cancelling,
+            InFlightPlan::CheckPool => match self
+                .pooled(chain, &record, hash, nonce == mined_nonce)
+                .await
+            {
+                Ok(action) => action,
+                Err(action) => return action,
             },
-        };
-        let sent_ago = Duration::from_millis(now_ms().saturating_sub(record.updated_at));
-        let action = if expired {
-            // Whatever it was, the transfer would now revert: use the nonce without paying.
-            Action::Cancelling
-        } else if !in_pool {
-            // Dropped from the pool: the same bytes again (I3).
-            return match lifecycle::send_stored(chain, &record).await {
-                Ok(Sent::Accepted) => Action::Rebroadcast,
-                Ok(Sent::Refused(_)) => Action::Refused,
-                Err(e) => error(&record.id, &e),
-            };
-        } else if sent_ago >= self.tunables.bump_after && nonce == mined_nonce {
-            // Only the lane's next nonce to be mined: a transaction queued behind another gains
-            // nothing from higher fees, and the one ahead gets its own bump.
-            Action::Bumped
-        } else {
-            return Action::Pending;
         };
         match self
             .queue
-            .request_replacement(&record.id, &record.lane, &hash)
+            .request_replacement(record.id.as_str(), &record.lane, &format!("{hash:#x}"))
             .await
         {
             Ok(()) => action,
@@ -414,145 +423,142 @@ impl Replayer {
         }
     }
 
-    /// The record's lane nonce was used, by none of its own transactions: none of them can ever be
-    /// mined. What is left depends on the authorization.
-    async fn nonce_used_elsewhere(
+    /// `signed → submitted` with the stored bytes.
+    async fn submit(&self, chain: &Chain, record: &PaymentRecord) -> Action {
+        match lifecycle::submit(chain, &self.store, record).await {
+            Ok((Sent::Accepted, true)) => Action::Submitted,
+            Ok((Sent::Accepted, false)) => Action::MovedOn,
+            Ok((Sent::Refused(_), _)) => Action::Refused,
+            Err(e) => error(&record.id, &e),
+        }
+    }
+
+    /// A `submitted`, valid, unmined transaction, as [`pool_plan`] says: `Ok(Bumped)` when the
+    /// worker is to be asked for a replacement, `Err` with what was done otherwise.
+    async fn pooled(
         &self,
         chain: &Chain,
         record: &PaymentRecord,
-        hash: &str,
+        hash: B256,
+        next_in_lane: bool,
+    ) -> Result<Action, Action> {
+        let in_pool = chain
+            .transaction_known(hash)
+            .await
+            .map_err(|e| error(&record.id, &e))?;
+        let sent_ago = Duration::from_millis(now_ms().saturating_sub(record.updated_at));
+        match pool_plan(in_pool, sent_ago, self.tunables.bump_after, next_in_lane) {
+            PoolPlan::Rebroadcast => Err(match lifecycle::send_stored(chain, record).await {
+                Ok(Sent::Accepted) => Action::Rebroadcast,
+                Ok(Sent::Refused(_)) => Action::Refused,
+                Err(e) => error(&record.id, &e),
+            }),
+            PoolPlan::Bump => Ok(Action::Bumped),
+            PoolPlan::Pending => Err(Action::Pending),
+        }
+    }
+
+    /// The record's lane nonce was used, by none of its own transactions: none of them can ever be
+    /// mined. What is left depends on the authorization ([`nonce_taken_plan`]).
+    async fn nonce_taken(
+        &self,
+        chain: &Chain,
+        record: &PaymentRecord,
+        hash: B256,
         attempt: &str,
     ) -> Action {
         let used = match authorization_used(chain, record).await {
             Ok(used) => used,
             Err(e) => return error(&record.id, &e),
         };
-        if used {
-            return self.used_by_whom(chain, record).await;
-        }
-        let (to, reason, message) = if unix_now() >= record.valid_before {
-            (
-                State::Expired,
-                Reason::ValidBefore,
-                "the authorization expired after its lane nonce went to another transaction",
-            )
-        } else {
-            // Unused and still valid: sign it afresh at a new nonce. Safe, because the old
-            // transactions can never be mined (their nonce is taken) and the token accepts the
-            // authorization once at most.
-            return match self
-                .store
-                .requeue_unsent(&record.id, record.state, hash)
-                .await
-            {
-                Ok(true) => match self.queue.requeue(&record.id, &record.lane, attempt).await {
+        let expired = unix_now() >= record.valid_before;
+        match nonce_taken_plan(used, expired) {
+            NonceTakenPlan::FindWhoUsed => self.used_by_whom(chain, record).await,
+            NonceTakenPlan::Expire(failure) => moved(
+                &record.id,
+                self.store.expire(&record.id, record.state, &failure).await,
+                Action::Expired,
+            ),
+            NonceTakenPlan::Resign => {
+                match self.store.requeue(&record.id, record.state, hash).await {
+                    Ok(true) => {}
+                    Ok(false) => return Action::MovedOn,
+                    Err(e) => return error(&record.id, &e),
+                }
+                match self
+                    .queue
+                    .requeue(record.id.as_str(), &record.lane, attempt)
+                    .await
+                {
                     Ok(()) => Action::Resigned,
                     // Queued in the table but not on SQS: the next run queues it again.
                     Err(e) => error(&record.id, &e),
-                },
-                Ok(false) => Action::MovedOn,
-                Err(e) => error(&record.id, &e),
-            };
+                }
+            }
+        }
+    }
+
+    /// The authorization is used, and no receipt of ours was found under the record's hashes:
+    /// find the transaction that used it before deciding anything ([`used_plan`]).
+    async fn used_by_whom(&self, chain: &Chain, record: &PaymentRecord) -> Action {
+        let used_by = match lifecycle::used_by(chain, record).await {
+            Ok(used_by) => used_by,
+            Err(e) => return error(&record.id, &e),
         };
-        match self
-            .store
-            .transition(
+        match used_plan(used_by) {
+            UsedPlan::FinishOurs(mined) => {
+                match receipt::finish(chain, &self.store, record, None).await {
+                    Ok(Some(finished)) => finished_action(&finished),
+                    Ok(None) => error(
+                        &record.id,
+                        &format!("{:#x} is logged but its receipt is not found yet", mined.tx),
+                    ),
+                    Err(e) => error(&record.id, &e),
+                }
+            }
+            UsedPlan::SettleByOther(mined) => moved(
                 &record.id,
-                record.state,
-                to,
-                &receipt::failure(reason, message),
-            )
-            .await
-        {
-            Ok(true) => Action::Expired,
-            Ok(false) => Action::MovedOn,
-            Err(e) => error(&record.id, &e),
+                self.store
+                    .settle(&record.id, record.state, mined, true)
+                    .await,
+                Action::Settled,
+            ),
+            UsedPlan::Fail(failure) => moved(
+                &record.id,
+                self.store.fail(&record.id, record.state, &failure).await,
+                Action::Failed,
+            ),
         }
     }
 }
 
-impl Replayer {
-    /// The authorization is used, and no receipt of ours was found under the record's hashes:
-    /// find the transaction that used it before deciding anything. Ours (the node that answered
-    /// the receipts lags behind the one that logged it) → finished from its receipt, or left for
-    /// the next run while that node has none. Somebody else's that paid the payee exactly →
-    /// `settled`, naming it. Any other → `failed`, naming it.
-    async fn used_by_whom(&self, chain: &Chain, record: &PaymentRecord) -> Action {
-        let (Some(transfer), Some(nonce)) = (
-            record.transfer(),
-            record.authorization_nonce().and_then(hex::b256),
-        ) else {
-            return error(&record.id, &"the record's payment is not well formed");
-        };
-        let found = match attribution::find_use(chain, &transfer, nonce).await {
-            Ok(found) => found,
-            Err(e) => return error(&record.id, &e),
-        };
-        let (to, fields) = match found {
-            Some(u) if record.is_ours(u.tx) => {
-                return match receipt::finish(chain, &self.store, record, None).await {
-                    Ok(Some(finished)) => match finished.state {
-                        State::Settled => Action::Settled,
-                        State::Failed => Action::Failed,
-                        State::Expired => Action::Expired,
-                        _ => Action::MovedOn,
-                    },
-                    Ok(None) => error(&record.id, &format!("{:#x} is logged but its receipt is not found yet", u.tx)),
-                    Err(e) => error(&record.id, &e),
-                };
-            }
-            Some(u) if transfer.made_by(&u.receipt) => (
-                State::Settled,
-                lifecycle::settled_by(u.tx, u.receipt.block_number, false),
-            ),
-            Some(u) => (
-                State::Failed,
-                receipt::failure(
-                    Reason::NonceAlreadyUsed,
-                    &format!(
-                        "the authorization was used by transaction {:#x}, which is not this facilitator's and did not make this payment",
-                        u.tx
-                    ),
-                )
-                .to_vec(),
-            ),
-            None => (
-                State::Failed,
-                receipt::failure(
-                    Reason::NonceAlreadyUsed,
-                    "the authorization was cancelled on chain, or used by a transaction older than the lookback (X402_LOGS_LOOKBACK_BLOCKS)",
-                )
-                .to_vec(),
-            ),
-        };
-        match self
-            .store
-            .transition(&record.id, record.state, to, &fields)
-            .await
-        {
-            Ok(true) if to == State::Settled => Action::Settled,
-            Ok(true) => Action::Failed,
-            Ok(false) => Action::MovedOn,
-            Err(e) => error(&record.id, &e),
-        }
+/// What a record finished from its receipt counts as.
+fn finished_action(finished: &PaymentRecord) -> Action {
+    match finished.state {
+        State::Settled => Action::Settled,
+        State::Failed => Action::Failed,
+        State::Expired => Action::Expired,
+        _ => Action::MovedOn,
+    }
+}
+
+/// `done` if this run made a conditional move, `MovedOn` if the record had moved meanwhile.
+fn moved(id: &PaymentId, outcome: Result<bool, StoreError>, done: Action) -> Action {
+    match outcome {
+        Ok(true) => done,
+        Ok(false) => Action::MovedOn,
+        Err(e) => error(id, &e),
     }
 }
 
 /// Whether the token has the record's authorization as used (`authorizationState`).
 async fn authorization_used(chain: &Chain, record: &PaymentRecord) -> Result<bool, String> {
-    let (Some(asset), Some(payer), Some(nonce)) = (
-        hex::address(&record.asset),
-        hex::address(&record.payer),
-        record.authorization_nonce().and_then(hex::b256),
-    ) else {
-        return Err("the record's asset, payer or nonce is not hex".to_owned());
-    };
     let call = IEip3009::authorizationStateCall {
-        authorizer: payer,
-        nonce,
+        authorizer: record.payer,
+        nonce: record.authorization_nonce(),
     };
     match chain
-        .call(None, asset, call.abi_encode().into())
+        .call(None, record.asset, call.abi_encode().into())
         .await
         .map_err(|e| e.to_string())?
     {
@@ -562,7 +568,7 @@ async fn authorization_used(chain: &Chain, record: &PaymentRecord) -> Result<boo
     }
 }
 
-fn error(id: &str, problem: &dyn std::fmt::Display) -> Action {
-    tracing::warn!(id, error = %problem, "replay could not handle a record now; the next run tries again");
+fn error(id: &PaymentId, problem: &dyn std::fmt::Display) -> Action {
+    tracing::warn!(%id, error = %problem, "replay could not handle a record now; the next run tries again");
     Action::Error
 }

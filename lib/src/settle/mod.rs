@@ -13,9 +13,10 @@ use http::StatusCode;
 use tracing::instrument;
 
 use crate::{
+    clock::{now_ms, unix_now},
     config::{Config, ConfigError},
     evm::{attribution, Checked, ExactEvm},
-    facilitator::{unix_now, Facilitator},
+    facilitator::Facilitator,
     lifecycle::receipt,
     protocol::{
         payer_hint,
@@ -24,7 +25,8 @@ use crate::{
     },
     queue::Queue,
     store::{
-        now_ms, Binding, Claimant, Created, NewPayment, PaymentId, PaymentRecord, State, Store,
+        Binding, Claimant, Created, Failure, Mined, NewPayment, PaymentId, PaymentRecord, State,
+        Store,
     },
 };
 
@@ -264,7 +266,7 @@ impl Settler {
             .saturating_add(crate::store::RETENTION_SECS);
         match self
             .store
-            .bind_identifier(&key, request.id.as_str(), request.digest, expires_at)
+            .bind_identifier(&key, &request.id, request.digest, expires_at)
             .await
         {
             Ok(Binding::Same) => None,
@@ -291,7 +293,7 @@ impl Settler {
         // simulation when a client repeats a /settle (its result is then not used: the record
         // answers).
         let (existing, confirmed) =
-            tokio::join!(self.store.get(r.id.as_str()), r.scheme.confirm(&r.checked));
+            tokio::join!(self.store.get(&r.id), r.scheme.confirm(&r.checked));
         match existing {
             Ok(Some(record)) => return self.answer_from(r, record).await,
             Ok(None) => {}
@@ -304,7 +306,7 @@ impl Settler {
             // The record read may have been answered before another request created the record,
             // and the chain read after that request's transfer was mined: look again before
             // answering from the chain.
-            match self.store.get(r.id.as_str()).await {
+            match self.store.get(&r.id).await {
                 Ok(Some(record)) => return self.answer_from(r, record).await,
                 Ok(None) => {}
                 Err(e) => return r.unexpected(e.to_string()),
@@ -355,13 +357,12 @@ impl Settler {
             ));
         }
         let lane = lane_for(&r.id, &self.lanes).to_owned();
-        let record = PaymentRecord::settled_by_other(
-            &r.new_payment(&lane),
-            found.tx,
-            found.receipt.block_number,
-            &r.claimant,
-            now_ms(),
-        );
+        let mined = Mined {
+            tx: found.tx,
+            block: found.receipt.block_number,
+        };
+        let record =
+            PaymentRecord::settled_by_other(&r.new_payment(&lane), mined, &r.claimant, now_ms());
         match self.create(r, &record).await {
             Ok(Created::New) => {
                 tracing::info!(id = %r.id, tx = %found.tx, "settled by another sender's transaction");
@@ -384,7 +385,7 @@ impl Settler {
         if let Err(e) = self.queue.enqueue(r.id.as_str(), &lane).await {
             // Not queued, so nothing will ever sign it: cancel it so it cannot settle later unseen.
             let why = format!("could not queue the payment: {e}");
-            if self.cancel(r.id.as_str(), &why).await {
+            if self.cancel(&r.id, &why).await {
                 return r.unexpected(why);
             }
         }
@@ -409,7 +410,7 @@ impl Settler {
                     tracing::warn!(error = %e, id = %r.id, "creating the payment record failed; reading it back")
                 }
             }
-            match self.store.get(r.id.as_str()).await {
+            match self.store.get(&r.id).await {
                 // Ours (an earlier attempt's write landed) or a concurrent request's: either way
                 // the record answers, and a `queued` one is queued again (SQS deduplicates).
                 Ok(Some(found)) => {
@@ -447,7 +448,7 @@ impl Settler {
         r: &Request<'_>,
         record: &PaymentRecord,
     ) -> Option<SettleResponse> {
-        let tx = record.tx_hash.clone().unwrap_or_default();
+        let tx = tx_text(record.tx_hash).unwrap_or_default();
         let mine = record.claimed_by.as_deref() == Some(r.claimant.stored().as_str());
         let won = match mine {
             true => true,
@@ -470,119 +471,33 @@ impl Settler {
 
     /// Reads the record until it is final or the deadline passes, finishing `signed` and
     /// `submitted` records from their receipts on the way, and claiming a settled one's success.
-    /// When it looks again: [`pace`].
+    /// What each look does: [`answer_for`]; when it looks again: [`pace`].
     async fn follow(&self, r: &Request<'_>, mut record: PaymentRecord) -> SettleResponse {
         let deadline = r.started + self.timing.deadline;
-        let mut pace = Pace::new(self.timing.poll);
-        let mut last_state = record.state;
-        let mut state_since = Instant::now();
-        let mut read_at = Instant::now();
-        let mut first_round = true;
+        let mut round = Round::new(&record, self.timing.poll);
         loop {
-            if record.state != last_state {
-                if last_state == State::Queued
-                    && matches!(record.state, State::Signed | State::Submitted)
-                {
-                    // The worker stamped `updated_at` when it signed (or sent, if we missed
-                    // `signed`): how long this lane took, for the next follower's first read.
-                    self.signing.observe(
-                        Duration::from_millis(record.updated_at.saturating_sub(record.created_at)),
-                        self.timing.deadline,
-                    );
-                }
-                last_state = record.state;
-                state_since = Instant::now();
-                pace.entered();
+            if let Some(signing) = round.observe(&record) {
+                self.signing.observe(signing, self.timing.deadline);
             }
-            match record.state {
-                State::Settled => {
-                    if let Some(answer) = self.claimed_answer(r, &record).await {
-                        return answer;
-                    }
-                }
-                State::Failed | State::Expired | State::Cancelled => {
-                    return r.echo.failure(failure_of(&record), record.tx_hash)
-                }
-                // `signed` already names its transaction (written ahead of the broadcast): look
-                // for its receipt too, so the answer does not wait for the worker's move to
-                // `submitted`, one DynamoDB write after the broadcast.
-                State::Signed | State::Submitted => {
-                    match receipt::finish(r.scheme.chain(), &self.store, &record, Some(&r.claimant))
-                        .await
-                    {
-                        Ok(Some(finished)) => {
-                            record = finished;
-                            continue;
-                        }
-                        Ok(None) => {}
-                        Err(e) => {
-                            tracing::warn!(error = %e, id = %record.id, "receipt lookup failed; will retry")
-                        }
-                    }
-                }
-                State::Queued => {}
+            match self.look(r, &mut record).await {
+                Looked::Answer(answer) => return answer,
+                Looked::Changed => continue,
+                Looked::Unchanged => {}
             }
             if Instant::now() >= deadline {
-                match record.state {
-                    State::Queued => {
-                        if self
-                            .cancel(
-                                &record.id,
-                                "nothing was broadcast before the settle deadline",
-                            )
-                            .await
-                        {
-                            return r.unexpected("nothing was broadcast before the settle deadline; the payment was cancelled and will not be settled");
-                        }
-                    }
-                    State::Settled => {
-                        return r.echo.failure(
-                            Rejection::new(
-                                Reason::SettlementPending,
-                                "the payment is settled but this answer could not be recorded; call /settle again with the same payment",
-                            ),
-                            record.tx_hash,
-                        )
-                    }
-                    _ => {
-                        return r.echo.failure(
-                            Rejection::new(
-                                Reason::SettlementPending,
-                                "broadcast but not mined yet; call /settle again with the same payment for the final result",
-                            ),
-                            record.tx_hash,
-                        )
-                    }
+                if let Some(answer) = self.at_deadline(r, &record).await {
+                    return answer;
                 }
             }
-            let wait = if record.state == State::Settled {
-                Duration::from_millis(20)
-            } else if first_round && record.state == State::Queued {
-                let age = Duration::from_millis(now_ms().saturating_sub(record.created_at));
-                pace.first_queued_wait(self.signing.get(), age)
-            } else {
-                pace.next_wait(record.state, state_since.elapsed())
-            };
-            first_round = false;
+            let wait = round.wait(&record, self.signing.get());
             tokio::time::sleep(
                 wait.min(deadline.saturating_duration_since(Instant::now()))
                     .max(Duration::from_millis(1)),
             )
             .await;
-            // Once broadcast, what the follower waits for is a receipt, which it looks for on every
-            // round above; re-reading the record each round as well would double the reads of every
-            // waiting /settle for nothing. The record could change only by a replacement (replay
-            // asks for one only after X402_REPLAY_MIN_AGE_MS, which the config holds above the
-            // settle deadline) or by another follower finishing it from the same receipt. An
-            // occasional re-read still catches a replacement where the grace is 0 (tests).
-            if matches!(
-                record.state,
-                State::Signed | State::Submitted | State::Settled
-            ) && read_at.elapsed() < self.timing.poll * 4
-            {
+            if !round.reread(&record) {
                 continue;
             }
-            read_at = Instant::now();
             match self.store.get(&record.id).await {
                 Ok(Some(latest)) => record = latest,
                 Ok(None) => return r.unexpected("the payment record vanished"),
@@ -593,39 +508,199 @@ impl Settler {
         }
     }
 
+    /// One look at the record, as [`answer_for`] says.
+    async fn look(&self, r: &Request<'_>, record: &mut PaymentRecord) -> Looked {
+        match answer_for(record) {
+            Look::Claim => match self.claimed_answer(r, record).await {
+                Some(answer) => Looked::Answer(answer),
+                None => Looked::Unchanged,
+            },
+            Look::Final => Looked::Answer(
+                r.echo
+                    .failure(rejection_of(record), tx_text(record.tx_hash)),
+            ),
+            Look::FindReceipt => {
+                match receipt::finish(r.scheme.chain(), &self.store, record, Some(&r.claimant))
+                    .await
+                {
+                    Ok(Some(finished)) => {
+                        *record = finished;
+                        Looked::Changed
+                    }
+                    Ok(None) => Looked::Unchanged,
+                    Err(e) => {
+                        tracing::warn!(error = %e, id = %record.id, "receipt lookup failed; will retry");
+                        Looked::Unchanged
+                    }
+                }
+            }
+            Look::Wait => Looked::Unchanged,
+        }
+    }
+
+    /// The answer at the deadline, as [`at_deadline`] says; `None` when a `queued` record could not
+    /// be cancelled because the worker took it meanwhile (the follower looks again).
+    async fn at_deadline(&self, r: &Request<'_>, record: &PaymentRecord) -> Option<SettleResponse> {
+        match at_deadline(record.state) {
+            AtDeadline::Cancel => {
+                let why = "nothing was broadcast before the settle deadline";
+                self.cancel(&record.id, why).await.then(|| {
+                    r.unexpected("nothing was broadcast before the settle deadline; the payment was cancelled and will not be settled")
+                })
+            }
+            AtDeadline::Pending(message) => Some(r.echo.failure(
+                Rejection::new(Reason::SettlementPending, message),
+                tx_text(record.tx_hash),
+            )),
+        }
+    }
+
     /// `queued → cancelled`; false if the record had moved on (the worker took it).
-    async fn cancel(&self, id: &str, why: &str) -> bool {
-        match self
-            .store
-            .transition(
-                id,
-                State::Queued,
-                State::Cancelled,
-                &receipt::failure(Reason::UnexpectedSettleError, why),
-            )
-            .await
-        {
+    async fn cancel(&self, id: &PaymentId, why: &str) -> bool {
+        let failure = Failure::new(Reason::UnexpectedSettleError, why);
+        match self.store.cancel(id, &failure).await {
             Ok(done) => done,
             Err(e) => {
-                tracing::error!(error = %e, id, "cancelling a queued payment failed");
+                tracing::error!(error = %e, %id, "cancelling a queued payment failed");
                 false
             }
         }
     }
 }
 
-/// A terminal failure's reason and message, as the record keeps them.
-fn failure_of(record: &PaymentRecord) -> Rejection {
-    let reason = record
-        .reason
-        .as_deref()
-        .and_then(Reason::from_wire)
-        .unwrap_or(Reason::UnexpectedSettleError);
-    let message = record
-        .message
-        .clone()
-        .unwrap_or_else(|| format!("the payment is {}", record.state.as_str()));
-    Rejection::new(reason, message)
+/// What one look at the record does (pure).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Look {
+    /// `settled`: the answer is the success if this request holds or wins the claim.
+    Claim,
+    /// `failed`, `expired` or `cancelled`: the failure the record keeps, with its transaction.
+    Final,
+    /// `signed` or `submitted`: look for the receipt. `signed` already names its transaction
+    /// (written ahead of the broadcast), so the answer does not wait for the worker's move to
+    /// `submitted`, one DynamoDB write after the broadcast.
+    FindReceipt,
+    /// `queued`: the worker has not signed it yet.
+    Wait,
+}
+
+pub fn answer_for(record: &PaymentRecord) -> Look {
+    match record.state {
+        State::Settled => Look::Claim,
+        State::Failed | State::Expired | State::Cancelled => Look::Final,
+        State::Signed | State::Submitted => Look::FindReceipt,
+        State::Queued => Look::Wait,
+    }
+}
+
+/// What the deadline does to a payment not answered yet (pure).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AtDeadline {
+    /// Nothing was signed: cancel it, so it can never settle unseen.
+    Cancel,
+    /// `settlement_pending`, with this message and the record's transaction.
+    Pending(&'static str),
+}
+
+pub fn at_deadline(state: State) -> AtDeadline {
+    match state {
+        State::Queued => AtDeadline::Cancel,
+        State::Settled => AtDeadline::Pending(
+            "the payment is settled but this answer could not be recorded; call /settle again with the same payment",
+        ),
+        _ => AtDeadline::Pending(
+            "broadcast but not mined yet; call /settle again with the same payment for the final result",
+        ),
+    }
+}
+
+/// What a look came to.
+enum Looked {
+    Answer(SettleResponse),
+    /// The record moved on (finished from its receipt): look at it again at once.
+    Changed,
+    Unchanged,
+}
+
+/// A follower's bookkeeping between looks: the state it last saw and since when, when it last read
+/// the record, and its [`Pace`].
+struct Round {
+    poll: Duration,
+    pace: Pace,
+    last_state: State,
+    state_since: Instant,
+    read_at: Instant,
+    first: bool,
+}
+
+impl Round {
+    fn new(record: &PaymentRecord, poll: Duration) -> Self {
+        Round {
+            poll,
+            pace: Pace::new(poll),
+            last_state: record.state,
+            state_since: Instant::now(),
+            read_at: Instant::now(),
+            first: true,
+        }
+    }
+
+    /// Notes a change of state; returns how long the worker took to sign, when the record was
+    /// just seen leaving `queued` for `signed` (or `submitted`, if `signed` was missed): the worker
+    /// stamped `updated_at` then, for the next follower's first read.
+    fn observe(&mut self, record: &PaymentRecord) -> Option<Duration> {
+        if record.state == self.last_state {
+            return None;
+        }
+        let signed = self.last_state == State::Queued
+            && matches!(record.state, State::Signed | State::Submitted);
+        self.last_state = record.state;
+        self.state_since = Instant::now();
+        self.pace.entered();
+        signed.then(|| Duration::from_millis(record.updated_at.saturating_sub(record.created_at)))
+    }
+
+    /// How long to wait before the next look.
+    fn wait(&mut self, record: &PaymentRecord, signing: Duration) -> Duration {
+        let first = std::mem::replace(&mut self.first, false);
+        if record.state == State::Settled {
+            Duration::from_millis(20)
+        } else if first && record.state == State::Queued {
+            let age = Duration::from_millis(now_ms().saturating_sub(record.created_at));
+            self.pace.first_queued_wait(signing, age)
+        } else {
+            self.pace
+                .next_wait(record.state, self.state_since.elapsed())
+        }
+    }
+
+    /// Whether the next look re-reads the record. Once broadcast, what the follower waits for is
+    /// a receipt, which it looks for on every round; re-reading the record each round as well
+    /// would double the reads of every waiting /settle for nothing. The record could change only
+    /// by a replacement (replay asks for one only after X402_REPLAY_MIN_AGE_MS, which the config
+    /// holds above the settle deadline) or by another follower finishing it from the same
+    /// receipt. An occasional re-read still catches a replacement where the grace is 0 (tests).
+    fn reread(&mut self, record: &PaymentRecord) -> bool {
+        let broadcast = matches!(
+            record.state,
+            State::Signed | State::Submitted | State::Settled
+        );
+        if broadcast && self.read_at.elapsed() < self.poll * 4 {
+            return false;
+        }
+        self.read_at = Instant::now();
+        true
+    }
+}
+
+/// A terminal record's failure, as the wire says it.
+fn rejection_of(record: &PaymentRecord) -> Rejection {
+    let failure = record.failure();
+    Rejection::new(failure.reason, failure.message)
+}
+
+/// A transaction hash as answers carry it.
+fn tx_text(hash: Option<B256>) -> Option<String> {
+    hash.map(|h| format!("{h:#x}"))
 }
 
 /// The payments and lanes tables, as configured.

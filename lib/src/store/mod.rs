@@ -4,10 +4,12 @@
 //! writers (two `/settle` calls, the worker, replay) can never both move one record; the loser
 //! learns it lost and reads what the winner did.
 
+mod item;
 mod record;
 
 use std::collections::HashMap;
 
+use alloy::primitives::{Address, Bytes, B256};
 use aws_sdk_dynamodb::{
     error::SdkError,
     operation::{put_item::PutItemError, update_item::UpdateItemError},
@@ -15,20 +17,40 @@ use aws_sdk_dynamodb::{
 };
 use tracing::instrument;
 
-pub use record::{Claimant, NewPayment, PaymentId, PaymentRecord, State, RETENTION_SECS};
+use crate::clock::now_ms;
+pub use record::{
+    Claimant, Ending, Failure, Mined, NewPayment, PaymentId, PaymentRecord, State, MESSAGE_LIMIT,
+    RETENTION_SECS,
+};
 
-/// DynamoDB could not be asked, or answered with an error we do not expect.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// DynamoDB could not be asked, answered with an error we do not expect, or holds an item that is
+/// not what we wrote. The SDK's error is kept as the source; the message is its full context.
+#[derive(Debug, thiserror::Error)]
 #[error("DynamoDB {operation} failed: {problem}")]
 pub struct StoreError {
     pub operation: &'static str,
     pub problem: String,
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
-fn fail<E: std::error::Error + 'static>(operation: &'static str) -> impl FnOnce(E) -> StoreError {
+impl StoreError {
+    fn new(operation: &'static str, problem: impl Into<String>) -> Self {
+        StoreError {
+            operation,
+            problem: problem.into(),
+            source: None,
+        }
+    }
+}
+
+fn fail<E: std::error::Error + Send + Sync + 'static>(
+    operation: &'static str,
+) -> impl FnOnce(E) -> StoreError {
     move |e| StoreError {
         operation,
-        problem: aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string(),
+        problem: aws_sdk_dynamodb::error::DisplayErrorContext(&e).to_string(),
+        source: Some(Box::new(e)),
     }
 }
 
@@ -87,9 +109,11 @@ impl Store {
         if self.put_new(item).await? {
             return Ok(Created::New);
         }
-        let existing = self.get(&record.id).await?.ok_or_else(|| StoreError {
-            operation: "PutItem",
-            problem: format!("{} exists by its condition but cannot be read", record.id),
+        let existing = self.get(&record.id).await?.ok_or_else(|| {
+            StoreError::new(
+                "PutItem",
+                format!("{} exists by its condition but cannot be read", record.id),
+            )
         })?;
         Ok(Created::Exists(Box::new(existing)))
     }
@@ -115,67 +139,107 @@ impl Store {
     }
 
     /// Reads a record, strongly consistent (a follower must see the latest transition).
-    pub async fn get(&self, id: &str) -> Result<Option<PaymentRecord>, StoreError> {
-        let read = self
-            .client
-            .get_item()
-            .table_name(&self.payments)
-            .key("id", AttributeValue::S(id.to_owned()))
-            .consistent_read(true)
-            .send();
-        let answer = Box::pin(read).await.map_err(fail("GetItem"))?;
-        answer
-            .item
+    pub async fn get(&self, id: &PaymentId) -> Result<Option<PaymentRecord>, StoreError> {
+        self.read_item(&self.payments, "id", id.as_str())
+            .await?
             .map(|item| serde_dynamo::from_item(item).map_err(fail("deserialise")))
             .transpose()
     }
 
-    /// Moves a record from `from` to `to` and sets `fields`, only if it is still in `from`.
-    /// Returns whether this call made the move.
-    #[instrument(skip_all, fields(id, from = ?from, to = ?to), err(level = "warn"))]
-    pub async fn transition(
+    /// One item by its key, strongly consistent.
+    async fn read_item(
         &self,
-        id: &str,
-        from: State,
-        to: State,
-        fields: &[(&str, AttributeValue)],
-    ) -> Result<bool, StoreError> {
-        self.change(id, &Change::new(from, to, fields)).await
+        table: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<Option<HashMap<String, AttributeValue>>, StoreError> {
+        let read = self
+            .client
+            .get_item()
+            .table_name(table)
+            .key(key, AttributeValue::S(value.to_owned()))
+            .consistent_read(true)
+            .send();
+        Ok(Box::pin(read).await.map_err(fail("GetItem"))?.item)
     }
 
-    /// [`Store::transition`] that also answers with the record as the move left it (DynamoDB's
-    /// `ReturnValues: ALL_NEW`), or `None` if the record was not in `from`: one call where a
-    /// transition and a read would be two.
-    #[instrument(skip_all, fields(id, from = ?from, to = ?to), err(level = "warn"))]
-    pub async fn transition_and_read(
-        &self,
-        id: &str,
-        from: State,
-        to: State,
-        fields: &[(&str, AttributeValue)],
-    ) -> Result<Option<PaymentRecord>, StoreError> {
-        self.change_and_read(id, &Change::new(from, to, fields))
+    /// `signed → submitted`: the node took the signed transaction.
+    #[instrument(skip_all, fields(%id), err(level = "warn"))]
+    pub async fn submit(&self, id: &PaymentId) -> Result<bool, StoreError> {
+        self.change(id, &Change::new(State::Signed, State::Submitted))
             .await
     }
 
-    /// [`Store::transition_and_read`] from a record that is `signed` or `submitted`: a follower
-    /// that found the receipt of a `signed` record need not lose a round to the worker's move to
-    /// `submitted`, which changes nothing else. A `/settle` follower that settles the record claims
-    /// its success in the same write (`claim`); replay claims nothing.
-    #[instrument(skip_all, fields(id, to = ?to), err(level = "warn"))]
-    pub async fn finish_broadcast_and_read(
+    /// `from → settled` by `mined`, a transaction the chain names as having used the
+    /// authorization and paid the payee: one of ours, or `by_other`'s.
+    #[instrument(skip_all, fields(%id, from = ?from), err(level = "warn"))]
+    pub async fn settle(
         &self,
-        id: &str,
-        to: State,
-        fields: &[(&str, AttributeValue)],
+        id: &PaymentId,
+        from: State,
+        mined: Mined,
+        by_other: bool,
+    ) -> Result<bool, StoreError> {
+        let change = Change::new(from, State::Settled)
+            .mined(mined)
+            .settled_by_other(by_other);
+        self.change(id, &change).await
+    }
+
+    /// `from → failed`, keeping why.
+    #[instrument(skip_all, fields(%id, from = ?from, reason = failure.reason.as_str()), err(level = "warn"))]
+    pub async fn fail(
+        &self,
+        id: &PaymentId,
+        from: State,
+        failure: &Failure,
+    ) -> Result<bool, StoreError> {
+        let change = Change::new(from, State::Failed).failure(failure);
+        self.change(id, &change).await
+    }
+
+    /// `from → expired`: the authorization ran out before anything that pays was mined.
+    #[instrument(skip_all, fields(%id, from = ?from), err(level = "warn"))]
+    pub async fn expire(
+        &self,
+        id: &PaymentId,
+        from: State,
+        failure: &Failure,
+    ) -> Result<bool, StoreError> {
+        let change = Change::new(from, State::Expired).failure(failure);
+        self.change(id, &change).await
+    }
+
+    /// `queued → cancelled`: `/settle` gave up on a payment nothing was signed for.
+    #[instrument(skip_all, fields(%id), err(level = "warn"))]
+    pub async fn cancel(&self, id: &PaymentId, failure: &Failure) -> Result<bool, StoreError> {
+        let change = Change::new(State::Queued, State::Cancelled).failure(failure);
+        self.change(id, &change).await
+    }
+
+    /// Ends a `signed` or `submitted` record by what was mined, and answers with the record as the
+    /// move left it (DynamoDB's `ReturnValues: ALL_NEW`), or `None` if it had moved on: one call
+    /// where a transition and a read would be two. A follower that found the receipt of a `signed`
+    /// record need not lose a round to the worker's move to `submitted`, which changes nothing
+    /// else. A `/settle` follower that settles the record claims its success in the same write
+    /// (`claim`); replay claims nothing.
+    #[instrument(skip_all, fields(%id), err(level = "warn"))]
+    pub async fn finish(
+        &self,
+        id: &PaymentId,
+        mined: Mined,
+        ending: &Ending,
         claim: Option<&Claimant>,
     ) -> Result<Option<PaymentRecord>, StoreError> {
-        let claimed = claim.filter(|_| to == State::Settled).map(Claimant::stored);
-        let change = Change {
-            or_from: Some(State::Submitted),
-            claim: claimed.as_deref(),
-            ..Change::new(State::Signed, to, fields)
+        let claimed = claim.map(Claimant::stored);
+        let change = match ending {
+            Ending::Settled { by_other } => Change::new(State::Signed, State::Settled)
+                .settled_by_other(*by_other)
+                .claim(claimed.as_deref()),
+            Ending::Failed(failure) => Change::new(State::Signed, State::Failed).failure(failure),
+            Ending::Expired(failure) => Change::new(State::Signed, State::Expired).failure(failure),
         };
+        let change = change.or_from(State::Submitted).mined(mined);
         self.change_and_read(id, &change).await
     }
 
@@ -183,13 +247,10 @@ impl Store {
     /// `claimant`'s, because nobody held it or `claimant` already did (the same request retrying
     /// the write, or the same `payment-identifier`); false if another caller holds it, or the
     /// record is not `settled`.
-    #[instrument(skip_all, fields(id), err(level = "warn"))]
-    pub async fn claim(&self, id: &str, claimant: &Claimant) -> Result<bool, StoreError> {
+    #[instrument(skip_all, fields(%id), err(level = "warn"))]
+    pub async fn claim(&self, id: &PaymentId, claimant: &Claimant) -> Result<bool, StoreError> {
         let who = claimant.stored();
-        let change = Change {
-            claim: Some(&who),
-            ..Change::new(State::Settled, State::Settled, &[])
-        };
+        let change = Change::new(State::Settled, State::Settled).claim(Some(&who));
         self.change(id, &change).await
     }
 
@@ -197,15 +258,17 @@ impl Store {
     /// its conditions did not hold.
     async fn change_and_read(
         &self,
-        id: &str,
+        id: &PaymentId,
         change: &Change<'_>,
     ) -> Result<Option<PaymentRecord>, StoreError> {
         let Some(item) = self.update(id, change, ReturnValue::AllNew).await? else {
             return Ok(None);
         };
-        let item = item.ok_or_else(|| StoreError {
-            operation: "UpdateItem",
-            problem: "the answer has no attributes although ALL_NEW was asked".to_owned(),
+        let item = item.ok_or_else(|| {
+            StoreError::new(
+                "UpdateItem",
+                "the answer has no attributes although ALL_NEW was asked",
+            )
         })?;
         serde_dynamo::from_item(item)
             .map(Some)
@@ -213,7 +276,7 @@ impl Store {
     }
 
     /// Applies one conditional change; returns whether its conditions held (and it was made).
-    async fn change(&self, id: &str, change: &Change<'_>) -> Result<bool, StoreError> {
+    async fn change(&self, id: &PaymentId, change: &Change<'_>) -> Result<bool, StoreError> {
         Ok(self.update(id, change, ReturnValue::None).await?.is_some())
     }
 
@@ -221,11 +284,11 @@ impl Store {
     /// `returns` asked for.
     async fn update(
         &self,
-        id: &str,
+        id: &PaymentId,
         change: &Change<'_>,
         returns: ReturnValue,
     ) -> Result<Option<Option<HashMap<String, AttributeValue>>>, StoreError> {
-        let update = transition_update(&self.payments, id, change);
+        let update = change.update(&self.payments, id)?;
         let request = self
             .client
             .update_item()
@@ -249,49 +312,24 @@ impl Store {
     }
 
     /// The write-ahead of a signed transaction (I3) and the lane's nonce step (I4), as one
-    /// transaction: the record `queued → signed` with the raw transaction and its hash, and the lane's
-    /// `next_nonce` from `nonce` to `nonce + 1`. Returns false when either condition failed (the
-    /// record moved on, or another sender took that nonce): then nothing was written.
-    #[instrument(skip_all, fields(id, lane, nonce), err(level = "warn"))]
-    pub async fn write_ahead(
+    /// transaction: the record `queued → signed` with the raw transaction and its hash, and the
+    /// lane's `next_nonce` from `signed.nonce` to the one after. Returns false when either
+    /// condition failed (the record moved on, or another sender took that nonce): then nothing was
+    /// written.
+    #[instrument(skip_all, fields(%id, lane, nonce = signed.nonce), err(level = "warn"))]
+    pub async fn sign(
         &self,
-        id: &str,
+        id: &PaymentId,
         lane: &str,
-        sender: &str,
-        nonce: u64,
-        raw_tx: &str,
-        tx_hash: &str,
+        signed: &Signed,
     ) -> Result<bool, StoreError> {
-        let fields = [
-            ("sender", AttributeValue::S(sender.to_owned())),
-            ("lane_nonce", AttributeValue::N(nonce.to_string())),
-            ("raw_tx", AttributeValue::S(raw_tx.to_owned())),
-            ("tx_hash", AttributeValue::S(tx_hash.to_owned())),
-        ];
-        let record = transition_update(
-            &self.payments,
-            id,
-            &Change::new(State::Queued, State::Signed, &fields),
-        );
-        let lane_item: HashMap<String, AttributeValue> = HashMap::from([
-            ("lane".to_owned(), AttributeValue::S(lane.to_owned())),
-            (
-                "next_nonce".to_owned(),
-                AttributeValue::N((nonce + 1).to_string()),
-            ),
-            (
-                "updated_at".to_owned(),
-                AttributeValue::N(now_ms().to_string()),
-            ),
-        ]);
-        let lane_put = Put::builder()
-            .table_name(&self.lanes)
-            .set_item(Some(lane_item))
-            // The lane moves only from the nonce we read; a missing lane starts anywhere the chain says.
-            .condition_expression("attribute_not_exists(lane) OR next_nonce <= :n")
-            .expression_attribute_values(":n", AttributeValue::N(nonce.to_string()))
-            .build()
-            .map_err(fail("build Put"))?;
+        let record = Change::new(State::Queued, State::Signed)
+            .set("sender", hex_value(&signed.sender))
+            .set("lane_nonce", AttributeValue::N(signed.nonce.to_string()))
+            .set("raw_tx", hex_value(&signed.raw))
+            .set("tx_hash", hex_value(&signed.hash))
+            .update(&self.payments, id)?;
+        let lane_put = self.lane_step(lane, signed.nonce)?;
         let request = self
             .client
             .transact_write_items()
@@ -307,63 +345,79 @@ impl Store {
         }
     }
 
+    /// The lane's `next_nonce` from `nonce` to `nonce + 1`: only from the nonce the worker read; a
+    /// lane never used starts wherever the chain says.
+    fn lane_step(&self, lane: &str, nonce: u64) -> Result<Put, StoreError> {
+        let item = HashMap::from([
+            ("lane".to_owned(), AttributeValue::S(lane.to_owned())),
+            (
+                "next_nonce".to_owned(),
+                AttributeValue::N((nonce + 1).to_string()),
+            ),
+            (
+                "updated_at".to_owned(),
+                AttributeValue::N(now_ms().to_string()),
+            ),
+        ]);
+        Put::builder()
+            .table_name(&self.lanes)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(lane) OR next_nonce <= :n")
+            .expression_attribute_values(":n", AttributeValue::N(nonce.to_string()))
+            .build()
+            .map_err(fail("build Put"))
+    }
+
     /// The write-ahead of a replacement (I3): a `signed` or `submitted` record's transaction is
     /// superseded by another at the same lane nonce (a fee bump, or a cancellation). The new bytes
     /// and hash are stored, and the old hash appended to `replaced`, before the new bytes are sent;
     /// only if the record still holds `old_hash`, so two replacements never race. The state stays.
-    #[instrument(skip_all, fields(id, old_hash), err(level = "warn"))]
-    pub async fn write_replacement(
+    #[instrument(skip_all, fields(%id, %old_hash), err(level = "warn"))]
+    pub async fn replace(
         &self,
-        id: &str,
+        id: &PaymentId,
         state: State,
-        old_hash: &str,
-        raw_tx: &str,
-        tx_hash: &str,
+        old_hash: B256,
+        raw: &Bytes,
+        hash: B256,
     ) -> Result<bool, StoreError> {
-        let fields = [
-            ("raw_tx", AttributeValue::S(raw_tx.to_owned())),
-            ("tx_hash", AttributeValue::S(tx_hash.to_owned())),
-        ];
-        let change = Change {
-            replaced: Some(old_hash),
-            unchanged: Some(("tx_hash", AttributeValue::S(old_hash.to_owned()))),
-            ..Change::new(state, state, &fields)
-        };
+        let change = Change::new(state, state)
+            .set("raw_tx", hex_value(raw))
+            .set("tx_hash", hex_value(&hash))
+            .replacing(old_hash);
         self.change(id, &change).await
     }
 
     /// Back to `queued`, to be signed afresh: the record's lane nonce was used by another
     /// transaction, so none of its own can ever be mined. Its hash joins `replaced`; its bytes and
     /// nonce go. Only if the record still holds `old_hash`.
-    #[instrument(skip_all, fields(id, old_hash), err(level = "warn"))]
-    pub async fn requeue_unsent(
+    #[instrument(skip_all, fields(%id, %old_hash), err(level = "warn"))]
+    pub async fn requeue(
         &self,
-        id: &str,
+        id: &PaymentId,
         state: State,
-        old_hash: &str,
+        old_hash: B256,
     ) -> Result<bool, StoreError> {
         let change = Change {
             remove: &["raw_tx", "tx_hash", "lane_nonce", "sender"],
-            replaced: Some(old_hash),
-            unchanged: Some(("tx_hash", AttributeValue::S(old_hash.to_owned()))),
-            ..Change::new(state, State::Queued, &[])
+            ..Change::new(state, State::Queued).replacing(old_hash)
         };
         self.change(id, &change).await
     }
 
     /// Moves a `queued` record from `old_lane` to `new_lane` (its lane was drained: no worker signs
     /// with it any more). Nothing was signed, so no nonce is involved.
-    #[instrument(skip_all, fields(id, old_lane, new_lane), err(level = "warn"))]
+    #[instrument(skip_all, fields(%id, old_lane, new_lane), err(level = "warn"))]
     pub async fn move_lane(
         &self,
-        id: &str,
+        id: &PaymentId,
         old_lane: &str,
         new_lane: &str,
     ) -> Result<bool, StoreError> {
-        let fields = [("lane", AttributeValue::S(new_lane.to_owned()))];
         let change = Change {
             unchanged: Some(("lane", AttributeValue::S(old_lane.to_owned()))),
-            ..Change::new(State::Queued, State::Queued, &fields)
+            ..Change::new(State::Queued, State::Queued)
+                .set("lane", AttributeValue::S(new_lane.to_owned()))
         };
         self.change(id, &change).await
     }
@@ -404,20 +458,23 @@ impl Store {
     }
 
     /// Binds a `payment-identifier` to a payment, once (the x402 extension's idempotency key). The
-    /// binding is an item of its own in the payments table (`key` never looks like a payment id)
+    /// binding is an item of its own in the payments table (`key` never parses as a payment id)
     /// and lives as long as the payment's record.
     #[instrument(skip_all, err(level = "warn"))]
     pub async fn bind_identifier(
         &self,
         key: &str,
-        payment: &str,
-        digest: alloy::primitives::B256,
+        payment: &PaymentId,
+        digest: B256,
         expires_at: u64,
     ) -> Result<Binding, StoreError> {
         let digest = format!("{digest:#x}");
         let item = HashMap::from([
             ("id".to_owned(), AttributeValue::S(key.to_owned())),
-            ("payment".to_owned(), AttributeValue::S(payment.to_owned())),
+            (
+                "payment".to_owned(),
+                AttributeValue::S(payment.as_str().to_owned()),
+            ),
             ("digest".to_owned(), AttributeValue::S(digest.clone())),
             (
                 "expires_at".to_owned(),
@@ -427,17 +484,9 @@ impl Store {
         if self.put_new(item).await? {
             return Ok(Binding::Same);
         }
-        let read = self
-            .client
-            .get_item()
-            .table_name(&self.payments)
-            .key("id", AttributeValue::S(key.to_owned()))
-            .consistent_read(true)
-            .send();
-        let bound = Box::pin(read)
-            .await
-            .map_err(fail("GetItem"))?
-            .item
+        let bound = self
+            .read_item(&self.payments, "id", key)
+            .await?
             .and_then(|item| item.get("digest").and_then(|d| d.as_s().ok()).cloned());
         Ok(match bound {
             Some(d) if d == digest => Binding::Same,
@@ -447,16 +496,9 @@ impl Store {
 
     /// The lane's next nonce as the table has it (0 for a lane never used).
     pub async fn lane_next_nonce(&self, lane: &str) -> Result<u64, StoreError> {
-        let read = self
-            .client
-            .get_item()
-            .table_name(&self.lanes)
-            .key("lane", AttributeValue::S(lane.to_owned()))
-            .consistent_read(true)
-            .send();
-        let answer = Box::pin(read).await.map_err(fail("GetItem"))?;
-        Ok(answer
-            .item
+        Ok(self
+            .read_item(&self.lanes, "lane", lane)
+            .await?
             .and_then(|item| {
                 item.get("next_nonce")
                     .and_then(|v| v.as_n().ok())
@@ -464,6 +506,21 @@ impl Store {
             })
             .unwrap_or(0))
     }
+}
+
+/// A transaction the worker signed, as the write-ahead keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signed {
+    /// The lane's address.
+    pub sender: Address,
+    /// The lane nonce it was signed at.
+    pub nonce: u64,
+    pub raw: Bytes,
+    pub hash: B256,
+}
+
+fn hex_value(v: &impl std::fmt::LowerHex) -> AttributeValue {
+    AttributeValue::S(format!("{v:#x}"))
 }
 
 /// One conditional change of a record, as the store's writes share it: `state` from `from` to
@@ -475,103 +532,156 @@ struct Change<'a> {
     /// A second state the change may start from.
     or_from: Option<State>,
     to: State,
-    set: &'a [(&'a str, AttributeValue)],
+    set: Vec<(&'static str, AttributeValue)>,
     remove: &'a [&'a str],
-    replaced: Option<&'a str>,
+    /// The transaction hash the record must still hold; it is appended to `replaced`.
+    replaced: Option<B256>,
     unchanged: Option<(&'a str, AttributeValue)>,
     /// Sets `claimed_by`, only if nobody else holds it.
     claim: Option<&'a str>,
 }
 
 impl<'a> Change<'a> {
-    fn new(from: State, to: State, set: &'a [(&'a str, AttributeValue)]) -> Self {
+    fn new(from: State, to: State) -> Self {
         Change {
             from,
             or_from: None,
             to,
-            set,
+            set: Vec::new(),
             remove: &[],
             replaced: None,
             unchanged: None,
             claim: None,
         }
     }
+
+    fn set(mut self, name: &'static str, value: AttributeValue) -> Self {
+        self.set.push((name, value));
+        self
+    }
+
+    fn or_from(mut self, state: State) -> Self {
+        self.or_from = Some(state);
+        self
+    }
+
+    fn claim(mut self, who: Option<&'a str>) -> Self {
+        self.claim = who;
+        self
+    }
+
+    fn replacing(mut self, old_hash: B256) -> Self {
+        self.replaced = Some(old_hash);
+        self
+    }
+
+    fn failure(self, failure: &Failure) -> Self {
+        self.set(
+            "reason",
+            AttributeValue::S(failure.reason.as_str().to_owned()),
+        )
+        .set("message", AttributeValue::S(failure.message.clone()))
+    }
+
+    /// The record names the transaction that decided it, always: an earlier one may have won
+    /// over its replacement, and the caller's copy of the record may predate a replacement.
+    fn mined(self, mined: Mined) -> Self {
+        let change = self.set("tx_hash", hex_value(&mined.tx));
+        match mined.block {
+            Some(block) => change.set("block_number", AttributeValue::N(block.to_string())),
+            None => change,
+        }
+    }
+
+    fn settled_by_other(self, by_other: bool) -> Self {
+        match by_other {
+            true => self.set("settled_by_other", AttributeValue::Bool(true)),
+            false => self,
+        }
+    }
+
+    /// The UpdateItem of this change; `open_shard` is removed when the new state is terminal (the
+    /// record leaves replay's index).
+    fn update(&self, table: &str, id: &PaymentId) -> Result<Update, StoreError> {
+        let mut names = HashMap::from([("#state".to_owned(), "state".to_owned())]);
+        let mut values = HashMap::from([
+            (":from".to_owned(), state_value(self.from)),
+            (":to".to_owned(), state_value(self.to)),
+            (":now".to_owned(), AttributeValue::N(now_ms().to_string())),
+        ]);
+        let expression = self.expression(&mut names, &mut values);
+        let condition = self.condition(&mut names, &mut values);
+        Update::builder()
+            .table_name(table)
+            .key("id", AttributeValue::S(id.as_str().to_owned()))
+            .update_expression(expression)
+            .condition_expression(condition)
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(values))
+            .build()
+            .map_err(fail("build Update"))
+    }
+
+    /// The `SET … REMOVE …` expression, adding the names and values it uses.
+    fn expression(
+        &self,
+        names: &mut HashMap<String, String>,
+        values: &mut HashMap<String, AttributeValue>,
+    ) -> String {
+        let mut set = vec!["#state = :to".to_owned(), "updated_at = :now".to_owned()];
+        for (i, (name, value)) in self.set.iter().enumerate() {
+            set.push(format!("#f{i} = :f{i}"));
+            names.insert(format!("#f{i}"), (*name).to_owned());
+            values.insert(format!(":f{i}"), value.clone());
+        }
+        if let Some(hash) = self.replaced {
+            set.push("replaced = list_append(if_not_exists(replaced, :none), :old)".to_owned());
+            values.insert(":none".to_owned(), AttributeValue::L(vec![]));
+            values.insert(":old".to_owned(), AttributeValue::L(vec![hex_value(&hash)]));
+        }
+        if let Some(who) = self.claim {
+            set.push("claimed_by = :who".to_owned());
+            values.insert(":who".to_owned(), AttributeValue::S(who.to_owned()));
+        }
+        let mut remove: Vec<&str> = self.remove.to_vec();
+        if self.to.is_terminal() {
+            remove.push("open_shard");
+        }
+        let mut expression = format!("SET {}", set.join(", "));
+        if !remove.is_empty() {
+            expression.push_str(&format!(" REMOVE {}", remove.join(", ")));
+        }
+        expression
+    }
+
+    /// The condition: the state it leaves, the claim nobody else holds, the hash or lane the
+    /// caller read.
+    fn condition(
+        &self,
+        names: &mut HashMap<String, String>,
+        values: &mut HashMap<String, AttributeValue>,
+    ) -> String {
+        let mut condition = "#state = :from".to_owned();
+        if let Some(or_from) = self.or_from {
+            condition = "#state IN (:from, :or_from)".to_owned();
+            values.insert(":or_from".to_owned(), state_value(or_from));
+        }
+        if self.claim.is_some() {
+            condition.push_str(" AND (attribute_not_exists(claimed_by) OR claimed_by = :who)");
+        }
+        let unchanged = self
+            .replaced
+            .map(|hash| ("tx_hash", hex_value(&hash)))
+            .or_else(|| self.unchanged.clone());
+        if let Some((name, value)) = unchanged {
+            condition.push_str(" AND #unchanged = :unchanged");
+            names.insert("#unchanged".to_owned(), name.to_owned());
+            values.insert(":unchanged".to_owned(), value);
+        }
+        condition
+    }
 }
 
-/// The conditional update behind every change of a record; `open_shard` is removed when the new
-/// state is terminal (the record leaves replay's index).
-fn transition_update(table: &str, id: &str, change: &Change<'_>) -> Update {
-    let mut set = vec!["#state = :to".to_owned(), "updated_at = :now".to_owned()];
-    let mut names = HashMap::from([("#state".to_owned(), "state".to_owned())]);
-    let mut values = HashMap::from([
-        (
-            ":from".to_owned(),
-            AttributeValue::S(change.from.as_str().to_owned()),
-        ),
-        (
-            ":to".to_owned(),
-            AttributeValue::S(change.to.as_str().to_owned()),
-        ),
-        (":now".to_owned(), AttributeValue::N(now_ms().to_string())),
-    ]);
-    for (i, (name, value)) in change.set.iter().enumerate() {
-        set.push(format!("#f{i} = :f{i}"));
-        names.insert(format!("#f{i}"), (*name).to_owned());
-        values.insert(format!(":f{i}"), value.clone());
-    }
-    if let Some(hash) = change.replaced {
-        set.push("replaced = list_append(if_not_exists(replaced, :none), :old)".to_owned());
-        values.insert(":none".to_owned(), AttributeValue::L(vec![]));
-        values.insert(
-            ":old".to_owned(),
-            AttributeValue::L(vec![AttributeValue::S(hash.to_owned())]),
-        );
-    }
-    if let Some(who) = change.claim {
-        set.push("claimed_by = :who".to_owned());
-        values.insert(":who".to_owned(), AttributeValue::S(who.to_owned()));
-    }
-    let mut remove: Vec<&str> = change.remove.to_vec();
-    if change.to.is_terminal() {
-        remove.push("open_shard");
-    }
-    let mut expression = format!("SET {}", set.join(", "));
-    if !remove.is_empty() {
-        expression.push_str(&format!(" REMOVE {}", remove.join(", ")));
-    }
-    let mut condition = "#state = :from".to_owned();
-    if let Some(or_from) = change.or_from {
-        condition = "#state IN (:from, :or_from)".to_owned();
-        values.insert(
-            ":or_from".to_owned(),
-            AttributeValue::S(or_from.as_str().to_owned()),
-        );
-    }
-    if change.claim.is_some() {
-        condition.push_str(" AND (attribute_not_exists(claimed_by) OR claimed_by = :who)");
-    }
-    if let Some((name, value)) = &change.unchanged {
-        condition.push_str(" AND #unchanged = :unchanged");
-        names.insert("#unchanged".to_owned(), (*name).to_owned());
-        values.insert(":unchanged".to_owned(), value.clone());
-    }
-    // Every field above is set, so the builder cannot fail; expect() would be the honest
-    // alternative, but the lints keep panics out of library code.
-    Update::builder()
-        .table_name(table)
-        .key("id", AttributeValue::S(id.to_owned()))
-        .update_expression(expression)
-        .condition_expression(condition)
-        .set_expression_attribute_names(Some(names))
-        .set_expression_attribute_values(Some(values))
-        .build()
-        .unwrap_or_else(|_| unreachable!("table, key and update expression are always set"))
-}
-
-/// Unix milliseconds now.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+fn state_value(state: State) -> AttributeValue {
+    AttributeValue::S(state.as_str().to_owned())
 }

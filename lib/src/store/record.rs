@@ -1,7 +1,11 @@
-//! The payment record as stored, and its id.
+//! The payment record, typed, and its id. How it is written as a DynamoDB item is [`super::item`]'s
+//! business alone.
 
-use alloy::primitives::{Address, B256};
+use alloy::primitives::{Address, Bytes, B256, U256};
 use serde::{Deserialize, Serialize};
+
+use super::item;
+use crate::{evm::Transfer, protocol::Reason};
 
 /// A payment's state (docs/settlement.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -42,61 +46,162 @@ impl State {
 }
 
 /// One authorization's id: network, token, payer and EIP-3009 nonce. The same authorization always
-/// has the same id, whoever submits it and however often.
+/// has the same id, whoever submits it and however often. Stored as
+/// `<network>#<token>#<payer>#<nonce>`, hex in lowercase.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct PaymentId(String);
+pub struct PaymentId {
+    text: String,
+    /// The EIP-3009 nonce, the id's last part.
+    nonce: B256,
+}
 
 impl PaymentId {
     pub fn new(network: &str, asset: Address, payer: Address, nonce: B256) -> Self {
-        PaymentId(format!("{network}#{asset:#x}#{payer:#x}#{nonce:#x}"))
+        PaymentId {
+            text: format!("{network}#{asset:#x}#{payer:#x}#{nonce:#x}"),
+            nonce,
+        }
+    }
+
+    /// An id as stored or queued; `None` if it is not one (a `payment-identifier` binding's key,
+    /// or anything else).
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut parts = text.split('#');
+        let (Some(network), Some(asset), Some(payer), Some(nonce), None) = (
+            parts.next(),
+            parts.next().and_then(crate::evm::hex::address),
+            parts.next().and_then(crate::evm::hex::address),
+            parts.next().and_then(crate::evm::hex::b256),
+            parts.next(),
+        ) else {
+            return None;
+        };
+        Some(PaymentId::new(network, asset, payer, nonce))
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.text
+    }
+
+    /// The authorization's EIP-3009 nonce.
+    pub fn nonce(&self) -> B256 {
+        self.nonce
     }
 }
 
 impl std::fmt::Display for PaymentId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.text)
     }
 }
 
-/// A payment as stored in `x402-payments`. Hex values are `0x`-prefixed lowercase strings, amounts
-/// decimal strings, times unix milliseconds (seconds for `valid_before` and `expires_at`).
+/// Why a payment ended without paying, as its record keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub reason: Reason,
+    pub message: String,
+}
+
+/// The longest message a record keeps, in bytes: a node's revert text can be any length, and a
+/// record must stay far below DynamoDB's 400 KB item limit, or the write that ends it fails forever.
+pub const MESSAGE_LIMIT: usize = 1024;
+
+impl Failure {
+    /// A failure, its message cut to [`MESSAGE_LIMIT`] bytes (on a character boundary).
+    pub fn new(reason: Reason, message: impl Into<String>) -> Self {
+        let mut message = message.into();
+        if message.len() > MESSAGE_LIMIT {
+            let mut end = MESSAGE_LIMIT - 3;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+            message.push_str("...");
+        }
+        Failure { reason, message }
+    }
+}
+
+/// The mined transaction that decided a payment, and its block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mined {
+    pub tx: B256,
+    pub block: Option<u64>,
+}
+
+/// How a broadcast payment ended, as its receipt (or the chain's record of its authorization) says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// The payee was paid; `by_other` when the transaction is not this facilitator's.
+    Settled {
+        by_other: bool,
+    },
+    Failed(Failure),
+    Expired(Failure),
+}
+
+/// A payment as stored in `x402-payments` (docs/settlement.md "The record"). Times are unix
+/// milliseconds, except `valid_before` and `expires_at` (seconds).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PaymentRecord {
-    pub id: String,
+    #[serde(with = "item::id")]
+    pub id: PaymentId,
     pub state: State,
     /// The network's CAIP-2 id (answers echo the network as each request names it).
     pub network: String,
-    pub asset: String,
-    pub payer: String,
-    pub pay_to: String,
-    pub value: String,
+    #[serde(with = "item::hex")]
+    pub asset: Address,
+    #[serde(with = "item::hex")]
+    pub payer: Address,
+    #[serde(with = "item::hex")]
+    pub pay_to: Address,
+    #[serde(with = "item::decimal")]
+    pub value: U256,
     pub valid_before: u64,
-    pub calldata: String,
+    /// The `transferWithAuthorization` call.
+    #[serde(with = "item::hex")]
+    pub calldata: Bytes,
     pub lane: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lane_nonce: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub raw_tx: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tx_hash: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "item::opt_hex"
+    )]
+    pub raw_tx: Option<Bytes>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "item::opt_hex"
+    )]
+    pub tx_hash: Option<B256>,
     /// The lane's address, written with the transaction: whose nonce `lane_nonce` is.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sender: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "item::opt_hex"
+    )]
+    pub sender: Option<Address>,
     /// Hashes of this payment's earlier transactions, oldest first: superseded by a replacement at
     /// the same lane nonce (a fee bump or a cancellation), or signed at a lane nonce that another
     /// transaction used. At most one transaction per lane nonce can be mined, and it may be any of
     /// them, so the receipt is looked for under every hash.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub replaced: Vec<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        with = "item::hex_list"
+    )]
+    pub replaced: Vec<B256>,
     /// The block of the mined transaction, once terminal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub block_number: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "item::reason"
+    )]
+    pub reason: Option<Reason>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     pub created_at: u64,
@@ -108,10 +213,14 @@ pub struct PaymentRecord {
     pub expires_at: u64,
     /// The whole payment this record is for ([`crate::evm::Checked::digest`]): the authorization,
     /// its signature, the token, the network and the requirements' `payTo` and amount. A request
-    /// is answered from this record only if its payment has the same digest (DESIGN I2). Empty in
+    /// is answered from this record only if its payment has the same digest (DESIGN I2). Absent in
     /// records written before digests were kept: those are compared by `calldata`.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub digest: String,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "item::opt_hex"
+    )]
+    pub digest: Option<B256>,
     /// Who was told `success` for this payment ([`Claimant`]): at most one caller, or every
     /// caller that presents the same `payment-identifier`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -172,9 +281,9 @@ pub struct NewPayment<'a> {
     pub asset: Address,
     pub payer: Address,
     pub pay_to: Address,
-    pub value: alloy::primitives::U256,
+    pub value: U256,
     pub valid_before: u64,
-    pub calldata: &'a alloy::primitives::Bytes,
+    pub calldata: &'a Bytes,
     pub digest: B256,
     pub lane: &'a str,
 }
@@ -184,15 +293,15 @@ impl PaymentRecord {
     /// record is built.
     pub fn queued(new: &NewPayment<'_>, now_ms: u64) -> Self {
         PaymentRecord {
-            id: new.id.to_string(),
+            id: new.id.clone(),
             state: State::Queued,
             network: new.network.to_owned(),
-            asset: format!("{:#x}", new.asset),
-            payer: format!("{:#x}", new.payer),
-            pay_to: format!("{:#x}", new.pay_to),
-            value: new.value.to_string(),
+            asset: new.asset,
+            payer: new.payer,
+            pay_to: new.pay_to,
+            value: new.value,
             valid_before: new.valid_before,
-            calldata: new.calldata.to_string(),
+            calldata: new.calldata.clone(),
             lane: new.lane.to_owned(),
             lane_nonce: None,
             raw_tx: None,
@@ -204,30 +313,29 @@ impl PaymentRecord {
             message: None,
             created_at: now_ms,
             updated_at: now_ms,
-            open_shard: Some("open".to_owned()),
+            open_shard: Some(super::OPEN_SHARD.to_owned()),
             expires_at: new.valid_before.saturating_add(RETENTION_SECS),
-            digest: format!("{:#x}", new.digest),
+            digest: Some(new.digest),
             claimed_by: None,
             settled_by_other: false,
         }
     }
 
-    /// The record of a payment found already executed on chain by `tx`, somebody else's
+    /// The record of a payment found already executed on chain by `mined`, somebody else's
     /// transaction that paid the payee: `settled` at once and claimed by `claimant`.
     pub fn settled_by_other(
         new: &NewPayment<'_>,
-        tx: B256,
-        block: Option<u64>,
+        mined: Mined,
         claimant: &Claimant,
         now_ms: u64,
     ) -> Self {
         PaymentRecord {
             state: State::Settled,
-            tx_hash: Some(format!("{tx:#x}")),
+            tx_hash: Some(mined.tx),
             open_shard: None,
             claimed_by: Some(claimant.stored()),
             settled_by_other: true,
-            block_number: block,
+            block_number: mined.block,
             ..Self::queued(new, now_ms)
         }
     }
@@ -235,63 +343,82 @@ impl PaymentRecord {
     /// Whether `digest` (of a request's payment) is the payment this record is for. A record kept
     /// from before digests compares the calldata, which encodes the whole authorization and its
     /// signature.
-    pub fn is_payment(&self, digest: B256, calldata: &alloy::primitives::Bytes) -> bool {
-        if self.digest.is_empty() {
-            return self.calldata == calldata.to_string();
+    pub fn is_payment(&self, digest: B256, calldata: &Bytes) -> bool {
+        match self.digest {
+            Some(own) => own == digest,
+            None => self.calldata == *calldata,
         }
-        self.digest == format!("{digest:#x}")
     }
 
     /// Every transaction this payment was signed as, the current one first.
-    pub fn hashes(&self) -> impl Iterator<Item = &str> {
+    pub fn hashes(&self) -> impl Iterator<Item = B256> + '_ {
         self.tx_hash
-            .as_deref()
             .into_iter()
-            .chain(self.replaced.iter().rev().map(String::as_str))
+            .chain(self.replaced.iter().rev().copied())
     }
 
-    /// What the payment moves, typed; `None` if a stored address or amount does not parse.
-    pub fn transfer(&self) -> Option<crate::evm::Transfer> {
-        use crate::evm::hex;
-        Some(crate::evm::Transfer {
-            asset: hex::address(&self.asset)?,
-            from: hex::address(&self.payer)?,
-            to: hex::address(&self.pay_to)?,
-            value: self.value.parse().ok()?,
-        })
+    /// What the payment moves.
+    pub fn transfer(&self) -> Transfer {
+        Transfer {
+            asset: self.asset,
+            from: self.payer,
+            to: self.pay_to,
+            value: self.value,
+        }
     }
 
     /// Whether `hash` is one of this payment's own transactions.
     pub fn is_ours(&self, hash: B256) -> bool {
-        let hash = format!("{hash:#x}");
-        self.hashes().any(|h| h.eq_ignore_ascii_case(&hash))
+        self.hashes().any(|h| h == hash)
     }
 
-    /// The EIP-3009 nonce of the authorization, the last part of the id.
-    pub fn authorization_nonce(&self) -> Option<&str> {
-        self.id.rsplit('#').next()
+    /// The EIP-3009 nonce of the authorization.
+    pub fn authorization_nonce(&self) -> B256 {
+        self.id.nonce()
+    }
+
+    /// The failure a terminal record keeps; for a record without one, what its state says.
+    pub fn failure(&self) -> Failure {
+        Failure::new(
+            self.reason.unwrap_or(Reason::UnexpectedSettleError),
+            self.message
+                .clone()
+                .unwrap_or_else(|| format!("the payment is {}", self.state.as_str())),
+        )
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloy::primitives::address;
+
+    fn id() -> PaymentId {
+        PaymentId::new(
+            "eip155:84532",
+            address!("0x036CbD53842c5426634e7929541eC2318f3dCF7e"),
+            address!("0x70997970C51812dc3A010C7d01b50e0d17dc79C8"),
+            B256::repeat_byte(0xab),
+        )
+    }
 
     #[test]
     fn ids_are_lowercase_and_stable() {
-        let id = PaymentId::new(
-            "eip155:84532",
-            alloy::primitives::address!("0x036CbD53842c5426634e7929541eC2318f3dCF7e"),
-            alloy::primitives::address!("0x70997970C51812dc3A010C7d01b50e0d17dc79C8"),
-            B256::repeat_byte(0xab),
-        );
         assert_eq!(
-            id.as_str(),
+            id().as_str(),
             format!(
                 "eip155:84532#0x036cbd53842c5426634e7929541ec2318f3dcf7e#0x70997970c51812dc3a010c7d01b50e0d17dc79c8#0x{}",
                 "ab".repeat(32)
             )
         );
+    }
+
+    #[test]
+    fn an_id_parses_back_to_itself_and_nothing_else_parses() {
+        assert_eq!(PaymentId::parse(id().as_str()), Some(id()));
+        assert_eq!(id().nonce(), B256::repeat_byte(0xab));
+        assert_eq!(PaymentId::parse("pid#eip155:84532#0xabc#key"), None);
+        assert_eq!(PaymentId::parse(&format!("{}#more", id())), None);
     }
 
     #[test]
@@ -303,5 +430,14 @@ mod tests {
         );
         assert!(State::Settled.is_terminal() && State::Failed.is_terminal());
         assert!(State::Expired.is_terminal() && State::Cancelled.is_terminal());
+    }
+
+    #[test]
+    fn a_long_failure_message_is_cut_on_a_character_boundary() {
+        let failure = Failure::new(Reason::TransactionFailed, "é".repeat(4000));
+        assert!(failure.message.len() <= MESSAGE_LIMIT);
+        assert!(failure.message.ends_with("..."));
+        let short = Failure::new(Reason::TransactionFailed, "reverted");
+        assert_eq!(short.message, "reverted");
     }
 }

@@ -6,45 +6,77 @@
 //! together with the lane's nonce step, then broadcast (docs/settlement.md; DESIGN I3, I4, I7).
 //! It does not wait for receipts: `/settle` and replay finish `submitted` records.
 
+mod decide;
+
 use std::collections::HashMap;
 
-use alloy::{
-    consensus::TxEip1559,
-    primitives::{Bytes, TxKind, U256},
-};
+use alloy::primitives::B256;
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use futures_util::future::join_all;
 use tokio::sync::{Mutex, OnceCell};
 use tracing::instrument;
 
 use crate::{
-    evm::{attribution, hex, Chain},
-    facilitator::{unix_now, Facilitator},
-    lifecycle::{
-        self,
-        receipt::{self, reason_from_revert},
-    },
+    clock::unix_now,
+    evm::{Chain, ChainError, ExactEvm},
+    facilitator::Facilitator,
+    lifecycle::{self, receipt::reason_from_revert, LifecycleError, UsedBy},
     protocol::Reason,
     queue::SettlementMessage,
-    signer::LaneSigner,
-    store::{PaymentRecord, State, Store},
+    signer::{LaneError, LaneSigner},
+    store::{Failure, PaymentId, PaymentRecord, Signed, State, Store, StoreError},
 };
 
-/// A failure worth retrying: a transient one is first tried again in this invocation, a few
-/// times with a short backoff; then the message goes back to the queue (and, after the queue's
-/// maxReceiveCount, to the dead-letter queue, where replay still finishes the payment).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Retry {
-    /// An RPC, DynamoDB or KMS call failed, or the payment's state moved under us.
-    #[error("{0}")]
-    Transient(String),
+pub use decide::{
+    after_lost_write_ahead, gas_limit, next_step, replacement, replacement_plan, AfterLost,
+    GasLimit, Next, ReplacementPlan,
+};
+
+/// Why a payment could not be moved on now. Every variant sends the message back to the queue
+/// (and, after the queue's maxReceiveCount, to the dead-letter queue, where replay still finishes
+/// the payment); [`WorkError::retry_in_process`] says which are first tried again within the
+/// invocation.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+    #[error(transparent)]
+    Lifecycle(#[from] LifecycleError),
+    #[error(transparent)]
+    Kms(#[from] LaneError),
+    /// Another sender took the lane nonce between the read and the write-ahead.
+    #[error("lane {lane} nonce {nonce} was taken; the next attempt takes the next one")]
+    NonceTaken { lane: String, nonce: u64 },
+    #[error("{0} is not configured here")]
+    UnknownNetwork(String),
+    #[error("lane {0} is not one of X402_LANE_KEYS; leaving the payment for reconciliation")]
+    UnknownLane(String),
+    #[error("lane {lane} now signs as {now:#x}, not as the record's sender {sender:#x}")]
+    SenderChanged {
+        lane: String,
+        now: alloy::primitives::Address,
+        sender: alloy::primitives::Address,
+    },
     /// Fault injection ([`Worker::stop_after`]): the worker stops here as if it had died.
     #[error("stopped after {0:?} (fault injection)")]
     Stopped(Step),
 }
 
-fn retry<E: std::fmt::Display>(e: E) -> Retry {
-    Retry::Transient(e.to_string())
+impl WorkError {
+    /// Whether trying again within this invocation can help: a throttle, a timeout or a lost
+    /// race can; a configuration that does not know the lane or network cannot, and a fault
+    /// injection's stop must stay a stop.
+    pub fn retry_in_process(&self) -> bool {
+        !matches!(
+            self,
+            WorkError::UnknownNetwork(_)
+                | WorkError::UnknownLane(_)
+                | WorkError::SenderChanged { .. }
+                | WorkError::Stopped(_)
+        )
+    }
 }
 
 /// How often [`Worker::process`] tries a payment within one invocation before the message goes
@@ -102,9 +134,9 @@ impl Worker {
         self
     }
 
-    fn crash_point(&self, step: Step) -> Result<(), Retry> {
+    fn crash_point(&self, step: Step) -> Result<(), WorkError> {
         match self.stop_after {
-            Some(stop) if stop == step => Err(Retry::Stopped(step)),
+            Some(stop) if stop == step => Err(WorkError::Stopped(step)),
             _ => Ok(()),
         }
     }
@@ -183,14 +215,30 @@ impl Worker {
     }
 
     /// Moves one payment forward as far as this worker can, or replaces its transaction when the
-    /// message asks for that (replay). A transient failure is tried again here, [`ATTEMPTS`] times
-    /// in all: each attempt starts from the record as it is, exactly as a redelivery would.
+    /// message asks for that (replay). A failure that [`WorkError::retry_in_process`] is tried
+    /// again here, [`ATTEMPTS`] times in all: each attempt starts from the record as it is, exactly
+    /// as a redelivery would.
     #[instrument(skip_all, fields(id = %message.id))]
-    pub async fn process(&self, message: &SettlementMessage) -> Result<(), Retry> {
+    pub async fn process(&self, message: &SettlementMessage) -> Result<(), WorkError> {
+        let Some(id) = PaymentId::parse(&message.id) else {
+            // An id no record can have will never find one: drop it loudly.
+            tracing::error!(id = %message.id, "a settlement message names no payment id; dropped");
+            return Ok(());
+        };
+        let replace = match &message.replace {
+            Some(hash) => match crate::evm::hex::b256(hash) {
+                Some(hash) => Some(hash),
+                None => {
+                    tracing::error!(%id, %hash, "a replacement request names no transaction hash; dropped");
+                    return Ok(());
+                }
+            },
+            None => None,
+        };
         let mut wait = FIRST_BACKOFF;
         for attempt in 1.. {
-            match self.process_once(message).await {
-                Err(Retry::Transient(e)) if attempt < ATTEMPTS => {
+            match self.process_once(&id, replace).await {
+                Err(e) if e.retry_in_process() && attempt < ATTEMPTS => {
                     tracing::warn!(error = %e, attempt, "settlement step failed; trying again");
                     tokio::time::sleep(wait + jitter(wait)).await;
                     wait *= 2;
@@ -201,120 +249,100 @@ impl Worker {
         Ok(())
     }
 
-    async fn process_once(&self, message: &SettlementMessage) -> Result<(), Retry> {
-        let id = message.id.as_str();
-        let Some(record) = self.store.get(id).await.map_err(retry)? else {
-            tracing::warn!(id, "no record for a queued payment; nothing to do");
+    async fn process_once(&self, id: &PaymentId, replace: Option<B256>) -> Result<(), WorkError> {
+        let Some(record) = self.store.get(id).await? else {
+            tracing::warn!(%id, "no record for a queued payment; nothing to do");
             return Ok(());
         };
-        match (record.state, &message.replace) {
-            (State::Queued, _) => self.sign_and_send(record).await,
-            (State::Signed | State::Submitted, Some(hash))
-                if record.tx_hash.as_deref() == Some(hash.as_str()) =>
-            {
-                self.replace(record).await
+        let network_known = self.facilitator.network(&record.network).is_some();
+        match next_step(&record, replace, unix_now(), network_known) {
+            Next::Sign => self.sign_and_send(record).await,
+            Next::FailUnknownNetwork => {
+                let why = format!("{} is not configured here", record.network);
+                self.fail(&record, Reason::InvalidNetwork, why).await
             }
-            // Signed but maybe never broadcast (a crash after the write-ahead): the same bytes again.
-            (State::Signed, None) => self.broadcast(&record).await,
-            _ => Ok(()),
+            Next::Expire => {
+                lifecycle::expire_queued(&self.store, &record.id).await?;
+                Ok(())
+            }
+            Next::Replace => self.replace(record).await,
+            Next::Broadcast => self.broadcast(&record).await,
+            Next::Nothing => Ok(()),
         }
     }
 
-    async fn sign_and_send(&self, record: PaymentRecord) -> Result<(), Retry> {
-        let Some(scheme) = self.facilitator.network(&record.network) else {
-            return self
-                .fail(
-                    &record,
-                    Reason::InvalidNetwork,
-                    &format!("{} is not configured here", record.network),
-                )
-                .await;
-        };
-        if unix_now() >= record.valid_before {
-            lifecycle::expire_queued(&self.store, &record.id)
-                .await
-                .map_err(retry)?;
-            return Ok(());
-        }
-        let (Some(calldata), Some(asset)) =
-            (hex::bytes(&record.calldata), hex::address(&record.asset))
-        else {
-            return self
-                .fail(
-                    &record,
-                    Reason::UnexpectedSettleError,
-                    "the record's calldata or asset is not hex",
-                )
-                .await;
-        };
+    fn scheme(&self, record: &PaymentRecord) -> Result<&ExactEvm, WorkError> {
+        self.facilitator
+            .network(&record.network)
+            .ok_or_else(|| WorkError::UnknownNetwork(record.network.clone()))
+    }
+
+    /// Simulates, signs at the lane's next nonce, writes ahead and broadcasts a `queued` payment.
+    async fn sign_and_send(&self, record: PaymentRecord) -> Result<(), WorkError> {
+        let scheme = self.scheme(&record)?;
         let signer = self.signer(&record.lane).await?;
         let chain = scheme.chain();
-
         // The simulation, the lane's nonce (table and chain) and the fees do not depend on each
         // other: asked at once, they cost one round trip instead of four.
         let (estimate, table_nonce, chain_nonce, fees) = tokio::join!(
-            chain.estimate_gas(signer.address(), asset, calldata.clone()),
+            chain.estimate_gas(signer.address(), record.asset, record.calldata.clone()),
             self.store.lane_next_nonce(&record.lane),
             chain.pending_nonce(signer.address()),
             chain.fees(),
         );
         // The simulation before signing: a call that would revert never takes a lane nonce.
-        let gas = match estimate.map_err(retry)? {
-            Ok(gas) => gas + gas / 5,
-            Err(revert) => {
-                return match reason_from_revert(&revert) {
-                    Reason::NonceAlreadyUsed => {
-                        self.used_before_signing(chain, &record, &revert).await
-                    }
-                    reason => self.fail(&record, reason, &revert).await,
-                }
+        let gas = match gas_limit(estimate?) {
+            GasLimit::Limit(gas) => gas,
+            GasLimit::UsedBefore(revert) => {
+                return self.used_before_signing(chain, &record, revert).await
+            }
+            GasLimit::Refused(revert) => {
+                return self
+                    .fail(&record, reason_from_revert(&revert), revert)
+                    .await
             }
         };
-        let nonce = table_nonce.map_err(retry)?.max(chain_nonce.map_err(retry)?);
-        let (max_fee_per_gas, max_priority_fee_per_gas) = fees.map_err(retry)?;
-        let tx = TxEip1559 {
-            chain_id: scheme.network().chain_id(),
-            nonce,
-            gas_limit: gas,
-            max_fee_per_gas,
-            max_priority_fee_per_gas,
-            to: TxKind::Call(asset),
-            value: U256::ZERO,
-            access_list: Default::default(),
-            input: calldata,
-        };
-        let signed = signer.sign(tx).await.map_err(retry)?;
+        let nonce = table_nonce?.max(chain_nonce?);
+        let tx = decide::transfer_tx(&record, scheme.network().chain_id(), nonce, gas, fees?);
+        let signed = signer.sign(tx).await?;
         self.crash_point(Step::Signed)?;
-        let (raw, hash) = (signed.raw.to_string(), signed.hash.to_string());
-        let sender = format!("{:#x}", signer.address());
-        if !self
-            .store
-            .write_ahead(&record.id, &record.lane, &sender, nonce, &raw, &hash)
-            .await
-            .map_err(retry)?
-        {
-            let latest = self.store.get(&record.id).await.map_err(retry)?;
-            return match latest {
-                // The lane's nonce moved under us: take the next one on the retry.
-                Some(r) if r.state == State::Queued => Err(Retry::Transient(format!(
-                    "lane {} nonce {nonce} was taken",
-                    record.lane
-                ))),
-                // Signed already: by an earlier run, or by this one when the transaction committed
-                // but its answer was lost and the SDK's retry then failed the condition. Either way
-                // the stored bytes are the ones to send, now, rather than waiting for replay (I3).
-                Some(r) if r.state == State::Signed => self.broadcast(&r).await,
-                // /settle cancelled it at its deadline, or it was sent and finished meanwhile.
-                _ => Ok(()),
+        let signed = Signed {
+            sender: signer.address(),
+            nonce,
+            raw: signed.raw,
+            hash: signed.hash,
+        };
+        self.write_ahead_and_send(record, signed).await
+    }
+
+    /// The write-ahead (I3, I4), then the broadcast; when the write-ahead's condition fails, what
+    /// the record has become decides ([`after_lost_write_ahead`]).
+    async fn write_ahead_and_send(
+        &self,
+        record: PaymentRecord,
+        signed: Signed,
+    ) -> Result<(), WorkError> {
+        if !self.store.sign(&record.id, &record.lane, &signed).await? {
+            let latest = self.store.get(&record.id).await?;
+            return match after_lost_write_ahead(latest.as_ref()) {
+                AfterLost::TakeNextNonce => Err(WorkError::NonceTaken {
+                    lane: record.lane,
+                    nonce: signed.nonce,
+                }),
+                AfterLost::Broadcast => match latest {
+                    Some(latest) => self.broadcast(&latest).await,
+                    None => Ok(()),
+                },
+                AfterLost::Nothing => Ok(()),
             };
         }
-        tracing::info!(id = %record.id, lane = %record.lane, nonce, tx = %hash, "signed and written ahead");
+        tracing::info!(id = %record.id, lane = %record.lane, nonce = signed.nonce, tx = %signed.hash, "signed and written ahead");
         self.crash_point(Step::WrittenAhead)?;
         let written = PaymentRecord {
-            raw_tx: Some(raw),
-            tx_hash: Some(hash),
-            lane_nonce: Some(nonce),
-            sender: Some(sender),
+            raw_tx: Some(signed.raw),
+            tx_hash: Some(signed.hash),
+            lane_nonce: Some(signed.nonce),
+            sender: Some(signed.sender),
             state: State::Signed,
             ..record
         };
@@ -322,119 +350,80 @@ impl Worker {
     }
 
     /// Sends a signed record's bytes and marks it `submitted`.
-    async fn broadcast(&self, record: &PaymentRecord) -> Result<(), Retry> {
-        let Some(scheme) = self.facilitator.network(&record.network) else {
-            return Err(Retry::Transient(format!(
-                "{} is not configured here",
-                record.network
-            )));
-        };
+    async fn broadcast(&self, record: &PaymentRecord) -> Result<(), WorkError> {
+        let chain = self.scheme(record)?.chain();
         if self.stop_after == Some(Step::Broadcast) {
-            lifecycle::send_stored(scheme.chain(), record)
-                .await
-                .map_err(retry)?;
+            lifecycle::send_stored(chain, record).await?;
             return self.crash_point(Step::Broadcast);
         }
-        lifecycle::submit(scheme.chain(), &self.store, record)
-            .await
-            .map_err(retry)?;
+        lifecycle::submit(chain, &self.store, record).await?;
         Ok(())
     }
 
     /// Replaces a `signed` or `submitted` record's transaction with another at the same lane nonce
-    /// (DESIGN I3, I6): the same transfer with higher fees while the authorization is valid, or a
-    /// zero-value self-transfer once it has expired, so the nonce is used without a payment. The
-    /// replacement is written ahead, next to the hashes it supersedes, before it is sent.
-    async fn replace(&self, record: PaymentRecord) -> Result<(), Retry> {
-        let Some(scheme) = self.facilitator.network(&record.network) else {
-            return Err(Retry::Transient(format!(
-                "{} is not configured here",
-                record.network
-            )));
-        };
-        let chain = scheme.chain();
+    /// (DESIGN I3, I6), as [`replacement_plan`] and [`replacement`] decide. The replacement is
+    /// written ahead, next to the hashes it supersedes, before it is sent.
+    async fn replace(&self, record: PaymentRecord) -> Result<(), WorkError> {
+        let chain = self.scheme(&record)?.chain();
         let (Some(old_hash), Some(sender), Some(nonce), Some(old)) = (
-            record.tx_hash.clone(),
-            record.sender.as_deref().and_then(hex::address),
+            record.tx_hash,
+            record.sender,
             record.lane_nonce,
-            record.raw_tx.as_deref().and_then(decode_eip1559),
+            record.raw_tx.as_ref().and_then(decide::decode_eip1559),
         ) else {
             tracing::error!(id = %record.id, "a record to replace lacks its transaction, sender or nonce");
             return Ok(());
         };
-        // Mined meanwhile (this transaction or another at its nonce): there is nothing to replace,
-        // and the receipt decides the record.
-        let mined_nonce = chain.latest_nonce(sender).await.map_err(retry)?;
-        if mined_nonce > nonce {
-            return Ok(());
-        }
-        let cancel = unix_now() >= record.valid_before;
-        if !cancel && mined_nonce < nonce {
-            // Waiting behind an earlier nonce of the lane: higher fees would not get it mined.
-            return Ok(());
-        }
+        let mined_nonce = chain.latest_nonce(sender).await?;
+        let cancel = match replacement_plan(mined_nonce, nonce, unix_now() >= record.valid_before) {
+            ReplacementPlan::Nothing => return Ok(()),
+            ReplacementPlan::Bump => false,
+            ReplacementPlan::Cancel => true,
+        };
         let signer = self.signer(&record.lane).await?;
         if signer.address() != sender {
-            return Err(Retry::Transient(format!(
-                "lane {} now signs as {:#x}, not as the record's sender {sender:#x}",
-                record.lane,
-                signer.address()
-            )));
+            return Err(WorkError::SenderChanged {
+                lane: record.lane.clone(),
+                now: signer.address(),
+                sender,
+            });
         }
-        let (market_max, market_tip) = chain.fees().await.map_err(retry)?;
-        // Nodes take a replacement only when both fee caps rise by at least 10 %.
-        let tip = bump(old.max_priority_fee_per_gas).max(market_tip);
-        let max_fee = bump(old.max_fee_per_gas).max(market_max).max(tip);
-        let tx = if cancel {
-            TxEip1559 {
-                to: TxKind::Call(sender),
-                value: U256::ZERO,
-                input: Bytes::new(),
-                gas_limit: 21_000,
-                max_fee_per_gas: max_fee,
-                max_priority_fee_per_gas: tip,
-                ..old
-            }
-        } else {
-            TxEip1559 {
-                max_fee_per_gas: max_fee,
-                max_priority_fee_per_gas: tip,
-                ..old
-            }
-        };
-        let signed = signer.sign(tx).await.map_err(retry)?;
-        let (raw, hash) = (signed.raw.to_string(), signed.hash.to_string());
+        let tx = replacement(old, sender, chain.fees().await?, cancel);
+        let (max_fee, tip) = (tx.max_fee_per_gas, tx.max_priority_fee_per_gas);
+        let signed = signer.sign(tx).await?;
         if !self
             .store
-            .write_replacement(&record.id, record.state, &old_hash, &raw, &hash)
-            .await
-            .map_err(retry)?
+            .replace(&record.id, record.state, old_hash, &signed.raw, signed.hash)
+            .await?
         {
             return Ok(()); // moved on meanwhile: replaced, finished or re-queued by someone else
         }
         tracing::info!(
-            id = %record.id, nonce, replaced = %old_hash, tx = %hash, cancel, max_fee, tip,
+            id = %record.id, nonce, replaced = %old_hash, tx = %signed.hash, cancel, max_fee, tip,
             "replacement written ahead"
         );
         let mut replaced = record.replaced.clone();
         replaced.push(old_hash);
         let written = PaymentRecord {
-            raw_tx: Some(raw),
-            tx_hash: Some(hash),
+            raw_tx: Some(signed.raw),
+            tx_hash: Some(signed.hash),
             replaced,
             ..record
         };
+        self.send_replacement(chain, &written).await
+    }
+
+    /// A `signed` record's replacement moves it to `submitted` when sent; a `submitted` one stays.
+    async fn send_replacement(
+        &self,
+        chain: &Chain,
+        written: &PaymentRecord,
+    ) -> Result<(), WorkError> {
         match written.state {
-            State::Signed => {
-                lifecycle::submit(chain, &self.store, &written)
-                    .await
-                    .map_err(retry)?;
-            }
-            _ => {
-                lifecycle::send_stored(chain, &written)
-                    .await
-                    .map_err(retry)?;
-            }
+            State::Signed => lifecycle::submit(chain, &self.store, written)
+                .await
+                .map(drop)?,
+            _ => lifecycle::send_stored(chain, written).await.map(drop)?,
         }
         Ok(())
     }
@@ -443,17 +432,10 @@ impl Worker {
         &self,
         record: &PaymentRecord,
         reason: Reason,
-        message: &str,
-    ) -> Result<(), Retry> {
-        self.store
-            .transition(
-                &record.id,
-                State::Queued,
-                State::Failed,
-                &receipt::failure(reason, message),
-            )
-            .await
-            .map_err(retry)?;
+        message: impl Into<String>,
+    ) -> Result<(), WorkError> {
+        let failure = Failure::new(reason, message);
+        self.store.fail(&record.id, State::Queued, &failure).await?;
         Ok(())
     }
 
@@ -466,57 +448,36 @@ impl Worker {
         &self,
         chain: &Chain,
         record: &PaymentRecord,
-        revert: &str,
-    ) -> Result<(), Retry> {
-        let (Some(transfer), Some(nonce)) = (
-            record.transfer(),
-            record.authorization_nonce().and_then(hex::b256),
-        ) else {
-            return self
-                .fail(
-                    record,
-                    Reason::UnexpectedSettleError,
-                    "the record's payment is not well formed",
-                )
-                .await;
+        revert: String,
+    ) -> Result<(), WorkError> {
+        let (mined, by_other) = match lifecycle::used_by(chain, record).await? {
+            UsedBy::Nobody => return self.fail(record, Reason::NonceAlreadyUsed, revert).await,
+            UsedBy::Ours { mined, paid: true } => (mined, false),
+            UsedBy::Theirs { mined, paid: true } => (mined, true),
+            UsedBy::Ours { mined, .. } | UsedBy::Theirs { mined, .. } => {
+                let message = format!(
+                    "the authorization was used by transaction {:#x}, which did not make this payment",
+                    mined.tx
+                );
+                return self.fail(record, Reason::NonceAlreadyUsed, message).await;
+            }
         };
-        let Some(found) = attribution::find_use(chain, &transfer, nonce)
-            .await
-            .map_err(retry)?
-        else {
-            return self.fail(record, Reason::NonceAlreadyUsed, revert).await;
-        };
-        if !transfer.made_by(&found.receipt) {
-            let message = format!(
-                "the authorization was used by transaction {:#x}, which did not make this payment",
-                found.tx
-            );
-            return self.fail(record, Reason::NonceAlreadyUsed, &message).await;
-        }
-        let fields = lifecycle::settled_by(
-            found.tx,
-            found.receipt.block_number,
-            record.is_ours(found.tx),
-        );
-        let moved = self
+        if self
             .store
-            .transition(&record.id, State::Queued, State::Settled, &fields)
-            .await
-            .map_err(retry)?;
-        if moved {
-            tracing::info!(id = %record.id, tx = %found.tx, "the authorization was already used by a transaction that paid the payee");
+            .settle(&record.id, State::Queued, mined, by_other)
+            .await?
+        {
+            tracing::info!(id = %record.id, tx = %mined.tx, "the authorization was already used by a transaction that paid the payee");
         }
         Ok(())
     }
 
     /// The lane's signer, connected once per instance (one KMS `GetPublicKey`).
-    async fn signer(&self, lane: &str) -> Result<LaneSigner, Retry> {
+    async fn signer(&self, lane: &str) -> Result<LaneSigner, WorkError> {
         // A record names its lane; a worker signs only with the lanes it was configured with, so a
         // changed or drained lane list can never make it sign with a key nobody meant it to use.
         if !self.lanes.iter().any(|l| l == lane) {
-            return Err(Retry::Transient(format!(
-                "lane {lane} is not one of X402_LANE_KEYS; leaving the payment for reconciliation"
-            )));
+            return Err(WorkError::UnknownLane(lane.to_owned()));
         }
         let cell = self
             .signers
@@ -525,10 +486,10 @@ impl Worker {
             .entry(lane.to_owned())
             .or_default()
             .clone();
-        cell.get_or_try_init(|| LaneSigner::connect(self.kms.clone(), lane.to_owned()))
-            .await
-            .cloned()
-            .map_err(retry)
+        let signer = cell
+            .get_or_try_init(|| LaneSigner::connect(self.kms.clone(), lane.to_owned()))
+            .await?;
+        Ok(signer.clone())
     }
 }
 
@@ -540,48 +501,4 @@ fn jitter(wait: std::time::Duration) -> std::time::Duration {
         .unwrap_or(0);
     let millis = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
     std::time::Duration::from_millis(u64::from(nanos) % millis)
-}
-
-/// A fee raised by an eighth and one wei: above the 10 % nodes ask of a replacement.
-fn bump(fee: u128) -> u128 {
-    fee.saturating_add(fee / 8).saturating_add(1)
-}
-
-/// The EIP-1559 transaction inside a stored raw transaction (`0x…`, EIP-2718 encoded): what a
-/// replacement copies and outbids. `None` for anything else.
-fn decode_eip1559(raw: &str) -> Option<alloy::consensus::TxEip1559> {
-    use alloy::eips::eip2718::Decodable2718;
-    let bytes = crate::evm::hex::bytes(raw)?;
-    let envelope = alloy::consensus::TxEnvelope::decode_2718(&mut bytes.as_ref()).ok()?;
-    envelope.as_eip1559().map(|signed| signed.tx().clone())
-}
-
-#[cfg(test)]
-mod tests {
-    use alloy::{
-        consensus::{SignableTransaction, TxEip1559, TxEnvelope},
-        eips::eip2718::Encodable2718,
-        primitives::{address, Bytes, Signature, TxKind, U256},
-    };
-
-    #[test]
-    fn a_stored_transaction_decodes_back_to_what_was_signed() {
-        let tx = TxEip1559 {
-            chain_id: 84532,
-            nonce: 7,
-            gas_limit: 90_000,
-            max_fee_per_gas: 2_000_000_000,
-            max_priority_fee_per_gas: 1_000_000,
-            to: TxKind::Call(address!("0x036CbD53842c5426634e7929541eC2318f3dCF7e")),
-            value: U256::ZERO,
-            access_list: Default::default(),
-            input: Bytes::from(vec![0xe3, 0xee, 0x16, 0x0e]),
-        };
-        let signature = Signature::new(U256::from(1), U256::from(2), false);
-        let envelope: TxEnvelope = tx.clone().into_signed(signature).into();
-        let raw = format!("0x{}", alloy::hex::encode(envelope.encoded_2718()));
-        assert_eq!(super::decode_eip1559(&raw), Some(tx));
-        assert_eq!(super::decode_eip1559("0x02"), None);
-        assert_eq!(super::decode_eip1559("not hex"), None);
-    }
 }

@@ -252,7 +252,12 @@ impl PaymentBuilder {
 
     /// The id of this payment's record in DynamoDB, as the facilitator builds it.
     pub fn record_id(&self) -> String {
-        facilitator::store::PaymentId::new(NETWORK, self.asset, self.from, self.nonce).to_string()
+        self.payment_id().to_string()
+    }
+
+    /// The id of this payment's record, typed.
+    pub fn payment_id(&self) -> facilitator::store::PaymentId {
+        facilitator::store::PaymentId::new(NETWORK, self.asset, self.from, self.nonce)
     }
 
     /// Calldata that makes the authorization happen, for tests that use it up on chain first.

@@ -6,9 +6,10 @@ use std::{collections::HashMap, time::Duration};
 use alloy::primitives::U256;
 use aws_sdk_dynamodb::types::AttributeValue;
 use facilitator::{
+    clock::now_ms,
     queue::Queue,
     replay::{Replayer, Summary},
-    store::{now_ms, Created, NewPayment, PaymentId, PaymentRecord, Store},
+    store::{Created, NewPayment, PaymentId, PaymentRecord, Store},
     Config,
 };
 use serde_json::json;

@@ -1,0 +1,341 @@
+//! Replay's decisions, apart from its I/O: each takes the record and the facts replay read from
+//! the chain and says what to do, one rule of the module's list per branch, each unit-tested.
+
+use std::time::Duration;
+
+use crate::{
+    lifecycle::UsedBy,
+    protocol::Reason,
+    settle::lane_for_id,
+    store::{Failure, Mined, PaymentRecord, State},
+};
+
+/// What replay does with a `queued` record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueuedPlan {
+    /// Past `validBefore`: nothing was signed, so it expires.
+    Expire,
+    /// Its lane is no longer configured (drained): move it to this lane and queue it there.
+    Relane(String),
+    /// Queue it on its lane again (the worker ignores a message whose record moved on).
+    Requeue,
+}
+
+/// `now`: unix seconds; `lanes`: the lanes workers sign with.
+pub fn queued_plan(record: &PaymentRecord, now: u64, lanes: &[String]) -> QueuedPlan {
+    if now >= record.valid_before {
+        QueuedPlan::Expire
+    } else if !lanes.is_empty() && !lanes.contains(&record.lane) {
+        QueuedPlan::Relane(lane_for_id(record.id.as_str(), lanes).to_owned())
+    } else {
+        QueuedPlan::Requeue
+    }
+}
+
+/// What replay does with a `signed` or `submitted` record none of whose transactions is mined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InFlightPlan {
+    /// Its lane nonce was used by another transaction: none of its own can ever be mined.
+    NonceTaken,
+    /// `signed` (a crash between the write-ahead and the broadcast): send the stored bytes.
+    Submit,
+    /// Past `validBefore`: ask the worker for a zero-value self-transfer at its nonce.
+    Cancel,
+    /// `submitted` and valid: whether the node still has it decides ([`pool_plan`]).
+    CheckPool,
+}
+
+/// `mined_nonce`: the lane's nonce as mined (read before the receipts); `nonce`: the record's.
+pub fn in_flight_plan(
+    record: &PaymentRecord,
+    nonce: u64,
+    mined_nonce: u64,
+    now: u64,
+) -> InFlightPlan {
+    let expired = now >= record.valid_before;
+    if mined_nonce > nonce {
+        InFlightPlan::NonceTaken
+    } else if expired {
+        // Whatever it was, the transfer would now revert: use the nonce without paying.
+        InFlightPlan::Cancel
+    } else if record.state == State::Signed {
+        InFlightPlan::Submit
+    } else {
+        InFlightPlan::CheckPool
+    }
+}
+
+/// What replay does with a `submitted`, valid, unmined transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolPlan {
+    /// Dropped from the pool: the same bytes again (I3).
+    Rebroadcast,
+    /// Unmined for `bump_after` and next in its lane: ask the worker for higher fees.
+    Bump,
+    /// Leave it to be mined.
+    Pending,
+}
+
+/// `next_in_lane`: its nonce is the lane's next to be mined. A transaction queued behind another
+/// gains nothing from higher fees, and the one ahead gets its own bump.
+pub fn pool_plan(
+    in_pool: bool,
+    sent_ago: Duration,
+    bump_after: Duration,
+    next_in_lane: bool,
+) -> PoolPlan {
+    if !in_pool {
+        PoolPlan::Rebroadcast
+    } else if sent_ago >= bump_after && next_in_lane {
+        PoolPlan::Bump
+    } else {
+        PoolPlan::Pending
+    }
+}
+
+/// What replay does once a record's lane nonce went to another transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NonceTakenPlan {
+    /// The token has the authorization as used: find who used it ([`used_plan`]).
+    FindWhoUsed,
+    /// Unused, and it ran out: `expired`.
+    Expire(Failure),
+    /// Unused and still valid: back to `queued`, to be signed afresh at a new nonce. Safe: the old
+    /// transactions can never be mined (their nonce is taken) and the token accepts the
+    /// authorization once at most.
+    Resign,
+}
+
+pub fn nonce_taken_plan(authorization_used: bool, expired: bool) -> NonceTakenPlan {
+    match (authorization_used, expired) {
+        (true, _) => NonceTakenPlan::FindWhoUsed,
+        (false, true) => NonceTakenPlan::Expire(Failure::new(
+            Reason::ValidBefore,
+            "the authorization expired after its lane nonce went to another transaction",
+        )),
+        (false, false) => NonceTakenPlan::Resign,
+    }
+}
+
+/// What replay does once it knows who used the authorization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UsedPlan {
+    /// One of ours (the node that answered the receipts lags behind the one that logged it):
+    /// finish it from its receipt, or leave it for the next run while that node has none.
+    FinishOurs(Mined),
+    /// Somebody else's that paid the payee exactly: `settled`, naming it.
+    SettleByOther(Mined),
+    /// Anything else: `failed`, saying why.
+    Fail(Failure),
+}
+
+pub fn used_plan(used_by: UsedBy) -> UsedPlan {
+    match used_by {
+        UsedBy::Ours { mined, .. } => UsedPlan::FinishOurs(mined),
+        UsedBy::Theirs { mined, paid: true } => UsedPlan::SettleByOther(mined),
+        UsedBy::Theirs { mined, paid: false } => UsedPlan::Fail(Failure::new(
+            Reason::NonceAlreadyUsed,
+            format!(
+                "the authorization was used by transaction {:#x}, which is not this facilitator's and did not make this payment",
+                mined.tx
+            ),
+        )),
+        UsedBy::Nobody => UsedPlan::Fail(Failure::new(
+            Reason::NonceAlreadyUsed,
+            "the authorization was cancelled on chain, or used by a transaction older than the lookback (X402_LOGS_LOOKBACK_BLOCKS)",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use alloy::primitives::{address, Address, Bytes, B256, U256};
+
+    use super::*;
+    use crate::store::{NewPayment, PaymentId};
+
+    const TOKEN: Address = address!("0x036CbD53842c5426634e7929541eC2318f3dCF7e");
+
+    fn record(state: State) -> PaymentRecord {
+        let payer = address!("0x70997970C51812dc3A010C7d01b50e0d17dc79C8");
+        let id = PaymentId::new("eip155:84532", TOKEN, payer, B256::repeat_byte(1));
+        let calldata = Bytes::from(vec![0xe3]);
+        let queued = PaymentRecord::queued(
+            &NewPayment {
+                id: &id,
+                network: "eip155:84532",
+                asset: TOKEN,
+                payer,
+                pay_to: address!("0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"),
+                value: U256::from(1),
+                valid_before: 1_000,
+                calldata: &calldata,
+                digest: B256::repeat_byte(2),
+                lane: "lane-0",
+            },
+            0,
+        );
+        PaymentRecord { state, ..queued }
+    }
+
+    fn lanes(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| (*n).to_owned()).collect()
+    }
+
+    fn mined() -> Mined {
+        Mined {
+            tx: B256::repeat_byte(5),
+            block: Some(3),
+        }
+    }
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn queued_past_valid_before_expires() {
+        let plan = queued_plan(&record(State::Queued), 1_000, &lanes(&["lane-0"]));
+        assert_eq!(plan, QueuedPlan::Expire);
+    }
+
+    #[test]
+    fn queued_on_a_drained_lane_moves_to_a_configured_lane() {
+        let plan = queued_plan(&record(State::Queued), 999, &lanes(&["lane-1"]));
+        assert_eq!(plan, QueuedPlan::Relane("lane-1".to_owned()));
+    }
+
+    #[test]
+    fn queued_otherwise_is_queued_again() {
+        let plan = queued_plan(&record(State::Queued), 999, &lanes(&["lane-0", "lane-1"]));
+        assert_eq!(plan, QueuedPlan::Requeue);
+        // With no lanes configured (a replay that only reconciles), it stays on its own lane.
+        assert_eq!(
+            queued_plan(&record(State::Queued), 999, &[]),
+            QueuedPlan::Requeue
+        );
+    }
+
+    #[test]
+    fn a_lane_nonce_used_by_another_transaction_comes_first() {
+        for state in [State::Signed, State::Submitted] {
+            assert_eq!(
+                in_flight_plan(&record(state), 7, 8, 999),
+                InFlightPlan::NonceTaken
+            );
+            assert_eq!(
+                in_flight_plan(&record(state), 7, 8, 1_000),
+                InFlightPlan::NonceTaken
+            );
+        }
+    }
+
+    #[test]
+    fn signed_and_valid_sends_the_stored_bytes() {
+        assert_eq!(
+            in_flight_plan(&record(State::Signed), 7, 7, 999),
+            InFlightPlan::Submit
+        );
+    }
+
+    #[test]
+    fn signed_or_submitted_past_valid_before_is_cancelled() {
+        for state in [State::Signed, State::Submitted] {
+            assert_eq!(
+                in_flight_plan(&record(state), 7, 6, 1_000),
+                InFlightPlan::Cancel
+            );
+        }
+    }
+
+    #[test]
+    fn submitted_and_valid_asks_the_pool() {
+        assert_eq!(
+            in_flight_plan(&record(State::Submitted), 7, 7, 999),
+            InFlightPlan::CheckPool
+        );
+    }
+
+    #[test]
+    fn dropped_from_the_pool_is_sent_again() {
+        assert_eq!(
+            pool_plan(false, SECOND, 60 * SECOND, true),
+            PoolPlan::Rebroadcast
+        );
+    }
+
+    #[test]
+    fn in_the_pool_too_long_and_next_in_its_lane_is_bumped() {
+        assert_eq!(
+            pool_plan(true, 60 * SECOND, 60 * SECOND, true),
+            PoolPlan::Bump
+        );
+    }
+
+    #[test]
+    fn in_the_pool_behind_an_earlier_nonce_or_not_long_is_pending() {
+        assert_eq!(
+            pool_plan(true, 600 * SECOND, 60 * SECOND, false),
+            PoolPlan::Pending
+        );
+        assert_eq!(
+            pool_plan(true, SECOND, 60 * SECOND, true),
+            PoolPlan::Pending
+        );
+    }
+
+    #[test]
+    fn a_taken_nonce_with_the_authorization_used_asks_who_used_it() {
+        assert_eq!(nonce_taken_plan(true, false), NonceTakenPlan::FindWhoUsed);
+        assert_eq!(nonce_taken_plan(true, true), NonceTakenPlan::FindWhoUsed);
+    }
+
+    #[test]
+    fn a_taken_nonce_with_the_authorization_unused_and_expired_expires() {
+        assert!(matches!(
+            nonce_taken_plan(false, true),
+            NonceTakenPlan::Expire(f) if f.reason == Reason::ValidBefore
+        ));
+    }
+
+    #[test]
+    fn a_taken_nonce_with_the_authorization_unused_and_valid_is_signed_afresh() {
+        assert_eq!(nonce_taken_plan(false, false), NonceTakenPlan::Resign);
+    }
+
+    #[test]
+    fn used_by_ours_is_finished_from_its_receipt() {
+        let plan = used_plan(UsedBy::Ours {
+            mined: mined(),
+            paid: true,
+        });
+        assert_eq!(plan, UsedPlan::FinishOurs(mined()));
+    }
+
+    #[test]
+    fn used_by_theirs_that_paid_the_payee_settles() {
+        let plan = used_plan(UsedBy::Theirs {
+            mined: mined(),
+            paid: true,
+        });
+        assert_eq!(plan, UsedPlan::SettleByOther(mined()));
+    }
+
+    #[test]
+    fn used_by_theirs_that_did_not_pay_fails_naming_it() {
+        let plan = used_plan(UsedBy::Theirs {
+            mined: mined(),
+            paid: false,
+        });
+        assert!(matches!(
+            plan,
+            UsedPlan::Fail(f) if f.reason == Reason::NonceAlreadyUsed && f.message.contains(&format!("{:#x}", mined().tx))
+        ));
+    }
+
+    #[test]
+    fn used_by_nobody_in_the_lookback_fails() {
+        assert!(matches!(
+            used_plan(UsedBy::Nobody),
+            UsedPlan::Fail(f) if f.reason == Reason::NonceAlreadyUsed
+        ));
+    }
+}

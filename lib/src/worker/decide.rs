@@ -1,0 +1,408 @@
+//! The worker's decisions, apart from its I/O: each takes the facts the worker read and says what
+//! to do, so that each rule is unit-tested on its own (docs/settlement.md, "The worker").
+
+use alloy::{
+    consensus::TxEip1559,
+    primitives::{Address, Bytes, TxKind, B256, U256},
+};
+
+use crate::{
+    lifecycle::receipt::reason_from_revert,
+    protocol::Reason,
+    store::{PaymentRecord, State},
+};
+
+/// What the worker does with a payment, from its record and the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// `queued` and valid: simulate, sign, write ahead, send.
+    Sign,
+    /// `queued` on a network this deployment does not serve: fail it.
+    FailUnknownNetwork,
+    /// `queued` past `validBefore`: nothing was signed, so it expires.
+    Expire,
+    /// Replay asked for a replacement of the transaction the record still holds.
+    Replace,
+    /// `signed` (maybe never sent: a crash after the write-ahead): the stored bytes again.
+    Broadcast,
+    /// Anything else: moved on, finished, or a replacement request for a superseded hash.
+    Nothing,
+}
+
+/// The worker's next step for `record`; `replace` is the hash a replacement request names,
+/// `now` unix seconds.
+pub fn next_step(
+    record: &PaymentRecord,
+    replace: Option<B256>,
+    now: u64,
+    network_known: bool,
+) -> Next {
+    match (record.state, replace) {
+        (State::Queued, _) if !network_known => Next::FailUnknownNetwork,
+        (State::Queued, _) if now >= record.valid_before => Next::Expire,
+        (State::Queued, _) => Next::Sign,
+        (State::Signed | State::Submitted, Some(hash)) if record.tx_hash == Some(hash) => {
+            Next::Replace
+        }
+        (State::Signed, None) => Next::Broadcast,
+        _ => Next::Nothing,
+    }
+}
+
+/// What the simulation says of a `queued` payment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GasLimit {
+    /// It would succeed: sign with this gas limit (the estimate and a fifth more).
+    Limit(u64),
+    /// The token has the authorization as used: find who used it before failing anything.
+    UsedBefore(String),
+    /// It would revert for another reason: fail it with that reason; no lane nonce is taken.
+    Refused(String),
+}
+
+/// The gas limit from `eth_estimateGas`'s answer, or the revert's meaning.
+pub fn gas_limit(estimate: Result<u64, String>) -> GasLimit {
+    match estimate {
+        Ok(gas) => GasLimit::Limit(gas.saturating_add(gas / 5)),
+        Err(revert) if reason_from_revert(&revert) == Reason::NonceAlreadyUsed => {
+            GasLimit::UsedBefore(revert)
+        }
+        Err(revert) => GasLimit::Refused(revert),
+    }
+}
+
+/// The settlement transaction: the record's `transferWithAuthorization` call to its token.
+pub fn transfer_tx(
+    record: &PaymentRecord,
+    chain_id: u64,
+    nonce: u64,
+    gas_limit: u64,
+    (max_fee_per_gas, max_priority_fee_per_gas): (u128, u128),
+) -> TxEip1559 {
+    TxEip1559 {
+        chain_id,
+        nonce,
+        gas_limit,
+        max_fee_per_gas,
+        max_priority_fee_per_gas,
+        to: TxKind::Call(record.asset),
+        value: U256::ZERO,
+        access_list: Default::default(),
+        input: record.calldata.clone(),
+    }
+}
+
+/// What to do when the write-ahead's condition failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterLost {
+    /// Still `queued`: the lane's nonce moved under us; the next attempt takes the next one.
+    TakeNextNonce,
+    /// `signed` already: by an earlier run, or by this one when the transaction committed but its
+    /// answer was lost and the SDK's retry then failed the condition. Either way the stored bytes
+    /// are the ones to send, now, rather than waiting for replay (I3).
+    Broadcast,
+    /// Cancelled by `/settle` at its deadline, or sent and finished meanwhile.
+    Nothing,
+}
+
+/// The step after a lost write-ahead, from the record as it is now.
+pub fn after_lost_write_ahead(latest: Option<&PaymentRecord>) -> AfterLost {
+    match latest.map(|r| r.state) {
+        Some(State::Queued) => AfterLost::TakeNextNonce,
+        Some(State::Signed) => AfterLost::Broadcast,
+        _ => AfterLost::Nothing,
+    }
+}
+
+/// Whether a transaction at lane nonce `nonce` is replaced, from the lane's mined nonce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplacementPlan {
+    /// Mined meanwhile (this transaction or another at its nonce), so there is nothing to replace
+    /// and the receipt decides the record; or waiting behind an earlier nonce of the lane, where
+    /// higher fees would not get it mined.
+    Nothing,
+    /// The same transfer with higher fees.
+    Bump,
+    /// The authorization expired: a zero-value self-transfer uses the nonce without paying.
+    Cancel,
+}
+
+pub fn replacement_plan(mined_nonce: u64, nonce: u64, expired: bool) -> ReplacementPlan {
+    if mined_nonce > nonce {
+        ReplacementPlan::Nothing
+    } else if expired {
+        ReplacementPlan::Cancel
+    } else if mined_nonce < nonce {
+        ReplacementPlan::Nothing
+    } else {
+        ReplacementPlan::Bump
+    }
+}
+
+/// The replacement of `old` at its nonce, from `sender`: fees at least an eighth higher (nodes take
+/// a replacement only when both caps rise by 10 %) and at least the market's; the same transfer,
+/// or, to `cancel`, a zero-value self-transfer.
+pub fn replacement(
+    old: TxEip1559,
+    sender: Address,
+    (market_max, market_tip): (u128, u128),
+    cancel: bool,
+) -> TxEip1559 {
+    let tip = bump(old.max_priority_fee_per_gas).max(market_tip);
+    let max_fee = bump(old.max_fee_per_gas).max(market_max).max(tip);
+    let bumped = TxEip1559 {
+        max_fee_per_gas: max_fee,
+        max_priority_fee_per_gas: tip,
+        ..old
+    };
+    match cancel {
+        false => bumped,
+        true => TxEip1559 {
+            to: TxKind::Call(sender),
+            value: U256::ZERO,
+            input: Bytes::new(),
+            gas_limit: 21_000,
+            ..bumped
+        },
+    }
+}
+
+/// A fee raised by an eighth and one wei: above the 10 % nodes ask of a replacement.
+fn bump(fee: u128) -> u128 {
+    fee.saturating_add(fee / 8).saturating_add(1)
+}
+
+/// The EIP-1559 transaction inside a stored raw transaction (EIP-2718 encoded): what a
+/// replacement copies and outbids. `None` for anything else.
+pub(super) fn decode_eip1559(raw: &Bytes) -> Option<TxEip1559> {
+    use alloy::eips::eip2718::Decodable2718;
+    let envelope = alloy::consensus::TxEnvelope::decode_2718(&mut raw.as_ref()).ok()?;
+    envelope.as_eip1559().map(|signed| signed.tx().clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use alloy::{
+        consensus::{SignableTransaction, TxEnvelope},
+        eips::eip2718::Encodable2718,
+        primitives::{address, Signature},
+    };
+
+    use super::*;
+    use crate::store::{NewPayment, PaymentId};
+
+    const TOKEN: Address = address!("0x036CbD53842c5426634e7929541eC2318f3dCF7e");
+    const LANE: Address = address!("0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266");
+
+    fn record(state: State) -> PaymentRecord {
+        let payer = address!("0x70997970C51812dc3A010C7d01b50e0d17dc79C8");
+        let id = PaymentId::new("eip155:84532", TOKEN, payer, B256::repeat_byte(1));
+        let calldata = Bytes::from(vec![0xe3, 0xee, 0x16, 0x0e]);
+        let queued = PaymentRecord::queued(
+            &NewPayment {
+                id: &id,
+                network: "eip155:84532",
+                asset: TOKEN,
+                payer,
+                pay_to: address!("0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"),
+                value: U256::from(10_000),
+                valid_before: 1_000,
+                calldata: &calldata,
+                digest: B256::repeat_byte(2),
+                lane: "lane-0",
+            },
+            0,
+        );
+        PaymentRecord {
+            state,
+            tx_hash: (state != State::Queued).then(|| B256::repeat_byte(9)),
+            ..queued
+        }
+    }
+
+    fn tx() -> TxEip1559 {
+        transfer_tx(&record(State::Queued), 84532, 7, 90_000, (2_000, 100))
+    }
+
+    #[test]
+    fn a_valid_queued_payment_is_signed() {
+        assert_eq!(
+            next_step(&record(State::Queued), None, 999, true),
+            Next::Sign
+        );
+    }
+
+    #[test]
+    fn a_queued_payment_past_valid_before_expires() {
+        assert_eq!(
+            next_step(&record(State::Queued), None, 1_000, true),
+            Next::Expire
+        );
+    }
+
+    #[test]
+    fn a_queued_payment_on_an_unknown_network_fails_before_anything_else() {
+        let step = next_step(&record(State::Queued), None, 1_000, false);
+        assert_eq!(step, Next::FailUnknownNetwork);
+    }
+
+    #[test]
+    fn a_signed_payment_is_broadcast_again() {
+        assert_eq!(
+            next_step(&record(State::Signed), None, 0, true),
+            Next::Broadcast
+        );
+    }
+
+    #[test]
+    fn a_submitted_payment_waits_for_its_receipt() {
+        assert_eq!(
+            next_step(&record(State::Submitted), None, 0, true),
+            Next::Nothing
+        );
+    }
+
+    #[test]
+    fn a_replacement_is_made_only_for_the_hash_the_record_still_holds() {
+        let current = Some(B256::repeat_byte(9));
+        let superseded = Some(B256::repeat_byte(8));
+        for state in [State::Signed, State::Submitted] {
+            assert_eq!(next_step(&record(state), current, 0, true), Next::Replace);
+            assert_eq!(
+                next_step(&record(state), superseded, 0, true),
+                Next::Nothing
+            );
+        }
+    }
+
+    #[test]
+    fn a_finished_payment_is_left_alone() {
+        for state in [
+            State::Settled,
+            State::Failed,
+            State::Expired,
+            State::Cancelled,
+        ] {
+            let step = next_step(&record(state), Some(B256::repeat_byte(9)), 0, true);
+            assert_eq!(step, Next::Nothing);
+        }
+    }
+
+    #[test]
+    fn the_gas_limit_is_the_estimate_and_a_fifth() {
+        assert_eq!(gas_limit(Ok(100_000)), GasLimit::Limit(120_000));
+        assert_eq!(gas_limit(Ok(u64::MAX)), GasLimit::Limit(u64::MAX));
+    }
+
+    #[test]
+    fn a_used_authorization_is_attributed_before_it_fails() {
+        let revert = "EIP3009: authorization is used or canceled".to_owned();
+        assert_eq!(gas_limit(Err(revert.clone())), GasLimit::UsedBefore(revert));
+    }
+
+    #[test]
+    fn any_other_revert_refuses_the_payment() {
+        let revert = "ERC20: transfer amount exceeds balance".to_owned();
+        assert_eq!(gas_limit(Err(revert.clone())), GasLimit::Refused(revert));
+    }
+
+    #[test]
+    fn the_transfer_calls_the_token_with_the_stored_calldata() {
+        let tx = tx();
+        assert_eq!(
+            (tx.to, tx.value, tx.nonce),
+            (TxKind::Call(TOKEN), U256::ZERO, 7)
+        );
+        assert_eq!(tx.input, record(State::Queued).calldata);
+    }
+
+    #[test]
+    fn a_lost_write_ahead_retries_with_the_next_nonce_while_still_queued() {
+        let queued = record(State::Queued);
+        assert_eq!(
+            after_lost_write_ahead(Some(&queued)),
+            AfterLost::TakeNextNonce
+        );
+    }
+
+    #[test]
+    fn a_lost_write_ahead_of_a_signed_record_sends_the_stored_bytes() {
+        let signed = record(State::Signed);
+        assert_eq!(after_lost_write_ahead(Some(&signed)), AfterLost::Broadcast);
+    }
+
+    #[test]
+    fn a_lost_write_ahead_of_a_cancelled_or_finished_record_does_nothing() {
+        for state in [State::Cancelled, State::Submitted, State::Settled] {
+            assert_eq!(
+                after_lost_write_ahead(Some(&record(state))),
+                AfterLost::Nothing
+            );
+        }
+        assert_eq!(after_lost_write_ahead(None), AfterLost::Nothing);
+    }
+
+    #[test]
+    fn a_mined_nonce_needs_no_replacement() {
+        assert_eq!(replacement_plan(8, 7, false), ReplacementPlan::Nothing);
+        assert_eq!(replacement_plan(8, 7, true), ReplacementPlan::Nothing);
+    }
+
+    #[test]
+    fn a_transaction_behind_an_earlier_nonce_is_not_bumped() {
+        assert_eq!(replacement_plan(6, 7, false), ReplacementPlan::Nothing);
+    }
+
+    #[test]
+    fn the_lanes_next_nonce_is_bumped() {
+        assert_eq!(replacement_plan(7, 7, false), ReplacementPlan::Bump);
+    }
+
+    #[test]
+    fn an_expired_authorization_is_cancelled_even_behind_an_earlier_nonce() {
+        assert_eq!(replacement_plan(7, 7, true), ReplacementPlan::Cancel);
+        assert_eq!(replacement_plan(6, 7, true), ReplacementPlan::Cancel);
+    }
+
+    #[test]
+    fn a_bump_raises_both_fees_by_more_than_a_tenth_and_keeps_the_transfer() {
+        let bumped = replacement(tx(), LANE, (0, 0), false);
+        assert_eq!(
+            (bumped.max_fee_per_gas, bumped.max_priority_fee_per_gas),
+            (2_251, 113)
+        );
+        assert_eq!(
+            (bumped.to, bumped.input.clone(), bumped.nonce),
+            (tx().to, tx().input, 7)
+        );
+    }
+
+    #[test]
+    fn a_bump_follows_the_market_when_it_is_higher() {
+        let bumped = replacement(tx(), LANE, (10_000, 500), false);
+        assert_eq!(
+            (bumped.max_fee_per_gas, bumped.max_priority_fee_per_gas),
+            (10_000, 500)
+        );
+    }
+
+    #[test]
+    fn a_cancellation_is_a_zero_value_self_transfer_at_the_same_nonce() {
+        let cancel = replacement(tx(), LANE, (0, 0), true);
+        assert_eq!(
+            (cancel.to, cancel.value, cancel.nonce),
+            (TxKind::Call(LANE), U256::ZERO, 7)
+        );
+        assert!(cancel.input.is_empty() && cancel.gas_limit == 21_000);
+        assert!(cancel.max_fee_per_gas > tx().max_fee_per_gas);
+    }
+
+    #[test]
+    fn a_stored_transaction_decodes_back_to_what_was_signed() {
+        let signature = Signature::new(U256::from(1), U256::from(2), false);
+        let envelope: TxEnvelope = tx().into_signed(signature).into();
+        let raw = Bytes::from(envelope.encoded_2718());
+        assert_eq!(decode_eip1559(&raw), Some(tx()));
+        assert_eq!(decode_eip1559(&Bytes::from(vec![0x02])), None);
+    }
+}
