@@ -149,33 +149,12 @@ pub fn used_plan(used_by: UsedBy) -> UsedPlan {
 
 #[cfg(test)]
 mod tests {
-    use alloy::primitives::{address, Address, Bytes, B256, U256};
+    use alloy::primitives::B256;
 
     use super::*;
-    use crate::store::{NewPayment, PaymentId};
-
-    const TOKEN: Address = address!("0x036CbD53842c5426634e7929541eC2318f3dCF7e");
 
     fn record(state: State) -> PaymentRecord {
-        let payer = address!("0x70997970C51812dc3A010C7d01b50e0d17dc79C8");
-        let id = PaymentId::new("eip155:84532", TOKEN, payer, B256::repeat_byte(1));
-        let calldata = Bytes::from(vec![0xe3]);
-        let queued = PaymentRecord::queued(
-            &NewPayment {
-                id: &id,
-                network: "eip155:84532",
-                asset: TOKEN,
-                payer,
-                pay_to: address!("0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"),
-                value: U256::from(1),
-                valid_before: 1_000,
-                calldata: &calldata,
-                digest: B256::repeat_byte(2),
-                lane: "lane-0",
-            },
-            0,
-        );
-        PaymentRecord { state, ..queued }
+        crate::store::sample(state)
     }
 
     fn lanes(names: &[&str]) -> Vec<String> {

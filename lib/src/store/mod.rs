@@ -7,6 +7,9 @@
 mod item;
 mod record;
 
+#[cfg(test)]
+pub(crate) use record::sample;
+
 use std::collections::HashMap;
 
 use alloy::primitives::{Address, Bytes, B256};

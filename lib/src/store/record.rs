@@ -388,6 +388,39 @@ impl PaymentRecord {
     }
 }
 
+/// A record in `state` for the decision tests: token, payer and payee of the local stack, lane
+/// `lane-0`, `validBefore` 1000 s, and, once signed, transaction `0x0909…`.
+#[cfg(test)]
+pub(crate) fn sample(state: State) -> PaymentRecord {
+    use alloy::primitives::address;
+    let (token, payer) = (
+        address!("0x036CbD53842c5426634e7929541eC2318f3dCF7e"),
+        address!("0x70997970C51812dc3A010C7d01b50e0d17dc79C8"),
+    );
+    let id = PaymentId::new("eip155:84532", token, payer, B256::repeat_byte(1));
+    let calldata = Bytes::from(vec![0xe3, 0xee, 0x16, 0x0e]);
+    let queued = PaymentRecord::queued(
+        &NewPayment {
+            id: &id,
+            network: "eip155:84532",
+            asset: token,
+            payer,
+            pay_to: address!("0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"),
+            value: U256::from(10_000),
+            valid_before: 1_000,
+            calldata: &calldata,
+            digest: B256::repeat_byte(2),
+            lane: "lane-0",
+        },
+        0,
+    );
+    PaymentRecord {
+        state,
+        tx_hash: (state != State::Queued).then(|| B256::repeat_byte(9)),
+        ..queued
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -189,35 +189,12 @@ mod tests {
     };
 
     use super::*;
-    use crate::store::{NewPayment, PaymentId};
 
     const TOKEN: Address = address!("0x036CbD53842c5426634e7929541eC2318f3dCF7e");
     const LANE: Address = address!("0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266");
 
     fn record(state: State) -> PaymentRecord {
-        let payer = address!("0x70997970C51812dc3A010C7d01b50e0d17dc79C8");
-        let id = PaymentId::new("eip155:84532", TOKEN, payer, B256::repeat_byte(1));
-        let calldata = Bytes::from(vec![0xe3, 0xee, 0x16, 0x0e]);
-        let queued = PaymentRecord::queued(
-            &NewPayment {
-                id: &id,
-                network: "eip155:84532",
-                asset: TOKEN,
-                payer,
-                pay_to: address!("0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"),
-                value: U256::from(10_000),
-                valid_before: 1_000,
-                calldata: &calldata,
-                digest: B256::repeat_byte(2),
-                lane: "lane-0",
-            },
-            0,
-        );
-        PaymentRecord {
-            state,
-            tx_hash: (state != State::Queued).then(|| B256::repeat_byte(9)),
-            ..queued
-        }
+        crate::store::sample(state)
     }
 
     fn tx() -> TxEip1559 {
