@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::{
     lifecycle::UsedBy,
     protocol::Reason,
-    settle::lane_for_id,
+    settle::lane_for,
     store::{Failure, Mined, PaymentRecord, State},
 };
 
@@ -26,7 +26,7 @@ pub fn queued_plan(record: &PaymentRecord, now: u64, lanes: &[String]) -> Queued
     if now >= record.valid_before {
         QueuedPlan::Expire
     } else if !lanes.is_empty() && !lanes.contains(&record.lane) {
-        QueuedPlan::Relane(lane_for_id(record.id.as_str(), lanes).to_owned())
+        QueuedPlan::Relane(lane_for(&record.id, lanes).to_owned())
     } else {
         QueuedPlan::Requeue
     }

@@ -714,12 +714,7 @@ pub fn store_from(config: &Config, aws: &aws_config::SdkConfig) -> Store {
 
 /// The lane a payment goes to: fixed by its id, so a retry lands on the same lane.
 pub fn lane_for<'a>(id: &PaymentId, lanes: &'a [String]) -> &'a str {
-    lane_for_id(id.as_str(), lanes)
-}
-
-/// [`lane_for`] from the id as stored.
-pub fn lane_for_id<'a>(id: &str, lanes: &'a [String]) -> &'a str {
-    let hash = alloy::primitives::keccak256(id.as_bytes());
+    let hash = alloy::primitives::keccak256(id.as_str().as_bytes());
     let index =
         u64::from_be_bytes(hash[..8].try_into().unwrap_or_default()) % lanes.len().max(1) as u64;
     lanes
