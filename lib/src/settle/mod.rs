@@ -722,3 +722,138 @@ pub fn lane_for<'a>(id: &PaymentId, lanes: &'a [String]) -> &'a str {
         .map(String::as_str)
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sample;
+
+    const POLL: Duration = Duration::from_millis(250);
+
+    #[test]
+    fn a_settled_record_answers_only_through_the_claim() {
+        assert_eq!(answer_for(&sample(State::Settled)), Look::Claim);
+    }
+
+    #[test]
+    fn a_failed_expired_or_cancelled_record_answers_its_kept_failure() {
+        for state in [State::Failed, State::Expired, State::Cancelled] {
+            assert_eq!(answer_for(&sample(state)), Look::Final, "{state:?}");
+        }
+    }
+
+    #[test]
+    fn a_signed_or_submitted_record_is_finished_from_its_receipt() {
+        // `signed` too: its transaction hash is written ahead of the broadcast.
+        for state in [State::Signed, State::Submitted] {
+            assert_eq!(answer_for(&sample(state)), Look::FindReceipt, "{state:?}");
+        }
+    }
+
+    #[test]
+    fn a_queued_record_is_waited_for() {
+        assert_eq!(answer_for(&sample(State::Queued)), Look::Wait);
+    }
+
+    #[test]
+    fn at_the_deadline_a_payment_nothing_signed_is_cancelled() {
+        assert_eq!(at_deadline(State::Queued), AtDeadline::Cancel);
+    }
+
+    #[test]
+    fn at_the_deadline_a_broadcast_payment_is_pending_never_failed() {
+        for state in [State::Signed, State::Submitted] {
+            let AtDeadline::Pending(message) = at_deadline(state) else {
+                panic!("{state:?} must be pending at the deadline");
+            };
+            assert!(message.contains("not mined yet"), "{message}");
+        }
+    }
+
+    #[test]
+    fn at_the_deadline_a_settled_payment_whose_claim_failed_is_pending() {
+        // The success belongs to whoever records the claim; one that could not must not say
+        // "failed" about a payment that moved the money.
+        let AtDeadline::Pending(message) = at_deadline(State::Settled) else {
+            panic!("settled must be pending at the deadline");
+        };
+        assert!(message.contains("could not be recorded"), "{message}");
+    }
+
+    #[test]
+    fn a_final_answer_carries_the_kept_reason_or_what_the_state_says() {
+        let failed = PaymentRecord {
+            reason: Some(Reason::InsufficientBalance),
+            message: Some("balance 5 < 10000".into()),
+            ..sample(State::Failed)
+        };
+        let rejection = rejection_of(&failed);
+        assert_eq!(rejection.reason, Reason::InsufficientBalance);
+        assert_eq!(rejection.message, "balance 5 < 10000");
+
+        let bare = rejection_of(&sample(State::Cancelled));
+        assert_eq!(bare.reason, Reason::UnexpectedSettleError);
+        assert_eq!(bare.message, "the payment is cancelled");
+    }
+
+    #[test]
+    fn answers_name_the_transaction_as_0x_hex() {
+        assert_eq!(tx_text(None), None);
+        assert_eq!(
+            tx_text(Some(B256::repeat_byte(9))).as_deref(),
+            Some(format!("0x{}", "09".repeat(32)).as_str())
+        );
+    }
+
+    #[test]
+    fn leaving_the_queue_reports_how_long_signing_took_once() {
+        let mut round = Round::new(&sample(State::Queued), POLL);
+        assert_eq!(round.observe(&sample(State::Queued)), None);
+        let signed = PaymentRecord {
+            created_at: 1_000,
+            updated_at: 1_045,
+            ..sample(State::Signed)
+        };
+        assert_eq!(round.observe(&signed), Some(Duration::from_millis(45)));
+        // Later moves are not signing times.
+        assert_eq!(round.observe(&sample(State::Submitted)), None);
+        assert_eq!(round.observe(&sample(State::Settled)), None);
+    }
+
+    #[test]
+    fn a_missed_signed_state_still_reports_the_signing_time() {
+        let mut round = Round::new(&sample(State::Queued), POLL);
+        let submitted = PaymentRecord {
+            created_at: 1_000,
+            updated_at: 1_070,
+            ..sample(State::Submitted)
+        };
+        assert_eq!(round.observe(&submitted), Some(Duration::from_millis(70)));
+    }
+
+    #[test]
+    fn a_queued_record_is_re_read_every_round() {
+        let mut round = Round::new(&sample(State::Queued), POLL);
+        assert!(round.reread(&sample(State::Queued)));
+        assert!(round.reread(&sample(State::Queued)));
+    }
+
+    #[test]
+    fn a_broadcast_record_is_re_read_only_every_fourth_poll() {
+        let mut round = Round::new(&sample(State::Signed), POLL);
+        // Just read (by `Round::new`): its receipt is what changes, not the record.
+        assert!(!round.reread(&sample(State::Signed)));
+        assert!(!round.reread(&sample(State::Submitted)));
+        let mut quick = Round::new(&sample(State::Signed), Duration::ZERO);
+        assert!(quick.reread(&sample(State::Signed)));
+    }
+
+    #[test]
+    fn a_settled_record_is_looked_at_again_soon() {
+        let mut round = Round::new(&sample(State::Settled), POLL);
+        assert_eq!(
+            round.wait(&sample(State::Settled), POLL),
+            Duration::from_millis(20)
+        );
+    }
+}
