@@ -49,8 +49,9 @@ step "template (cfn-lint, sam validate --lint, and only the worker may sign)"
 bash infra/install-sam.sh --if-needed
 bash infra/template-check.sh
 
-step "format and lints (and no import cycle among the library's modules)"
+step "format and lints (no import cycle among the library's modules, no function over 60 lines)"
 python3 infra/import-cycles.py
+python3 infra/fn-length.py
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 

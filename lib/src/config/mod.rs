@@ -153,86 +153,45 @@ impl Config {
 
     /// Reads configuration through `lookup`, so tests need not touch the process environment.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let networks = parse_networks(lookup(NETWORKS_VAR).as_deref())?;
-        let lane_keys = lookup(LANE_KEYS_VAR)
-            .map(|v| {
-                v.split(',')
-                    .map(str::trim)
-                    .filter(|k| !k.is_empty())
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default();
-        let rpc_timeout = match lookup(RPC_TIMEOUT_VAR) {
-            None => DEFAULT_RPC_TIMEOUT,
-            Some(ms) => Duration::from_millis(positive(RPC_TIMEOUT_VAR, &ms)?),
-        };
-        let max_body_bytes = match lookup(MAX_BODY_VAR) {
-            None => DEFAULT_MAX_BODY_BYTES,
-            Some(bytes) => usize::try_from(positive(MAX_BODY_VAR, &bytes)?).unwrap_or(usize::MAX),
-        };
-        let millis = |var: &'static str, default: Duration| match lookup(var) {
-            None => Ok(default),
-            Some(ms) => positive(var, &ms).map(Duration::from_millis),
-        };
-        let settle_deadline = millis(SETTLE_DEADLINE_VAR, DEFAULT_SETTLE_DEADLINE)?;
-        if settle_deadline > MAX_SETTLE_DEADLINE {
-            return Err(ConfigError {
-                var: SETTLE_DEADLINE_VAR,
-                problem: format!("{settle_deadline:?} is over {MAX_SETTLE_DEADLINE:?}: API Gateway gives up at 29 s"),
-            });
-        }
-        let replay_min_age = match lookup(REPLAY_MIN_AGE_VAR) {
-            None => DEFAULT_REPLAY_MIN_AGE,
-            Some(ms) => Duration::from_millis(ms.trim().parse().map_err(|_| ConfigError {
-                var: REPLAY_MIN_AGE_VAR,
-                problem: format!("expected milliseconds (0 or more), got {ms:?}"),
-            })?),
-        };
-        // Replay must not take a record from under a /settle that is still following it: a
-        // replacement it asked for would then go unseen by that follower until its deadline. 0 turns
-        // the grace off altogether, for tests that replay at once.
-        if !replay_min_age.is_zero() && replay_min_age <= settle_deadline {
-            return Err(ConfigError {
-                var: REPLAY_MIN_AGE_VAR,
-                problem: format!(
-                    "{replay_min_age:?} is not above {SETTLE_DEADLINE_VAR} ({settle_deadline:?}): replay could race a live /settle; raise it, or set 0 only in tests"
-                ),
-            });
-        }
+        let vars = Vars(lookup);
+        // Read in this order so that, of several bad variables, the same one is reported first.
+        let networks = parse_networks(vars.get(NETWORKS_VAR).as_deref())?;
+        let rpc_timeout = vars.millis(RPC_TIMEOUT_VAR, DEFAULT_RPC_TIMEOUT)?;
+        let max_body_bytes = vars.count(MAX_BODY_VAR, DEFAULT_MAX_BODY_BYTES)?;
+        let settle_deadline = vars.millis(SETTLE_DEADLINE_VAR, DEFAULT_SETTLE_DEADLINE)?;
+        let replay_min_age = Duration::from_millis(vars.number(
+            REPLAY_MIN_AGE_VAR,
+            DEFAULT_REPLAY_MIN_AGE.as_millis() as u64,
+            "milliseconds (0 or more)",
+        )?);
+        check_timing(settle_deadline, replay_min_age)?;
         Ok(Config {
             networks,
-            lane_keys,
+            lane_keys: vars.list(LANE_KEYS_VAR),
             rpc_timeout,
             max_body_bytes,
-            payments_table: lookup(PAYMENTS_TABLE_VAR)
+            payments_table: vars
+                .get(PAYMENTS_TABLE_VAR)
                 .unwrap_or_else(|| "x402-payments".to_owned()),
-            lanes_table: lookup(LANES_TABLE_VAR).unwrap_or_else(|| "x402-lanes".to_owned()),
-            settle_queue_url: lookup(SETTLE_QUEUE_VAR).filter(|u| !u.is_empty()),
+            lanes_table: vars
+                .get(LANES_TABLE_VAR)
+                .unwrap_or_else(|| "x402-lanes".to_owned()),
+            settle_queue_url: vars.get(SETTLE_QUEUE_VAR).filter(|u| !u.is_empty()),
             settle_deadline,
-            settle_poll: millis(SETTLE_POLL_VAR, DEFAULT_SETTLE_POLL)?,
-            fee_cache: match lookup(FEE_CACHE_VAR).as_deref().map(str::trim) {
-                None => Duration::from_secs(1),
+            settle_poll: vars.millis(SETTLE_POLL_VAR, DEFAULT_SETTLE_POLL)?,
+            // 0 turns the cache off; otherwise positive milliseconds, like the other durations.
+            fee_cache: match vars.get(FEE_CACHE_VAR).as_deref().map(str::trim) {
                 Some("0") => Duration::ZERO,
-                Some(ms) => Duration::from_millis(positive(FEE_CACHE_VAR, ms)?),
+                _ => vars.millis(FEE_CACHE_VAR, Duration::from_secs(1))?,
             },
             replay_min_age,
-            replay_max_records: match lookup(REPLAY_MAX_RECORDS_VAR) {
-                None => DEFAULT_REPLAY_MAX_RECORDS,
-                Some(n) => {
-                    usize::try_from(positive(REPLAY_MAX_RECORDS_VAR, &n)?).unwrap_or(usize::MAX)
-                }
-            },
-            replay_bump_after: millis(REPLAY_BUMP_AFTER_VAR, DEFAULT_REPLAY_BUMP_AFTER)?,
-            logs_lookback: match lookup(LOGS_LOOKBACK_VAR) {
-                None => DEFAULT_LOGS_LOOKBACK,
-                Some(n) => n.trim().parse().map_err(|_| ConfigError {
-                    var: LOGS_LOOKBACK_VAR,
-                    problem: format!(
-                        "expected a number of blocks (0 for the whole chain), got {n:?}"
-                    ),
-                })?,
-            },
+            replay_max_records: vars.count(REPLAY_MAX_RECORDS_VAR, DEFAULT_REPLAY_MAX_RECORDS)?,
+            replay_bump_after: vars.millis(REPLAY_BUMP_AFTER_VAR, DEFAULT_REPLAY_BUMP_AFTER)?,
+            logs_lookback: vars.number(
+                LOGS_LOOKBACK_VAR,
+                DEFAULT_LOGS_LOOKBACK,
+                "a number of blocks (0 for the whole chain)",
+            )?,
         })
     }
 
@@ -265,6 +224,79 @@ fn positive(var: &'static str, value: &str) -> Result<u64, ConfigError> {
         })
 }
 
+/// The environment, one variable at a time, each read into its type with an error that names it.
+struct Vars<F>(F);
+
+impl<F: Fn(&str) -> Option<String>> Vars<F> {
+    fn get(&self, var: &str) -> Option<String> {
+        (self.0)(var)
+    }
+
+    /// Positive milliseconds; `default` when unset.
+    fn millis(&self, var: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+        match self.get(var) {
+            None => Ok(default),
+            Some(ms) => positive(var, &ms).map(Duration::from_millis),
+        }
+    }
+
+    /// A positive count; `default` when unset.
+    fn count(&self, var: &'static str, default: usize) -> Result<usize, ConfigError> {
+        match self.get(var) {
+            None => Ok(default),
+            Some(n) => positive(var, &n).map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+        }
+    }
+
+    /// A number where 0 means something (`expected` says what); `default` when unset.
+    fn number(&self, var: &'static str, default: u64, expected: &str) -> Result<u64, ConfigError> {
+        match self.get(var) {
+            None => Ok(default),
+            Some(n) => n.trim().parse().map_err(|_| ConfigError {
+                var,
+                problem: format!("expected {expected}, got {n:?}"),
+            }),
+        }
+    }
+
+    /// A comma-separated list, blanks dropped; empty when unset.
+    fn list(&self, var: &str) -> Vec<String> {
+        self.get(var)
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|k| !k.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// The settle deadline fits API Gateway, and replay leaves a live /settle alone.
+fn check_timing(settle_deadline: Duration, replay_min_age: Duration) -> Result<(), ConfigError> {
+    if settle_deadline > MAX_SETTLE_DEADLINE {
+        return Err(ConfigError {
+            var: SETTLE_DEADLINE_VAR,
+            problem: format!(
+                "{settle_deadline:?} is over {MAX_SETTLE_DEADLINE:?}: API Gateway gives up at 29 s"
+            ),
+        });
+    }
+    // Replay must not take a record from under a /settle that is still following it: a
+    // replacement it asked for would then go unseen by that follower until its deadline. 0 turns
+    // the grace off altogether, for tests that replay at once.
+    if !replay_min_age.is_zero() && replay_min_age <= settle_deadline {
+        return Err(ConfigError {
+            var: REPLAY_MIN_AGE_VAR,
+            problem: format!(
+                "{replay_min_age:?} is not above {SETTLE_DEADLINE_VAR} ({settle_deadline:?}): replay could race a live /settle; raise it, or set 0 only in tests"
+            ),
+        });
+    }
+    Ok(())
+}
+
 fn parse_networks(raw: Option<&str>) -> Result<Vec<NetworkConfig>, ConfigError> {
     let err = |problem: String| ConfigError {
         var: NETWORKS_VAR,
@@ -282,50 +314,59 @@ fn parse_networks(raw: Option<&str>) -> Result<Vec<NetworkConfig>, ConfigError> 
     }
     let mut networks: Vec<NetworkConfig> = Vec::with_capacity(entries.len());
     for entry in entries {
-        let network = EvmNetwork::from_caip2(&entry.network).map_err(|e| err(e.to_string()))?;
-        if networks.iter().any(|n| n.network == network) {
-            return Err(err(format!("{} is configured twice", entry.network)));
-        }
-        let rpc = match (entry.rpc_url, entry.rpc_secret) {
-            (Some(url), None) if url.starts_with("http://") || url.starts_with("https://") => {
-                RpcSource::Url(url)
-            }
-            (Some(url), None) => {
-                return Err(err(format!(
-                    "{}: rpcUrl {} is not an http(s) URL",
-                    entry.network,
-                    redact_url(&url)
-                )))
-            }
-            (None, Some(secret)) if !secret.is_empty() => RpcSource::Secret(secret),
-            _ => {
-                return Err(err(format!(
-                    "{}: give exactly one of rpcUrl and rpcSecret",
-                    entry.network
-                )))
-            }
-        };
-        if entry.assets.is_empty() {
+        let network = network_entry(entry)?;
+        if networks.iter().any(|n| n.network == network.network) {
             return Err(err(format!(
-                "{}: assets is empty; list the token addresses to accept",
-                entry.network
+                "{} is configured twice",
+                network.network.caip2()
             )));
         }
-        let assets = entry
-            .assets
-            .iter()
-            .map(|a| {
-                a.parse::<Address>()
-                    .map_err(|_| err(format!("{}: asset {a:?} is not an address", entry.network)))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        networks.push(NetworkConfig {
-            network,
-            rpc,
-            assets,
-        });
+        networks.push(network);
     }
     Ok(networks)
+}
+
+/// One entry of the networks list: a known network, exactly one RPC source, at least one asset.
+fn network_entry(entry: NetworkEntry) -> Result<NetworkConfig, ConfigError> {
+    let err = |problem: String| ConfigError {
+        var: NETWORKS_VAR,
+        problem,
+    };
+    let name = &entry.network;
+    let network = EvmNetwork::from_caip2(name).map_err(|e| err(e.to_string()))?;
+    let rpc = match (entry.rpc_url, entry.rpc_secret) {
+        (Some(url), None) if url.starts_with("http://") || url.starts_with("https://") => {
+            RpcSource::Url(url)
+        }
+        (Some(url), None) => {
+            let url = redact_url(&url);
+            return Err(err(format!("{name}: rpcUrl {url} is not an http(s) URL")));
+        }
+        (None, Some(secret)) if !secret.is_empty() => RpcSource::Secret(secret),
+        _ => {
+            return Err(err(format!(
+                "{name}: give exactly one of rpcUrl and rpcSecret"
+            )))
+        }
+    };
+    if entry.assets.is_empty() {
+        return Err(err(format!(
+            "{name}: assets is empty; list the token addresses to accept"
+        )));
+    }
+    let assets = entry
+        .assets
+        .iter()
+        .map(|a| {
+            a.parse::<Address>()
+                .map_err(|_| err(format!("{name}: asset {a:?} is not an address")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(NetworkConfig {
+        network,
+        rpc,
+        assets,
+    })
 }
 
 #[cfg(test)]

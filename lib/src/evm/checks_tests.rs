@@ -346,3 +346,91 @@ fn permit2_payloads_are_not_supported_yet() {
         Reason::UnsupportedPayloadType
     );
 }
+
+mod explain_revert {
+    //! Why a simulated transfer reverted, from the token's views (`verify::explain_revert`).
+    use super::*;
+    use crate::evm::verify::{explain_revert, TokenViews};
+
+    /// The views of a token that answers everything as the payment expects.
+    fn fine() -> TokenViews {
+        TokenViews {
+            balance: Some(U256::from(5_000_000)),
+            name: Some("USDC".into()),
+            version: Some("2".into()),
+            used: Some(false),
+        }
+    }
+
+    fn reason(views: TokenViews) -> Reason {
+        let payment = ExactPayment::parse(&Case::new().payment(), CHAIN_ID).unwrap();
+        explain_revert(&payment, &views, "execution reverted").reason
+    }
+
+    #[test]
+    fn a_token_without_authorization_state_is_not_eip3009() {
+        let views = TokenViews {
+            used: None,
+            ..fine()
+        };
+        assert_eq!(reason(views), Reason::Eip3009NotSupported);
+    }
+
+    #[test]
+    fn a_used_nonce_comes_before_every_other_mismatch() {
+        let views = TokenViews {
+            used: Some(true),
+            name: Some("Other".into()),
+            balance: Some(U256::ZERO),
+            ..fine()
+        };
+        assert_eq!(reason(views), Reason::NonceAlreadyUsed);
+    }
+
+    #[test]
+    fn the_name_then_the_version_then_the_balance() {
+        let all_wrong = TokenViews {
+            name: Some("Other".into()),
+            version: Some("1".into()),
+            balance: Some(U256::from(1)),
+            ..fine()
+        };
+        assert_eq!(reason(all_wrong.clone()), Reason::TokenNameMismatch);
+        let version_and_balance = TokenViews {
+            name: fine().name,
+            ..all_wrong
+        };
+        assert_eq!(
+            reason(version_and_balance.clone()),
+            Reason::TokenVersionMismatch
+        );
+        let balance = TokenViews {
+            version: fine().version,
+            ..version_and_balance
+        };
+        assert_eq!(reason(balance), Reason::InsufficientBalance);
+    }
+
+    #[test]
+    fn views_that_did_not_answer_are_not_held_against_the_payment() {
+        let views = TokenViews {
+            name: None,
+            version: None,
+            balance: None,
+            used: Some(false),
+        };
+        assert_eq!(reason(views), Reason::SimulationFailed);
+    }
+
+    #[test]
+    fn a_token_that_answers_everything_as_expected_keeps_the_revert() {
+        let payment = ExactPayment::parse(&Case::new().payment(), CHAIN_ID).unwrap();
+        let rejection = explain_revert(&payment, &fine(), "execution reverted: paused");
+        assert_eq!(rejection.reason, Reason::SimulationFailed);
+        assert!(
+            rejection.message.contains("paused"),
+            "{}",
+            rejection.message
+        );
+    }
+}

@@ -222,9 +222,20 @@ impl ExactEvm {
         Err(self.diagnose(&checked.payment, &message).await)
     }
 
-    /// One Multicall3 batch of the token's view functions, read in the reference's order
-    /// (x402-protocol.md §6.2 step 11). If the batch itself fails, the generic reason stands.
+    /// Why the simulation reverted: one Multicall3 batch of the token's view functions
+    /// ([`token_views`](Self::token_views)), explained by [`explain_revert`]. If the batch itself
+    /// fails, the generic reason stands.
     async fn diagnose(&self, payment: &ExactPayment, revert: &str) -> Rejection {
+        match self.token_views(payment).await {
+            Some(views) => explain_revert(payment, &views, revert),
+            None => simulation_failed(revert),
+        }
+    }
+
+    /// The token's balance of the payer, name, version and the nonce's authorization state, in
+    /// one batch read in the reference's order (x402-protocol.md §6.2 step 11); `None` when the
+    /// batch call itself fails or answers something else.
+    async fn token_views(&self, payment: &ExactPayment) -> Option<TokenViews> {
         let a = &payment.authorization;
         let call = |data: Vec<u8>| IMulticall3::Call {
             target: payment.asset,
@@ -245,78 +256,103 @@ impl ExactEvm {
                 ),
             ],
         };
-        let fallback = || {
-            Rejection::new(
-                Reason::SimulationFailed,
-                format!("the transfer simulation failed: {revert}"),
-            )
-        };
-        let results = match self
+        let outcome = self
             .chain
             .call(None, MULTICALL3, batch.abi_encode().into())
             .await
-        {
-            Ok(CallOutcome::Returned(data)) => {
-                match IMulticall3::tryAggregateCall::abi_decode_returns(&data) {
-                    Ok(results) if results.len() == 4 => results,
-                    _ => return fallback(),
-                }
-            }
-            _ => return fallback(),
+            .ok()?;
+        let CallOutcome::Returned(data) = outcome else {
+            return None;
         };
-        let decoded = |i: usize| results[i].success.then_some(&results[i].returnData);
-        let balance = decoded(0).and_then(|d| U256::abi_decode(d).ok());
-        let name = decoded(1).and_then(|d| String::abi_decode(d).ok());
-        let version = decoded(2).and_then(|d| String::abi_decode(d).ok());
-        let used = decoded(3).and_then(|d| bool::abi_decode(d).ok());
-        match used {
-            None => {
-                return Rejection::new(
-                    Reason::Eip3009NotSupported,
-                    format!(
-                        "{} does not answer authorizationState: it is not an EIP-3009 token",
-                        payment.asset
-                    ),
-                )
-            }
-            Some(true) => {
-                return Rejection::new(
-                    Reason::NonceAlreadyUsed,
-                    format!(
-                        "authorization nonce {} of {} is already used or canceled on chain",
-                        a.nonce, a.from
-                    ),
-                )
-            }
-            Some(false) => {}
-        }
-        if let Some(name) = name.filter(|n| *n != payment.domain.name) {
-            return Rejection::new(
-                Reason::TokenNameMismatch,
-                format!(
-                    "the token's EIP-712 name is {name:?}, not {:?} as extra.name says",
-                    payment.domain.name
-                ),
-            );
-        }
-        if let Some(version) = version.filter(|v| *v != payment.domain.version) {
-            return Rejection::new(
-                Reason::TokenVersionMismatch,
-                format!(
-                    "the token's EIP-712 version is {version:?}, not {:?} as extra.version says",
-                    payment.domain.version
-                ),
-            );
-        }
-        if let Some(balance) = balance.filter(|b| *b < payment.amount) {
-            return Rejection::new(
-                Reason::InsufficientBalance,
-                format!(
-                    "{} holds {balance} but the payment needs {}",
-                    a.from, payment.amount
-                ),
-            );
-        }
-        fallback()
+        let results = IMulticall3::tryAggregateCall::abi_decode_returns(&data).ok()?;
+        let [balance, name, version, used] = results.as_slice() else {
+            return None;
+        };
+        let decoded = |r: &IMulticall3::Result| r.success.then_some(r.returnData.clone());
+        Some(TokenViews {
+            balance: decoded(balance).and_then(|d| U256::abi_decode(&d).ok()),
+            name: decoded(name).and_then(|d| String::abi_decode(&d).ok()),
+            version: decoded(version).and_then(|d| String::abi_decode(&d).ok()),
+            used: decoded(used).and_then(|d| bool::abi_decode(&d).ok()),
+        })
     }
+}
+
+/// What the token's view functions answered; `None` for a call that reverted or answered
+/// something undecodable.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenViews {
+    pub balance: Option<U256>,
+    pub name: Option<String>,
+    pub version: Option<String>,
+    /// `authorizationState(from, nonce)`.
+    pub used: Option<bool>,
+}
+
+/// The most specific reason a simulated transfer reverted, from the token's views, checked in
+/// the reference's order: not EIP-3009, nonce used, name, version, balance; otherwise the
+/// generic `simulation_failed` with the revert message (pure).
+pub fn explain_revert(payment: &ExactPayment, views: &TokenViews, revert: &str) -> Rejection {
+    let a = &payment.authorization;
+    match views.used {
+        None => {
+            return Rejection::new(
+                Reason::Eip3009NotSupported,
+                format!(
+                    "{} does not answer authorizationState: it is not an EIP-3009 token",
+                    payment.asset
+                ),
+            )
+        }
+        Some(true) => {
+            return Rejection::new(
+                Reason::NonceAlreadyUsed,
+                format!(
+                    "authorization nonce {} of {} is already used or canceled on chain",
+                    a.nonce, a.from
+                ),
+            )
+        }
+        Some(false) => {}
+    }
+    if let Some(name) = views.name.as_ref().filter(|n| **n != payment.domain.name) {
+        return Rejection::new(
+            Reason::TokenNameMismatch,
+            format!(
+                "the token's EIP-712 name is {name:?}, not {:?} as extra.name says",
+                payment.domain.name
+            ),
+        );
+    }
+    if let Some(version) = views
+        .version
+        .as_ref()
+        .filter(|v| **v != payment.domain.version)
+    {
+        return Rejection::new(
+            Reason::TokenVersionMismatch,
+            format!(
+                "the token's EIP-712 version is {version:?}, not {:?} as extra.version says",
+                payment.domain.version
+            ),
+        );
+    }
+    if let Some(balance) = views.balance.filter(|b| *b < payment.amount) {
+        return Rejection::new(
+            Reason::InsufficientBalance,
+            format!(
+                "{} holds {balance} but the payment needs {}",
+                a.from, payment.amount
+            ),
+        );
+    }
+    simulation_failed(revert)
+}
+
+/// The generic reason, when nothing more specific is known.
+fn simulation_failed(revert: &str) -> Rejection {
+    Rejection::new(
+        Reason::SimulationFailed,
+        format!("the transfer simulation failed: {revert}"),
+    )
 }
