@@ -19,3 +19,31 @@ pub fn now_ms() -> u64 {
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
+
+/// The instant of a deadline given in unix milliseconds (a Lambda invocation's); `None` when it
+/// has already passed, which a real invocation's never has at its start (some local emulators
+/// send the invocation's start, or 0).
+pub fn deadline_in(unix_ms: u64) -> Option<std::time::Instant> {
+    let left = unix_ms.checked_sub(now_ms()).filter(|left| *left > 0)?;
+    Some(std::time::Instant::now() + std::time::Duration::from_millis(left))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deadline_already_passed_or_zero_is_no_deadline() {
+        assert_eq!(deadline_in(0), None);
+        assert_eq!(deadline_in(now_ms().saturating_sub(1)), None);
+    }
+
+    #[test]
+    fn a_deadline_ahead_is_that_far_ahead() {
+        let deadline = deadline_in(now_ms() + 30_000).unwrap();
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        assert!(
+            left > std::time::Duration::from_secs(29) && left <= std::time::Duration::from_secs(30)
+        );
+    }
+}

@@ -13,7 +13,8 @@ async fn main() -> Result<(), Error> {
     let worker = Worker::from_config(&config, &facilitator::aws_config().await);
     let worker = &worker;
     run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
-        Ok::<SqsBatchResponse, Error>(worker.handle_batch(event.payload).await)
+        let deadline = event.context.deadline;
+        Ok::<SqsBatchResponse, Error>(worker.handle_invocation(event.payload, deadline).await)
     }))
     .await
 }

@@ -38,6 +38,8 @@ pub const REPLAY_MAX_RECORDS_VAR: &str = "X402_REPLAY_MAX_RECORDS";
 pub const REPLAY_BUMP_AFTER_VAR: &str = "X402_REPLAY_BUMP_AFTER_MS";
 /// How many blocks back the search for an authorization's use looks (0: the whole chain).
 pub const LOGS_LOOKBACK_VAR: &str = "X402_LOGS_LOOKBACK_BLOCKS";
+/// The attempts the worker makes at a payment before it gives up on it (docs/settlement.md).
+pub const WORKER_MAX_ATTEMPTS_VAR: &str = "X402_WORKER_MAX_ATTEMPTS";
 /// DynamoDB table of API keys (hashes). The authorizer reads it; the local server checks keys
 /// only when it is set.
 pub const API_KEYS_TABLE_VAR: &str = "X402_API_KEYS_TABLE";
@@ -55,6 +57,9 @@ const DEFAULT_REPLAY_BUMP_AFTER: Duration = Duration::from_secs(120);
 /// About five and a half hours of 2-second blocks: far beyond any payment's window, and within the
 /// `eth_getLogs` range that RPC providers commonly allow (10,000 blocks).
 const DEFAULT_LOGS_LOOKBACK: u64 = 10_000;
+/// Five attempts of about five seconds each: a transient fault passes well within them, and a
+/// payment that fails them all is not going to settle by retrying.
+const DEFAULT_WORKER_MAX_ATTEMPTS: usize = 5;
 
 const DEFAULT_RPC_TIMEOUT: Duration = Duration::from_secs(5);
 /// x402 bodies are 1–3 KiB; 64 KiB leaves room for extensions and refuses floods early.
@@ -83,6 +88,8 @@ pub struct Config {
     pub fee_cache: Duration,
     /// How many blocks back the search for an authorization's use looks (0: the whole chain).
     pub logs_lookback: u64,
+    /// The worker's attempts at one payment before it gives up on it.
+    pub worker_max_attempts: u32,
 }
 
 /// One EVM network this deployment serves.
@@ -192,6 +199,10 @@ impl Config {
                 DEFAULT_LOGS_LOOKBACK,
                 "a number of blocks (0 for the whole chain)",
             )?,
+            worker_max_attempts: u32::try_from(
+                vars.count(WORKER_MAX_ATTEMPTS_VAR, DEFAULT_WORKER_MAX_ATTEMPTS)?,
+            )
+            .unwrap_or(u32::MAX),
         })
     }
 

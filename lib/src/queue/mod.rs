@@ -73,6 +73,66 @@ impl Queue {
         self.send_message(&message, lane, dedup).await
     }
 
+    /// Puts a message the worker could not finish back at the end of its lane, as attempt
+    /// `attempt` (the [`ATTEMPT_ATTRIBUTE`] message attribute), so that the lane's other payments
+    /// go on meanwhile. Deduplicated on the attempt: a worker that retries the send cannot queue
+    /// the same attempt twice.
+    #[instrument(skip_all, fields(id = %message.id, lane, attempt), err(level = "warn"))]
+    pub async fn retry(
+        &self,
+        message: &SettlementMessage,
+        lane: &str,
+        attempt: u32,
+    ) -> Result<(), QueueError> {
+        let replace = message.replace.as_deref().unwrap_or("");
+        let dedup = alloy::primitives::keccak256(
+            format!("{}#retry#{replace}#{attempt}", message.id).as_bytes(),
+        )
+        .to_string();
+        self.send_attempt(message, lane, dedup, Some(attempt)).await
+    }
+
+    /// Makes a received message visible again after `delay` instead of the queue's visibility
+    /// timeout, which on a FIFO queue would hold the message's whole lane that long.
+    #[instrument(skip_all, err(level = "warn"))]
+    pub async fn set_visibility(
+        &self,
+        receipt_handle: &str,
+        delay: std::time::Duration,
+    ) -> Result<(), QueueError> {
+        let change = self
+            .client
+            .change_message_visibility()
+            .queue_url(&self.url)
+            .receipt_handle(receipt_handle)
+            .visibility_timeout(i32::try_from(delay.as_secs()).unwrap_or(i32::MAX))
+            .send();
+        Box::pin(change)
+            .await
+            .map(|_| ())
+            .map_err(|e| QueueError(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()))
+    }
+
+    /// The queue an SQS event came from, by its ARN (`arn:aws:sqs:<region>:<account>:<name>`):
+    /// one `GetQueueUrl`.
+    pub async fn from_arn(client: aws_sdk_sqs::Client, arn: &str) -> Result<Self, QueueError> {
+        let mut parts = arn.rsplitn(3, ':');
+        let (Some(name), Some(account)) = (parts.next(), parts.next()) else {
+            return Err(QueueError(format!("{arn:?} is not an SQS queue ARN")));
+        };
+        let lookup = client
+            .get_queue_url()
+            .queue_name(name)
+            .queue_owner_aws_account_id(account)
+            .send();
+        let url = Box::pin(lookup)
+            .await
+            .map_err(|e| QueueError(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()))?
+            .queue_url
+            .ok_or_else(|| QueueError(format!("GetQueueUrl returned no URL for {arn}")))?;
+        Ok(Queue::new(client, url))
+    }
+
     async fn send(&self, id: &str, lane: &str, dedup: String) -> Result<(), QueueError> {
         let message = SettlementMessage {
             id: id.to_owned(),
@@ -87,7 +147,26 @@ impl Queue {
         lane: &str,
         dedup: String,
     ) -> Result<(), QueueError> {
+        self.send_attempt(message, lane, dedup, None).await
+    }
+
+    async fn send_attempt(
+        &self,
+        message: &SettlementMessage,
+        lane: &str,
+        dedup: String,
+        attempt: Option<u32>,
+    ) -> Result<(), QueueError> {
         let body = serde_json::to_string(message).map_err(|e| QueueError(e.to_string()))?;
+        let attempt = attempt
+            .map(|n| {
+                aws_sdk_sqs::types::MessageAttributeValue::builder()
+                    .data_type("Number")
+                    .string_value(n.to_string())
+                    .build()
+                    .map_err(|e| QueueError(e.to_string()))
+            })
+            .transpose()?;
         let send = self
             .client
             .send_message()
@@ -95,6 +174,7 @@ impl Queue {
             .message_body(body)
             .message_group_id(lane)
             .message_deduplication_id(dedup)
+            .set_message_attributes(attempt.map(|a| [(ATTEMPT_ATTRIBUTE.to_owned(), a)].into()))
             .send();
         Box::pin(send)
             .await
@@ -102,3 +182,7 @@ impl Queue {
             .map_err(|e| QueueError(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()))
     }
 }
+
+/// The message attribute that counts a payment's attempts across the worker's retries (a
+/// message put back by [`Queue::retry`] is a new message, whose SQS receive count starts again).
+pub const ATTEMPT_ATTRIBUTE: &str = "x402-attempt";

@@ -1,6 +1,8 @@
 //! The worker's decisions, apart from its I/O: each takes the facts the worker read and says what
 //! to do, so that each rule is unit-tested on its own (docs/settlement.md, "The worker").
 
+use std::time::Duration;
+
 use alloy::{
     consensus::TxEip1559,
     primitives::{Address, Bytes, TxKind, B256, U256},
@@ -178,6 +180,69 @@ pub(super) fn decode_eip1559(raw: &Bytes) -> Option<TxEip1559> {
     use alloy::eips::eip2718::Decodable2718;
     let envelope = alloy::consensus::TxEnvelope::decode_2718(&mut raw.as_ref()).ok()?;
     envelope.as_eip1559().map(|signed| signed.tx().clone())
+}
+
+/// The least time left in the invocation to start on a message: one attempt at every step's
+/// timeout (the chain's 5 s, KMS, DynamoDB), plus putting the message back. Less than that, and the
+/// message is handed back untouched for the next invocation.
+pub const MIN_TIME_TO_START: Duration = Duration::from_secs(10);
+/// The most time one message's in-process retries may take: a throttle or a node's hiccup passes
+/// within it; a longer outage is better waited out with the message at the end of its lane, so
+/// that the lane's other payments are tried meanwhile.
+pub const RETRY_BUDGET: Duration = Duration::from_secs(5);
+/// What is kept back from the in-process retries to put the message back and answer Lambda.
+const FINISH_MARGIN: Duration = Duration::from_secs(2);
+/// The longest a failed message waits before it is received again (when it could not be put at
+/// the end of its lane).
+pub const MAX_VISIBILITY_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Whether a message may be started with `left` of the invocation.
+pub fn may_start(left: Duration) -> bool {
+    left >= MIN_TIME_TO_START
+}
+
+/// How long a message started with `left` of the invocation may spend retrying in-process.
+pub fn retry_budget(left: Duration) -> Duration {
+    RETRY_BUDGET.min(left.saturating_sub(FINISH_MARGIN))
+}
+
+/// Which attempt at its payment a received message is: its attempt attribute (1 when absent: the
+/// message `/settle` or replay queued) plus the times SQS delivered this very message before
+/// (a crashed or timed-out invocation).
+pub fn attempt_of(attribute: Option<u32>, receive_count: Option<u32>) -> u32 {
+    attribute
+        .unwrap_or(1)
+        .max(1)
+        .saturating_add(receive_count.unwrap_or(1).max(1) - 1)
+}
+
+/// What follows an attempt that failed with an error worth retrying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterFailure {
+    /// Put the message at the end of its lane as this attempt.
+    Retry { attempt: u32 },
+    /// `max` attempts failed: end the payment (cancel it if nothing was signed) with a reason,
+    /// so that it stops costing the lane time.
+    GiveUp,
+}
+
+/// After attempt `attempt` failed, with at most `max` attempts in all.
+pub fn after_failure(attempt: u32, max: u32) -> AfterFailure {
+    if attempt >= max {
+        AfterFailure::GiveUp
+    } else {
+        AfterFailure::Retry {
+            attempt: attempt + 1,
+        }
+    }
+}
+
+/// How long a message that failed attempt `attempt` and could not be put back at the end of its
+/// lane stays invisible: 1 s, 2 s, 4 s, … up to [`MAX_VISIBILITY_BACKOFF`], instead of the queue's
+/// visibility timeout (minutes), which would hold the whole lane.
+pub fn visibility_backoff(attempt: u32) -> Duration {
+    let exponent = attempt.saturating_sub(1).min(16);
+    Duration::from_secs(1u64 << exponent).min(MAX_VISIBILITY_BACKOFF)
 }
 
 #[cfg(test)]
@@ -381,5 +446,49 @@ mod tests {
         let raw = Bytes::from(envelope.encoded_2718());
         assert_eq!(decode_eip1559(&raw), Some(tx()));
         assert_eq!(decode_eip1559(&Bytes::from(vec![0x02])), None);
+    }
+
+    #[test]
+    fn a_message_is_started_only_with_time_for_one_attempt_at_every_timeout() {
+        assert!(may_start(Duration::from_secs(30)));
+        assert!(may_start(MIN_TIME_TO_START));
+        assert!(!may_start(MIN_TIME_TO_START - Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn in_process_retries_stop_at_the_budget_or_before_the_invocation_ends() {
+        assert_eq!(retry_budget(Duration::from_secs(30)), RETRY_BUDGET);
+        assert_eq!(retry_budget(Duration::from_secs(4)), Duration::from_secs(2));
+        assert_eq!(retry_budget(Duration::from_secs(1)), Duration::ZERO);
+    }
+
+    #[test]
+    fn attempts_count_the_puts_back_and_the_redeliveries() {
+        assert_eq!(attempt_of(None, None), 1);
+        assert_eq!(attempt_of(None, Some(1)), 1);
+        assert_eq!(attempt_of(None, Some(3)), 3, "redelivered twice");
+        assert_eq!(attempt_of(Some(4), Some(1)), 4, "put back three times");
+        assert_eq!(attempt_of(Some(4), Some(2)), 5);
+        assert_eq!(
+            attempt_of(Some(0), Some(0)),
+            1,
+            "nonsense counts as a first attempt"
+        );
+    }
+
+    #[test]
+    fn a_failed_attempt_is_retried_until_the_last_then_given_up() {
+        assert_eq!(after_failure(1, 5), AfterFailure::Retry { attempt: 2 });
+        assert_eq!(after_failure(4, 5), AfterFailure::Retry { attempt: 5 });
+        assert_eq!(after_failure(5, 5), AfterFailure::GiveUp);
+        assert_eq!(after_failure(9, 5), AfterFailure::GiveUp);
+    }
+
+    #[test]
+    fn a_message_that_could_not_be_put_back_waits_seconds_not_the_queue_timeout() {
+        let secs = |n| visibility_backoff(n).as_secs();
+        assert_eq!((secs(1), secs(2), secs(3), secs(4)), (1, 2, 4, 8));
+        assert_eq!(visibility_backoff(40), MAX_VISIBILITY_BACKOFF);
+        assert_eq!(visibility_backoff(u32::MAX), MAX_VISIBILITY_BACKOFF);
     }
 }

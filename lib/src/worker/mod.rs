@@ -6,13 +6,15 @@
 //! together with the lane's nonce step, then broadcast (docs/settlement.md; DESIGN I3, I4, I7).
 //! It does not wait for receipts: `/settle` and replay finish `submitted` records.
 
+mod batch;
 mod decide;
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use alloy::primitives::B256;
-use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
-use futures_util::future::join_all;
 use tokio::sync::{Mutex, OnceCell};
 use tracing::instrument;
 
@@ -22,14 +24,15 @@ use crate::{
     facilitator::Facilitator,
     lifecycle::{self, receipt::reason_from_revert, LifecycleError, UsedBy},
     protocol::Reason,
-    queue::SettlementMessage,
+    queue::{Queue, SettlementMessage},
     signer::{LaneError, LaneSigner},
     store::{Failure, PaymentId, PaymentRecord, Signed, State, Store, StoreError},
 };
 
 pub use decide::{
-    after_lost_write_ahead, gas_limit, next_step, replacement, replacement_plan, AfterLost,
-    GasLimit, Next, ReplacementPlan,
+    after_failure, after_lost_write_ahead, attempt_of, gas_limit, may_start, next_step,
+    replacement, replacement_plan, retry_budget, visibility_backoff, AfterFailure, AfterLost,
+    GasLimit, Next, ReplacementPlan, MIN_TIME_TO_START, RETRY_BUDGET,
 };
 
 /// Why a payment could not be moved on now. Every variant sends the message back to the queue
@@ -79,12 +82,10 @@ impl WorkError {
     }
 }
 
-/// How often [`Worker::process`] tries a payment within one invocation before the message goes
-/// back to the queue: a throttle or a node's hiccup must not cost the queue's visibility timeout,
-/// which holds the whole lane (FIFO).
-const ATTEMPTS: u32 = 3;
-/// The first wait between two attempts; it doubles, with up to as much again of jitter.
-const FIRST_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
+/// The first wait between two in-process attempts; it doubles up to [`MAX_BACKOFF`], with up to
+/// as much again of jitter.
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// A step of signing and sending, after which [`Worker::stop_after`] makes the worker stop as if
 /// its process had died there: the fault tests' way to leave exactly what a crash leaves.
@@ -108,15 +109,22 @@ pub struct Worker {
     lanes: Vec<String>,
     signers: Mutex<HashMap<String, std::sync::Arc<OnceCell<LaneSigner>>>>,
     stop_after: Option<Step>,
+    /// Where failed messages are put back: the queue each event came from, by its ARN.
+    sqs: aws_sdk_sqs::Client,
+    sources: Mutex<HashMap<String, Queue>>,
+    /// Attempts at one payment before the worker gives up on it.
+    max_attempts: u32,
 }
 
 impl Worker {
     pub fn new(
         facilitator: Facilitator,
         store: Store,
-        kms: aws_sdk_kms::Client,
+        clients: (aws_sdk_kms::Client, aws_sdk_sqs::Client),
         lanes: Vec<String>,
+        max_attempts: u32,
     ) -> Self {
+        let (kms, sqs) = clients;
         Worker {
             facilitator,
             store,
@@ -124,6 +132,9 @@ impl Worker {
             lanes,
             signers: Mutex::new(HashMap::new()),
             stop_after: None,
+            sqs,
+            sources: Mutex::new(HashMap::new()),
+            max_attempts,
         }
     }
 
@@ -146,80 +157,27 @@ impl Worker {
         Worker::new(
             Facilitator::new(config, aws),
             crate::settle::store_from(config, aws),
-            aws_sdk_kms::Client::new(aws),
+            (aws_sdk_kms::Client::new(aws), aws_sdk_sqs::Client::new(aws)),
             config.lane_keys.clone(),
+            config.worker_max_attempts,
         )
-    }
-
-    /// Handles one SQS batch. A batch may hold several lanes (message groups): they are independent
-    /// (each has its own nonces), so they run side by side, each in queue order. A message that must
-    /// be retried is reported as a batch item failure, and so is every later message of its lane in
-    /// the batch, so that a lane never runs out of order.
-    pub async fn handle_batch(&self, event: SqsEvent) -> SqsBatchResponse {
-        let mut lanes: Vec<(String, Vec<SqsMessage>)> = Vec::new();
-        for message in event.records {
-            let lane = message
-                .attributes
-                .get("MessageGroupId")
-                .cloned()
-                .unwrap_or_default();
-            match lanes.iter_mut().find(|(name, _)| *name == lane) {
-                Some((_, messages)) => messages.push(message),
-                None => lanes.push((lane, vec![message])),
-            }
-        }
-        let failures = join_all(
-            lanes
-                .into_iter()
-                .map(|(lane, messages)| self.handle_lane(lane, messages)),
-        )
-        .await;
-        let mut response = SqsBatchResponse::default();
-        response.batch_item_failures = failures
-            .into_iter()
-            .flatten()
-            .map(|id| {
-                let mut failure = BatchItemFailure::default();
-                failure.item_identifier = id;
-                failure
-            })
-            .collect();
-        response
-    }
-
-    /// One lane's messages of a batch, in order; returns the ids to report as failures.
-    async fn handle_lane(&self, lane: String, messages: Vec<SqsMessage>) -> Vec<String> {
-        let mut failures = Vec::new();
-        for message in messages {
-            let id = message.message_id.clone().unwrap_or_default();
-            if !failures.is_empty() {
-                failures.push(id);
-                continue;
-            }
-            let outcome = match serde_json::from_str::<SettlementMessage>(
-                message.body.as_deref().unwrap_or(""),
-            ) {
-                Ok(settlement) => self.process(&settlement).await,
-                Err(e) => {
-                    // A body we cannot read will never become readable: drop it loudly.
-                    tracing::error!(error = %e, message_id = %id, "unreadable settlement message dropped");
-                    Ok(())
-                }
-            };
-            if let Err(e) = outcome {
-                tracing::warn!(error = %e, message_id = %id, lane = %lane, "settlement will be retried");
-                failures.push(id);
-            }
-        }
-        failures
     }
 
     /// Moves one payment forward as far as this worker can, or replaces its transaction when the
-    /// message asks for that (replay). A failure that [`WorkError::retry_in_process`] is tried
-    /// again here, [`ATTEMPTS`] times in all: each attempt starts from the record as it is, exactly
-    /// as a redelivery would.
-    #[instrument(skip_all, fields(id = %message.id))]
+    /// message asks for that (replay), retrying in-process for up to [`RETRY_BUDGET`].
     pub async fn process(&self, message: &SettlementMessage) -> Result<(), WorkError> {
+        self.process_within(message, RETRY_BUDGET).await
+    }
+
+    /// [`Worker::process`], where a failure that [`WorkError::retry_in_process`] is tried again
+    /// with a jittered, doubling wait while `budget` lasts: each attempt starts from the record as
+    /// it is, exactly as a redelivery would.
+    #[instrument(skip_all, fields(id = %message.id))]
+    pub async fn process_within(
+        &self,
+        message: &SettlementMessage,
+        budget: Duration,
+    ) -> Result<(), WorkError> {
         let Some(id) = PaymentId::parse(&message.id) else {
             // An id no record can have will never find one: drop it loudly.
             tracing::error!(id = %message.id, "a settlement message names no payment id; dropped");
@@ -235,13 +193,14 @@ impl Worker {
             },
             None => None,
         };
+        let until = Instant::now() + budget;
         let mut wait = FIRST_BACKOFF;
         for attempt in 1.. {
             match self.process_once(&id, replace).await {
-                Err(e) if e.retry_in_process() && attempt < ATTEMPTS => {
+                Err(e) if e.retry_in_process() && Instant::now() + wait * 2 < until => {
                     tracing::warn!(error = %e, attempt, "settlement step failed; trying again");
                     tokio::time::sleep(wait + jitter(wait)).await;
-                    wait *= 2;
+                    wait = (wait * 2).min(MAX_BACKOFF);
                 }
                 outcome => return outcome,
             }
@@ -494,11 +453,11 @@ impl Worker {
 }
 
 /// Up to `wait` more, so that retries of many payments do not fall in step.
-fn jitter(wait: std::time::Duration) -> std::time::Duration {
+fn jitter(wait: Duration) -> Duration {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     let millis = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
-    std::time::Duration::from_millis(u64::from(nanos) % millis)
+    Duration::from_millis(u64::from(nanos) % millis)
 }

@@ -19,6 +19,7 @@ use alloy::{
 };
 use serde::Deserialize;
 
+pub mod own_queue;
 pub mod replay;
 use serde_json::{json, Value};
 
