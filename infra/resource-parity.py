@@ -4,7 +4,7 @@ ones template.yaml deploys, apart from the differences listed in INTENDED below.
 
     .local/venv/bin/python infra/resource-parity.py
 
-The local files are what infra/bootstrap_aws.py creates in moto; the template is what AWS gets.
+The local files are what infra/bootstrap.py creates in moto; the template is what AWS gets.
 Compared: each table's keys, attribute definitions, indexes, billing mode and TTL attribute; each
 queue's FIFO settings, retention, visibility timeout and redrive count. Prints every difference
 and exits 1, or prints what it compared and exits 0. Needs PyYAML (in the local stack's venv).

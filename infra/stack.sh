@@ -126,7 +126,7 @@ stop_all() {
   # SQS pollers (infra/sqs-poller.sh) feed on moto: they go first, with it.
   bash "$INFRA/sqs-poller.sh" stop
   for name in rpc-proxy moto anvil; do stop "$name"; done
-  rm -f "$X402_STACK_DIR/stack.env" "$X402_STACK_DIR/stack.json" "$RUN/ports.env" "$RUN/aws.json"
+  rm -f "$X402_STACK_DIR/stack.env" "$X402_STACK_DIR/stack.json" "$RUN/ports.env"
 }
 
 count_running() {
@@ -189,7 +189,7 @@ cmd_up() {
     "$RPC_PROXY_PORT" "http://127.0.0.1:$ANVIL_PORT"
   for name in "${SERVICES[@]}"; do wait_until_answers "$name"; done
 
-  if ! X402_LANES="$lanes" bash "$INFRA/bootstrap.sh" >"$LOGS/bootstrap.log" 2>&1; then
+  if ! X402_LANES="$lanes" "$REPO/.local/venv/bin/python" "$INFRA/bootstrap.py" >"$LOGS/bootstrap.log" 2>&1; then
     tail -n 30 "$LOGS/bootstrap.log" >&2
     die "bootstrap failed (log above: $LOGS/bootstrap.log)"
   fi
