@@ -10,7 +10,7 @@
 #
 # X402_INTEROP_PORT and the five ports after it are where the tests' own servers listen (one of them
 # a local-server started from X402_LOCAL_SERVER_BIN with the facilitator configuration in the
-# environment: `. infra/facilitator-env.sh`). Needs `bash infra/install.sh --interop` first
+# environment: `. infra/stack/facilitator-env.sh`). Needs `bash infra/install.sh --interop` first
 # (infra/test.sh does all of this).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

@@ -4,7 +4,7 @@ presence to mean the stack is ready). `stack.sh up` runs it; it may be rerun on 
 leaves what exists in place.
 
 In order:
-1. compiles infra/contracts with solc-js (compile.mjs, a cached build step) into .local/contracts;
+1. compiles infra/stack/contracts with solc-js (compile.mjs, a cached build step) into .local/contracts;
 2. in moto: one KMS key per signer lane (ECC_SECG_P256K1, SIGN_VERIFY) under alias/x402-lane-<i>,
    the DynamoDB tables of tables.json (CreateTable documents; a "TimeToLive" entry is applied with
    UpdateTimeToLive, which moto stores but never acts on), the SQS queues of queues.json
@@ -41,8 +41,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_der_public_key
 
-INFRA = Path(__file__).resolve().parent
-REPO = INFRA.parent
+STACK = Path(__file__).resolve().parent
+REPO = STACK.parents[1]
 CONTRACTS_DIR = REPO / ".local" / "contracts"
 
 CHAIN_ID = 84532  # Base Sepolia's, so the official SDKs treat anvil as that network
@@ -67,7 +67,7 @@ def fail(message):
 def env(name):
     value = os.environ.get(name)
     if not value:
-        fail(f"{name} is not set (infra/stack.sh up sets it)")
+        fail(f"{name} is not set (infra/stack/stack.sh up sets it)")
     return value
 
 
@@ -186,10 +186,10 @@ def accounts(anvil):
 
 
 def compile_contracts():
-    compiler = INFRA / "node" / "compile.mjs"
+    compiler = STACK / "compile.mjs"
     done = subprocess.run(["node", str(compiler), str(CONTRACTS_DIR)], stdout=subprocess.DEVNULL)
     if done.returncode != 0:
-        fail(f"compiling infra/contracts failed (node {compiler.relative_to(REPO)}; its errors are above)")
+        fail(f"compiling infra/stack/contracts failed (node {compiler.relative_to(REPO)}; its errors are above)")
 
 
 def runtime_code(name):
@@ -219,7 +219,7 @@ def check_digest_signing(anvil, lane, signature_der):
             return
     fail(
         f"KMS DIGEST signature of {lane['alias']} does not recover to {lane['address']}: "
-        "is moto running unpatched (infra/moto/launch.py)?"
+        "is moto running unpatched (infra/stack/moto/launch.py)?"
     )
 
 
@@ -371,8 +371,8 @@ def main():
     place_token(anvil, OTHER_TOKEN, "Other Token", "1", 6, 1_000 * 10**6, deployer["address"], payer_addresses)
 
     lanes_ = lanes(boto3.client("kms"), anvil, lane_count)
-    create_tables(boto3.client("dynamodb"), INFRA / "tables.json")
-    queues = create_queues(boto3.client("sqs"), INFRA / "queues.json")
+    create_tables(boto3.client("dynamodb"), STACK / "tables.json")
+    queues = create_queues(boto3.client("sqs"), STACK / "queues.json")
 
     values = {
         "X402_STACK_DIR": str(stack_dir),
