@@ -5,18 +5,18 @@ leaves what exists in place.
 
 In order:
 1. compiles infra/stack/contracts with solc-js (compile.mjs, a cached build step) into .local/contracts;
-2. in moto: one KMS key per signer lane (ECC_SECG_P256K1, SIGN_VERIFY) under alias/x402-lane-<i>,
-   the DynamoDB tables of tables.json (CreateTable documents; a "TimeToLive" entry is applied with
-   UpdateTimeToLive, which moto stores but never acts on), the SQS queues of queues.json
-   (CreateQueue documents; a "RedrivePolicy" names its dead-letter queue by QueueName, listed
-   earlier; "Env" names the variables that receive the queue's URL and ARN);
-3. on anvil, through plain JSON-RPC: Multicall3 and the two test tokens placed with anvil_setCode
+2. on anvil, through plain JSON-RPC: Multicall3 and the two test tokens placed with anvil_setCode
    (no deployment transactions, so the addresses are the real ones), the tokens initialised and the
-   payers funded from anvil's unlocked accounts, each lane's address given gas money;
-4. the check that moto's KMS signs digests as real KMS does: each lane signs a fixed digest with
-   `MessageType=DIGEST` and the signature must recover, through the chain's own ecrecover, to the
-   lane's address. Unpatched moto signs sha256(digest) instead (and its Verify agrees with its Sign),
-   so only recovery catches it.
+   payers funded from anvil's unlocked accounts;
+3. in moto's KMS, one key per signer lane (ECC_SECG_P256K1, SIGN_VERIFY) under alias/x402-lane-<i>,
+   checked to sign digests as real KMS does: each lane signs a fixed digest with `MessageType=DIGEST`
+   and the signature must recover, through the chain's own ecrecover, to the lane's address.
+   Unpatched moto signs sha256(digest) instead (and its Verify agrees with its Sign), so only
+   recovery catches it. Each lane's address then gets gas money;
+4. in moto, the DynamoDB tables of tables.json (CreateTable documents; a "TimeToLive" entry is
+   applied with UpdateTimeToLive, which moto stores but never acts on) and the SQS queues of
+   queues.json (CreateQueue documents; a "RedrivePolicy" names its dead-letter queue by QueueName,
+   listed earlier; "Env" names the variables that receive the queue's URL and ARN).
 
 Python's standard library has no keccak-256: anvil computes it (web3_sha3). The accounts' keys are
 derived from anvil's default mnemonic (BIP-39/BIP-32, secp256k1 from `cryptography`, which moto
@@ -82,8 +82,11 @@ class Anvil:
     def rpc(self, method, *params):
         body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}).encode()
         request = urllib.request.Request(self.url, body, {"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            answer = json.load(response)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                answer = json.load(response)
+        except OSError as e:
+            fail(f"anvil at {self.url} does not answer {method} ({e}): is the stack up (infra/stack/stack.sh up)?")
         if "error" in answer:
             fail(f"anvil {method}: {answer['error'].get('message', answer['error'])}")
         return answer["result"]
