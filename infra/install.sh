@@ -3,7 +3,7 @@
 # infra/versions.env, so a fresh machine (CI's included) needs only python3, node and npm:
 #   .local/venv              moto[server], cargo-lambda (with zig), cfn-lint; pinned
 #                            down to every dependency by infra/python-constraints.txt
-#   infra/node/node_modules  anvil, solc-js, viem, from infra/node/package-lock.json
+#   infra/node_modules       anvil, solc-js, viem, from infra/package-lock.json
 # and, with --interop, what the SDK interop tests need (docs/interop.md; test.sh asks for it):
 #   tests/interop/node_modules  the official x402 npm SDKs, v2 and v1, from tests/interop/package-lock.json
 #   .local/interop-venv         PyPI x402, pinned down to every dependency by tests/interop/python/constraints.txt
@@ -18,7 +18,7 @@ set -euo pipefail
 INFRA="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(dirname "$INFRA")"
 VENV="$REPO/.local/venv"
-NODE_DIR="$INFRA/node"
+NODE_DIR="$INFRA" # package.json, package-lock.json and node_modules: anvil, solc-js, viem
 INTEROP_DIR="$REPO/tests/interop"
 INTEROP_VENV="$REPO/.local/interop-venv"
 if_needed=false interop=false
@@ -85,7 +85,7 @@ if ! is_current "$venv_stamp" "$venv_key"; then
 fi
 
 if ! is_current "$node_stamp" "$node_key"; then
-  echo "install: npm packages into infra/node/node_modules" >&2
+  echo "install: npm packages into infra/node_modules" >&2
   check_npm_pins "$NODE_DIR" "@foundry-rs/anvil-linux-amd64=$ANVIL_VERSION" "solc=$SOLC_VERSION" "viem=$VIEM_VERSION"
   (cd "$NODE_DIR" && npm ci --no-audit --no-fund --loglevel=error >&2)
   echo "$node_key" >"$node_stamp"

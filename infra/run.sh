@@ -21,9 +21,9 @@ PORT="${X402_PORT:-4020}"
 
 cleanup() {
   set +e
-  bash infra/sqs-poller.sh stop
-  bash infra/lambda-emulator.sh stop
-  bash infra/stack.sh down
+  bash infra/lambda/sqs-poller.sh stop
+  bash infra/lambda/lambda-emulator.sh stop
+  bash infra/stack/stack.sh down
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -33,11 +33,11 @@ export PATH="$REPO/.local/venv/bin:$PATH" # cargo-lambda
 
 # --all-targets builds what infra/test.sh builds, so the two share one set of compiled dependencies.
 cargo build --workspace --all-targets --locked
-bash infra/stack.sh up
-# shellcheck source=infra/facilitator-env.sh
-. infra/facilitator-env.sh
-bash infra/lambda-emulator.sh start
-bash infra/sqs-poller.sh start settle-worker
+bash infra/stack/stack.sh up
+# shellcheck source=infra/stack/facilitator-env.sh
+. infra/stack/facilitator-env.sh
+bash infra/lambda/lambda-emulator.sh start
+bash infra/lambda/sqs-poller.sh start settle-worker
 
 cat <<MSG
 

@@ -35,9 +35,9 @@ cleanup() {
   # The interop tests stop the local-server they start themselves; this is for a run cut short.
   [[ -f "$X402_STACK_DIR/run/interop-local-server.pid" ]] && kill "$(cat "$X402_STACK_DIR/run/interop-local-server.pid")" 2>/dev/null
   rm -f "$X402_STACK_DIR/run/interop-local-server.pid"
-  bash infra/sqs-poller.sh stop >/dev/null 2>&1
-  bash infra/lambda-emulator.sh stop
-  bash infra/stack.sh down >/dev/null
+  bash infra/lambda/sqs-poller.sh stop >/dev/null 2>&1
+  bash infra/lambda/lambda-emulator.sh stop
+  bash infra/stack/stack.sh down >/dev/null
 }
 trap cleanup EXIT
 
@@ -46,12 +46,12 @@ bash infra/install.sh --if-needed --interop
 export PATH="$REPO/.local/venv/bin:$PATH" # cargo-lambda (and the zig it brings)
 
 step "template (cfn-lint, sam validate --lint, and only the worker may sign)"
-bash infra/install-sam.sh --if-needed
-bash infra/template-check.sh
+bash infra/deploy/install-sam.sh --if-needed
+bash infra/deploy/template-check.sh
 
 step "format and lints (no import cycle among the library's modules, no function over 60 lines)"
-python3 infra/import-cycles.py
-python3 infra/fn-length.py
+python3 infra/checks/import-cycles.py
+python3 infra/checks/fn-length.py
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
@@ -66,33 +66,33 @@ step "unit tests"
 run_tests --workspace --lib --bins --benches
 
 step "the local stack's tables and queues are template.yaml's"
-.local/venv/bin/python infra/resource-parity.py
+.local/venv/bin/python infra/deploy/resource-parity.py
 
 step "local stack (fresh)"
-bash infra/stack.sh down >/dev/null
-bash infra/stack.sh up
-# shellcheck source=infra/facilitator-env.sh
-. infra/facilitator-env.sh
+bash infra/stack/stack.sh down >/dev/null
+bash infra/stack/stack.sh up
+# shellcheck source=infra/stack/facilitator-env.sh
+. infra/stack/facilitator-env.sh
 # Short enough that the RPC fault tests do not wait long for the facilitator to give up on a hung RPC.
 export X402_RPC_TIMEOUT_MS=2000
 # anvil mines at once: follow records and receipts briskly, and give up sooner than in production.
 export X402_SETTLE_POLL_MS=250 X402_SETTLE_DEADLINE_MS=15000
 
 step "test contracts"
-node infra/node/check-contracts.mjs
+node infra/stack/check-contracts.mjs
 
 step "moto's patches (self-test: KMS digest signing and key state, DynamoDB transactions and concurrency)"
-.local/venv/bin/python infra/moto/selftest.py
+.local/venv/bin/python infra/stack/moto/selftest.py
 
 step "local SQS event source mapping (self-test against moto and the Lambda emulator)"
-.local/venv/bin/python infra/sqs_poller_selftest.py
+.local/venv/bin/python infra/lambda/sqs_poller_selftest.py
 
 step "facilitator: local server on :$LOCAL_PORT, Lambda functions on :$LAMBDA_PORT, SQS poller"
 X402_LISTEN="127.0.0.1:$LOCAL_PORT" "$TARGET_DIR/debug/local-server" >"$X402_STACK_DIR/logs/local-server.log" 2>&1 &
 echo $! >"$X402_STACK_DIR/run/local-server.pid"
-bash infra/lambda-emulator.sh start
+bash infra/lambda/lambda-emulator.sh start
 # The settlement queue's consumer, fed as Lambda's SQS event source mapping would feed it.
-bash infra/sqs-poller.sh start settle-worker
+bash infra/lambda/sqs-poller.sh start settle-worker
 export X402_BASE_URL="http://127.0.0.1:$LOCAL_PORT" X402_LAMBDA_PORT="$LAMBDA_PORT"
 export X402_LOCAL_SERVER_BIN="$TARGET_DIR/debug/local-server" # tests that need a differently configured server
 for _ in $(seq 100); do
@@ -103,7 +103,7 @@ curl -fsS "$X402_BASE_URL/health" >/dev/null || { tail -20 "$X402_STACK_DIR/logs
 
 # The Lambda functions behind the facilitator's paths, as API Gateway would put them: the
 # integration tests that run through both front ends and the interop tests use it.
-LAMBDA_ROUTE_LISTEN="127.0.0.1:$LAMBDA_ROUTE_PORT" node infra/lambda-route.mjs >"$X402_STACK_DIR/logs/lambda-route.log" 2>&1 &
+LAMBDA_ROUTE_LISTEN="127.0.0.1:$LAMBDA_ROUTE_PORT" node infra/lambda/lambda-route.mjs >"$X402_STACK_DIR/logs/lambda-route.log" 2>&1 &
 echo $! >"$X402_STACK_DIR/run/lambda-route.pid"
 for _ in $(seq 100); do
   (exec 3<>"/dev/tcp/127.0.0.1/$LAMBDA_ROUTE_PORT") 2>/dev/null && break

@@ -1,13 +1,13 @@
 // Cold start of the Lambda function binaries under cargo-lambda's runtime emulator: for each
 // function, several times, spawn a fresh process attached to the emulator's runtime API (as
-// infra/lambda-emulator.sh does) with an invoke already waiting for it, and time from the spawn to
+// infra/lambda/lambda-emulator.sh does) with an invoke already waiting for it, and time from the spawn to
 // the invoke's answer. Then read the process's peak resident memory (VmHWM) and stop it.
 //
 //   node infra/load/coldstart.mjs --emulator-port 29000 --bin-dir target/debug --out coldstart.json
 //   node infra/load/coldstart.mjs --bin-dir target/release --functions verify,supported,settle,settle-worker,replay
 //
 // Needs the emulator running (`cargo lambda watch --only-lambda-apis --invoke-port <port>`), the
-// facilitator's configuration in the environment (. infra/facilitator-env.sh) and the binaries built.
+// facilitator's configuration in the environment (. infra/stack/facilitator-env.sh) and the binaries built.
 // The profile (debug or release) is read from the binary directory's name; --profile overrides it.
 //
 // Each function's first event, and what a correct answer to it is:

@@ -32,7 +32,7 @@ LOAD="$REPO/infra/load"
 cleanup() {
   set +e
   stop_pid release-lambda-emulator
-  bash infra/stack.sh down >/dev/null
+  bash infra/stack/stack.sh down >/dev/null
   rm -rf "${X402_STACK_DIR:?}/bin"
 }
 trap cleanup EXIT
@@ -59,10 +59,10 @@ if [[ "${LOAD_BUILD:-1}" != 1 ]]; then
 fi
 
 step "local stack (fresh) in $X402_STACK_DIR"
-bash infra/stack.sh down >/dev/null
-bash infra/stack.sh up
-# shellcheck source=infra/facilitator-env.sh
-. infra/facilitator-env.sh
+bash infra/stack/stack.sh down >/dev/null
+bash infra/stack/stack.sh up
+# shellcheck source=infra/stack/facilitator-env.sh
+. infra/stack/facilitator-env.sh
 mkdir -p "$RESULTS"
 
 step "cold start under cargo-lambda's runtime emulator on :$LAMBDA_PORT"

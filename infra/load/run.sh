@@ -4,7 +4,7 @@
 # on the same anvil through the same counting RPC proxy, the verify/supported load against both,
 # the settle load against both (ours: the local server's settle handler plus the settle-worker
 # function under cargo-lambda's emulator fed by the SQS poller, every AWS call counted by
-# infra/aws_counter.py in front of moto), the Lambda functions' cold start, ours settling again on
+# infra/stack/aws_counter.py in front of moto), the Lambda functions' cold start, ours settling again on
 # stacks with other lane counts, and the "Load: verify" and "Load: settle" sections of docs/benchmarks.md
 # rewritten with the figures. Stops everything it started when it exits.
 #
@@ -55,17 +55,17 @@ cleanup() {
   stop_pid load-reference
   stop_pid load-lambda-emulator
   stop_pid load-aws-counter
-  bash infra/stack.sh down >/dev/null
+  bash infra/stack/stack.sh down >/dev/null
   rm -rf "${X402_STACK_DIR:?}/bin" # the binaries' copies: ~300 MB each in a debug build
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# The counting proxy in front of moto (infra/aws_counter.py): one port for our local server (the
+# The counting proxy in front of moto (infra/stack/aws_counter.py): one port for our local server (the
 # settle handler), one for the settle worker, so the counts say who made each call. The SQS poller
 # (Lambda's event source mapping, not our code) goes to moto directly.
 start_aws_counter() {
-  "$REPO/.local/venv/bin/python" -u "$REPO/infra/aws_counter.py" "$AWS_ENDPOINT_URL" \
+  "$REPO/.local/venv/bin/python" -u "$REPO/infra/stack/aws_counter.py" "$AWS_ENDPOINT_URL" \
     "$AWS_COUNTER_PORT=settle" "$AWS_COUNTER_WORKER_PORT=settle-worker" >"$LOGS/load-aws-counter.log" 2>&1 &
   echo $! >"$RUN/load-aws-counter.pid"
   wait_for "http://127.0.0.1:$AWS_COUNTER_PORT/__counts" "$LOGS/load-aws-counter.log"
@@ -85,24 +85,24 @@ start_local_server() {
 # to 10) per lane at once, lanes side by side, each batch in its own instance of the function.
 start_settle_worker() {
   AWS_ENDPOINT_URL="http://127.0.0.1:$AWS_COUNTER_WORKER_PORT" LAMBDA_PORT="$SETTLE_LAMBDA_PORT" \
-    SETTLE_WORKER_INSTANCES="$X402_LANES" LAMBDA_BIN_DIR="$SNAPSHOT" bash infra/lambda-emulator.sh start
+    SETTLE_WORKER_INSTANCES="$X402_LANES" LAMBDA_BIN_DIR="$SNAPSHOT" bash infra/lambda/lambda-emulator.sh start
   # On a busy machine the poller (boto3's import) can miss sqs-poller.sh's 10 s readiness limit once.
-  LAMBDA_PORT="$SETTLE_LAMBDA_PORT" bash infra/sqs-poller.sh start settle-worker -- --concurrency "$X402_LANES" ||
-    LAMBDA_PORT="$SETTLE_LAMBDA_PORT" bash infra/sqs-poller.sh start settle-worker -- --concurrency "$X402_LANES"
+  LAMBDA_PORT="$SETTLE_LAMBDA_PORT" bash infra/lambda/sqs-poller.sh start settle-worker -- --concurrency "$X402_LANES" ||
+    LAMBDA_PORT="$SETTLE_LAMBDA_PORT" bash infra/lambda/sqs-poller.sh start settle-worker -- --concurrency "$X402_LANES"
 }
 stop_settle_worker() {
-  bash infra/sqs-poller.sh stop settle-worker
-  bash infra/lambda-emulator.sh stop
+  bash infra/lambda/sqs-poller.sh stop settle-worker
+  bash infra/lambda/lambda-emulator.sh stop
 }
 
 # A fresh stack with $1 lanes, and ours on it: the local server, the worker and its poller.
 fresh_stack_with_lanes() {
   stop_pid load-aws-counter
-  bash infra/stack.sh down >/dev/null
+  bash infra/stack/stack.sh down >/dev/null
   export X402_LANES="$1"
-  bash infra/stack.sh up
-  # shellcheck source=infra/facilitator-env.sh
-  . infra/facilitator-env.sh
+  bash infra/stack/stack.sh up
+  # shellcheck source=infra/stack/facilitator-env.sh
+  . infra/stack/facilitator-env.sh
   start_aws_counter
   start_local_server
   start_settle_worker
@@ -164,10 +164,10 @@ if [[ -n "$(git status --porcelain -- lib functions infra/local-server Cargo.tom
 fi
 
 step "local stack (fresh) in $X402_STACK_DIR"
-bash infra/stack.sh down >/dev/null
-bash infra/stack.sh up
-# shellcheck source=infra/facilitator-env.sh
-. infra/facilitator-env.sh
+bash infra/stack/stack.sh down >/dev/null
+bash infra/stack/stack.sh up
+# shellcheck source=infra/stack/facilitator-env.sh
+. infra/stack/facilitator-env.sh
 mkdir -p "$RESULTS"
 start_aws_counter
 

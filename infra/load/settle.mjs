@@ -1,7 +1,7 @@
 // Drives POST /settle on facilitators at their base URLs with pre-signed payments, each settled
 // once, and measures them: throughput, p50/p90/p99 latency, failures by reason, chain RPC requests
 // per settlement (every component: our settle handler and settle worker both go through the
-// counting RPC proxy), and for ours the AWS calls per settlement from infra/aws_counter.py (KMS
+// counting RPC proxy), and for ours the AWS calls per settlement from infra/stack/aws_counter.py (KMS
 // Sign, DynamoDB by operation, SQS). Every phase is bounded by a count and a time. Also measures the
 // chain's own floor: the same transfer sent straight to the chain with its receipt read.
 //

@@ -4,9 +4,9 @@ Each piece of the local pipeline can append one JSON line per call, with wall-cl
 named by an environment variable (see infra/load/README.md, "Tracing one settlement"):
 
     LOAD_TRACE         the load driver: each request's start and end
-    AWS_COUNTER_TRACE  infra/aws_counter.py: each AWS call, by client (settle = the handler, settle-worker)
-    RPC_COUNTER_TRACE  infra/rpc_counter.py: each chain RPC request, by method
-    X402_POLLER_TRACE  infra/sqs_poller.py: each batch's messages (sent when), invoke, answer and delete
+    AWS_COUNTER_TRACE  infra/stack/aws_counter.py: each AWS call, by client (settle = the handler, settle-worker)
+    RPC_COUNTER_TRACE  infra/stack/rpc_counter.py: each chain RPC request, by method
+    X402_POLLER_TRACE  infra/lambda/sqs_poller.py: each batch's messages (sent when), invoke, answer and delete
 
 Run at concurrency 1, so that what happens during one /settle belongs to it:
 

@@ -10,7 +10,7 @@
 #
 # X402_INTEROP_PORT and the five ports after it are where the tests' own servers listen (one of them
 # a local-server started from X402_LOCAL_SERVER_BIN with the facilitator configuration in the
-# environment: `. infra/facilitator-env.sh`). Needs `bash infra/install.sh --interop` first
+# environment: `. infra/stack/facilitator-env.sh`). Needs `bash infra/install.sh --interop` first
 # (infra/test.sh does all of this).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -30,6 +30,9 @@ node_rc=${PIPESTATUS[0]}
 set -e
 passed="$(sed -n 's/^# pass \([0-9]*\)$/\1/p' "$OUT")"
 failed="$(sed -n 's/^# fail \([0-9]*\)$/\1/p' "$OUT")"
+# A suite whose set-up fails (a port taken, say) cancels its tests: they did not pass, so they count as failed.
+cancelled="$(sed -n 's/^# cancelled \([0-9]*\)$/\1/p' "$OUT")"
+[[ -n "$failed" ]] && failed=$((failed + ${cancelled:-0}))
 if [[ -z "$passed" || -z "$failed" ]]; then
   echo "interop: the node tests printed no totals" >&2
   passed=0 failed=1

@@ -2,7 +2,7 @@
 //! cargo-lambda's emulator with its sample events, and a local server started with
 //! `X402_API_KEYS_TABLE`, which runs the same check as the authorizer and answers as API Gateway
 //! does (401 without a key, 403 with one it refuses). Keys are created in the local stack's
-//! `x402-api-keys` table (moto) the way infra/api-keys.py creates them: SHA-256 only.
+//! `x402-api-keys` table (moto) the way infra/deploy/api-keys.py creates them: SHA-256 only.
 
 // Test helpers panic on set-up failures: that is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 /// The key in events/authorizer-valid-key.json (public: it is in the repository).
 const SAMPLE_KEY: &str = "x402_local-stack-sample-key-never-use-in-aws-0000";
 
-/// Stores a key's hash as infra/api-keys.py does.
+/// Stores a key's hash as infra/deploy/api-keys.py does.
 async fn store_key(key: &str, name: &str, enabled: bool) {
     dynamodb()
         .await

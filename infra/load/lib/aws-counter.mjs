@@ -1,4 +1,4 @@
-// The counting proxy in front of moto (infra/aws_counter.py): reset before a measurement, read
+// The counting proxy in front of moto (infra/stack/aws_counter.py): reset before a measurement, read
 // after, so KMS, DynamoDB and SQS calls can be divided by the settlements that caused them.
 // Only our facilitator talks to AWS; the SQS poller (Lambda's event source mapping) goes to moto
 // directly and is not counted.

@@ -12,7 +12,7 @@ import { appendFileSync } from "node:fs";
 import { performance } from "node:perf_hooks";
 
 // LOAD_TRACE=<file>: also append one JSON line per request (wall-clock start and end, the request's
-// index), for a timeline of where a settlement's time goes (infra/load/timeline.mjs).
+// index), for a timeline of where a settlement's time goes (infra/load/timeline.py).
 const TRACE = process.env.LOAD_TRACE;
 
 const REQUEST_TIMEOUT_MS = 10_000;

@@ -103,7 +103,7 @@ export function section({ verify, coldStart, command, ours, versions, commit }) 
     "### Cold start (Lambda runtime emulator)",
     "",
     `Each function binary is started attached to cargo-lambda's runtime emulator (\`cargo lambda watch --only-lambda-apis\`, as `
-      + `\`infra/lambda-emulator.sh\` does) with its invoke already waiting; the time is from spawning the process to the `
+      + `\`infra/lambda/lambda-emulator.sh\` does) with its invoke already waiting; the time is from spawning the process to the `
       + `answer to that first invoke (\`events/${"<function>"}.json\`), so it includes the runtime's init, reading the config and `
       + `building clients, and the first request. Peak RSS is \`VmHWM\` from \`/proc/<pid>/status\` right after that answer. `
       + `${coldStart.runsPerFunction} fresh processes per function, one after the other; load average ${coldStart.loadAverage1m} `
@@ -258,13 +258,13 @@ export function settleSection({ settle, others = [], networked = [], command, ou
       + "settlements per facilitator; a `settlement_pending` answer is sent again once, as the SDK's client does, and the latency "
       + "is to the last answer. A settle counts as settled only for `success: true` with a transaction hash. "
       + `"ours" is \`${ours}\` serving \`/settle\` (the settle handler, as in the Lambda function) with the \`settle-worker\` `
-      + "function under cargo-lambda's runtime emulator, fed from the SQS FIFO queue by `infra/sqs-poller.sh` as Lambda's event "
+      + "function under cargo-lambda's runtime emulator, fed from the SQS FIFO queue by `infra/lambda/sqs-poller.sh` as Lambda's event "
       + "source mapping feeds it (one batch of up to 10 messages per lane at once, lanes side by side, one instance of the "
       + `function per lane), signing with moto's KMS; ${s.lanes} signer lane${s.lanes === 1 ? "" : "s"}; ${s.ours}. `
       + `"reference" is \`infra/load/reference/server.mjs\` (@x402/core ${versions.core} with @x402/evm ${versions.evm} on viem `
       + `${versions.viem}, one local wallet key), which settles synchronously: it sends the transaction and waits for the receipt.`,
     "",
-    `Every AWS call ours makes goes through \`infra/aws_counter.py\` (a counting proxy in front of moto, one port for the settle `
+    `Every AWS call ours makes goes through \`infra/stack/aws_counter.py\` (a counting proxy in front of moto, one port for the settle `
       + "handler, one for the worker); chain RPC counts include both the handler and the worker. Counts are reset before each phase "
       + "and read once they stop moving; \"per settle\" divides by the settlements driven in the phase.",
     "",

@@ -1,4 +1,4 @@
-// The local stack's counting RPC proxy (infra/rpc_counter.py): reset its counts before a
+// The local stack's counting RPC proxy (infra/stack/rpc_counter.py): reset its counts before a
 // measurement and read them after, so chain calls can be divided by the requests that caused them.
 // Scenarios run one at a time, so whatever the proxy saw in between belongs to that scenario.
 
@@ -16,7 +16,7 @@ export async function readRpcCounts(proxyUrl) {
 }
 
 /**
- * Makes a counting proxy (this one or infra/aws_counter.py: both answer POST /__latency) hold every
+ * Makes a counting proxy (this one or infra/stack/aws_counter.py: both answer POST /__latency) hold every
  * request `ms` milliseconds before forwarding it: a deployment's network round trip, modelled.
  */
 export async function setProxyLatency(proxyUrl, ms) {

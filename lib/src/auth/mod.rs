@@ -3,7 +3,7 @@
 //! A resource server sends `Authorization: Bearer <key>`; the official SDKs' facilitator clients can
 //! add that header to every call (`createAuthHeaders` in TypeScript, `create_headers` /
 //! `auth_provider` in Python). Keys are random strings shown once when created
-//! (`infra/api-keys.py`); the table holds only their SHA-256, so a copy of the table opens nothing.
+//! (`infra/deploy/api-keys.py`); the table holds only their SHA-256, so a copy of the table opens nothing.
 //! A key is accepted when its hash is in the table with `enabled = true`.
 //!
 //! The same check runs in two places: the HTTP API's Lambda authorizer (`functions/authorizer`) and
@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 /// The table's name when `X402_API_KEYS_TABLE` is not set (the local stack's name).
 pub const DEFAULT_TABLE: &str = "x402-api-keys";
 
-/// Keys shorter than this cannot be ours (infra/api-keys.py makes 48-character keys); refusing them early
+/// Keys shorter than this cannot be ours (infra/deploy/api-keys.py makes 48-character keys); refusing them early
 /// saves a DynamoDB read on junk.
 const MIN_KEY_LEN: usize = 20;
 /// Longer than any key we make; bounds the work an attacker can ask for.

@@ -1,5 +1,5 @@
 // What the interop tests need from the running local stack: its addresses (stack.json, written by
-// infra/bootstrap.sh), a fresh funded payer per test, token balances and transaction receipts read
+// infra/stack/bootstrap.py), a fresh funded payer per test, token balances and transaction receipts read
 // straight from anvil (not through the facilitator's counting proxy, so the proxy's counts stay the
 // facilitator's own).
 //

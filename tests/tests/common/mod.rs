@@ -1,7 +1,7 @@
 //! What the integration tests share: the local stack's description, payments signed by its test
 //! payers, and small clients for the facilitator, the chain and DynamoDB.
 //!
-//! The stack is started by `infra/test.sh` (or `infra/stack.sh up` plus a running facilitator);
+//! The stack is started by `infra/test.sh` (or `infra/stack/stack.sh up` plus a running facilitator);
 //! these tests fail with a clear message when it is not there, rather than pass without checking.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
@@ -23,7 +23,7 @@ pub mod own_queue;
 pub mod replay;
 use serde_json::{json, Value};
 
-/// The local stack as `infra/stack.sh up` describes it in `$X402_STACK_DIR/stack.json`.
+/// The local stack as `infra/stack/stack.sh up` describes it in `$X402_STACK_DIR/stack.json`.
 #[derive(Debug, Deserialize)]
 pub struct Stack {
     #[serde(rename = "ANVIL_URL")]
@@ -468,7 +468,7 @@ pub async fn reset_rpc_counts() {
     );
 }
 
-/// Sets the RPC proxy's fault (infra/rpc_counter.py): `mode` for requests calling any of `methods`
+/// Sets the RPC proxy's fault (infra/stack/rpc_counter.py): `mode` for requests calling any of `methods`
 /// (every request when empty); `"none"` lifts it.
 pub async fn set_rpc_fault(mode: &str, methods: &[&str]) {
     set_rpc_fault_for(mode, methods, None).await
@@ -491,7 +491,7 @@ pub async fn set_rpc_fault_for(mode: &str, methods: &[&str], count: Option<u32>)
 }
 
 /// The facilitator's front ends under test: the local server, and the Lambda functions behind
-/// the local stand-in for the HTTP API (infra/lambda-route.mjs), when infra/test.sh started it.
+/// the local stand-in for the HTTP API (infra/lambda/lambda-route.mjs), when infra/test.sh started it.
 pub fn front_ends() -> Vec<(&'static str, String)> {
     let mut ends = vec![("local server", base_url())];
     if let Ok(url) = std::env::var("X402_LAMBDA_ROUTE_URL") {
@@ -543,7 +543,7 @@ impl Drop for BusyMachine {
     }
 }
 
-/// Sets the RPC proxy's fault (infra/rpc_counter.py); the fault is lifted however the test ends.
+/// Sets the RPC proxy's fault (infra/stack/rpc_counter.py); the fault is lifted however the test ends.
 pub struct RpcFault;
 
 impl RpcFault {

@@ -1,6 +1,6 @@
 # Sourced, not run: exports the facilitator's configuration for a running local stack.
 #
-#   X402_STACK_DIR=... . infra/facilitator-env.sh
+#   X402_STACK_DIR=... . infra/stack/facilitator-env.sh
 #
 # Reads the stack's stack.env and derives the variables the functions and the local server read
 # (docs/configuration.md): the network served with its RPC (through the counting proxy) and its
@@ -8,7 +8,7 @@
 # $X402_STACK_DIR/facilitator.env, for `cargo lambda watch --env-file`.
 
 if [[ ! -f "${X402_STACK_DIR:?set X402_STACK_DIR}/stack.env" ]]; then
-  echo "facilitator-env: no $X402_STACK_DIR/stack.env; start the stack first (bash infra/stack.sh up)" >&2
+  echo "facilitator-env: no $X402_STACK_DIR/stack.env; start the stack first (bash infra/stack/stack.sh up)" >&2
   return 1
 fi
 set -a

@@ -1,10 +1,10 @@
-"""Self-test of infra/sqs_poller.py against the real parts: moto's SQS (a running local stack),
+"""Self-test of infra/lambda/sqs_poller.py against the real parts: moto's SQS (a running local stack),
 cargo-lambda's runtime emulator, and a consumer attached to it through the Lambda runtime API
 (AWS_LAMBDA_RUNTIME_API), the way the Rust settle-worker will be. The consumer is a stand-in written
 here in Python: no Rust build needed.
 
   set -a; . .local/stack/stack.env; set +a
-  .local/venv/bin/python infra/sqs_poller_selftest.py          # about 15 s
+  .local/venv/bin/python infra/lambda/sqs_poller_selftest.py          # about 15 s
 
 It first checks what the local settlement path relies on in moto's FIFO queues (among them that
 moto itself withholds a group while part of it is in flight and hands out the other groups) and
@@ -40,8 +40,8 @@ import urllib.request
 
 import boto3
 
-INFRA = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(INFRA)
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
 VENV_BIN = os.path.join(REPO, ".local", "venv", "bin")
 FUNCTION = "sqs-selftest-consumer"
 VISIBILITY_S = 1
@@ -68,7 +68,7 @@ def load_stack_env():
         return
     path = os.path.join(os.environ.get("X402_STACK_DIR", os.path.join(REPO, ".local", "stack")), "stack.env")
     if not os.path.exists(path):
-        sys.exit(f"selftest: no AWS_ENDPOINT_URL and no {path}: start the stack (infra/stack.sh up)")
+        sys.exit(f"selftest: no AWS_ENDPOINT_URL and no {path}: start the stack (infra/stack/stack.sh up)")
     for line in open(path):
         if "=" in line and not line.startswith("#"):
             k, v = line.rstrip("\n").split("=", 1)
@@ -315,7 +315,7 @@ def poller_test(sqs, tag, workdir):
 
         started = time.monotonic()
         poller_log = os.path.join(workdir, "poller.log")
-        poller = subprocess.Popen([sys.executable, "-u", os.path.join(INFRA, "sqs_poller.py"), "--queue-url", q,
+        poller = subprocess.Popen([sys.executable, "-u", os.path.join(HERE, "sqs_poller.py"), "--queue-url", q,
                                    "--function", FUNCTION, "--invoke-url", f"http://127.0.0.1:{port}", "--wait-seconds", "1",
                                    "--concurrency", str(INSTANCES)],
                                   stdout=open(poller_log, "w"), stderr=subprocess.STDOUT)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Fails when the library's modules import each other in a cycle (STYLE: imports read top-down).
 
-    python3 infra/import-cycles.py [lib/src]
+    python3 infra/checks/import-cycles.py [lib/src]
 
 Reads every .rs file below the folder, takes each path that starts with `crate::` or `super::`
 (in `use` trees, braces expanded, and inline in code), resolves it to the file that defines the
@@ -14,7 +14,7 @@ import re
 import sys
 from pathlib import Path
 
-ROOT = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent / "lib/src")
+ROOT = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parents[2] / "lib/src")
 
 
 def module_of(path):

@@ -1,7 +1,7 @@
 // Checks the test contracts against the behaviour the facilitator relies on (EIP-3009 as USDC
 // implements it, ERC-1271 signers, Multicall3), on a running stack:
 //
-//   node infra/node/check-contracts.mjs [path/to/stack.json]   (default: $X402_STACK_DIR/stack.json)
+//   node infra/stack/check-contracts.mjs [path/to/stack.json]   (default: $X402_STACK_DIR/stack.json)
 //
 // It works on its own scratch token and wallet (placed at fixed scratch addresses) with
 // anvil accounts 6-8, so the configured tokens, payers and payee are left as they were.

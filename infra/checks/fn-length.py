@@ -6,7 +6,7 @@ decisions with I/O, and hide them from unit tests).
 A function may be longer if one of the comment lines right above it (doc or plain) contains
 "longer than 60 lines" followed by the reason.
 
-    python3 infra/fn-length.py [root]   # default: lib/src
+    python3 infra/checks/fn-length.py [root]   # default: lib/src
 """
 
 import pathlib

@@ -10,7 +10,7 @@
 // authorizer's requests (payload format 2.0) with no key, a wrong key and SAMPLE_KEY, a key that is
 // public by being here: the tests enable it in the local stack's table; never enable it in AWS.
 //
-//   node infra/node/make-events.mjs        (from the repository root)
+//   node infra/lambda/make-events.mjs        (from the repository root)
 
 import { writeFileSync } from "node:fs";
 import { privateKeyToAccount } from "viem/accounts";

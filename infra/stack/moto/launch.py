@@ -46,7 +46,7 @@ import pathlib
 import sys
 import threading
 
-VERSIONS_ENV = pathlib.Path(__file__).resolve().parent.parent / "versions.env"
+VERSIONS_ENV = pathlib.Path(__file__).resolve().parents[2] / "versions.env"
 
 
 def pinned_moto_version() -> str:

@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
-# Starts and stops infra/sqs_poller.py, the local stand-in for Lambda's SQS event source mapping:
-# it feeds a queue's messages to a function running under infra/lambda-emulator.sh, as AWS would.
+# Starts and stops infra/lambda/sqs_poller.py, the local stand-in for Lambda's SQS event source mapping:
+# it feeds a queue's messages to a function running under infra/lambda/lambda-emulator.sh, as AWS would.
 #
-#   infra/sqs-poller.sh start FUNCTION [QUEUE_URL] [-- POLLER_ARGS...]
-#   infra/sqs-poller.sh stop [FUNCTION]      # one poller, or all of them; safe to repeat
-#   infra/sqs-poller.sh status
+#   infra/lambda/sqs-poller.sh start FUNCTION [QUEUE_URL] [-- POLLER_ARGS...]
+#   infra/lambda/sqs-poller.sh stop [FUNCTION]      # one poller, or all of them; safe to repeat
+#   infra/lambda/sqs-poller.sh status
 #
 # QUEUE_URL defaults to X402_SETTLE_QUEUE_URL; POLLER_ARGS go to sqs_poller.py (--batch-size ...).
 # Needs the stack up and the emulator started (it refuses to start otherwise). Reads
 # $X402_STACK_DIR/stack.env for what the environment does not set. Env: X402_STACK_DIR, LAMBDA_PORT
 # (9000). Pid file $X402_STACK_DIR/run/sqs-poller-FUNCTION.pid, log $X402_STACK_DIR/logs/sqs-poller-FUNCTION.log.
 set -euo pipefail
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 RUN="${X402_STACK_DIR:?set X402_STACK_DIR}/run"
 LOGS="$X402_STACK_DIR/logs"
 STOP_TIMEOUT_S=15 # a batch in flight is finished first; its invoke is bounded by the poller's invoke timeout
@@ -64,7 +64,7 @@ start() {
   mkdir -p "$RUN" "$LOGS"
   pidfile="$RUN/sqs-poller-$fn.pid" log="$LOGS/sqs-poller-$fn.log"
   stop_one "$pidfile"
-  "$REPO/.local/venv/bin/python" -u "$REPO/infra/sqs_poller.py" --queue-url "$queue" --function "$fn" \
+  "$REPO/.local/venv/bin/python" -u "$REPO/infra/lambda/sqs_poller.py" --queue-url "$queue" --function "$fn" \
     --invoke-url "http://127.0.0.1:${LAMBDA_PORT:-9000}" "$@" </dev/null >"$log" 2>&1 &
   echo $! >"$pidfile"
   # Ready once it has read the queue's attributes and logged "polling" (up to 30 s: once, on a busy

@@ -7,12 +7,12 @@
 #      kms:Sign (DESIGN I7), if the worker may not sign with every lane key, or if a permission
 #      comes from somewhere this check cannot read (SAM Policies, managed policies).
 #
-#   bash infra/template-check.sh [template.yaml]
+#   bash infra/deploy/template-check.sh [template.yaml]
 #
-# Needs .local/venv (bash infra/install.sh) and .local/sam-venv (bash infra/install-sam.sh).
+# Needs .local/venv (bash infra/install.sh) and .local/sam-venv (bash infra/deploy/install-sam.sh).
 # Deploying is described in docs/deploy.md.
 set -euo pipefail
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 TEMPLATE="${1:-$REPO/template.yaml}"
 VENV="$REPO/.local/venv"
 if [[ ! -x "$VENV/bin/cfn-lint" ]]; then
@@ -26,7 +26,7 @@ echo "template-check: cfn-lint found nothing"
 
 SAM="$REPO/.local/sam-venv/bin/sam"
 if [[ ! -x "$SAM" ]]; then
-  echo "template-check: no $SAM; run bash infra/install-sam.sh first" >&2
+  echo "template-check: no $SAM; run bash infra/deploy/install-sam.sh first" >&2
   exit 1
 fi
 # Offline: --lint needs no credentials; the region only names the partition; no usage telemetry.

@@ -3,7 +3,7 @@
 # for every AWS service, and the RPC counting proxy in front of anvil, all on 127.0.0.1.
 # Stacks with different X402_STACK_DIR and ports run side by side (the tests start a second one).
 #
-# Usage: infra/stack.sh up|down|status|env
+# Usage: infra/stack/stack.sh up|down|status|env
 #   up      install if needed, start everything, bootstrap, write $X402_STACK_DIR/stack.env
 #   down    stop what `up` started (TERM, then KILL)
 #   status  each process and whether it answers; exits 0 only if all of them do
@@ -12,7 +12,8 @@
 #   RPC_PROXY_PORT (8546), MOTO_PORT (5000), X402_LANES (2)
 set -euo pipefail
 
-INFRA="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+STACK="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+INFRA="$(dirname "$STACK")"
 REPO="$(dirname "$INFRA")"
 export X402_STACK_DIR="${X402_STACK_DIR:-$REPO/.local/stack}"
 RUN="$X402_STACK_DIR/run"
@@ -123,10 +124,10 @@ stop() {
 
 stop_all() {
   local name
-  # SQS pollers (infra/sqs-poller.sh) feed on moto: they go first, with it.
-  bash "$INFRA/sqs-poller.sh" stop
+  # SQS pollers (infra/lambda/sqs-poller.sh) feed on moto: they go first, with it.
+  bash "$INFRA/lambda/sqs-poller.sh" stop
   for name in rpc-proxy moto anvil; do stop "$name"; done
-  rm -f "$X402_STACK_DIR/stack.env" "$X402_STACK_DIR/stack.json" "$RUN/ports.env" "$RUN/aws.json"
+  rm -f "$X402_STACK_DIR/stack.env" "$X402_STACK_DIR/stack.json" "$RUN/ports.env"
 }
 
 count_running() {
@@ -182,14 +183,14 @@ cmd_up() {
   trap 'exit 130' INT TERM
 
   # anvil automines: every transaction is in a block by the time its hash is returned.
-  start anvil "$INFRA/node/node_modules/.bin/anvil" \
+  start anvil "$INFRA/node_modules/.bin/anvil" \
     --host 127.0.0.1 --port "$ANVIL_PORT" --chain-id "$CHAIN_ID" --quiet
-  start moto "$REPO/.local/venv/bin/python" -u "$INFRA/moto/launch.py" "$MOTO_PORT"
-  start rpc-proxy "$REPO/.local/venv/bin/python" -u "$INFRA/rpc_counter.py" \
+  start moto "$REPO/.local/venv/bin/python" -u "$STACK/moto/launch.py" "$MOTO_PORT"
+  start rpc-proxy "$REPO/.local/venv/bin/python" -u "$STACK/rpc_counter.py" \
     "$RPC_PROXY_PORT" "http://127.0.0.1:$ANVIL_PORT"
   for name in "${SERVICES[@]}"; do wait_until_answers "$name"; done
 
-  if ! X402_LANES="$lanes" bash "$INFRA/bootstrap.sh" >"$LOGS/bootstrap.log" 2>&1; then
+  if ! X402_LANES="$lanes" "$REPO/.local/venv/bin/python" "$STACK/bootstrap.py" >"$LOGS/bootstrap.log" 2>&1; then
     tail -n 30 "$LOGS/bootstrap.log" >&2
     die "bootstrap failed (log above: $LOGS/bootstrap.log)"
   fi
@@ -225,8 +226,8 @@ cmd_status() {
 }
 
 cmd_env() {
-  [[ -f "$X402_STACK_DIR/stack.env" ]] || die "no stack.env in $X402_STACK_DIR: run infra/stack.sh up"
-  (($(count_running) == ${#SERVICES[@]})) || die "the stack in $X402_STACK_DIR is not running: run infra/stack.sh up"
+  [[ -f "$X402_STACK_DIR/stack.env" ]] || die "no stack.env in $X402_STACK_DIR: run infra/stack/stack.sh up"
+  (($(count_running) == ${#SERVICES[@]})) || die "the stack in $X402_STACK_DIR is not running: run infra/stack/stack.sh up"
   cat "$X402_STACK_DIR/stack.env"
 }
 
@@ -235,5 +236,5 @@ case "${1:-}" in
   down) cmd_down ;;
   status) cmd_status ;;
   env) cmd_env ;;
-  *) die "usage: infra/stack.sh up|down|status|env" ;;
+  *) die "usage: infra/stack/stack.sh up|down|status|env" ;;
 esac

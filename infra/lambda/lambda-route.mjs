@@ -1,10 +1,10 @@
 // The local stand-in for the HTTP API in front of the Lambda functions: one base URL with the
 // facilitator's paths, each passed to its function's URL under cargo-lambda's runtime emulator
-// (infra/lambda-emulator.sh), so an SDK pointed at this base URL talks to the Lambda functions
+// (infra/lambda/lambda-emulator.sh), so an SDK pointed at this base URL talks to the Lambda functions
 // exactly as it would to API Gateway. A route, not a facilitator: method, headers, body, status and
 // answer pass through unchanged. Node built-ins only, nothing to install.
 //
-//   LAMBDA_PORT=9000 LAMBDA_ROUTE_LISTEN=127.0.0.1:4021 node infra/lambda-route.mjs
+//   LAMBDA_PORT=9000 LAMBDA_ROUTE_LISTEN=127.0.0.1:4021 node infra/lambda/lambda-route.mjs
 //
 // /health has no function (in AWS the HTTP API has no such route either), so it is not routed.
 

@@ -1,4 +1,4 @@
-"""Self-test of what infra/moto/launch.py patches into moto, against the stack's running moto.
+"""Self-test of what infra/stack/moto/launch.py patches into moto, against the stack's running moto.
 
 What each patch promises (stock moto 5.2.5 fails the KMS checks and the last one):
 
@@ -11,7 +11,7 @@ What each patch promises (stock moto 5.2.5 fails the KMS checks and the last one
 - TransactWriteItems never fails with HTTP 500 while other requests write the same table.
 
   set -a; . .local/stack/stack.env; set +a
-  .local/venv/bin/python infra/moto/selftest.py      # a few seconds
+  .local/venv/bin/python infra/stack/moto/selftest.py      # a few seconds
 
 Creates its own throwaway table and KMS key. Exits 0 on success.
 Environment: AWS_ENDPOINT_URL (or X402_STACK_DIR/stack.env), AWS_REGION.
@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
+REPO = pathlib.Path(__file__).resolve().parents[3]
 
 
 def load_stack_env():
@@ -39,7 +39,7 @@ def load_stack_env():
         return
     path = pathlib.Path(os.environ.get("X402_STACK_DIR", REPO / ".local" / "stack")) / "stack.env"
     if not path.exists():
-        sys.exit(f"moto selftest: no AWS_ENDPOINT_URL and no {path}: start the stack (infra/stack.sh up)")
+        sys.exit(f"moto selftest: no AWS_ENDPOINT_URL and no {path}: start the stack (infra/stack/stack.sh up)")
     for line in path.read_text().splitlines():
         key, sep, value = line.partition("=")
         if sep and not line.lstrip().startswith("#"):

@@ -8,9 +8,9 @@
 # them, because `cargo run -p <fn>` resolves features for that package alone and would rebuild the
 # whole dependency tree a second time next to the workspace build.
 #
-#   infra/lambda-emulator.sh start | stop
+#   infra/lambda/lambda-emulator.sh start | stop
 #
-# Needs: the facilitator's configuration in the environment (. infra/facilitator-env.sh), cargo-lambda
+# Needs: the facilitator's configuration in the environment (. infra/stack/facilitator-env.sh), cargo-lambda
 # on PATH, the functions built. Env: X402_STACK_DIR, LAMBDA_PORT (9000),
 # LAMBDA_BIN_DIR (default: the debug directory of CARGO_TARGET_DIR, or of ./target),
 # SETTLE_WORKER_INSTANCES (1): settle-worker processes attached at once. Lambda runs one instance per
@@ -18,7 +18,7 @@
 # emulator hands the concurrent invokes to it one after the other. Pid files lambda-<fn>.pid, then
 # lambda-settle-worker-2.pid, ... (logs likewise).
 set -euo pipefail
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 RUN="${X402_STACK_DIR:?set X402_STACK_DIR}/run"
 LOGS="$X402_STACK_DIR/logs"
 LAMBDA_PORT="${LAMBDA_PORT:-9000}"

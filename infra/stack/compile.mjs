@@ -1,10 +1,10 @@
-// Compiles infra/contracts/*.sol offline with solc-js and writes one JSON per contract
+// Compiles infra/stack/contracts/*.sol offline with solc-js and writes one JSON per contract
 // (contractName, abi, bytecode = creation code, deployedBytecode = runtime code) to
 // OUT_DIR (default <repo>/.local/contracts). Artifacts are not committed, so they can never
 // disagree with their source; loading the compiler takes a few seconds, so the output is
 // reused while the sources, settings and compiler version are unchanged.
 //
-// Usage: node infra/node/compile.mjs [OUT_DIR]
+// Usage: node infra/stack/compile.mjs [OUT_DIR]
 
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
@@ -13,7 +13,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const here = dirname(fileURLToPath(import.meta.url));
-const contractsDir = resolve(here, '../contracts');
+const contractsDir = resolve(here, 'contracts');
 const outDir = resolve(process.argv[2] ?? join(here, '../../.local/contracts'));
 
 const sources = {};
@@ -52,7 +52,7 @@ for (const [file, contracts] of Object.entries(output.contracts)) {
     if (c.evm.deployedBytecode.object === '') continue; // interfaces
     const artifact = {
       contractName,
-      sourceFile: `infra/contracts/${file}`,
+      sourceFile: `infra/stack/contracts/${file}`,
       compiler: `solc ${solc.version()}`,
       abi: c.abi,
       bytecode: `0x${c.evm.bytecode.object}`,

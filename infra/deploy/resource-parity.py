@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Checks that the local stack's tables and queues (infra/tables.json, infra/queues.json) are the
+"""Checks that the local stack's tables and queues (infra/stack/tables.json, infra/stack/queues.json) are the
 ones template.yaml deploys, apart from the differences listed in INTENDED below.
 
-    .local/venv/bin/python infra/resource-parity.py
+    .local/venv/bin/python infra/deploy/resource-parity.py
 
-The local files are what infra/bootstrap_aws.py creates in moto; the template is what AWS gets.
+The local files are what infra/stack/bootstrap.py creates in moto; the template is what AWS gets.
 Compared: each table's keys, attribute definitions, indexes, billing mode and TTL attribute; each
 queue's FIFO settings, retention, visibility timeout and redrive count. Prints every difference
 and exits 1, or prints what it compared and exits 0. Needs PyYAML (in the local stack's venv).
@@ -16,8 +16,9 @@ from pathlib import Path
 
 import yaml
 
-INFRA = Path(__file__).resolve().parent
-TEMPLATE = INFRA.parent / "template.yaml"
+REPO = Path(__file__).resolve().parents[2]
+STACK = REPO / "infra" / "stack"
+TEMPLATE = REPO / "template.yaml"
 
 # Logical id in template.yaml -> name in the local files.
 TABLES = {"PaymentsTable": "x402-payments", "LanesTable": "x402-lanes", "ApiKeysTable": "x402-api-keys"}
@@ -65,8 +66,8 @@ def queue_facts(attributes, redrive):
 
 def main():
     resources = yaml.load(TEMPLATE.read_text(), Loader=CfnLoader)["Resources"]
-    local_tables = {t["TableName"]: t for t in json.loads((INFRA / "tables.json").read_text())}
-    local_queues = {q["QueueName"]: q for q in json.loads((INFRA / "queues.json").read_text())}
+    local_tables = {t["TableName"]: t for t in json.loads((STACK / "tables.json").read_text())}
+    local_queues = {q["QueueName"]: q for q in json.loads((STACK / "queues.json").read_text())}
     problems = []
 
     def compare(logical, name, deployed, local):
@@ -76,12 +77,12 @@ def main():
 
     for logical, name in TABLES.items():
         if name not in local_tables:
-            problems.append(f"infra/tables.json has no {name} (template {logical})")
+            problems.append(f"infra/stack/tables.json has no {name} (template {logical})")
             continue
         compare(logical, name, table_facts(resources[logical]["Properties"]), table_facts(local_tables[name]))
     for logical, name in QUEUES.items():
         if name not in local_queues:
-            problems.append(f"infra/queues.json has no {name} (template {logical})")
+            problems.append(f"infra/stack/queues.json has no {name} (template {logical})")
             continue
         props = resources[logical]["Properties"]
         deployed = queue_facts(props, props.get("RedrivePolicy"))
@@ -93,7 +94,7 @@ def main():
         print("\n".join(problems))
         sys.exit(1)
     print(f"resource parity: {len(TABLES)} tables and {len(QUEUES)} queues match template.yaml "
-          f"({len(INTENDED)} intended differences, listed in infra/resource-parity.py)")
+          f"({len(INTENDED)} intended differences, listed in infra/deploy/resource-parity.py)")
 
 
 if __name__ == "__main__":

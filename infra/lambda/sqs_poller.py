@@ -30,7 +30,7 @@ What AWS does and so does this (see infra/README.md, "The SQS poller"):
   reordering a lane in production. --unreported-tail keep leaves them in the queue instead;
 - FIFO queues take no batching window (AWS refuses one); standard queues do.
 
-What is added for moto (infra/sqs_poller_selftest.py shows each of these):
+What is added for moto (infra/lambda/sqs_poller_selftest.py shows each of these):
 - moto 5.2.5 redelivers a FIFO group whose messages all came back together last message first
   (its group lock is released one message at a time while it scans the queue). When a group
   leaves more than one message in the queue, the poller makes all but the first visible at once
@@ -474,7 +474,7 @@ def main(argv=None):
 
     if not invoke_reachable(args.invoke_url):
         raise SystemExit(f"sqs-poller: nothing listens at {args.invoke_url}: start the emulator first "
-                         f"(infra/lambda-emulator.sh start)")
+                         f"(infra/lambda/lambda-emulator.sh start)")
     # The long poll must fit inside the HTTP read timeout; retries stay bounded.
     config = botocore.config.Config(read_timeout=args.wait_seconds + 10, connect_timeout=5,
                                     retries={"max_attempts": 2, "mode": "standard"})
