@@ -38,7 +38,8 @@ impl Facilitator {
             .map(|n| {
                 let chain = Chain::new(n.rpc.clone(), Some(secrets.clone()), config.rpc_timeout)
                     .with_fee_cache(config.fee_cache)
-                    .with_logs_lookback(config.logs_lookback);
+                    .with_logs_lookback(config.logs_lookback)
+                    .with_fee_cap(n.max_fee_per_gas);
                 ExactEvm::new(n.network.clone(), n.assets.clone(), chain)
             })
             .collect();

@@ -99,7 +99,14 @@ pub struct NetworkConfig {
     pub rpc: RpcSource,
     /// Tokens accepted on this network (EIP-3009 contracts).
     pub assets: Vec<Address>,
+    /// The most the worker ever offers per unit of gas (`maxFeePerGas`, wei), first signature and
+    /// fee bumps alike: a fee spike or a halted sequencer cannot make bumps compound past it.
+    pub max_fee_per_gas: u128,
 }
+
+/// 100 gwei: thousands of times what Base and other L2s charge, so it binds only when something
+/// is wrong; set it per network (`maxFeePerGas` in `X402_NETWORKS`) to what a settlement may cost.
+pub const DEFAULT_MAX_FEE_PER_GAS: u128 = 100_000_000_000;
 
 /// Where a network's RPC URL comes from.
 #[derive(Clone)]
@@ -150,6 +157,8 @@ struct NetworkEntry {
     #[serde(default)]
     rpc_secret: Option<String>,
     assets: Vec<String>,
+    #[serde(default)]
+    max_fee_per_gas: Option<String>,
 }
 
 impl Config {
@@ -373,10 +382,19 @@ fn network_entry(entry: NetworkEntry) -> Result<NetworkConfig, ConfigError> {
                 .map_err(|_| err(format!("{name}: asset {a:?} is not an address")))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let max_fee_per_gas = match &entry.max_fee_per_gas {
+        None => DEFAULT_MAX_FEE_PER_GAS,
+        Some(wei) => wei.parse().ok().filter(|w| *w > 0).ok_or_else(|| {
+            err(format!(
+                "{name}: maxFeePerGas {wei:?} is not a positive amount of wei (a decimal string)"
+            ))
+        })?,
+    };
     Ok(NetworkConfig {
         network,
         rpc,
         assets,
+        max_fee_per_gas,
     })
 }
 

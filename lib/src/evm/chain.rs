@@ -56,6 +56,8 @@ pub struct Chain {
     fee_cache: std::sync::Mutex<Option<(std::time::Instant, (u128, u128))>>,
     /// How many blocks back a search for an authorization's use looks (0: the whole chain).
     logs_lookback: u64,
+    /// The most a transaction of ours offers per unit of gas (wei).
+    fee_cap: u128,
 }
 
 impl std::fmt::Debug for Chain {
@@ -66,6 +68,7 @@ impl std::fmt::Debug for Chain {
             .field("timeout", &self.timeout)
             .field("fee_ttl", &self.fee_ttl)
             .field("logs_lookback", &self.logs_lookback)
+            .field("fee_cap", &self.fee_cap)
             .finish_non_exhaustive()
     }
 }
@@ -85,7 +88,19 @@ impl Chain {
             fee_ttl: Duration::ZERO,
             fee_cache: std::sync::Mutex::new(None),
             logs_lookback: 0,
+            fee_cap: crate::config::DEFAULT_MAX_FEE_PER_GAS,
         }
+    }
+
+    /// Caps what transactions on this chain offer per unit of gas (`maxFeePerGas`, wei).
+    pub fn with_fee_cap(mut self, wei: u128) -> Self {
+        self.fee_cap = wei;
+        self
+    }
+
+    /// The most a transaction of ours offers per unit of gas (wei).
+    pub fn fee_cap(&self) -> u128 {
+        self.fee_cap
     }
 
     /// Searches the last `blocks` blocks for an authorization's use (0: the whole chain). RPC
@@ -306,6 +321,25 @@ impl Chain {
             Box::pin(async move { p.get_transaction_by_hash(hash).await.map(|t| t.is_some()) })
         })
         .await
+    }
+
+    /// The latest block's timestamp (unix seconds) and base fee (wei): the chain's own clock, which
+    /// stops when its sequencer does, and what a transaction must offer to be included.
+    pub async fn latest_block(&self) -> Result<(u64, u128), ChainError> {
+        let block = self
+            .read(|p| {
+                Box::pin(async move {
+                    p.get_block_by_number(alloy::eips::BlockNumberOrTag::Latest)
+                        .await
+                })
+            })
+            .await?
+            .ok_or_else(|| ChainError::Node("the node has no latest block".into()))?;
+        let header = &block.header;
+        Ok((
+            header.timestamp,
+            header.base_fee_per_gas.map(u128::from).unwrap_or(0),
+        ))
     }
 
     /// The token's `AuthorizationUsed(authorizer, nonce)` logs within the lookback

@@ -123,3 +123,12 @@ pub fn classify(record: &PaymentRecord, mined: Mined, paid: bool) -> UsedBy {
         false => UsedBy::Theirs { mined, paid },
     }
 }
+
+/// The EIP-1559 transaction inside a stored raw transaction (EIP-2718 encoded): what a
+/// replacement copies and outbids, and what replay compares with the chain's base fee. `None` for
+/// anything else.
+pub fn decode_eip1559(raw: &alloy::primitives::Bytes) -> Option<alloy::consensus::TxEip1559> {
+    use alloy::eips::eip2718::Decodable2718;
+    let envelope = alloy::consensus::TxEnvelope::decode_2718(&mut raw.as_ref()).ok()?;
+    envelope.as_eip1559().map(|signed| signed.tx().clone())
+}

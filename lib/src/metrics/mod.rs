@@ -122,6 +122,17 @@ pub fn gas_used(network: &str, gas: u64) {
     });
 }
 
+/// `FeeCapReached`: a fee bump was due but would have passed the network's `maxFeePerGas`, so the
+/// transaction waits as it is. Sustained, it means the market is above what a settlement may cost.
+pub fn fee_cap_reached(network: &str) {
+    emit(&Observation {
+        dimension_sets: &[&["Network"]],
+        dimensions: &[("Network", network)],
+        metrics: &[("FeeCapReached", Unit::Count, 1.0)],
+        properties: &[],
+    });
+}
+
 /// `KmsSignLatency`: one KMS `Sign` call, by Outcome (`ok` or `error`).
 pub fn kms_sign(latency: Duration, ok: bool) {
     emit(&Observation {

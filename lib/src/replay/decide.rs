@@ -70,23 +70,33 @@ pub fn in_flight_plan(
 pub enum PoolPlan {
     /// Dropped from the pool: the same bytes again (I3).
     Rebroadcast,
-    /// Unmined for `bump_after` and next in its lane: ask the worker for higher fees.
+    /// Next in its lane and either priced out or passed over: ask the worker for higher fees.
     Bump,
     /// Leave it to be mined.
     Pending,
 }
 
-/// `next_in_lane`: its nonce is the lane's next to be mined. A transaction queued behind another
-/// gains nothing from higher fees, and the one ahead gets its own bump.
-pub fn pool_plan(
-    in_pool: bool,
-    sent_ago: Duration,
-    bump_after: Duration,
-    next_in_lane: bool,
-) -> PoolPlan {
-    if !in_pool {
+/// What replay knows of a `submitted`, valid, unmined transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolFacts {
+    /// The node still has it.
+    pub in_pool: bool,
+    /// Its nonce is the lane's next to be mined. A transaction queued behind another gains nothing
+    /// from higher fees, and the one ahead gets its own bump.
+    pub next_in_lane: bool,
+    /// Its `maxFeePerGas` is below the latest block's base fee: no block takes it as it is.
+    pub underpriced: bool,
+    /// How long the chain has run since it was sent: the latest block's time minus the send.
+    /// It stands still while the chain does (a halted sequencer), so a halt never compounds bumps.
+    pub chain_waited: Duration,
+}
+
+/// Bump only a transaction next in its lane that is priced out, or that blocks have passed over
+/// for `bump_after` of chain time; never on the wall clock alone.
+pub fn pool_plan(facts: PoolFacts, bump_after: Duration) -> PoolPlan {
+    if !facts.in_pool {
         PoolPlan::Rebroadcast
-    } else if sent_ago >= bump_after && next_in_lane {
+    } else if facts.next_in_lane && (facts.underpriced || facts.chain_waited >= bump_after) {
         PoolPlan::Bump
     } else {
         PoolPlan::Pending
@@ -233,32 +243,58 @@ mod tests {
         );
     }
 
+    /// A transaction in the pool, next in its lane, fairly priced, sent a second of chain time ago.
+    fn pooled() -> PoolFacts {
+        PoolFacts {
+            in_pool: true,
+            next_in_lane: true,
+            underpriced: false,
+            chain_waited: SECOND,
+        }
+    }
+
     #[test]
     fn dropped_from_the_pool_is_sent_again() {
-        assert_eq!(
-            pool_plan(false, SECOND, 60 * SECOND, true),
-            PoolPlan::Rebroadcast
-        );
+        let dropped = PoolFacts {
+            in_pool: false,
+            ..pooled()
+        };
+        assert_eq!(pool_plan(dropped, 60 * SECOND), PoolPlan::Rebroadcast);
     }
 
     #[test]
-    fn in_the_pool_too_long_and_next_in_its_lane_is_bumped() {
-        assert_eq!(
-            pool_plan(true, 60 * SECOND, 60 * SECOND, true),
-            PoolPlan::Bump
-        );
+    fn passed_over_for_long_enough_in_chain_time_and_next_in_its_lane_is_bumped() {
+        let passed_over = PoolFacts {
+            chain_waited: 60 * SECOND,
+            ..pooled()
+        };
+        assert_eq!(pool_plan(passed_over, 60 * SECOND), PoolPlan::Bump);
     }
 
     #[test]
-    fn in_the_pool_behind_an_earlier_nonce_or_not_long_is_pending() {
-        assert_eq!(
-            pool_plan(true, 600 * SECOND, 60 * SECOND, false),
-            PoolPlan::Pending
-        );
-        assert_eq!(
-            pool_plan(true, SECOND, 60 * SECOND, true),
-            PoolPlan::Pending
-        );
+    fn priced_out_by_the_base_fee_and_next_in_its_lane_is_bumped_at_once() {
+        let priced_out = PoolFacts {
+            underpriced: true,
+            ..pooled()
+        };
+        assert_eq!(pool_plan(priced_out, 60 * SECOND), PoolPlan::Bump);
+    }
+
+    #[test]
+    fn while_the_chain_stands_still_a_fairly_priced_transaction_waits() {
+        // A halted sequencer: hours of wall clock, no blocks, so no chain time passes.
+        assert_eq!(pool_plan(pooled(), 60 * SECOND), PoolPlan::Pending);
+    }
+
+    #[test]
+    fn behind_an_earlier_nonce_nothing_is_bumped() {
+        let behind = PoolFacts {
+            next_in_lane: false,
+            underpriced: true,
+            chain_waited: 600 * SECOND,
+            ..pooled()
+        };
+        assert_eq!(pool_plan(behind, 60 * SECOND), PoolPlan::Pending);
     }
 
     #[test]

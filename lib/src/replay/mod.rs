@@ -16,8 +16,11 @@
 //!   afresh (none of its transactions can be mined any more);
 //! - `signed` (a crash between the write-ahead and the broadcast) → the stored bytes are sent;
 //! - `submitted` and dropped from the pool → the stored bytes are sent again (I3): same hash;
-//! - `submitted` and still in the pool after `X402_REPLAY_BUMP_AFTER_MS` → the lane's worker is
-//!   asked for a replacement at the same nonce with higher fees (the only signer stays the worker);
+//! - `submitted`, still in the pool and next in its lane, and either priced out (its `maxFeePerGas`
+//!   below the latest base fee) or passed over for `X402_REPLAY_BUMP_AFTER_MS` of *chain* time (the
+//!   latest block's timestamp, which stops when the chain does) → the lane's worker is asked for a
+//!   replacement at the same nonce with higher fees, never above the network's `maxFeePerGas` (the
+//!   only signer stays the worker);
 //! - `signed` or `submitted` past `validBefore` and not mined → the worker is asked to replace it
 //!   with a zero-value self-transfer, so the lane nonce is used and nothing is paid.
 //!
@@ -44,7 +47,7 @@ use crate::{
 
 pub use decide::{
     in_flight_plan, nonce_taken_plan, pool_plan, queued_plan, used_plan, InFlightPlan,
-    NonceTakenPlan, PoolPlan, QueuedPlan, UsedPlan,
+    NonceTakenPlan, PoolFacts, PoolPlan, QueuedPlan, UsedPlan,
 };
 
 /// Index pages are at most this long (DynamoDB caps a page at 1 MB anyway).
@@ -446,8 +449,35 @@ impl Replayer {
             .transaction_known(hash)
             .await
             .map_err(|e| error(&record.id, &e))?;
-        let sent_ago = Duration::from_millis(now_ms().saturating_sub(record.updated_at));
-        match pool_plan(in_pool, sent_ago, self.tunables.bump_after, next_in_lane) {
+        let facts = if !in_pool || !next_in_lane {
+            PoolFacts {
+                in_pool,
+                next_in_lane,
+                underpriced: false,
+                chain_waited: Duration::ZERO,
+            }
+        } else {
+            let (block_time, base_fee) = chain
+                .latest_block()
+                .await
+                .map_err(|e| error(&record.id, &e))?;
+            let offered = record
+                .raw_tx
+                .as_ref()
+                .and_then(lifecycle::decode_eip1559)
+                .map(|tx| tx.max_fee_per_gas);
+            PoolFacts {
+                in_pool,
+                next_in_lane,
+                underpriced: offered.is_some_and(|fee| fee < base_fee),
+                chain_waited: Duration::from_millis(
+                    block_time
+                        .saturating_mul(1000)
+                        .saturating_sub(record.updated_at),
+                ),
+            }
+        };
+        match pool_plan(facts, self.tunables.bump_after) {
             PoolPlan::Rebroadcast => Err(match lifecycle::send_stored(chain, record).await {
                 Ok(Sent::Accepted) => Action::Rebroadcast,
                 Ok(Sent::Refused(_)) => Action::Refused,

@@ -8,6 +8,7 @@ use alloy::{
     primitives::{Address, Bytes, TxKind, B256, U256},
 };
 
+pub(super) use crate::lifecycle::decode_eip1559;
 use crate::{
     lifecycle::receipt::reason_from_revert,
     protocol::Reason,
@@ -142,22 +143,31 @@ pub fn replacement_plan(mined_nonce: u64, nonce: u64, expired: bool) -> Replacem
 }
 
 /// The replacement of `old` at its nonce, from `sender`: fees at least an eighth higher (nodes take
-/// a replacement only when both caps rise by 10 %) and at least the market's; the same transfer,
-/// or, to `cancel`, a zero-value self-transfer.
+/// a replacement only when both caps rise by 10 %) and at least the market's, never above `cap`
+/// (wei per gas); the same transfer, or, to `cancel`, a zero-value self-transfer. `None` when the
+/// raise would pass the cap: the transaction then waits as it is ([`crate::metrics::fee_cap_reached`]).
 pub fn replacement(
     old: TxEip1559,
     sender: Address,
     (market_max, market_tip): (u128, u128),
     cancel: bool,
-) -> TxEip1559 {
-    let tip = bump(old.max_priority_fee_per_gas).max(market_tip);
-    let max_fee = bump(old.max_fee_per_gas).max(market_max).max(tip);
+    cap: u128,
+) -> Option<TxEip1559> {
+    let (least_max, least_tip) = (
+        bump(old.max_fee_per_gas),
+        bump(old.max_priority_fee_per_gas),
+    );
+    if least_max > cap || least_tip > cap {
+        return None;
+    }
+    let max_fee = least_max.max(market_max).max(least_tip).min(cap);
+    let tip = least_tip.max(market_tip).min(max_fee);
     let bumped = TxEip1559 {
         max_fee_per_gas: max_fee,
         max_priority_fee_per_gas: tip,
         ..old
     };
-    match cancel {
+    Some(match cancel {
         false => bumped,
         true => TxEip1559 {
             to: TxKind::Call(sender),
@@ -166,20 +176,18 @@ pub fn replacement(
             gas_limit: 21_000,
             ..bumped
         },
-    }
+    })
+}
+
+/// The market's fees held under `cap`: what a first signature offers.
+pub fn capped((max_fee, tip): (u128, u128), cap: u128) -> (u128, u128) {
+    let max_fee = max_fee.min(cap);
+    (max_fee, tip.min(max_fee))
 }
 
 /// A fee raised by an eighth and one wei: above the 10 % nodes ask of a replacement.
 fn bump(fee: u128) -> u128 {
     fee.saturating_add(fee / 8).saturating_add(1)
-}
-
-/// The EIP-1559 transaction inside a stored raw transaction (EIP-2718 encoded): what a
-/// replacement copies and outbids. `None` for anything else.
-pub(super) fn decode_eip1559(raw: &Bytes) -> Option<TxEip1559> {
-    use alloy::eips::eip2718::Decodable2718;
-    let envelope = alloy::consensus::TxEnvelope::decode_2718(&mut raw.as_ref()).ok()?;
-    envelope.as_eip1559().map(|signed| signed.tx().clone())
 }
 
 /// The least time left in the invocation to start on a message: one attempt at every step's
@@ -408,7 +416,7 @@ mod tests {
 
     #[test]
     fn a_bump_raises_both_fees_by_more_than_a_tenth_and_keeps_the_transfer() {
-        let bumped = replacement(tx(), LANE, (0, 0), false);
+        let bumped = replacement(tx(), LANE, (0, 0), false, u128::MAX).unwrap();
         assert_eq!(
             (bumped.max_fee_per_gas, bumped.max_priority_fee_per_gas),
             (2_251, 113)
@@ -421,7 +429,7 @@ mod tests {
 
     #[test]
     fn a_bump_follows_the_market_when_it_is_higher() {
-        let bumped = replacement(tx(), LANE, (10_000, 500), false);
+        let bumped = replacement(tx(), LANE, (10_000, 500), false, u128::MAX).unwrap();
         assert_eq!(
             (bumped.max_fee_per_gas, bumped.max_priority_fee_per_gas),
             (10_000, 500)
@@ -430,7 +438,7 @@ mod tests {
 
     #[test]
     fn a_cancellation_is_a_zero_value_self_transfer_at_the_same_nonce() {
-        let cancel = replacement(tx(), LANE, (0, 0), true);
+        let cancel = replacement(tx(), LANE, (0, 0), true, u128::MAX).unwrap();
         assert_eq!(
             (cancel.to, cancel.value, cancel.nonce),
             (TxKind::Call(LANE), U256::ZERO, 7)
@@ -490,5 +498,30 @@ mod tests {
         assert_eq!((secs(1), secs(2), secs(3), secs(4)), (1, 2, 4, 8));
         assert_eq!(visibility_backoff(40), MAX_VISIBILITY_BACKOFF);
         assert_eq!(visibility_backoff(u32::MAX), MAX_VISIBILITY_BACKOFF);
+    }
+
+    #[test]
+    fn a_bump_never_offers_more_than_the_cap() {
+        // The market went to 10 000; the cap is 5 000: the bump goes only as far as the cap.
+        let bumped = replacement(tx(), LANE, (10_000, 500), false, 5_000).unwrap();
+        assert_eq!(
+            (bumped.max_fee_per_gas, bumped.max_priority_fee_per_gas),
+            (5_000, 500)
+        );
+    }
+
+    #[test]
+    fn at_the_cap_there_is_no_bump_and_the_transaction_waits() {
+        // 2 000 raised by an eighth is 2 251, over a cap of 2 200: nodes would refuse anything less.
+        assert_eq!(replacement(tx(), LANE, (0, 0), false, 2_200), None);
+        assert_eq!(replacement(tx(), LANE, (0, 0), true, 2_200), None);
+        assert!(replacement(tx(), LANE, (0, 0), false, 2_251).is_some());
+    }
+
+    #[test]
+    fn a_first_signature_offers_the_market_under_the_cap() {
+        assert_eq!(capped((3_000, 100), 10_000), (3_000, 100));
+        assert_eq!(capped((30_000, 100), 10_000), (10_000, 100));
+        assert_eq!(capped((30_000, 20_000), 10_000), (10_000, 10_000));
     }
 }

@@ -262,7 +262,8 @@ impl Worker {
             }
         };
         let nonce = table_nonce?.max(chain_nonce?);
-        let tx = decide::transfer_tx(&record, scheme.network().chain_id(), nonce, gas, fees?);
+        let fees = decide::capped(fees?, chain.fee_cap());
+        let tx = decide::transfer_tx(&record, scheme.network().chain_id(), nonce, gas, fees);
         let signed = signer.sign(tx).await?;
         self.crash_point(Step::Signed)?;
         let signed = Signed {
@@ -347,7 +348,12 @@ impl Worker {
                 sender,
             });
         }
-        let tx = replacement(old, sender, chain.fees().await?, cancel);
+        let Some(tx) = replacement(old, sender, chain.fees().await?, cancel, chain.fee_cap())
+        else {
+            tracing::warn!(id = %record.id, nonce, cap = chain.fee_cap(), "the transaction's fees are at the network's cap: it waits as it is");
+            crate::metrics::fee_cap_reached(&record.network);
+            return Ok(());
+        };
         let (max_fee, tip) = (tx.max_fee_per_gas, tx.max_priority_fee_per_gas);
         let signed = signer.sign(tx).await?;
         if !self
