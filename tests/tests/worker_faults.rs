@@ -165,3 +165,117 @@ async fn a_payment_that_fails_every_attempt_is_given_up_with_a_reason_while_its_
     let payee = balances(&good[1]).await.1;
     assert_eq!(payee, before[0].1 + paid, "the payee got each payment once");
 }
+
+/// The `maxFeePerGas` of the transaction a record holds now (from its stored bytes: a node may
+/// have refused or dropped it).
+async fn offered(id: &str) -> u128 {
+    let raw: alloy::primitives::Bytes = text(&item(id).await, "raw_tx").parse().unwrap();
+    facilitator::lifecycle::decode_eip1559(&raw)
+        .expect("an EIP-1559 transaction")
+        .max_fee_per_gas
+}
+
+/// Ends a fee spike however the test ends: the base fee back down, and a replay run, which sends
+/// again what the node dropped, so the lane's later nonces are not held behind it.
+struct SpikeCleared;
+
+impl Drop for SpikeCleared {
+    fn drop(&mut self) {
+        finish_detached(async {
+            let _ = rpc_quiet(
+                "anvil_setNextBlockBaseFeePerGas",
+                serde_json::json!(["0x1"]),
+            )
+            .await;
+            let _ = rpc_quiet("evm_mine", serde_json::json!([])).await;
+            let _ = replayer().await.run(None).await;
+            let _ = rpc_quiet("evm_mine", serde_json::json!([])).await;
+        });
+    }
+}
+
+/// A JSON-RPC call to anvil that may fail (for clean-ups).
+async fn rpc_quiet(method: &str, params: Value) -> Option<Value> {
+    let request = serde_json::json!({"jsonrpc":"2.0","id":1,"method":method,"params":params});
+    let client = reqwest::Client::new();
+    let answer = client
+        .post(&stack().anvil_url)
+        .json(&request)
+        .send()
+        .await
+        .ok()?;
+    answer.json().await.ok()
+}
+
+#[tokio::test]
+async fn a_fee_spike_bumps_a_priced_out_transaction_up_to_the_cap_and_no_further() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let _mining = MiningStopped::start().await;
+    let queue = OwnQueue::create("fees", 10).await;
+    let lane = config().lane_keys[0].clone();
+    // Replay and worker on the test's own queue; bumps only when priced out (the chain-time wait
+    // is far away), so what moves the fees here is the spike alone.
+    let mut config = config();
+    config.settle_queue_url = Some(queue.url.clone());
+    config.replay_min_age = Duration::ZERO;
+    config.replay_bump_after = Duration::from_secs(3600);
+    let payment = PaymentBuilder::new(3).sign();
+    let before = balances(&payment).await;
+    let id = record_payment(&payment, 0).await;
+    queue.queue().enqueue(&id, &lane).await.unwrap();
+    let worker = Worker::from_config(&config, &aws().await);
+    assert_eq!(queue.deliver_as_lambda(&worker).await, (1, 0));
+    assert_eq!(text(&item(&id).await, "state"), "submitted");
+    let first_fee = offered(&id).await;
+
+    // The cap: twice what the first signature offered. The spike: the next block's base fee at
+    // ten times that, so the transaction is priced out (anvil drops it from its pool).
+    let cap = first_fee * 2;
+    config.networks[0].max_fee_per_gas = cap;
+    let worker = Worker::from_config(&config, &aws().await);
+    let replayer = facilitator::replay::Replayer::from_config(&config, &aws().await).unwrap();
+    let _cleared = SpikeCleared;
+    let spike = format!("{:#x}", first_fee * 10);
+    rpc(
+        "anvil_setNextBlockBaseFeePerGas",
+        serde_json::json!([spike]),
+    )
+    .await;
+    rpc("evm_mine", serde_json::json!([])).await;
+
+    let mut fees = vec![first_fee];
+    for round in 0..3 {
+        let summary = replayer.run(None).await.expect("replay reads its index");
+        assert!(
+            summary.bumped >= 1,
+            "round {round}: priced out, so bumped: {summary:?}"
+        );
+        while queue.deliver_as_lambda(&worker).await.0 > 0 {}
+        fees.push(offered(&id).await);
+    }
+    println!(
+        "maxFeePerGas offered, first signature then each round of the spike: {fees:?} (cap {cap})"
+    );
+    assert!(fees[1] > first_fee, "the first bump raised the fee");
+    assert!(fees.iter().all(|fee| *fee <= cap), "never above the cap");
+    assert_eq!(fees[2], fees[3], "at the cap, no further bump");
+    assert_eq!(text(&item(&id).await, "state"), "submitted");
+
+    // The spike passes: the capped transaction is sent again and mined; the payment settles once.
+    rpc(
+        "anvil_setNextBlockBaseFeePerGas",
+        serde_json::json!(["0x1"]),
+    )
+    .await;
+    rpc("evm_mine", serde_json::json!([])).await;
+    assert!(replayer.run(None).await.unwrap().rebroadcast >= 1);
+    rpc("evm_mine", serde_json::json!([])).await;
+    assert!(replay().await.settled >= 1);
+    assert_eq!(text(&item(&id).await, "state"), "settled");
+    assert_eq!(
+        offered(&id).await,
+        fees[3],
+        "settled by the capped transaction"
+    );
+    moved_once(before, balances(&payment).await, payment.value);
+}

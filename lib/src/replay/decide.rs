@@ -92,10 +92,15 @@ pub struct PoolFacts {
 }
 
 /// Bump only a transaction next in its lane that is priced out, or that blocks have passed over
-/// for `bump_after` of chain time; never on the wall clock alone.
+/// for `bump_after` of chain time; never on the wall clock alone. A dropped one is sent again as
+/// it is, unless it is priced out: nodes drop those, and refuse the same bytes again.
 pub fn pool_plan(facts: PoolFacts, bump_after: Duration) -> PoolPlan {
     if !facts.in_pool {
-        PoolPlan::Rebroadcast
+        if facts.next_in_lane && facts.underpriced {
+            PoolPlan::Bump
+        } else {
+            PoolPlan::Rebroadcast
+        }
     } else if facts.next_in_lane && (facts.underpriced || facts.chain_waited >= bump_after) {
         PoolPlan::Bump
     } else {
@@ -260,6 +265,21 @@ mod tests {
             ..pooled()
         };
         assert_eq!(pool_plan(dropped, 60 * SECOND), PoolPlan::Rebroadcast);
+    }
+
+    #[test]
+    fn dropped_because_priced_out_is_bumped_not_sent_again() {
+        let dropped = PoolFacts {
+            in_pool: false,
+            underpriced: true,
+            ..pooled()
+        };
+        assert_eq!(pool_plan(dropped, 60 * SECOND), PoolPlan::Bump);
+        let behind = PoolFacts {
+            next_in_lane: false,
+            ..dropped
+        };
+        assert_eq!(pool_plan(behind, 60 * SECOND), PoolPlan::Rebroadcast);
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //!   afresh (none of its transactions can be mined any more);
 //! - `signed` (a crash between the write-ahead and the broadcast) → the stored bytes are sent;
 //! - `submitted` and dropped from the pool → the stored bytes are sent again (I3): same hash;
+//!   unless it is next in its lane and priced out (nodes drop those and refuse them again): bumped;
 //! - `submitted`, still in the pool and next in its lane, and either priced out (its `maxFeePerGas`
 //!   below the latest base fee) or passed over for `X402_REPLAY_BUMP_AFTER_MS` of *chain* time (the
 //!   latest block's timestamp, which stops when the chain does) → the lane's worker is asked for a
@@ -449,7 +450,7 @@ impl Replayer {
             .transaction_known(hash)
             .await
             .map_err(|e| error(&record.id, &e))?;
-        let facts = if !in_pool || !next_in_lane {
+        let facts = if !next_in_lane {
             PoolFacts {
                 in_pool,
                 next_in_lane,
