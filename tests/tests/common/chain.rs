@@ -56,7 +56,9 @@ pub async fn token_balance(token: Address, owner: Address) -> U256 {
     let call = TransactionRequest::default()
         .to(token)
         .input(Bytes::from(balanceOfCall { account: owner }.abi_encode()).into());
-    let out = anvil().call(call).await.unwrap();
+    // At the latest block, named: alloy sends no block by default, and anvil then answers from
+    // the pending state, which counts a transfer still waiting in the pool.
+    let out = anvil().call(call).block(BlockId::latest()).await.unwrap();
     balanceOfCall::abi_decode_returns(&out).unwrap()
 }
 
