@@ -140,15 +140,6 @@ async fn a_refused_settle_changes_nothing() {
     let payment = PaymentBuilder::new(3).sign();
     let answer = post_with_key(&format!("{base}/settle"), None, &payment.body()).await;
     assert_eq!(answer.status, 401);
-    let item = dynamodb()
-        .await
-        .get_item()
-        .table_name(&stack().payments_table)
-        .key("id", AttributeValue::S(payment.record_id()))
-        .consistent_read(true)
-        .send()
-        .await
-        .unwrap()
-        .item;
-    assert!(item.is_none(), "a refused /settle recorded {item:?}");
+    let record = find_payment_record(&payment.record_id()).await;
+    assert!(record.is_none(), "a refused /settle recorded {record:?}");
 }

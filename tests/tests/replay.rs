@@ -14,8 +14,7 @@ mod common;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use common::{replay::*, *};
-use facilitator::replay::Summary;
-use serde_json::json;
+use facilitator::{protocol::Reason, replay::Summary, store::State};
 
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -29,7 +28,7 @@ async fn a_crash_after_the_write_ahead_is_finished_with_the_same_bytes_once() {
 
     // What a crash between the write-ahead and the broadcast leaves: the record `signed` with its
     // bytes, the node knowing nothing of them.
-    drop_from_pool(&hash).await;
+    drop_from_pool(hash).await;
     dynamodb()
         .await
         .update_item()
@@ -46,32 +45,27 @@ async fn a_crash_after_the_write_ahead_is_finished_with_the_same_bytes_once() {
 
     let first = replay().await;
     assert!(first.submitted >= 1, "{first:?}");
-    let sent = item(&id).await;
-    assert_eq!(text(&sent, "state"), "submitted");
-    assert_eq!(text(&sent, "tx_hash"), hash, "the same transaction");
+    let sent = payment_record(&id).await;
+    assert_eq!(sent.state, State::Submitted);
+    assert_eq!(sent.tx_hash, Some(hash), "the same transaction");
     assert!(
-        !rpc("eth_getTransactionByHash", json!([hash]))
-            .await
-            .is_null(),
+        transaction(hash).await.is_some(),
         "the stored bytes are back in the pool"
     );
     assert_eq!(balances(&payment).await, before, "not mined yet");
 
-    rpc("evm_mine", json!([])).await;
+    mine().await;
     drop(mining);
     let second = replay().await;
     assert!(second.settled >= 1, "{second:?}");
-    let settled = item(&id).await;
-    assert_eq!(text(&settled, "state"), "settled");
-    assert_eq!(text(&settled, "tx_hash"), hash);
-    assert!(
-        !settled.contains_key("open_shard"),
-        "it left replay's index"
-    );
+    let settled = payment_record(&id).await;
+    assert_eq!(settled.state, State::Settled);
+    assert_eq!(settled.tx_hash, Some(hash));
+    assert!(settled.open_shard.is_none(), "it left replay's index");
     moved_once(before, balances(&payment).await, payment.value);
 
     let third = replay().await;
-    assert_eq!(item(&id).await, settled, "{third:?}");
+    assert_eq!(payment_record(&id).await, settled, "{third:?}");
     moved_once(before, balances(&payment).await, payment.value);
 }
 
@@ -84,30 +78,28 @@ async fn a_transaction_dropped_from_the_pool_is_sent_again_and_settles_once() {
     let (id, hash) = broadcast_unmined(&payment).await;
 
     // Still in the pool: replay waits for it and changes nothing.
-    let waiting = item(&id).await;
+    let waiting = payment_record(&id).await;
     let first = replay().await;
     assert!(first.pending >= 1, "{first:?}");
-    assert_eq!(item(&id).await, waiting);
+    assert_eq!(payment_record(&id).await, waiting);
 
-    drop_from_pool(&hash).await;
+    drop_from_pool(hash).await;
     let second = replay().await;
     assert!(second.rebroadcast >= 1, "{second:?}");
-    assert_eq!(text(&item(&id).await, "state"), "submitted");
+    assert_eq!(payment_record(&id).await.state, State::Submitted);
     assert!(
-        !rpc("eth_getTransactionByHash", json!([hash]))
-            .await
-            .is_null(),
+        transaction(hash).await.is_some(),
         "the same bytes (same hash) are back in the pool"
     );
 
-    rpc("evm_mine", json!([])).await;
+    mine().await;
     drop(mining);
     let third = replay().await;
     assert!(third.settled >= 1, "{third:?}");
-    let settled = item(&id).await;
+    let settled = payment_record(&id).await;
     assert_eq!(
-        (text(&settled, "state"), text(&settled, "tx_hash")),
-        ("settled".to_owned(), hash)
+        (settled.state, settled.tx_hash),
+        (State::Settled, Some(hash))
     );
     moved_once(before, balances(&payment).await, payment.value);
 }
@@ -123,14 +115,11 @@ async fn a_queued_payment_past_valid_before_expires_without_a_transfer() {
 
     let summary = replay().await;
     assert!(summary.expired >= 1, "{summary:?}");
-    let expired = item(&id).await;
-    assert_eq!(text(&expired, "state"), "expired");
-    assert_eq!(
-        text(&expired, "reason"),
-        "invalid_exact_evm_payload_authorization_valid_before"
-    );
-    assert!(!expired.contains_key("open_shard"));
-    assert!(!expired.contains_key("raw_tx"), "nothing was signed");
+    let expired = payment_record(&id).await;
+    assert_eq!(expired.state, State::Expired);
+    assert_eq!(expired.reason, Some(Reason::ValidBefore));
+    assert!(expired.open_shard.is_none());
+    assert!(expired.raw_tx.is_none(), "nothing was signed");
     assert_eq!(balances(&payment).await, before);
     assert_eq!(block_number().await, block, "nothing was broadcast");
 }
@@ -146,10 +135,10 @@ async fn a_forgotten_queued_payment_is_queued_again_and_settles_once() {
     let summary = replay().await;
     assert!(summary.requeued >= 1, "{summary:?}");
     // The worker signs and broadcasts it; anvil mines it at once; the next replay finishes it.
-    wait_for(&id, &["submitted"]).await;
+    wait_for(&id, &[State::Submitted]).await;
     let finished = replay().await;
     assert!(finished.settled >= 1, "{finished:?}");
-    assert_eq!(text(&item(&id).await, "state"), "settled");
+    assert_eq!(payment_record(&id).await.state, State::Settled);
     moved_once(before, balances(&payment).await, payment.value);
 }
 
@@ -163,7 +152,7 @@ async fn replaying_twice_in_a_row_changes_nothing_the_second_time() {
 
     let first = replay().await;
     assert!(first.expired >= 1, "{first:?}");
-    assert_eq!(text(&item(&id).await, "state"), "expired");
+    assert_eq!(payment_record(&id).await.state, State::Expired);
     let table = all_records().await;
     let block = block_number().await;
 
@@ -187,5 +176,5 @@ async fn the_replay_lambda_runs_on_its_schedule_event() {
         .unwrap();
     assert!(summary["expired"].as_u64().unwrap() >= 1, "{summary}");
     assert_eq!(summary["errors"], 0, "{summary}");
-    assert_eq!(text(&item(&id).await, "state"), "expired");
+    assert_eq!(payment_record(&id).await.state, State::Expired);
 }

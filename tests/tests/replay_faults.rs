@@ -19,11 +19,19 @@ mod common;
 
 use std::time::Duration;
 
-use alloy::primitives::U256;
+use alloy::{
+    consensus::Transaction as _,
+    eips::BlockId,
+    primitives::U256,
+    providers::{ext::AnvilApi, Provider},
+    rpc::types::TransactionRequest,
+};
 use aws_sdk_dynamodb::types::AttributeValue;
-use common::{replay::*, *};
+use common::{own_queue::OwnQueue, replay::*, *};
 use facilitator::{
+    protocol::Reason,
     queue::SettlementMessage,
+    store::{PaymentRecord, State},
     worker::{Step, Worker},
 };
 use serde_json::{json, Value};
@@ -58,98 +66,51 @@ fn short_lived(payer: usize) -> PaymentBuilder {
         .sign()
 }
 
-async fn until_expired(payment: &PaymentBuilder) {
-    while now() <= payment.valid_before {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-/// Waits until the record satisfies `done`.
-async fn wait_until(id: &str, what: &str, done: impl Fn(&Item) -> bool) -> Item {
-    for _ in 0..300 {
-        let item = item(id).await;
-        if done(&item) {
-            return item;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{id} never got to {what}: {:?}", item(id).await);
-}
-
-fn hashes_replaced(item: &Item) -> Vec<String> {
-    item.get("replaced")
-        .and_then(|v| v.as_l().ok())
-        .map(|l| l.iter().filter_map(|h| h.as_s().ok().cloned()).collect())
-        .unwrap_or_default()
-}
-
-fn hex_u128(value: &Value) -> u128 {
-    u128::from_str_radix(value.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
-}
-
-/// The whole lanes table: its nonces must not move when nothing was written ahead.
-async fn lanes_table() -> Vec<Item> {
-    let mut items = dynamodb()
-        .await
-        .scan()
-        .table_name(&stack().lanes_table)
-        .send()
-        .await
-        .unwrap()
-        .items
-        .unwrap_or_default();
-    items.sort_by_key(|i| text(i, "lane"));
-    items
-}
-
 /// The record settled, with one transfer, by a mined transaction from its lane.
-async fn assert_settled_once(id: &str, payment: &PaymentBuilder, before: (U256, U256)) -> Item {
-    let record = item(id).await;
-    assert_eq!(text(&record, "state"), "settled", "{record:?}");
-    let receipt = rpc(
-        "eth_getTransactionReceipt",
-        json!([text(&record, "tx_hash")]),
-    )
-    .await;
-    assert_eq!(receipt["status"], "0x1", "{receipt}");
-    assert_eq!(
-        receipt["from"].as_str().unwrap(),
-        text(&record, "sender"),
-        "sent by the record's lane"
-    );
+async fn assert_settled_once(
+    id: &str,
+    payment: &PaymentBuilder,
+    before: (U256, U256),
+) -> PaymentRecord {
+    let record = payment_record(id).await;
+    assert_eq!(record.state, State::Settled, "{record:?}");
+    let hash = record
+        .tx_hash
+        .expect("a settled record names its transaction");
+    let mined = receipt(hash)
+        .await
+        .unwrap_or_else(|| panic!("{hash} is not mined"));
+    assert!(mined.status(), "{mined:?}");
+    assert_eq!(Some(mined.from), record.sender, "sent by the record's lane");
     moved_once(before, balances(payment).await, payment.value);
     record
 }
 
 /// The record expired, and nothing was paid.
-async fn assert_expired_unpaid(id: &str, payment: &PaymentBuilder, before: (U256, U256)) -> Item {
-    let record = item(id).await;
-    assert_eq!(text(&record, "state"), "expired", "{record:?}");
-    assert_eq!(
-        text(&record, "reason"),
-        "invalid_exact_evm_payload_authorization_valid_before"
-    );
-    assert!(!record.contains_key("open_shard"), "it left replay's index");
+async fn assert_expired_unpaid(
+    id: &str,
+    payment: &PaymentBuilder,
+    before: (U256, U256),
+) -> PaymentRecord {
+    let record = payment_record(id).await;
+    assert_eq!(record.state, State::Expired, "{record:?}");
+    assert_eq!(record.reason, Some(Reason::ValidBefore));
+    assert!(record.open_shard.is_none(), "it left replay's index");
     assert_eq!(balances(payment).await, before, "no transfer");
     record
 }
 
 /// The lane's nonce in the table agrees with the chain: no gap, nothing taken twice.
-async fn assert_lane_in_step(record: &Item) {
-    let sender = text(record, "sender");
-    let chain = rpc("eth_getTransactionCount", json!([sender, "latest"])).await;
-    let lane = text(record, "lane");
+async fn assert_lane_in_step(record: &PaymentRecord) {
+    let sender = record.sender.expect("the record names its lane's address");
+    let chain = chain_nonce(sender, BlockId::latest()).await;
+    let lane = &record.lane;
     let row = lanes_table()
         .await
         .into_iter()
-        .find(|i| text(i, "lane") == lane)
+        .find(|row| &row.lane == lane)
         .unwrap();
-    let table: u64 = row["next_nonce"].as_n().unwrap().parse().unwrap();
-    assert_eq!(
-        hex_u128(&chain) as u64,
-        table,
-        "lane {lane}: chain and table agree"
-    );
+    assert_eq!(chain, row.next_nonce, "lane {lane}: chain and table agree");
 }
 
 // ---- a crash at each step, while the authorization is valid: settled exactly once ----
@@ -163,7 +124,7 @@ async fn crash_after_the_record_is_written_then_replay_settles_once() {
     let id = record_payment(&payment, 0).await;
 
     assert!(replay().await.requeued >= 1);
-    wait_for(&id, &["submitted"]).await;
+    wait_for(&id, &[State::Submitted]).await;
     assert!(replay().await.settled >= 1);
     assert_settled_once(&id, &payment, before).await;
 }
@@ -177,18 +138,14 @@ async fn crash_after_signing_takes_no_nonce_and_replay_settles_once() {
     let (lanes, block) = (lanes_table().await, block_number().await);
 
     crash(Step::Signed, &id).await;
-    let left = item(&id).await;
-    assert_eq!(
-        text(&left, "state"),
-        "queued",
-        "the signature was never written"
-    );
-    assert!(!left.contains_key("raw_tx"));
+    let left = payment_record(&id).await;
+    assert_eq!(left.state, State::Queued, "the signature was never written");
+    assert!(left.raw_tx.is_none());
     assert_eq!(lanes_table().await, lanes, "no lane nonce was taken");
     assert_eq!(block_number().await, block, "nothing was sent");
 
     assert!(replay().await.requeued >= 1);
-    wait_for(&id, &["submitted"]).await;
+    wait_for(&id, &[State::Submitted]).await;
     assert!(replay().await.settled >= 1);
     let record = assert_settled_once(&id, &payment, before).await;
     assert_lane_in_step(&record).await;
@@ -202,17 +159,17 @@ async fn crash_after_the_write_ahead_sends_the_stored_bytes_and_settles_once() {
     let id = record_payment(&payment, 0).await;
 
     crash(Step::WrittenAhead, &id).await;
-    let written = item(&id).await;
-    assert_eq!(text(&written, "state"), "signed");
-    let hash = text(&written, "tx_hash");
-    assert!(rpc("eth_getTransactionByHash", json!([hash]))
-        .await
-        .is_null());
+    let written = payment_record(&id).await;
+    assert_eq!(written.state, State::Signed);
+    let hash = written
+        .tx_hash
+        .expect("the write-ahead names the transaction");
+    assert!(transaction(hash).await.is_none());
 
     assert!(replay().await.submitted >= 1);
     assert!(replay().await.settled >= 1);
     let record = assert_settled_once(&id, &payment, before).await;
-    assert_eq!(text(&record, "tx_hash"), hash, "the bytes written ahead");
+    assert_eq!(record.tx_hash, Some(hash), "the bytes written ahead");
     assert_lane_in_step(&record).await;
 }
 
@@ -225,18 +182,18 @@ async fn crash_after_the_broadcast_is_finished_from_the_receipt_once() {
 
     // Sent (and mined at once), but the record still says `signed`.
     crash(Step::Broadcast, &id).await;
-    let signed = item(&id).await;
-    assert_eq!(text(&signed, "state"), "signed");
-    let hash = text(&signed, "tx_hash");
-    assert!(!rpc("eth_getTransactionReceipt", json!([hash]))
-        .await
-        .is_null());
+    let signed = payment_record(&id).await;
+    assert_eq!(signed.state, State::Signed);
+    let hash = signed
+        .tx_hash
+        .expect("the write-ahead names the transaction");
+    assert!(receipt(hash).await.is_some());
 
     let summary = replay().await;
     assert!(summary.settled >= 1, "{summary:?}");
     assert_eq!(summary.refused, 0, "a mined transaction is not sent again");
     let record = assert_settled_once(&id, &payment, before).await;
-    assert_eq!(text(&record, "tx_hash"), hash);
+    assert_eq!(record.tx_hash, Some(hash));
     assert_lane_in_step(&record).await;
 }
 
@@ -253,17 +210,12 @@ async fn crash_after_the_receipt_before_the_record_moved_then_replay_settles_onc
         .process(&message(&id))
         .await
         .unwrap();
-    let submitted = item(&id).await;
-    assert_eq!(text(&submitted, "state"), "submitted");
-    assert!(
-        !rpc(
-            "eth_getTransactionReceipt",
-            json!([text(&submitted, "tx_hash")])
-        )
-        .await
-        .is_null(),
-        "mined"
-    );
+    let submitted = payment_record(&id).await;
+    assert_eq!(submitted.state, State::Submitted);
+    let hash = submitted
+        .tx_hash
+        .expect("a submitted record names its transaction");
+    assert!(receipt(hash).await.is_some(), "mined");
 
     assert!(replay().await.settled >= 1);
     assert_settled_once(&id, &payment, before).await;
@@ -281,10 +233,10 @@ async fn crash_after_signing_then_expiry_ends_expired_without_a_transfer() {
     crash(Step::Signed, &id).await;
     let block = block_number().await;
 
-    until_expired(&payment).await;
+    until_after(payment.valid_before).await;
     assert!(replay().await.expired >= 1);
     let record = assert_expired_unpaid(&id, &payment, before).await;
-    assert!(!record.contains_key("raw_tx"), "nothing was signed to keep");
+    assert!(record.raw_tx.is_none(), "nothing was signed to keep");
     assert_eq!(block_number().await, block, "nothing was sent");
 }
 
@@ -295,31 +247,29 @@ async fn crash_after_the_write_ahead_then_expiry_cancels_the_nonce_without_a_tra
     let before = balances(&payment).await;
     let id = record_payment(&payment, 0).await;
     crash(Step::WrittenAhead, &id).await;
-    let hash = text(&item(&id).await, "tx_hash");
+    let hash = payment_record(&id).await.tx_hash.unwrap();
 
-    until_expired(&payment).await;
+    until_after(payment.valid_before).await;
     // The stored transfer would only revert now: its lane nonce is used by a zero-value
     // self-transfer instead, signed by the worker Lambda at replay's request.
     let summary = replay().await;
     assert!(summary.cancelling >= 1, "{summary:?}");
-    let cancelled = wait_until(&id, "a cancellation sent", |i| {
-        text(i, "state") == "submitted" && text(i, "tx_hash") != hash
+    let cancelled = wait_until(&id, "a cancellation sent", |r| {
+        r.state == State::Submitted && r.tx_hash != Some(hash)
     })
     .await;
-    assert_eq!(hashes_replaced(&cancelled), vec![hash.clone()]);
+    assert_eq!(cancelled.replaced, vec![hash]);
     let summary = replay().await;
     assert!(summary.expired >= 1, "{summary:?}");
     let record = assert_expired_unpaid(&id, &payment, before).await;
-    let cancel = rpc(
-        "eth_getTransactionByHash",
-        json!([text(&record, "tx_hash")]),
-    )
-    .await;
-    assert_eq!(cancel["to"], cancel["from"], "a self-transfer: {cancel}");
-    assert_eq!(cancel["value"], "0x0");
-    assert!(rpc("eth_getTransactionReceipt", json!([hash]))
-        .await
-        .is_null());
+    let cancel = transaction(record.tx_hash.unwrap()).await.unwrap();
+    assert_eq!(
+        cancel.to(),
+        Some(cancel.inner.signer()),
+        "a self-transfer: {cancel:?}"
+    );
+    assert_eq!(cancel.value(), U256::ZERO);
+    assert!(receipt(hash).await.is_none());
     assert_lane_in_step(&record).await;
 }
 
@@ -331,30 +281,23 @@ async fn crash_after_the_broadcast_then_expiry_replaces_the_transfer_with_a_canc
     let id = record_payment(&payment, 0).await;
     let mining = MiningStopped::start().await;
     crash(Step::Broadcast, &id).await;
-    let hash = text(&item(&id).await, "tx_hash");
-    assert!(
-        !rpc("eth_getTransactionByHash", json!([hash]))
-            .await
-            .is_null(),
-        "in the pool"
-    );
+    let hash = payment_record(&id).await.tx_hash.unwrap();
+    assert!(transaction(hash).await.is_some(), "in the pool");
 
-    until_expired(&payment).await;
+    until_after(payment.valid_before).await;
     assert!(replay().await.cancelling >= 1);
-    let cancelled = wait_until(&id, "a cancellation sent", |i| {
-        text(i, "state") == "submitted" && text(i, "tx_hash") != hash
+    let cancelled = wait_until(&id, "a cancellation sent", |r| {
+        r.state == State::Submitted && r.tx_hash != Some(hash)
     })
     .await;
-    assert_eq!(hashes_replaced(&cancelled), vec![hash.clone()]);
-    rpc("evm_mine", json!([])).await;
+    assert_eq!(cancelled.replaced, vec![hash]);
+    mine().await;
     drop(mining);
 
     assert!(replay().await.expired >= 1);
     let record = assert_expired_unpaid(&id, &payment, before).await;
     assert!(
-        rpc("eth_getTransactionReceipt", json!([hash]))
-            .await
-            .is_null(),
+        receipt(hash).await.is_none(),
         "the transfer was never mined"
     );
     assert_lane_in_step(&record).await;
@@ -369,49 +312,45 @@ async fn a_stuck_transaction_is_replaced_with_higher_fees_and_the_record_keeps_b
     let before = balances(&payment).await;
     let mining = MiningStopped::start().await;
     let (id, hash) = broadcast_unmined(&payment).await;
-    let original = rpc("eth_getTransactionByHash", json!([hash])).await;
+    let original = transaction(hash).await.expect("in the pool");
 
     // Patient replay leaves it (it was sent just now); impatient replay takes it for stuck.
     assert!(replay().await.pending >= 1);
     let summary = replay_impatiently().await;
     assert!(summary.bumped >= 1, "{summary:?}");
-    let bumped = wait_until(&id, "a replacement", |i| text(i, "tx_hash") != hash).await;
-    assert_eq!(text(&bumped, "state"), "submitted");
-    assert_eq!(
-        hashes_replaced(&bumped),
-        vec![hash.clone()],
-        "both are on record"
-    );
-    let replacement = rpc(
-        "eth_getTransactionByHash",
-        json!([text(&bumped, "tx_hash")]),
-    )
-    .await;
-    assert_eq!(
-        replacement["nonce"], original["nonce"],
-        "the same lane nonce"
-    );
-    assert_eq!(replacement["input"], original["input"], "the same transfer");
-    for fee in ["maxFeePerGas", "maxPriorityFeePerGas"] {
+    let bumped = wait_until(&id, "a replacement", |r| r.tx_hash != Some(hash)).await;
+    assert_eq!(bumped.state, State::Submitted);
+    assert_eq!(bumped.replaced, vec![hash], "both are on record");
+    let replacement = transaction(bumped.tx_hash.unwrap()).await.unwrap();
+    assert_eq!(replacement.nonce(), original.nonce(), "the same lane nonce");
+    assert_eq!(replacement.input(), original.input(), "the same transfer");
+    for (fee, was, is) in [
+        (
+            "maxFeePerGas",
+            original.max_fee_per_gas(),
+            replacement.max_fee_per_gas(),
+        ),
+        (
+            "maxPriorityFeePerGas",
+            original.max_priority_fee_per_gas().unwrap(),
+            replacement.max_priority_fee_per_gas().unwrap(),
+        ),
+    ] {
         assert!(
-            hex_u128(&replacement[fee]) > hex_u128(&original[fee]) * 11 / 10,
-            "{fee} rose by more than 10 %: {} → {}",
-            original[fee],
-            replacement[fee]
+            is > was * 11 / 10,
+            "{fee} rose by more than 10 %: {was} → {is}"
         );
     }
     assert!(
-        rpc("eth_getTransactionByHash", json!([hash]))
-            .await
-            .is_null(),
+        transaction(hash).await.is_none(),
         "the node dropped the original for its replacement"
     );
 
-    rpc("evm_mine", json!([])).await;
+    mine().await;
     drop(mining);
     assert!(replay().await.settled >= 1);
     let record = assert_settled_once(&id, &payment, before).await;
-    assert_eq!(text(&record, "tx_hash"), text(&bumped, "tx_hash"));
+    assert_eq!(record.tx_hash, bumped.tx_hash);
     assert_lane_in_step(&record).await;
     let table = all_records().await;
     assert_eq!(replay().await.settled, 0);
@@ -425,24 +364,24 @@ async fn when_the_original_is_mined_instead_of_its_replacement_the_record_names_
     let before = balances(&payment).await;
     let mining = MiningStopped::start().await;
     let (id, hash) = broadcast_unmined(&payment).await;
-    let original_raw = rpc("eth_getRawTransactionByHash", json!([hash])).await;
+    let original_raw = anvil()
+        .get_raw_transaction_by_hash(hash)
+        .await
+        .unwrap()
+        .expect("in the pool");
 
     assert!(replay_impatiently().await.bumped >= 1);
-    let bumped = wait_until(&id, "a replacement", |i| text(i, "tx_hash") != hash).await;
+    let bumped = wait_until(&id, "a replacement", |r| r.tx_hash != Some(hash)).await;
     // Another node kept the original and a block builder took it: here, the replacement is
     // dropped and the original sent back before the block is mined.
-    drop_from_pool(&text(&bumped, "tx_hash")).await;
-    rpc("eth_sendRawTransaction", json!([original_raw])).await;
-    rpc("evm_mine", json!([])).await;
+    drop_from_pool(bumped.tx_hash.unwrap()).await;
+    let _resent = anvil().send_raw_transaction(&original_raw).await.unwrap();
+    mine().await;
     drop(mining);
 
     assert!(replay().await.settled >= 1);
     let record = assert_settled_once(&id, &payment, before).await;
-    assert_eq!(
-        text(&record, "tx_hash"),
-        hash,
-        "the transaction that was mined"
-    );
+    assert_eq!(record.tx_hash, Some(hash), "the transaction that was mined");
     assert_lane_in_step(&record).await;
 }
 
@@ -453,34 +392,37 @@ async fn a_lane_nonce_taken_by_another_transaction_is_signed_afresh_and_settles_
     let before = balances(&payment).await;
     let id = record_payment(&payment, 0).await;
     crash(Step::WrittenAhead, &id).await;
-    let written = item(&id).await;
-    let (hash, sender) = (text(&written, "tx_hash"), text(&written, "sender"));
+    let written = payment_record(&id).await;
+    let (hash, sender) = (written.tx_hash.unwrap(), written.sender.unwrap());
 
     // Someone else (an operator's manual transaction) uses the lane's nonce first.
-    rpc("anvil_impersonateAccount", json!([sender])).await;
-    rpc(
-        "eth_sendTransaction",
-        json!([{"from": sender, "to": sender, "value": "0x0"}]),
-    )
-    .await;
-    rpc("anvil_stopImpersonatingAccount", json!([sender])).await;
+    anvil().anvil_impersonate_account(sender).await.unwrap();
+    let manual = TransactionRequest::default()
+        .from(sender)
+        .to(sender)
+        .value(U256::ZERO);
+    send_unlocked(manual).await;
+    anvil()
+        .anvil_stop_impersonating_account(sender)
+        .await
+        .unwrap();
 
     let summary = replay().await;
     assert!(summary.resigned >= 1, "{summary:?}");
-    let requeued = item(&id).await;
+    let requeued = payment_record(&id).await;
     assert!(
-        ["queued", "signed", "submitted"].contains(&text(&requeued, "state").as_str()),
+        [State::Queued, State::Signed, State::Submitted].contains(&requeued.state),
         "{requeued:?}"
     );
-    wait_for(&id, &["submitted"]).await;
+    wait_for(&id, &[State::Submitted]).await;
     assert!(replay().await.settled >= 1);
     let record = assert_settled_once(&id, &payment, before).await;
     assert_ne!(
-        text(&record, "tx_hash"),
-        hash,
+        record.tx_hash,
+        Some(hash),
         "a new transaction at a new nonce"
     );
-    assert_eq!(hashes_replaced(&record), vec![hash]);
+    assert_eq!(record.replaced, vec![hash]);
     assert_lane_in_step(&record).await;
 }
 
@@ -542,10 +484,10 @@ async fn with_the_rpc_down_answers_stay_clear_and_replay_finishes_once_it_is_bac
     );
 
     // Replay while the chain is unreachable: counted as errors, nothing changed.
-    let record = item(&pending.record_id()).await;
+    let record = payment_record(&pending.record_id()).await;
     let summary = replay().await;
     assert!(summary.errors >= 1, "{summary:?}");
-    assert_eq!(item(&pending.record_id()).await, record);
+    assert_eq!(payment_record(&pending.record_id()).await, record);
 
     // Back: replay finishes it, and /settle now reports the final result.
     drop(fault);
@@ -562,143 +504,6 @@ async fn with_the_rpc_down_answers_stay_clear_and_replay_finishes_once_it_is_bac
 }
 
 // ---- the queue and KMS failing ----
-
-/// A FIFO queue of the test's own, with a short visibility timeout and `max_receives` receives
-/// before its dead-letter queue, so retries and the redrive happen in seconds (the stack's queue
-/// waits 60 s, five times). Deleted when dropped.
-struct OwnQueue {
-    sqs: aws_sdk_sqs::Client,
-    url: String,
-    dlq_url: String,
-}
-
-impl OwnQueue {
-    async fn create(name: &str, max_receives: u32) -> Self {
-        use aws_sdk_sqs::types::QueueAttributeName as A;
-        let sqs = aws_sdk_sqs::Client::new(&aws().await);
-        let suffix = format!("{name}-{}", random_nonce().to_string()[2..10].to_owned());
-        let dlq_url = sqs
-            .create_queue()
-            .queue_name(format!("x402-test-dlq-{suffix}.fifo"))
-            .attributes(A::FifoQueue, "true")
-            .send()
-            .await
-            .unwrap()
-            .queue_url
-            .unwrap();
-        let dlq_arn = sqs
-            .get_queue_attributes()
-            .queue_url(&dlq_url)
-            .attribute_names(A::QueueArn)
-            .send()
-            .await
-            .unwrap()
-            .attributes
-            .unwrap()[&A::QueueArn]
-            .clone();
-        let url = sqs
-            .create_queue()
-            .queue_name(format!("x402-test-{suffix}.fifo"))
-            .attributes(A::FifoQueue, "true")
-            .attributes(A::VisibilityTimeout, "1")
-            .attributes(
-                A::RedrivePolicy,
-                json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receives})
-                    .to_string(),
-            )
-            .send()
-            .await
-            .unwrap()
-            .queue_url
-            .unwrap();
-        OwnQueue { sqs, url, dlq_url }
-    }
-
-    fn queue(&self) -> facilitator::queue::Queue {
-        facilitator::queue::Queue::new(self.sqs.clone(), self.url.clone())
-    }
-
-    async fn dead_letters(&self) -> Vec<aws_sdk_sqs::types::Message> {
-        self.sqs
-            .receive_message()
-            .queue_url(&self.dlq_url)
-            .send()
-            .await
-            .unwrap()
-            .messages
-            .unwrap_or_default()
-    }
-
-    /// One turn of the event source mapping, as Lambda runs it: receive a batch, hand it to the
-    /// worker, delete what succeeded; what failed comes back after the visibility timeout. Returns
-    /// how many messages were handed over and how many failed.
-    async fn deliver_once(&self, worker: &Worker) -> (usize, usize) {
-        let batch = self
-            .sqs
-            .receive_message()
-            .queue_url(&self.url)
-            .max_number_of_messages(10)
-            .wait_time_seconds(1)
-            .message_system_attribute_names(
-                aws_sdk_sqs::types::MessageSystemAttributeName::MessageGroupId,
-            )
-            .send()
-            .await
-            .unwrap()
-            .messages
-            .unwrap_or_default();
-        let mut event = aws_lambda_events::sqs::SqsEvent::default();
-        for m in &batch {
-            let mut message = aws_lambda_events::sqs::SqsMessage::default();
-            message.message_id = m.message_id.clone();
-            message.receipt_handle = m.receipt_handle.clone();
-            message.body = m.body.clone();
-            let group = m
-                .attributes
-                .as_ref()
-                .and_then(|a| {
-                    a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::MessageGroupId)
-                })
-                .cloned()
-                .unwrap_or_default();
-            message.attributes.insert("MessageGroupId".into(), group);
-            event.records.push(message);
-        }
-        if batch.is_empty() {
-            return (0, 0);
-        }
-        let failed: Vec<String> = worker
-            .handle_batch(event)
-            .await
-            .batch_item_failures
-            .into_iter()
-            .map(|f| f.item_identifier)
-            .collect();
-        for m in &batch {
-            if !failed.contains(m.message_id.as_ref().unwrap()) {
-                self.sqs
-                    .delete_message()
-                    .queue_url(&self.url)
-                    .receipt_handle(m.receipt_handle.clone().unwrap())
-                    .send()
-                    .await
-                    .unwrap();
-            }
-        }
-        (batch.len(), failed.len())
-    }
-}
-
-impl Drop for OwnQueue {
-    fn drop(&mut self) {
-        let (sqs, urls) = (self.sqs.clone(), [self.url.clone(), self.dlq_url.clone()]);
-        finish_detached(async move {
-            for url in urls {
-                let _ = sqs.delete_queue().queue_url(url).send().await;
-            }
-        });
-    }
-}
 
 #[tokio::test]
 async fn a_message_that_keeps_failing_lands_in_the_dead_letter_queue_and_replay_still_settles() {
@@ -747,8 +552,8 @@ async fn a_message_that_keeps_failing_lands_in_the_dead_letter_queue_and_replay_
     );
     assert!(dead[0].body.as_deref().unwrap().contains(&id));
     assert_eq!(
-        text(&item(&id).await, "state"),
-        "queued",
+        payment_record(&id).await.state,
+        State::Queued,
         "the record is still open"
     );
 
@@ -756,12 +561,9 @@ async fn a_message_that_keeps_failing_lands_in_the_dead_letter_queue_and_replay_
     // the stack's queue, where the worker Lambda settles it.
     let summary = replay().await;
     assert!(summary.relaned >= 1, "{summary:?}");
-    let moved = item(&id).await;
-    assert!(
-        config().lane_keys.contains(&text(&moved, "lane")),
-        "{moved:?}"
-    );
-    wait_for(&id, &["submitted"]).await;
+    let moved = payment_record(&id).await;
+    assert!(config().lane_keys.contains(&moved.lane), "{moved:?}");
+    wait_for(&id, &[State::Submitted]).await;
     assert!(replay().await.settled >= 1);
     assert_settled_once(&id, &payment, before).await;
 }
@@ -817,9 +619,9 @@ async fn with_kms_refusing_to_sign_nothing_is_spent_and_the_retry_settles_once()
         assert_eq!(failed, handed, "KMS refuses Sign with a disabled key");
         attempts += handed;
     }
-    let left = item(&id).await;
-    assert_eq!(text(&left, "state"), "queued", "{left:?}");
-    assert!(!left.contains_key("raw_tx"));
+    let left = payment_record(&id).await;
+    assert_eq!(left.state, State::Queued, "{left:?}");
+    assert!(left.raw_tx.is_none());
     assert_eq!(lanes_table().await, lanes, "no lane nonce was taken");
     assert_eq!(block_number().await, block, "nothing was sent");
 
@@ -830,7 +632,7 @@ async fn with_kms_refusing_to_sign_nothing_is_spent_and_the_retry_settles_once()
             break;
         }
     }
-    assert_eq!(text(&item(&id).await, "state"), "submitted");
+    assert_eq!(payment_record(&id).await.state, State::Submitted);
     assert!(replay().await.settled >= 1);
     let record = assert_settled_once(&id, &payment, before).await;
     assert_lane_in_step(&record).await;

@@ -8,8 +8,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use alloy::primitives::{Address, U256};
 use common::{replay::*, *};
 use facilitator::store::State;
@@ -124,11 +122,9 @@ async fn a_retry_after_settlement_pending_and_past_valid_before_is_the_success()
         pending.json
     );
     let hash = pending.json["transaction"].as_str().unwrap().to_owned();
-    rpc("evm_mine", json!([])).await;
+    mine().await;
     drop(mining);
-    while now() <= payment.valid_before + 1 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    until_after(payment.valid_before + 1).await;
 
     let retry = post_json(&base, "/settle", &payment.body()).await;
     assert_success_with(&retry.json, &hash);

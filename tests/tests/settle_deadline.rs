@@ -9,8 +9,8 @@
 
 mod common;
 
-use aws_sdk_dynamodb::types::AttributeValue;
 use common::*;
+use facilitator::store::State;
 use serde_json::json;
 
 #[tokio::test]
@@ -40,10 +40,10 @@ async fn nothing_broadcast_by_the_deadline_is_cancelled_for_good() {
     );
     assert_eq!(answer.json["transaction"], "");
 
-    let item = payment_record(&payment.record_id()).await;
-    assert_eq!(item["state"], AttributeValue::S("cancelled".into()));
+    let record = payment_record(&payment.record_id()).await;
+    assert_eq!(record.state, State::Cancelled);
     assert!(
-        !item.contains_key("open_shard"),
+        record.open_shard.is_none(),
         "a cancelled record leaves replay's index"
     );
 

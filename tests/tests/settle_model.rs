@@ -22,8 +22,11 @@ mod common;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use alloy::primitives::{Address, U256};
-use common::{replay::*, *};
+use alloy::{
+    primitives::{Address, B256, U256},
+    rpc::types::{TransactionReceipt, TransactionRequest},
+};
+use common::*;
 use facilitator::{
     protocol::parse_request,
     queue::{Queue, SettlementMessage},
@@ -33,7 +36,7 @@ use facilitator::{
     worker::Worker,
     Facilitator,
 };
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// splitmix64: small, seeded and the same everywhere.
 struct Rng(u64);
@@ -170,7 +173,7 @@ async fn random_interleavings_keep_one_success_per_payment_and_finish_every_reco
         .and_then(|n| n.parse().ok())
         .unwrap_or(1);
     let path = Path::new().await;
-    let _mining = MiningStopped; // mining on again however the test ends
+    let _mining = MiningStopped::on_drop_only(); // mining on again however the test ends
     let mut outcomes: HashMap<&'static str, u32> = HashMap::new();
     for seed in first..first + cases {
         let tally = run_case(&path, seed).await;
@@ -229,18 +232,16 @@ async fn run_case(path: &Path, seed: u64) -> Vec<&'static str> {
             Op::Replay => {
                 path.replayer.run(None).await.unwrap();
             }
-            Op::StopMining => {
-                rpc("evm_setAutomine", json!([false])).await;
-            }
-            Op::Mine => {
-                rpc("evm_mine", json!([])).await;
-                rpc("evm_setAutomine", json!([true])).await;
-            }
+            Op::StopMining => stop_mining().await,
+            Op::Mine => resume_mining().await,
             Op::FrontRun { k } => {
                 // Not waited for: with mining stopped it sits in the pool beside ours.
-                let call = json!([{"from": s.deployer.address, "to": s.token,
-                                   "data": payments[k].transfer_calldata(), "gas": "0x30000"}]);
-                rpc("eth_sendTransaction", call).await;
+                let call = TransactionRequest::default()
+                    .from(s.deployer.address)
+                    .to(s.token)
+                    .input(payments[k].transfer_calldata().into())
+                    .gas_limit(0x30000);
+                send_unlocked(call).await;
             }
             Op::Pause { ms } => tokio::time::sleep(Duration::from_millis(ms)).await,
         }
@@ -248,8 +249,7 @@ async fn run_case(path: &Path, seed: u64) -> Vec<&'static str> {
 
     // Drain: the chain mines again, every call answers, and the worker and replay finish every
     // record; then one late /settle per authorization, which must not be a second success.
-    rpc("evm_mine", json!([])).await;
-    rpc("evm_setAutomine", json!([true])).await;
+    resume_mining().await;
     let mut asked = Vec::new();
     for call in calls {
         asked.push(call.await.unwrap());
@@ -271,7 +271,7 @@ async fn run_case(path: &Path, seed: u64) -> Vec<&'static str> {
         );
         path.work(&ids).await;
         path.replayer.run(None).await.unwrap();
-        rpc("evm_mine", json!([])).await;
+        mine().await;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for (k, p) in payments.iter().enumerate() {
@@ -324,19 +324,26 @@ async fn check_case(
             ))
         );
         for success in &successes {
-            let hash = success.answer["transaction"].as_str().unwrap();
-            let receipt = rpc("eth_getTransactionReceipt", json!([hash])).await;
-            assert_eq!(
-                receipt["status"],
-                "0x1",
+            let hash: B256 = success.answer["transaction"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            let receipt = receipt(hash).await;
+            assert!(
+                receipt.as_ref().is_some_and(|r| r.status()),
                 "{}",
                 context(&format!("{hash} is not a mined success"))
             );
             assert!(
-                transfers(&receipt).contains(&(payment.from, success.pay_to, success.value)),
+                receipt.as_ref().is_some_and(|r| transfers(r).contains(&(
+                    payment.from,
+                    success.pay_to,
+                    success.value
+                ))),
                 "{}",
                 context(&format!(
-                    "{hash} did not pay this request's payTo its value: {receipt}"
+                    "{hash} did not pay this request's payTo its value: {receipt:?}"
                 ))
             );
         }
@@ -356,10 +363,8 @@ async fn check_case(
         );
         let mut ours_mined = 0;
         for hash in record.hashes() {
-            let receipt = rpc("eth_getTransactionReceipt", json!([hash])).await;
-            if !receipt.is_null() {
-                let from: Address = receipt["from"].as_str().unwrap().parse().unwrap();
-                ours_mined += usize::from(lanes.contains(&from));
+            if let Some(receipt) = receipt(hash).await {
+                ours_mined += usize::from(lanes.contains(&receipt.from));
             }
         }
         assert!(
@@ -380,20 +385,14 @@ async fn check_case(
 }
 
 /// The `Transfer(from, to, value)` logs of a receipt.
-fn transfers(receipt: &Value) -> Vec<(Address, Address, U256)> {
-    const TRANSFER: &str = "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef";
-    receipt["logs"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|log| log["topics"][0] == TRANSFER)
+fn transfers(receipt: &TransactionReceipt) -> Vec<(Address, Address, U256)> {
+    receipt
+        .logs()
+        .iter()
+        .filter_map(|log| log.log_decode::<Transfer>().ok())
         .map(|log| {
-            let topic = |i: usize| -> Address {
-                let t = log["topics"][i].as_str().unwrap();
-                t[t.len() - 40..].parse().unwrap()
-            };
-            let data = log["data"].as_str().unwrap().trim_start_matches("0x");
-            (topic(1), topic(2), U256::from_str_radix(data, 16).unwrap())
+            let transfer = log.inner.data;
+            (transfer.from, transfer.to, transfer.value)
         })
         .collect()
 }

@@ -11,30 +11,6 @@ use alloy::primitives::U256;
 use common::*;
 use serde_json::json;
 
-/// Turns anvil's automine back on however the test ends, so later tests see a mining chain.
-struct Automine;
-
-impl Drop for Automine {
-    fn drop(&mut self) {
-        let url = stack().anvil_url.clone();
-        // Drop cannot await; a blocking request on a plain thread does it.
-        let _ = std::thread::spawn(move || {
-            let body = r#"{"jsonrpc":"2.0","id":1,"method":"evm_setAutomine","params":[true]}"#;
-            let address = url.trim_start_matches("http://").to_owned();
-            if let Ok(mut stream) = std::net::TcpStream::connect(&address) {
-                use std::io::Write;
-                let request = format!(
-                    "POST / HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = stream.write_all(request.as_bytes());
-                let _ = std::io::Read::read_to_end(&mut stream, &mut Vec::new());
-            }
-        })
-        .join();
-    }
-}
-
 #[tokio::test]
 async fn pending_names_the_transaction_and_settling_again_gives_the_final_result() {
     let s = stack();
@@ -43,8 +19,7 @@ async fn pending_names_the_transaction_and_settling_again_gives_the_final_result
     let payment = PaymentBuilder::new(3).sign();
     let before = token_balance(s.token, payment.from).await;
 
-    let _automine = Automine;
-    rpc("evm_setAutomine", json!([false])).await;
+    let _mining = MiningStopped::start().await;
     let pending = post_raw(
         &format!("{base}/settle"),
         serde_json::to_vec(&payment.body()).unwrap(),
@@ -69,8 +44,7 @@ async fn pending_names_the_transaction_and_settling_again_gives_the_final_result
         "not mined yet"
     );
 
-    rpc("evm_mine", json!([])).await;
-    rpc("evm_setAutomine", json!([true])).await;
+    resume_mining().await;
     let last = settle(&payment.body()).await;
     assert_eq!(
         (

@@ -9,6 +9,7 @@ mod common;
 
 use alloy::{
     primitives::{Address, Bytes, U256},
+    providers::ext::AnvilApi,
     signers::local::PrivateKeySigner,
     sol,
     sol_types::{SolCall, SolValue},
@@ -36,11 +37,8 @@ async fn place_wallet(owner: Address) -> Address {
     )
     .unwrap();
     let wallet = Address::from_slice(&random_nonce()[12..]);
-    rpc(
-        "anvil_setCode",
-        json!([wallet, artifact["deployedBytecode"]]),
-    )
-    .await;
+    let code: Bytes = serde_json::from_value(artifact["deployedBytecode"].clone()).unwrap();
+    anvil().anvil_set_code(wallet, code).await.unwrap();
     send_from_anvil_account(
         s.deployer.address,
         wallet,

@@ -13,10 +13,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use alloy::primitives::U256;
+use alloy::{primitives::U256, providers::ext::AnvilApi};
 use aws_sdk_dynamodb::types::AttributeValue;
 use common::{own_queue::OwnQueue, replay::*, *};
-use facilitator::{settle::lane_for, worker::Worker};
+use facilitator::{settle::lane_for, store::State, worker::Worker};
 use serde_json::Value;
 
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -73,6 +73,29 @@ async fn an_rpc_outage_longer_than_the_workers_retries_costs_the_lane_seconds_no
     }
 }
 
+/// The state, reason and message of a record as stored, attribute by attribute: for a record the
+/// library cannot read (which is the point of the test that uses it).
+async fn stored_outcome(id: &str) -> (String, String, String) {
+    let item = dynamodb()
+        .await
+        .get_item()
+        .table_name(&stack().payments_table)
+        .key("id", AttributeValue::S(id.to_owned()))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap_or_else(|| panic!("no record {id}"));
+    let text = |name: &str| {
+        item.get(name)
+            .and_then(|v| v.as_s().ok())
+            .cloned()
+            .unwrap_or_default()
+    };
+    (text("state"), text("reason"), text("message"))
+}
+
 /// Gives the worker's attempts at a payment whose record it cannot read (its amount is not a
 /// number): every attempt fails, whatever the worker retries.
 async fn unreadable_payment(payer: usize) -> String {
@@ -122,12 +145,12 @@ async fn a_payment_that_fails_every_attempt_is_given_up_with_a_reason_while_its_
         turns += usize::from(handed > 0);
         let mut states = Vec::new();
         for id in &good_ids {
-            states.push(text(&item(id).await, "state"));
+            states.push(payment_record(id).await.state);
         }
-        if good_done_at.is_none() && states.iter().all(|s| s == "submitted") {
+        if good_done_at.is_none() && states.iter().all(|s| *s == State::Submitted) {
             good_done_at = Some(turns);
         }
-        if text(&item(&poison).await, "state") != "queued" {
+        if stored_outcome(&poison).await.0 != "queued" {
             given_up_at = Some(turns);
         }
     }
@@ -139,13 +162,10 @@ async fn a_payment_that_fails_every_attempt_is_given_up_with_a_reason_while_its_
         good_done_at.is_some_and(|at| Some(at) <= given_up_at),
         "the payments behind the poison were sent while it was still being tried"
     );
-    let cancelled = item(&poison).await;
-    assert_eq!(text(&cancelled, "state"), "cancelled", "{cancelled:?}");
-    assert_eq!(text(&cancelled, "reason"), "unexpected_settle_error");
-    assert!(
-        text(&cancelled, "message").contains("failed 3 times"),
-        "{cancelled:?}"
-    );
+    let (state, reason, message) = stored_outcome(&poison).await;
+    assert_eq!(state, "cancelled", "{message}");
+    assert_eq!(reason, "unexpected_settle_error");
+    assert!(message.contains("failed 3 times"), "{message}");
     assert!(queue.dead_letters().await.is_empty());
     assert_eq!(queue.depth().await, 0, "no message is left behind");
 
@@ -154,7 +174,7 @@ async fn a_payment_that_fails_every_attempt_is_given_up_with_a_reason_while_its_
     assert!(replay().await.settled >= 2);
     let mut paid = U256::ZERO;
     for ((id, payment), before) in good_ids.iter().zip(&good).zip(before) {
-        assert_eq!(text(&item(id).await, "state"), "settled");
+        assert_eq!(payment_record(id).await.state, State::Settled);
         assert_eq!(
             balances(payment).await.0,
             before.0 - payment.value,
@@ -169,7 +189,7 @@ async fn a_payment_that_fails_every_attempt_is_given_up_with_a_reason_while_its_
 /// The `maxFeePerGas` of the transaction a record holds now (from its stored bytes: a node may
 /// have refused or dropped it).
 async fn offered(id: &str) -> u128 {
-    let raw: alloy::primitives::Bytes = text(&item(id).await, "raw_tx").parse().unwrap();
+    let raw = payment_record(id).await.raw_tx.expect("signed");
     facilitator::lifecycle::decode_eip1559(&raw)
         .expect("an EIP-1559 transaction")
         .max_fee_per_gas
@@ -182,29 +202,12 @@ struct SpikeCleared;
 impl Drop for SpikeCleared {
     fn drop(&mut self) {
         finish_detached(async {
-            let _ = rpc_quiet(
-                "anvil_setNextBlockBaseFeePerGas",
-                serde_json::json!(["0x1"]),
-            )
-            .await;
-            let _ = rpc_quiet("evm_mine", serde_json::json!([])).await;
+            let _ = anvil().anvil_set_next_block_base_fee_per_gas(1).await;
+            let _ = anvil().evm_mine(None).await;
             let _ = replayer().await.run(None).await;
-            let _ = rpc_quiet("evm_mine", serde_json::json!([])).await;
+            let _ = anvil().evm_mine(None).await;
         });
     }
-}
-
-/// A JSON-RPC call to anvil that may fail (for clean-ups).
-async fn rpc_quiet(method: &str, params: Value) -> Option<Value> {
-    let request = serde_json::json!({"jsonrpc":"2.0","id":1,"method":method,"params":params});
-    let client = reqwest::Client::new();
-    let answer = client
-        .post(&stack().anvil_url)
-        .json(&request)
-        .send()
-        .await
-        .ok()?;
-    answer.json().await.ok()
 }
 
 #[tokio::test]
@@ -225,7 +228,7 @@ async fn a_fee_spike_bumps_a_priced_out_transaction_up_to_the_cap_and_no_further
     queue.queue().enqueue(&id, &lane).await.unwrap();
     let worker = Worker::from_config(&config, &aws().await);
     assert_eq!(queue.deliver_as_lambda(&worker).await, (1, 0));
-    assert_eq!(text(&item(&id).await, "state"), "submitted");
+    assert_eq!(payment_record(&id).await.state, State::Submitted);
     let first_fee = offered(&id).await;
 
     // The cap: twice what the first signature offered. The spike: the next block's base fee at
@@ -235,13 +238,11 @@ async fn a_fee_spike_bumps_a_priced_out_transaction_up_to_the_cap_and_no_further
     let worker = Worker::from_config(&config, &aws().await);
     let replayer = facilitator::replay::Replayer::from_config(&config, &aws().await).unwrap();
     let _cleared = SpikeCleared;
-    let spike = format!("{:#x}", first_fee * 10);
-    rpc(
-        "anvil_setNextBlockBaseFeePerGas",
-        serde_json::json!([spike]),
-    )
-    .await;
-    rpc("evm_mine", serde_json::json!([])).await;
+    anvil()
+        .anvil_set_next_block_base_fee_per_gas(first_fee * 10)
+        .await
+        .unwrap();
+    mine().await;
 
     let mut fees = vec![first_fee];
     for round in 0..3 {
@@ -259,19 +260,20 @@ async fn a_fee_spike_bumps_a_priced_out_transaction_up_to_the_cap_and_no_further
     assert!(fees[1] > first_fee, "the first bump raised the fee");
     assert!(fees.iter().all(|fee| *fee <= cap), "never above the cap");
     assert_eq!(fees[2], fees[3], "at the cap, no further bump");
-    assert_eq!(text(&item(&id).await, "state"), "submitted");
+    assert_eq!(payment_record(&id).await.state, State::Submitted);
 
     // The spike passes: the capped transaction is sent again and mined; the payment settles once.
-    rpc(
-        "anvil_setNextBlockBaseFeePerGas",
-        serde_json::json!(["0x1"]),
-    )
-    .await;
-    rpc("evm_mine", serde_json::json!([])).await;
+    anvil()
+        .anvil_set_next_block_base_fee_per_gas(1)
+        .await
+        .unwrap();
+    mine().await;
     assert!(replayer.run(None).await.unwrap().rebroadcast >= 1);
-    rpc("evm_mine", serde_json::json!([])).await;
+    mine().await;
     assert!(replay().await.settled >= 1);
-    assert_eq!(text(&item(&id).await, "state"), "settled");
+    let settled = payment_record(&id).await;
+    assert_eq!(settled.state, State::Settled);
+    assert_eq!(settled.reason, None);
     assert_eq!(
         offered(&id).await,
         fees[3],

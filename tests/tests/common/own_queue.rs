@@ -6,7 +6,7 @@ use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName as A};
 use facilitator::worker::Worker;
 use serde_json::json;
 
-use super::{finish_detached, random_nonce, replay::aws};
+use super::{payment::random_nonce, process::finish_detached, stack::aws};
 
 /// A FIFO queue of the test's own, with a short visibility timeout and `max_receives` receives
 /// before its dead-letter queue, so retries and the redrive happen in seconds (the stack's queue

@@ -1,0 +1,128 @@
+//! What the facilitator keeps in DynamoDB, read as the library types it: payment records
+//! ([`PaymentRecord`], decoded by the library's own mapping), the lanes' nonces, whole-table scans
+//! for "nothing changed" checks, and waits for a record's next state.
+
+use std::{collections::HashMap, time::Duration};
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use facilitator::store::{PaymentId, PaymentRecord, State, Store};
+use serde::Deserialize;
+
+use super::{
+    stack::{aws, config, stack},
+    wait::eventually,
+};
+
+/// A DynamoDB item as the SDK returns it, for tables the library has no type for.
+pub type Item = HashMap<String, AttributeValue>;
+
+/// The DynamoDB client for the stack's moto.
+pub async fn dynamodb() -> aws_sdk_dynamodb::Client {
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(&stack().aws_endpoint_url)
+        .load()
+        .await;
+    aws_sdk_dynamodb::Client::new(&config)
+}
+
+/// The facilitator's store, on the stack's tables.
+pub async fn store() -> Store {
+    facilitator::settle::store_from(&config(), &aws().await)
+}
+
+/// A payment's record as stored (`Store::get`: a strongly consistent read), if there is one.
+pub async fn find_payment_record(id: &str) -> Option<PaymentRecord> {
+    let id = PaymentId::parse(id).unwrap_or_else(|| panic!("{id} is not a payment id"));
+    store().await.get(&id).await.unwrap()
+}
+
+/// A payment's record as stored (strongly consistent read); panics if there is none.
+pub async fn payment_record(id: &str) -> PaymentRecord {
+    find_payment_record(id)
+        .await
+        .unwrap_or_else(|| panic!("no record {id}"))
+}
+
+/// Waits until the record satisfies `done` (`what` names it for the failure).
+pub async fn wait_until(
+    id: &str,
+    what: &str,
+    done: impl Fn(&PaymentRecord) -> bool,
+) -> PaymentRecord {
+    let what = format!("{id} getting to {what}");
+    eventually(&what, 300, Duration::from_millis(100), || async {
+        let record = payment_record(id).await;
+        if done(&record) {
+            Ok(record)
+        } else {
+            Err(record)
+        }
+    })
+    .await
+}
+
+/// Waits until the record is in one of `states`.
+pub async fn wait_for(id: &str, states: &[State]) -> PaymentRecord {
+    wait_until(id, &format!("{states:?}"), |r| states.contains(&r.state)).await
+}
+
+/// Every item of `table`, page after page.
+pub async fn scan(table: &str) -> Vec<Item> {
+    let client = dynamodb().await;
+    let mut items = Vec::new();
+    let mut start = None;
+    loop {
+        let page = client
+            .scan()
+            .table_name(table)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .unwrap();
+        items.extend(page.items.unwrap_or_default());
+        match page.last_evaluated_key {
+            Some(key) if !key.is_empty() => start = Some(key),
+            _ => break,
+        }
+    }
+    items
+}
+
+/// The whole payments table, by id.
+pub async fn all_records() -> Vec<PaymentRecord> {
+    let mut records: Vec<PaymentRecord> = scan(&stack().payments_table)
+        .await
+        .into_iter()
+        .map(|item| serde_dynamo::from_item(item).expect("a payment record"))
+        .collect();
+    records.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
+    records
+}
+
+/// A row of the lanes table: the next nonce the lane will sign at. The library keeps it private
+/// (`Store::lane_next_nonce` reads one); the tests compare the whole table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct LaneRow {
+    pub lane: String,
+    pub next_nonce: u64,
+}
+
+/// The whole lanes table, by lane: its nonces must not move when nothing was written ahead.
+pub async fn lanes_table() -> Vec<LaneRow> {
+    let mut rows: Vec<LaneRow> = scan(&stack().lanes_table)
+        .await
+        .into_iter()
+        .map(|item| serde_dynamo::from_item(item).expect("a lane row"))
+        .collect();
+    rows.sort_by(|a, b| a.lane.cmp(&b.lane));
+    rows
+}
+
+/// Item counts of the facilitator's DynamoDB tables, to prove verify writes nothing.
+pub async fn table_item_counts() -> Vec<(String, usize)> {
+    let mut counts = Vec::new();
+    for table in [&stack().payments_table, &stack().lanes_table] {
+        counts.push((table.clone(), scan(table).await.len()));
+    }
+    counts
+}
