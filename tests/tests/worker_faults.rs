@@ -245,8 +245,9 @@ async fn a_fee_spike_bumps_a_priced_out_transaction_up_to_the_cap_and_no_further
     mine().await;
 
     let mut fees = vec![first_fee];
+    let mut summary = facilitator::replay::Summary::default();
     for round in 0..3 {
-        let summary = replayer.run(None).await.expect("replay reads its index");
+        summary = replayer.run(None).await.expect("replay reads its index");
         assert!(
             summary.bumped >= 1,
             "round {round}: priced out, so bumped: {summary:?}"
@@ -256,6 +257,18 @@ async fn a_fee_spike_bumps_a_priced_out_transaction_up_to_the_cap_and_no_further
     }
     println!(
         "maxFeePerGas offered, first signature then each round of the spike: {fees:?} (cap {cap})"
+    );
+    // "Pending too long" counts from the payment's creation, which the bumps did not move.
+    let bumped = payment_record(&id).await;
+    assert!(
+        bumped.updated_at > bumped.created_at,
+        "the bumps changed the record"
+    );
+    assert!(
+        summary
+            .oldest_open_created_at
+            .is_some_and(|oldest| oldest <= bumped.created_at),
+        "{summary:?}"
     );
     assert!(fees[1] > first_fee, "the first bump raised the fee");
     assert!(fees.iter().all(|fee| *fee <= cap), "never above the cap");

@@ -126,7 +126,7 @@ pub fn gas_used(network: &str, gas: u64) {
 /// transaction waits as it is. Sustained, it means the market is above what a settlement may cost.
 pub fn fee_cap_reached(network: &str) {
     emit(&Observation {
-        dimension_sets: &[&["Network"]],
+        dimension_sets: &[&["Network"], &[]],
         dimensions: &[("Network", network)],
         metrics: &[("FeeCapReached", Unit::Count, 1.0)],
         properties: &[],
@@ -154,8 +154,9 @@ pub fn lane_balance(network: &str, lane: &str, balance: f64) {
     });
 }
 
-/// `OldestOpenPaymentAge`: seconds since the oldest payment that is not terminal last changed
-/// (0 when there is none). The "payments pending too long" alarm reads its maximum.
+/// `OldestOpenPaymentAge`: seconds since the oldest payment that is not terminal was created
+/// (0 when there is none), so that fee bumps, which change a record, never reset it. The
+/// "payments pending too long" alarm reads its maximum.
 pub fn oldest_open_payment(age: Duration) {
     emit(&Observation {
         dimension_sets: &[&[]],

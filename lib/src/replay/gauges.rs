@@ -38,13 +38,15 @@ pub async fn report_operational(facilitator: &Facilitator, store: &Store) {
         }
     };
     let oldest = async {
-        // Every open record changed up to now, oldest first, one item: the oldest.
+        // Every open record changed up to now, oldest first, one item: the one changed longest
+        // ago, aged from its creation (never after its first broadcast). Replay's run adds the
+        // oldest it examined, which a fee bump may have moved later in this index.
         match store.open_records(now_ms(), 1, None).await {
             Ok(page) => {
                 let age_ms = page
                     .records
                     .first()
-                    .map(|r| now_ms().saturating_sub(r.updated_at))
+                    .map(|r| now_ms().saturating_sub(r.created_at))
                     .unwrap_or(0);
                 crate::metrics::oldest_open_payment(Duration::from_millis(age_ms));
             }

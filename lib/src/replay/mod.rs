@@ -90,6 +90,10 @@ pub struct Summary {
     pub errors: u32,
     /// The run stopped at its bound with records left for the next run.
     pub more: bool,
+    /// When the oldest record this run left open was created (unix ms): what "pending too long"
+    /// measures from, since a bump or re-send refreshes a record's `updated_at`.
+    #[serde(skip)]
+    pub oldest_open_created_at: Option<u64>,
 }
 
 /// What replay did with one record.
@@ -112,6 +116,15 @@ enum Action {
 }
 
 impl Action {
+    /// Whether the record is still open after it: `settled`, `failed` and `expired` end it, and a
+    /// record that moved on belongs to the live path.
+    const fn leaves_open(self) -> bool {
+        !matches!(
+            self,
+            Action::Settled | Action::Failed | Action::Expired | Action::MovedOn
+        )
+    }
+
     const fn as_str(self) -> &'static str {
         match self {
             Action::Settled => "settled",
@@ -301,6 +314,14 @@ impl Replayer {
                 _ => break,
             }
         }
+        // The gauge read at the start found the open record changed longest ago; a record bumped
+        // or re-sent again and again changes often but may have been open longer: the alarm takes
+        // the larger of the two (its statistic is the maximum).
+        if let Some(created_at) = summary.oldest_open_created_at {
+            crate::metrics::oldest_open_payment(Duration::from_millis(
+                now_ms().saturating_sub(created_at),
+            ));
+        }
         summary.log(now_ms().saturating_sub(started));
         Ok(summary)
     }
@@ -317,8 +338,15 @@ impl Replayer {
                 return false;
             }
             summary.examined += 1;
-            let id = indexed.id.clone();
+            let (id, created_at) = (indexed.id.clone(), indexed.created_at);
             let action = self.replay_one(indexed, &run.attempt).await;
+            if action.leaves_open() {
+                summary.oldest_open_created_at = Some(
+                    summary
+                        .oldest_open_created_at
+                        .map_or(created_at, |oldest| oldest.min(created_at)),
+                );
+            }
             if !matches!(action, Action::Pending | Action::MovedOn) {
                 tracing::info!(%id, action = action.as_str(), "replayed");
             }
