@@ -41,6 +41,7 @@ impl Facilitator {
                     .with_logs_lookback(config.logs_lookback)
                     .with_fee_cap(n.max_fee_per_gas);
                 ExactEvm::new(n.network.clone(), n.assets.clone(), chain)
+                    .with_contract_wallets(config.contract_wallets)
             })
             .collect();
         let lanes = Lanes::new(config.lane_keys.clone(), aws_sdk_kms::Client::new(aws));

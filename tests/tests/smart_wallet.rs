@@ -137,3 +137,31 @@ async fn smart_wallet_signatures_without_a_wallet_get_their_reason() {
         "invalid_exact_evm_payload_undeployed_smart_wallet"
     );
 }
+
+#[tokio::test]
+async fn with_contract_wallets_off_a_wallets_payment_is_refused_before_the_chain_is_asked() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let owner = PrivateKeySigner::from_bytes(&stack().payers[0].private_key.unwrap()).unwrap();
+    let wallet = place_wallet(owner.address()).await;
+    let (_server, base) = start_local_server(&[("X402_CONTRACT_WALLETS", "off")]).await;
+
+    reset_rpc_counts().await;
+    let from_wallet = PaymentBuilder::with_signer(owner)
+        .edit(|p| p.from = wallet)
+        .sign();
+    let answer = post_json(&base, "/verify", &from_wallet.body()).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.json);
+    assert_eq!(answer.json["isValid"], false);
+    assert_eq!(answer.json["invalidReason"], "invalid_exact_evm_signature");
+    let message = answer.json["invalidMessage"].as_str().unwrap_or_default();
+    assert!(message.contains("no contract-wallet"), "{message}");
+    assert_eq!(
+        rpc_counts().await["rpc_requests"],
+        0,
+        "refused before the chain is asked"
+    );
+
+    // A plain key's payment is still good here (and the wallet's on the shared server, above).
+    let answer = post_json(&base, "/verify", &PaymentBuilder::new(1).sign().body()).await;
+    assert_eq!(answer.json["isValid"], true, "{:?}", answer.json);
+}

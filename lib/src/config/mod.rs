@@ -38,6 +38,8 @@ pub const REPLAY_MAX_RECORDS_VAR: &str = "X402_REPLAY_MAX_RECORDS";
 pub const REPLAY_BUMP_AFTER_VAR: &str = "X402_REPLAY_BUMP_AFTER_MS";
 /// How many blocks back the search for an authorization's use looks (0: the whole chain).
 pub const LOGS_LOOKBACK_VAR: &str = "X402_LOGS_LOOKBACK_BLOCKS";
+/// `on` (the default) or `off`: whether payers that are contract wallets (ERC-1271) are accepted.
+pub const CONTRACT_WALLETS_VAR: &str = "X402_CONTRACT_WALLETS";
 /// The attempts the worker makes at a payment before it gives up on it (docs/settlement.md).
 pub const WORKER_MAX_ATTEMPTS_VAR: &str = "X402_WORKER_MAX_ATTEMPTS";
 /// DynamoDB table of API keys (hashes). The authorizer reads it; the local server checks keys
@@ -90,6 +92,8 @@ pub struct Config {
     pub logs_lookback: u64,
     /// The worker's attempts at one payment before it gives up on it.
     pub worker_max_attempts: u32,
+    /// Whether contract-wallet payers (ERC-1271 signatures) are accepted.
+    pub contract_wallets: bool,
 }
 
 /// One EVM network this deployment serves.
@@ -208,6 +212,7 @@ impl Config {
                 DEFAULT_LOGS_LOOKBACK,
                 "a number of blocks (0 for the whole chain)",
             )?,
+            contract_wallets: vars.switch(CONTRACT_WALLETS_VAR, true)?,
             worker_max_attempts: u32::try_from(
                 vars.count(WORKER_MAX_ATTEMPTS_VAR, DEFAULT_WORKER_MAX_ATTEMPTS)?,
             )
@@ -275,6 +280,19 @@ impl<F: Fn(&str) -> Option<String>> Vars<F> {
             Some(n) => n.trim().parse().map_err(|_| ConfigError {
                 var,
                 problem: format!("expected {expected}, got {n:?}"),
+            }),
+        }
+    }
+
+    /// `on` or `off`; `default` when unset.
+    fn switch(&self, var: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match self.get(var).as_deref().map(str::trim) {
+            None => Ok(default),
+            Some("on") => Ok(true),
+            Some("off") => Ok(false),
+            Some(other) => Err(ConfigError {
+                var,
+                problem: format!("expected on or off, got {other:?}"),
             }),
         }
     }
@@ -445,6 +463,35 @@ mod tests {
         ] {
             let e = Config::from_lookup(lookup(&[(NETWORKS_VAR, bad)])).unwrap_err();
             assert_eq!(e.var, NETWORKS_VAR, "{bad}");
+        }
+    }
+
+    #[test]
+    fn contract_wallets_are_on_unless_turned_off() {
+        let with = |value: &'static str| {
+            Config::from_lookup(lookup(&[
+                (NETWORKS_VAR, NETS),
+                (CONTRACT_WALLETS_VAR, value),
+            ]))
+        };
+        let default = Config::from_lookup(lookup(&[(NETWORKS_VAR, NETS)])).unwrap();
+        assert!(default.contract_wallets);
+        assert!(with("on").unwrap().contract_wallets);
+        assert!(!with(" off ").unwrap().contract_wallets);
+        assert_eq!(with("no").unwrap_err().var, CONTRACT_WALLETS_VAR);
+    }
+
+    #[test]
+    fn max_fee_per_gas_is_positive_wei_with_a_default() {
+        let default = Config::from_lookup(lookup(&[(NETWORKS_VAR, NETS)])).unwrap();
+        assert_eq!(default.networks[0].max_fee_per_gas, DEFAULT_MAX_FEE_PER_GAS);
+        let capped = r#"[{"network":"eip155:1","rpcUrl":"http://x","assets":["0x036CbD53842c5426634e7929541eC2318f3dCF7e"],"maxFeePerGas":"2000000000"}]"#;
+        let c = Config::from_lookup(lookup(&[(NETWORKS_VAR, capped)])).unwrap();
+        assert_eq!(c.networks[0].max_fee_per_gas, 2_000_000_000);
+        for bad in ["0", "-1", "2 gwei", ""] {
+            let raw = capped.replace("2000000000", bad);
+            let e = Config::from_lookup(lookup(&[(NETWORKS_VAR, raw.as_str())])).unwrap_err();
+            assert!(e.problem.contains("maxFeePerGas"), "{bad}: {}", e.problem);
         }
     }
 

@@ -136,6 +136,37 @@ pub fn signer(payment: &ExactPayment) -> Result<Signer, Rejection> {
     }
 }
 
+/// With contract-wallet payers turned off (`X402_CONTRACT_WALLETS=off`), a signature only a
+/// contract could judge is refused before the chain is asked, as a wrong signature is: a payer's
+/// own contract decides what happens when the settlement is mined, which a simulation cannot
+/// promise (docs/security.md).
+pub fn contract_wallets_allowed(
+    payment: &ExactPayment,
+    signer: &Signer,
+    allowed: bool,
+) -> Result<(), Rejection> {
+    let Signer::Contract { hint, .. } = signer else {
+        return Ok(());
+    };
+    if allowed {
+        return Ok(());
+    }
+    let from = payment.authorization.from;
+    let what = match hint {
+        ContractHint::RecoveredOther(signer) => {
+            format!("the signature recovers to {signer}, not to authorization.from {from}")
+        }
+        ContractHint::SmartWallet | ContractHint::Counterfactual => format!(
+            "a {}-byte signature is a smart wallet's",
+            payment.signature.len()
+        ),
+    };
+    Err(Rejection::new(
+        Reason::InvalidExactEvmSignature,
+        format!("{what}, and this facilitator accepts no contract-wallet (ERC-1271, ERC-6492) signatures: sign with {from}'s own key"),
+    ))
+}
+
 /// The answer for a contract-judged signature when the payer turns out to have no code.
 pub fn no_contract_at_payer(payment: &ExactPayment, hint: ContractHint) -> Rejection {
     let from = payment.authorization.from;

@@ -434,3 +434,37 @@ mod explain_revert {
         );
     }
 }
+
+mod contract_wallets {
+    //! `X402_CONTRACT_WALLETS=off`: what only a contract could judge is refused, nothing else.
+    use super::*;
+    use crate::evm::checks::contract_wallets_allowed;
+
+    fn payment(case: &Case) -> ExactPayment {
+        ExactPayment::parse(&case.payment(), CHAIN_ID).unwrap()
+    }
+
+    #[test]
+    fn an_eoa_signature_is_accepted_either_way() {
+        let case = Case::new();
+        for allowed in [true, false] {
+            assert!(contract_wallets_allowed(&payment(&case), &case.signer(), allowed).is_ok());
+        }
+    }
+
+    #[test]
+    fn a_signature_only_a_contract_can_judge_is_refused_when_they_are_off() {
+        let mut case = Case::new();
+        case.sign_with(&key(0x22), CHAIN_ID); // recovers to someone else: a wallet owner's, maybe
+        let signer = case.signer();
+        assert!(matches!(signer, Signer::Contract { .. }), "{signer:?}");
+        assert!(contract_wallets_allowed(&payment(&case), &signer, true).is_ok());
+        let refused = contract_wallets_allowed(&payment(&case), &signer, false).unwrap_err();
+        assert_eq!(refused.reason, Reason::InvalidExactEvmSignature);
+        assert!(
+            refused.message.contains("no contract-wallet"),
+            "{}",
+            refused.message
+        );
+    }
+}

@@ -25,6 +25,8 @@ pub struct ExactEvm {
     network: EvmNetwork,
     assets: Vec<Address>,
     chain: Chain,
+    /// Whether payers whose signature only their contract can judge (ERC-1271) are accepted.
+    contract_wallets: bool,
 }
 
 /// A payment that passed every local check and is ready for the chain.
@@ -110,7 +112,14 @@ impl ExactEvm {
             network,
             assets,
             chain,
+            contract_wallets: true,
         }
+    }
+
+    /// Accepts (the default) or refuses contract-wallet payers (`X402_CONTRACT_WALLETS`).
+    pub fn with_contract_wallets(mut self, allowed: bool) -> Self {
+        self.contract_wallets = allowed;
+        self
     }
 
     pub fn network(&self) -> &EvmNetwork {
@@ -171,6 +180,7 @@ impl ExactEvm {
     /// The chain's part of verification, for a payment that passed [`ExactEvm::check`]: whether a
     /// contract-judged signature has a contract behind it, then the simulation. Settle runs it too.
     pub async fn confirm(&self, checked: &Checked) -> Result<(), Rejection> {
+        checks::contract_wallets_allowed(&checked.payment, &checked.signer, self.contract_wallets)?;
         if let Signer::Contract {
             hint: hint @ (ContractHint::Counterfactual | ContractHint::RecoveredOther(_)),
             ..
