@@ -39,7 +39,8 @@ impl Facilitator {
                 let chain = Chain::new(n.rpc.clone(), Some(secrets.clone()), config.rpc_timeout)
                     .with_fee_cache(config.fee_cache)
                     .with_logs_lookback(config.logs_lookback)
-                    .with_fee_cap(n.max_fee_per_gas);
+                    .with_fee_cap(n.max_fee_per_gas)
+                    .with_gas_caps(n.gas_caps);
                 ExactEvm::new(n.network.clone(), n.assets.clone(), chain)
                     .with_contract_wallets(config.contract_wallets)
             })

@@ -294,3 +294,34 @@ async fn a_fee_spike_bumps_a_priced_out_transaction_up_to_the_cap_and_no_further
     );
     moved_once(before, balances(&payment).await, payment.value);
 }
+
+#[tokio::test]
+async fn a_settlement_that_would_use_more_gas_than_the_cap_fails_and_spends_nothing() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    // A transfer uses 60-90 thousand gas here; a cap of 30 000 makes any of them too costly.
+    let mut config = config();
+    config.networks[0].gas_caps.eoa = 30_000;
+    let worker = Worker::from_config(&config, &aws().await);
+    let payment = PaymentBuilder::new(2).sign();
+    let before = balances(&payment).await;
+    let id = record_payment(&payment, 0).await;
+    let (lanes, block) = (lanes_table().await, block_number().await);
+
+    let message = facilitator::queue::SettlementMessage {
+        id: id.clone(),
+        replace: None,
+    };
+    worker.process(&message).await.unwrap();
+    let failed = payment_record(&id).await;
+    assert_eq!(failed.state, State::Failed, "{failed:?}");
+    assert_eq!(
+        failed.reason,
+        Some(facilitator::protocol::Reason::SimulationFailed)
+    );
+    let message = failed.message.unwrap_or_default();
+    assert!(message.contains("(30000)"), "{message}");
+    assert!(failed.raw_tx.is_none(), "nothing was signed");
+    assert_eq!(lanes_table().await, lanes, "no lane nonce was taken");
+    assert_eq!(block_number().await, block, "nothing was sent");
+    assert_eq!(balances(&payment).await, before);
+}

@@ -106,6 +106,28 @@ pub struct NetworkConfig {
     /// The most the worker ever offers per unit of gas (`maxFeePerGas`, wei), first signature and
     /// fee bumps alike: a fee spike or a halted sequencer cannot make bumps compound past it.
     pub max_fee_per_gas: u128,
+    /// The most gas one settlement may use: for a payer's own key, and for a contract wallet,
+    /// whose code runs inside the transfer (`maxGas`, `maxGasContractWallet`).
+    pub gas_caps: GasCaps,
+}
+
+/// The most gas one settlement may use, by kind of payer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GasCaps {
+    /// A signature by the payer's own key: `transferWithAuthorization` is 60–90 thousand gas on
+    /// USDC-like tokens, so 150 000 leaves room and still bounds a token that burns gas.
+    pub eoa: u64,
+    /// A contract wallet's signature, which the token checks by calling the wallet (ERC-1271).
+    pub contract_wallet: u64,
+}
+
+impl Default for GasCaps {
+    fn default() -> Self {
+        GasCaps {
+            eoa: 150_000,
+            contract_wallet: 300_000,
+        }
+    }
 }
 
 /// 100 gwei: thousands of times what Base and other L2s charge, so it binds only when something
@@ -163,6 +185,10 @@ struct NetworkEntry {
     assets: Vec<String>,
     #[serde(default)]
     max_fee_per_gas: Option<String>,
+    #[serde(default)]
+    max_gas: Option<u64>,
+    #[serde(default)]
+    max_gas_contract_wallet: Option<u64>,
 }
 
 impl Config {
@@ -372,6 +398,7 @@ fn network_entry(entry: NetworkEntry) -> Result<NetworkConfig, ConfigError> {
     };
     let name = &entry.network;
     let network = EvmNetwork::from_caip2(name).map_err(|e| err(e.to_string()))?;
+    let (max_fee_per_gas, gas_caps) = spending_limits(&entry)?;
     let rpc = match (entry.rpc_url, entry.rpc_secret) {
         (Some(url), None) if url.starts_with("http://") || url.starts_with("https://") => {
             RpcSource::Url(url)
@@ -400,6 +427,22 @@ fn network_entry(entry: NetworkEntry) -> Result<NetworkConfig, ConfigError> {
                 .map_err(|_| err(format!("{name}: asset {a:?} is not an address")))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    Ok(NetworkConfig {
+        network,
+        rpc,
+        assets,
+        max_fee_per_gas,
+        gas_caps,
+    })
+}
+
+/// What one settlement on the entry's network may spend: per unit of gas, and in gas.
+fn spending_limits(entry: &NetworkEntry) -> Result<(u128, GasCaps), ConfigError> {
+    let err = |problem: String| ConfigError {
+        var: NETWORKS_VAR,
+        problem,
+    };
+    let name = &entry.network;
     let max_fee_per_gas = match &entry.max_fee_per_gas {
         None => DEFAULT_MAX_FEE_PER_GAS,
         Some(wei) => wei.parse().ok().filter(|w| *w > 0).ok_or_else(|| {
@@ -408,12 +451,19 @@ fn network_entry(entry: NetworkEntry) -> Result<NetworkConfig, ConfigError> {
             ))
         })?,
     };
-    Ok(NetworkConfig {
-        network,
-        rpc,
-        assets,
-        max_fee_per_gas,
-    })
+    let defaults = GasCaps::default();
+    let gas_caps = GasCaps {
+        eoa: entry.max_gas.unwrap_or(defaults.eoa),
+        contract_wallet: entry
+            .max_gas_contract_wallet
+            .unwrap_or(defaults.contract_wallet),
+    };
+    if gas_caps.eoa < 21_000 || gas_caps.contract_wallet < 21_000 {
+        return Err(err(format!(
+            "{name}: maxGas and maxGasContractWallet must be at least 21000 (a transaction's own cost)"
+        )));
+    }
+    Ok((max_fee_per_gas, gas_caps))
 }
 
 #[cfg(test)]
@@ -493,6 +543,24 @@ mod tests {
             let e = Config::from_lookup(lookup(&[(NETWORKS_VAR, raw.as_str())])).unwrap_err();
             assert!(e.problem.contains("maxFeePerGas"), "{bad}: {}", e.problem);
         }
+    }
+
+    #[test]
+    fn gas_caps_have_defaults_and_a_floor() {
+        let default = Config::from_lookup(lookup(&[(NETWORKS_VAR, NETS)])).unwrap();
+        assert_eq!(default.networks[0].gas_caps, GasCaps::default());
+        let capped = r#"[{"network":"eip155:1","rpcUrl":"http://x","assets":["0x036CbD53842c5426634e7929541eC2318f3dCF7e"],"maxGas":100000,"maxGasContractWallet":200000}]"#;
+        let c = Config::from_lookup(lookup(&[(NETWORKS_VAR, capped)])).unwrap();
+        assert_eq!(
+            c.networks[0].gas_caps,
+            GasCaps {
+                eoa: 100_000,
+                contract_wallet: 200_000
+            }
+        );
+        let too_low = capped.replace("100000", "20000");
+        let e = Config::from_lookup(lookup(&[(NETWORKS_VAR, too_low.as_str())])).unwrap_err();
+        assert!(e.problem.contains("21000"), "{}", e.problem);
     }
 
     #[test]

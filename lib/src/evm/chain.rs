@@ -58,6 +58,8 @@ pub struct Chain {
     logs_lookback: u64,
     /// The most a transaction of ours offers per unit of gas (wei).
     fee_cap: u128,
+    /// The most gas one settlement may use.
+    gas_caps: crate::config::GasCaps,
 }
 
 impl std::fmt::Debug for Chain {
@@ -89,7 +91,19 @@ impl Chain {
             fee_cache: std::sync::Mutex::new(None),
             logs_lookback: 0,
             fee_cap: crate::config::DEFAULT_MAX_FEE_PER_GAS,
+            gas_caps: crate::config::GasCaps::default(),
         }
+    }
+
+    /// Caps the gas one settlement may use.
+    pub fn with_gas_caps(mut self, caps: crate::config::GasCaps) -> Self {
+        self.gas_caps = caps;
+        self
+    }
+
+    /// The most gas one settlement may use.
+    pub fn gas_caps(&self) -> crate::config::GasCaps {
+        self.gas_caps
     }
 
     /// Caps what transactions on this chain offer per unit of gas (`maxFeePerGas`, wei).

@@ -55,22 +55,38 @@ pub fn next_step(
 /// What the simulation says of a `queued` payment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GasLimit {
-    /// It would succeed: sign with this gas limit (the estimate and a fifth more).
+    /// It would succeed: sign with this gas limit (the estimate and a fifth more, at most the cap).
     Limit(u64),
+    /// It would succeed but use more gas than one settlement may: fail it, naming both.
+    OverCap { needed: u64, cap: u64 },
     /// The token has the authorization as used: find who used it before failing anything.
     UsedBefore(String),
     /// It would revert for another reason: fail it with that reason; no lane nonce is taken.
     Refused(String),
 }
 
-/// The gas limit from `eth_estimateGas`'s answer, or the revert's meaning.
-pub fn gas_limit(estimate: Result<u64, String>) -> GasLimit {
+/// The gas limit from `eth_estimateGas`'s answer and the settlement's cap, or the revert's meaning.
+pub fn gas_limit(estimate: Result<u64, String>, cap: u64) -> GasLimit {
     match estimate {
-        Ok(gas) => GasLimit::Limit(gas.saturating_add(gas / 5)),
+        Ok(gas) if gas > cap => GasLimit::OverCap { needed: gas, cap },
+        Ok(gas) => GasLimit::Limit(gas.saturating_add(gas / 5).min(cap)),
         Err(revert) if reason_from_revert(&revert) == Reason::NonceAlreadyUsed => {
             GasLimit::UsedBefore(revert)
         }
         Err(revert) => GasLimit::Refused(revert),
+    }
+}
+
+/// The gas cap for a settlement's calldata: the `bytes` overload of `transferWithAuthorization`
+/// carries a contract wallet's signature (or one that only a contract could judge), the `v, r, s`
+/// overload a key's.
+pub fn gas_cap(calldata: &Bytes, caps: crate::config::GasCaps) -> u64 {
+    use alloy::sol_types::SolCall;
+    let selector = calldata.get(..4);
+    if selector == Some(&crate::evm::abi::IEip3009::transferWithAuthorization_0Call::SELECTOR[..]) {
+        caps.eoa
+    } else {
+        caps.contract_wallet
     }
 }
 
@@ -340,20 +356,65 @@ mod tests {
 
     #[test]
     fn the_gas_limit_is_the_estimate_and_a_fifth() {
-        assert_eq!(gas_limit(Ok(100_000)), GasLimit::Limit(120_000));
-        assert_eq!(gas_limit(Ok(u64::MAX)), GasLimit::Limit(u64::MAX));
+        assert_eq!(gas_limit(Ok(100_000), 150_000), GasLimit::Limit(120_000));
+    }
+
+    #[test]
+    fn the_gas_limit_never_passes_the_cap() {
+        // The estimate fits, its fifth more does not: the cap is the limit.
+        assert_eq!(gas_limit(Ok(140_000), 150_000), GasLimit::Limit(150_000));
+        assert_eq!(gas_limit(Ok(150_000), 150_000), GasLimit::Limit(150_000));
+        assert_eq!(
+            gas_limit(Ok(150_001), 150_000),
+            GasLimit::OverCap {
+                needed: 150_001,
+                cap: 150_000
+            }
+        );
+        assert_eq!(
+            gas_limit(Ok(u64::MAX), 150_000),
+            GasLimit::OverCap {
+                needed: u64::MAX,
+                cap: 150_000
+            }
+        );
+    }
+
+    #[test]
+    fn a_contract_wallets_settlement_gets_the_contract_wallet_cap() {
+        use crate::{config::GasCaps, evm::abi::IEip3009};
+        use alloy::sol_types::SolCall;
+        let caps = GasCaps {
+            eoa: 1,
+            contract_wallet: 2,
+        };
+        let key = Bytes::from(IEip3009::transferWithAuthorization_0Call::SELECTOR.to_vec());
+        let wallet = Bytes::from(IEip3009::transferWithAuthorization_1Call::SELECTOR.to_vec());
+        assert_eq!(gas_cap(&key, caps), 1);
+        assert_eq!(gas_cap(&wallet, caps), 2);
+        assert_eq!(
+            gas_cap(&Bytes::new(), caps),
+            2,
+            "anything else: the larger, still a cap"
+        );
     }
 
     #[test]
     fn a_used_authorization_is_attributed_before_it_fails() {
         let revert = "EIP3009: authorization is used or canceled".to_owned();
-        assert_eq!(gas_limit(Err(revert.clone())), GasLimit::UsedBefore(revert));
+        assert_eq!(
+            gas_limit(Err(revert.clone()), 150_000),
+            GasLimit::UsedBefore(revert)
+        );
     }
 
     #[test]
     fn any_other_revert_refuses_the_payment() {
         let revert = "ERC20: transfer amount exceeds balance".to_owned();
-        assert_eq!(gas_limit(Err(revert.clone())), GasLimit::Refused(revert));
+        assert_eq!(
+            gas_limit(Err(revert.clone()), 150_000),
+            GasLimit::Refused(revert)
+        );
     }
 
     #[test]

@@ -250,8 +250,13 @@ impl Worker {
             chain.fees(),
         );
         // The simulation before signing: a call that would revert never takes a lane nonce.
-        let gas = match gas_limit(estimate?) {
+        let cap = decide::gas_cap(&record.calldata, chain.gas_caps());
+        let gas = match gas_limit(estimate?, cap) {
             GasLimit::Limit(gas) => gas,
+            GasLimit::OverCap { needed, cap } => {
+                let why = format!("the transfer would use {needed} gas, more than this facilitator pays for one settlement on {} ({cap})", record.network);
+                return self.fail(&record, Reason::SimulationFailed, why).await;
+            }
             GasLimit::UsedBefore(revert) => {
                 return self.used_before_signing(chain, &record, revert).await
             }
