@@ -70,7 +70,7 @@ impl Queue {
         };
         let dedup =
             alloy::primitives::keccak256(format!("{id}#replace#{tx_hash}").as_bytes()).to_string();
-        self.send_message(&message, lane, dedup).await
+        self.send_message(&message, lane, dedup, None).await
     }
 
     /// Puts a message the worker could not finish back at the end of its lane, as attempt
@@ -89,7 +89,7 @@ impl Queue {
             format!("{}#retry#{replace}#{attempt}", message.id).as_bytes(),
         )
         .to_string();
-        self.send_attempt(message, lane, dedup, Some(attempt)).await
+        self.send_message(message, lane, dedup, Some(attempt)).await
     }
 
     /// Makes a received message visible again after `delay` instead of the queue's visibility
@@ -107,10 +107,7 @@ impl Queue {
             .receipt_handle(receipt_handle)
             .visibility_timeout(i32::try_from(delay.as_secs()).unwrap_or(i32::MAX))
             .send();
-        Box::pin(change)
-            .await
-            .map(|_| ())
-            .map_err(|e| QueueError(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()))
+        Box::pin(change).await.map(|_| ()).map_err(sqs_error)
     }
 
     /// The queue an SQS event came from, by its ARN (`arn:aws:sqs:<region>:<account>:<name>`):
@@ -127,7 +124,7 @@ impl Queue {
             .send();
         let url = Box::pin(lookup)
             .await
-            .map_err(|e| QueueError(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()))?
+            .map_err(sqs_error)?
             .queue_url
             .ok_or_else(|| QueueError(format!("GetQueueUrl returned no URL for {arn}")))?;
         Ok(Queue::new(client, url))
@@ -138,19 +135,11 @@ impl Queue {
             id: id.to_owned(),
             replace: None,
         };
-        self.send_message(&message, lane, dedup).await
+        self.send_message(&message, lane, dedup, None).await
     }
 
+    /// Sends `message` on its lane; with `attempt`, as that attempt ([`ATTEMPT_ATTRIBUTE`]).
     async fn send_message(
-        &self,
-        message: &SettlementMessage,
-        lane: &str,
-        dedup: String,
-    ) -> Result<(), QueueError> {
-        self.send_attempt(message, lane, dedup, None).await
-    }
-
-    async fn send_attempt(
         &self,
         message: &SettlementMessage,
         lane: &str,
@@ -176,11 +165,13 @@ impl Queue {
             .message_deduplication_id(dedup)
             .set_message_attributes(attempt.map(|a| [(ATTEMPT_ATTRIBUTE.to_owned(), a)].into()))
             .send();
-        Box::pin(send)
-            .await
-            .map(|_| ())
-            .map_err(|e| QueueError(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()))
+        Box::pin(send).await.map(|_| ()).map_err(sqs_error)
     }
+}
+
+/// An SQS call's error with its whole context (the SDK's `Display` alone says "service error").
+fn sqs_error(e: impl std::error::Error) -> QueueError {
+    QueueError(aws_sdk_sqs::error::DisplayErrorContext(e).to_string())
 }
 
 /// The message attribute that counts a payment's attempts across the worker's retries (a
