@@ -9,12 +9,16 @@ use std::collections::BTreeMap;
 use crate::{
     clock::unix_now,
     config::Config,
-    evm::{Chain, ExactEvm},
+    evm::{
+        checks::{self, Signer},
+        Chain, Checked, ExactEvm,
+    },
     protocol::{
         payer_hint, Payment, Reason, Rejection, SupportedKind, SupportedResponse, VerifyResponse,
         X402Version,
     },
     signer::{LaneError, Lanes},
+    store::Store,
 };
 
 /// The only scheme served so far.
@@ -25,6 +29,8 @@ pub const EXACT: &str = "exact";
 pub struct Facilitator {
     networks: Vec<ExactEvm>,
     lanes: Lanes,
+    /// Where payers whose settlements reverted on chain are counted (read for contract wallets).
+    payers: Store,
 }
 
 impl Facilitator {
@@ -46,7 +52,12 @@ impl Facilitator {
             })
             .collect();
         let lanes = Lanes::new(config.lane_keys.clone(), aws_sdk_kms::Client::new(aws));
-        Facilitator { networks, lanes }
+        let payers = Store::from_config(config, aws);
+        Facilitator {
+            networks,
+            lanes,
+            payers,
+        }
     }
 
     /// Finds the scheme for this payment's (version, scheme, network).
@@ -101,10 +112,7 @@ impl Facilitator {
             return VerifyResponse::invalid(e.0.reason, Some(e.0.message), payer);
         }
         let result = match self.route(payment) {
-            Ok(scheme) => scheme
-                .verify(payment, unix_now())
-                .await
-                .map(|checked| checked.payment.authorization.from),
+            Ok(scheme) => self.verify_with(scheme, payment).await,
             Err(rejection) => Err(rejection),
         };
         match result {
@@ -114,6 +122,49 @@ impl Facilitator {
                 tracing::info!(reason = %r.reason, detail = %r.message, "payment refused");
                 VerifyResponse::invalid(r.reason, Some(r.message), payer)
             }
+        }
+    }
+
+    /// Every check of [`ExactEvm::check`], then [`Facilitator::confirm`]; the payer on success.
+    async fn verify_with(
+        &self,
+        scheme: &ExactEvm,
+        payment: &Payment,
+    ) -> Result<alloy::primitives::Address, Rejection> {
+        let checked = scheme.check(payment, unix_now())?;
+        self.confirm(scheme, &checked).await?;
+        Ok(checked.payment.authorization.from)
+    }
+
+    /// The chain's part of verification ([`ExactEvm::confirm`]) and, for a contract-wallet payer,
+    /// whether its settlements have been reverting on chain (docs/security.md): asked at once.
+    /// Settle runs it too.
+    pub async fn confirm(&self, scheme: &ExactEvm, checked: &Checked) -> Result<(), Rejection> {
+        let (confirmed, admitted) = tokio::join!(
+            scheme.confirm(checked),
+            self.payer_admitted(scheme, checked)
+        );
+        confirmed?;
+        admitted
+    }
+
+    /// A payer signing with its own key is never refused here: its transfer's outcome is the
+    /// token's, which the simulation covers. A contract wallet is, while its run of reverts lasts.
+    async fn payer_admitted(&self, scheme: &ExactEvm, checked: &Checked) -> Result<(), Rejection> {
+        if !matches!(checked.signer, Signer::Contract { .. }) {
+            return Ok(());
+        }
+        let network = scheme.network().caip2();
+        let payer = checked.payment.authorization.from;
+        match self.payers.payer_refusal(network, payer, unix_now()).await {
+            Ok(None) => Ok(()),
+            Ok(Some((standing, until))) => Err(checks::payer_refused(
+                payer,
+                network,
+                standing.reverts,
+                until,
+            )),
+            Err(e) => Err(Rejection::new(Reason::UnexpectedVerifyError, e.to_string())),
         }
     }
 

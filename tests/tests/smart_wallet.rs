@@ -8,13 +8,14 @@
 mod common;
 
 use alloy::{
-    primitives::{Address, Bytes, U256},
+    primitives::{Address, Bytes, B256, U256},
     providers::ext::AnvilApi,
     signers::local::PrivateKeySigner,
     sol,
     sol_types::{SolCall, SolValue},
 };
 use common::*;
+use facilitator::store::State;
 use serde_json::{json, Value};
 
 /// The tests here count RPC requests: they must not run at the same time.
@@ -164,4 +165,167 @@ async fn with_contract_wallets_off_a_wallets_payment_is_refused_before_the_chain
     // A plain key's payment is still good here (and the wallet's on the shared server, above).
     let answer = post_json(&base, "/verify", &PaymentBuilder::new(1).sign().body()).await;
     assert_eq!(answer.json["isValid"], true, "{:?}", answer.json);
+}
+
+/// Sets the test wallet's `hostile` switch (storage slot 1), as its owner would by front-running
+/// the facilitator's transaction with one of its own.
+async fn set_hostile(wallet: Address, hostile: bool) {
+    let value = B256::from(U256::from(u8::from(hostile)));
+    anvil()
+        .anvil_set_storage_at(wallet, U256::from(1), value)
+        .await
+        .unwrap();
+}
+
+/// One settlement from a wallet that passes every simulation and reverts when mined: `/settle` is
+/// asked with mining stopped, the wallet turns hostile once the worker's transaction is in the
+/// pool, and the block is mined. Returns `/settle`'s answer and the mined receipt.
+async fn settle_against_a_hostile_wallet(
+    payment: &PaymentBuilder,
+    wallet: Address,
+) -> (Value, alloy::rpc::types::TransactionReceipt) {
+    let _mining = MiningStopped::start().await;
+    let body = payment.body();
+    let settling = tokio::spawn(async move { settle(&body).await });
+    let id = payment.record_id();
+    let sent = eventually(
+        "the worker's transaction in the pool",
+        300,
+        ms(100),
+        || async {
+            match find_payment_record(&id).await {
+                Some(r) if r.state == State::Submitted => Ok(r),
+                seen => Err(seen.map(|r| r.state)),
+            }
+        },
+    )
+    .await;
+    set_hostile(wallet, true).await;
+    mine().await;
+    let answer = settling.await.unwrap();
+    assert_eq!(answer.status, 200, "{:?}", answer.json);
+    set_hostile(wallet, false).await;
+    let hash = sent.tx_hash.unwrap();
+    (answer.json, receipt(hash).await.expect("mined"))
+}
+
+fn ms(millis: u64) -> std::time::Duration {
+    std::time::Duration::from_millis(millis)
+}
+
+#[tokio::test]
+async fn a_wallet_that_passes_simulation_and_reverts_on_chain_costs_at_most_its_cap_and_is_refused()
+{
+    let _one = ONE_AT_A_TIME.lock().await;
+    let owner = PrivateKeySigner::from_bytes(&stack().payers[0].private_key.unwrap()).unwrap();
+    let wallet = place_wallet(owner.address()).await;
+    let from_wallet = || {
+        PaymentBuilder::with_signer(owner.clone())
+            .edit(|p| p.from = wallet)
+            .sign()
+    };
+    let policy = config().payer_reverts;
+    let cap = config().networks[0].gas_caps.contract_wallet;
+
+    let (mut gas, mut wei) = (0u64, U256::ZERO);
+    for round in 1..=policy.limit {
+        let payment = from_wallet();
+        let (answer, mined) = settle_against_a_hostile_wallet(&payment, wallet).await;
+        assert_eq!(answer["success"], false, "round {round}: {answer:?}");
+        assert_eq!(
+            answer["errorReason"], "invalid_exact_evm_transaction_failed",
+            "round {round}: {answer:?}"
+        );
+        assert!(!mined.status(), "round {round}: the settlement reverted");
+        gas += mined.gas_used;
+        wei += U256::from(mined.gas_used) * U256::from(mined.effective_gas_price);
+        let limit = alloy::consensus::Transaction::gas_limit(
+            &transaction(mined.transaction_hash).await.unwrap(),
+        );
+        assert!(
+            mined.gas_used * 10 >= limit * 9,
+            "round {round}: the wallet burned the gas it was given ({} of {limit})",
+            mined.gas_used
+        );
+    }
+    println!(
+        "the lanes paid {gas} gas ({wei} wei) for {} hostile settlements; the bound is {cap} gas \
+         (maxGasContractWallet) x {} = {}",
+        policy.limit,
+        policy.limit,
+        cap * u64::from(policy.limit)
+    );
+    assert!(gas <= cap * u64::from(policy.limit), "{gas} gas");
+
+    // Behaving again, the wallet passes simulation, and is refused: by /verify and by /settle,
+    // which record nothing.
+    let next = from_wallet();
+    let verified = verify(&next.body()).await;
+    assert_eq!(verified.json["isValid"], false, "{:?}", verified.json);
+    assert_eq!(
+        verified.json["invalidReason"],
+        "invalid_exact_evm_signature"
+    );
+    let message = verified.json["invalidMessage"].as_str().unwrap_or_default();
+    assert!(message.contains("reverted on chain"), "{message}");
+    let settled = settle(&next.body()).await;
+    assert_eq!(settled.json["success"], false, "{:?}", settled.json);
+    assert_eq!(settled.json["errorReason"], "invalid_exact_evm_signature");
+    assert!(find_payment_record(&next.record_id()).await.is_none());
+
+    // The payer's own key is not refused: only its wallet's payments are.
+    let by_key = PaymentBuilder::new(0).sign();
+    assert_eq!(reason_of(&by_key).await, "valid");
+}
+
+/// The revert counts against moto's DynamoDB: recorders racing on one payer each count theirs (the
+/// count is what the refusal is decided by), and a revert after a quiet longer than the refusal time
+/// starts a new count.
+#[tokio::test]
+async fn revert_counts_are_exact_under_racing_recorders_and_start_afresh_after_a_quiet_period() {
+    let policy = facilitator::config::RevertPolicy {
+        limit: 3,
+        refuse_for: std::time::Duration::from_secs(2),
+    };
+    let store = store().await.with_payer_policy(policy);
+    let network = config().networks[0].network.caip2().to_owned();
+    let payer = Address::from_slice(&random_nonce()[12..]);
+    let now = now();
+
+    let busy = BusyMachine::start();
+    let recorders: Vec<_> = (0..8)
+        .map(|_| {
+            let (store, network) = (store.clone(), network.clone());
+            tokio::spawn(async move { store.count_revert(&network, payer, now).await })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for recorder in recorders {
+        seen.push(recorder.await.unwrap().unwrap().reverts);
+    }
+    drop(busy);
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        (1..=8).collect::<Vec<_>>(),
+        "each recorder counted once"
+    );
+    let (standing, until) = store
+        .payer_refusal(&network, payer, now)
+        .await
+        .unwrap()
+        .expect("refused past the limit");
+    assert_eq!((standing.reverts, until), (8, now + 2));
+    assert_eq!(
+        store.payer_refusal(&network, payer, now + 2).await.unwrap(),
+        None
+    );
+
+    // Two seconds (the refusal time) after the last revert, the next one starts a new count.
+    let later = store.count_revert(&network, payer, now + 3).await.unwrap();
+    assert_eq!(later.reverts, 1);
+    assert_eq!(
+        store.payer_refusal(&network, payer, now + 3).await.unwrap(),
+        None
+    );
 }

@@ -42,6 +42,11 @@ pub const LOGS_LOOKBACK_VAR: &str = "X402_LOGS_LOOKBACK_BLOCKS";
 pub const CONTRACT_WALLETS_VAR: &str = "X402_CONTRACT_WALLETS";
 /// The attempts the worker makes at a payment before it gives up on it (docs/settlement.md).
 pub const WORKER_MAX_ATTEMPTS_VAR: &str = "X402_WORKER_MAX_ATTEMPTS";
+/// How many of a contract-wallet payer's settlements may revert on chain before its contract-wallet
+/// payments are refused (docs/security.md).
+pub const PAYER_REVERT_LIMIT_VAR: &str = "X402_PAYER_REVERT_LIMIT";
+/// How long such a payer is refused, in milliseconds.
+pub const PAYER_REFUSAL_VAR: &str = "X402_PAYER_REFUSAL_MS";
 /// DynamoDB table of API keys (hashes). The authorizer reads it; the local server checks keys
 /// only when it is set.
 pub const API_KEYS_TABLE_VAR: &str = "X402_API_KEYS_TABLE";
@@ -62,6 +67,10 @@ const DEFAULT_LOGS_LOOKBACK: u64 = 10_000;
 /// Five attempts of about five seconds each: a transient fault passes well within them, and a
 /// payment that fails them all is not going to settle by retrying.
 const DEFAULT_WORKER_MAX_ATTEMPTS: usize = 5;
+/// Three reverts: one can be bad luck (the wallet's owner moved its funds in the same block), three
+/// in a row are a wallet that passes simulation and fails on chain.
+const DEFAULT_PAYER_REVERT_LIMIT: usize = 3;
+const DEFAULT_PAYER_REFUSAL: Duration = Duration::from_secs(24 * 60 * 60);
 
 const DEFAULT_RPC_TIMEOUT: Duration = Duration::from_secs(5);
 /// x402 bodies are 1–3 KiB; 64 KiB leaves room for extensions and refuses floods early.
@@ -94,6 +103,27 @@ pub struct Config {
     pub worker_max_attempts: u32,
     /// Whether contract-wallet payers (ERC-1271 signatures) are accepted.
     pub contract_wallets: bool,
+    /// When a contract-wallet payer whose settlements revert on chain is refused.
+    pub payer_reverts: RevertPolicy,
+}
+
+/// A contract wallet decides, when the settlement is mined, whether its signature is good, so it
+/// can pass every simulation and still make the transaction revert, at the lane's expense. After
+/// `limit` such reverts, each within `refuse_for` of the one before, the payer's contract-wallet
+/// payments are refused until `refuse_for` has passed since the last one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RevertPolicy {
+    pub limit: u32,
+    pub refuse_for: Duration,
+}
+
+impl Default for RevertPolicy {
+    fn default() -> Self {
+        RevertPolicy {
+            limit: DEFAULT_PAYER_REVERT_LIMIT as u32,
+            refuse_for: DEFAULT_PAYER_REFUSAL,
+        }
+    }
 }
 
 /// One EVM network this deployment serves.
@@ -239,6 +269,13 @@ impl Config {
                 "a number of blocks (0 for the whole chain)",
             )?,
             contract_wallets: vars.switch(CONTRACT_WALLETS_VAR, true)?,
+            payer_reverts: RevertPolicy {
+                limit: u32::try_from(
+                    vars.count(PAYER_REVERT_LIMIT_VAR, DEFAULT_PAYER_REVERT_LIMIT)?,
+                )
+                .unwrap_or(u32::MAX),
+                refuse_for: vars.millis(PAYER_REFUSAL_VAR, DEFAULT_PAYER_REFUSAL)?,
+            },
             worker_max_attempts: u32::try_from(
                 vars.count(WORKER_MAX_ATTEMPTS_VAR, DEFAULT_WORKER_MAX_ATTEMPTS)?,
             )
@@ -513,6 +550,25 @@ mod tests {
         ] {
             let e = Config::from_lookup(lookup(&[(NETWORKS_VAR, bad)])).unwrap_err();
             assert_eq!(e.var, NETWORKS_VAR, "{bad}");
+        }
+    }
+
+    #[test]
+    fn payers_whose_settlements_revert_are_refused_after_three_for_a_day_by_default() {
+        let with = |vars: &[(&'static str, &'static str)]| {
+            let mut all = vec![(NETWORKS_VAR, NETS)];
+            all.extend_from_slice(vars);
+            Config::from_lookup(lookup(&all))
+        };
+        let default = with(&[]).unwrap().payer_reverts;
+        assert_eq!(default.limit, 3);
+        assert_eq!(default.refuse_for, Duration::from_secs(86_400));
+        let set = with(&[(PAYER_REVERT_LIMIT_VAR, "5"), (PAYER_REFUSAL_VAR, "60000")])
+            .unwrap()
+            .payer_reverts;
+        assert_eq!((set.limit, set.refuse_for), (5, Duration::from_secs(60)));
+        for (var, bad) in [(PAYER_REVERT_LIMIT_VAR, "0"), (PAYER_REFUSAL_VAR, "soon")] {
+            assert_eq!(with(&[(var, bad)]).unwrap_err().var, var);
         }
     }
 

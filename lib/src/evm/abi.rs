@@ -49,3 +49,11 @@ sol! {
 /// Multicall3's address, the same on every chain that has it (the local stack places it there).
 pub const MULTICALL3: alloy::primitives::Address =
     alloy::primitives::address!("0xcA11bde05977b3631167028862bE2a173976CA11");
+
+/// Whether `calldata` is the `v, r, s` overload of `transferWithAuthorization`: a signature by the
+/// payer's own key, which the token checks itself. The `bytes` overload may be a contract wallet's,
+/// whose code the token runs to check it (and anything else is not a transfer of ours).
+pub fn signed_by_key(calldata: &[u8]) -> bool {
+    use alloy::sol_types::SolCall;
+    calldata.get(..4) == Some(&IEip3009::transferWithAuthorization_0Call::SELECTOR[..])
+}

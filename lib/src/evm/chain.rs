@@ -251,18 +251,24 @@ impl Chain {
         )
     }
 
-    /// `eth_estimateGas` from `from`: the gas a call needs, or the node's reason it would revert.
+    /// `eth_estimateGas` from `from`, offering `(max_fee_per_gas, max_priority_fee_per_gas)`: the
+    /// gas a call needs, or the node's reason it would revert. With the fees given, the call runs at
+    /// the gas price the transaction will pay (code can read it), and the node checks that `from`
+    /// can pay for the gas.
     #[instrument(skip_all, fields(from = %from, to = %to), err(level = "warn"))]
     pub async fn estimate_gas(
         &self,
         from: Address,
         to: Address,
         data: Bytes,
+        (max_fee, tip): (u128, u128),
     ) -> Result<Result<u64, String>, ChainError> {
         let request = TransactionRequest::default()
             .from(from)
             .to(to)
-            .input(data.into());
+            .input(data.into())
+            .max_fee_per_gas(max_fee)
+            .max_priority_fee_per_gas(tip);
         self.bounded_keeping(&[NodeAnswer::Revert], |p| {
             Box::pin(async move { p.estimate_gas(request).await })
         })

@@ -167,6 +167,20 @@ pub fn contract_wallets_allowed(
     ))
 }
 
+/// The answer for a contract-wallet payer whose settlements kept passing simulation and reverting
+/// on chain ([`crate::config::RevertPolicy`]): refused until `until` (unix seconds), because its
+/// wallet, not its signature, decides what happens when the transaction is mined.
+pub fn payer_refused(payer: Address, network: &str, reverts: u32, until: u64) -> Rejection {
+    Rejection::new(
+        Reason::InvalidExactEvmSignature,
+        format!(
+            "{payer}'s last {reverts} settlements on {network} passed simulation and then reverted \
+             on chain, at this facilitator's expense: its contract-wallet payments are refused \
+             until {until} (unix time); sign with a key instead, or wait"
+        ),
+    )
+}
+
 /// The answer for a contract-judged signature when the payer turns out to have no code.
 pub fn no_contract_at_payer(payment: &ExactPayment, hint: ContractHint) -> Rejection {
     let from = payment.authorization.from;

@@ -107,15 +107,44 @@ pub async fn finish(
         tx: hash,
         block: receipt.block_number,
     };
-    let (decided_by, ending) = verdict(to_token, receipt.status(), seen, other).ending(ours);
+    let verdict = verdict(to_token, receipt.status(), seen, other);
+    let reverted = verdict == Verdict::Reverted;
+    let (decided_by, ending) = verdict.ending(ours);
     match store.finish(&record.id, decided_by, &ending, claim).await? {
         Some(finished) => {
             // Counted once per transaction: by whoever records its outcome.
             crate::metrics::gas_used(&record.network, receipt.gas_used);
+            if reverted && record.signed_by_contract() {
+                count_revert(store, record, receipt.gas_used).await;
+            }
             Ok(Some(finished))
         }
         // A concurrent follower (or replay) moved it first: the record says what happened.
         None => Ok(store.get(&record.id).await?),
+    }
+}
+
+/// A contract wallet's settlement passed the worker's simulation and reverted on chain: one more in
+/// its payer's run of reverts, which past the limit refuses the payer (docs/security.md). A count
+/// that cannot be written is logged, not retried: the record is already final, and the next revert
+/// is counted again.
+async fn count_revert(store: &Store, record: &PaymentRecord, gas_used: u64) {
+    let now = crate::clock::unix_now();
+    match store.count_revert(&record.network, record.payer, now).await {
+        Ok(standing) => {
+            let refused = crate::store::refused_until(&standing, now, store.payer_policy());
+            tracing::warn!(
+                id = %record.id, payer = %record.payer, reverts = standing.reverts, gas_used,
+                refused_until = ?refused,
+                "a contract wallet's settlement reverted on chain after passing simulation"
+            );
+            if refused.is_some() && standing.reverts == store.payer_policy().limit {
+                crate::metrics::payer_refused(&record.network);
+            }
+        }
+        Err(e) => {
+            tracing::error!(id = %record.id, payer = %record.payer, error = %e, "a reverted settlement could not be counted against its payer");
+        }
     }
 }
 

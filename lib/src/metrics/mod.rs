@@ -133,6 +133,18 @@ pub fn fee_cap_reached(network: &str) {
     });
 }
 
+/// `PayerRefused`: a contract-wallet payer reached its limit of settlements that passed simulation
+/// and reverted on chain, and its contract-wallet payments are now refused for a while. Each is a
+/// wallet that cost the lanes gas; several are an attack, or a wallet vendor's bug.
+pub fn payer_refused(network: &str) {
+    emit(&Observation {
+        dimension_sets: &[&["Network"], &[]],
+        dimensions: &[("Network", network)],
+        metrics: &[("PayerRefused", Unit::Count, 1.0)],
+        properties: &[],
+    });
+}
+
 /// `KmsSignLatency`: one KMS `Sign` call, by Outcome (`ok` or `error`).
 pub fn kms_sign(latency: Duration, ok: bool) {
     emit(&Observation {

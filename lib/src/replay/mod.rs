@@ -257,7 +257,7 @@ impl Replayer {
         );
         Ok(Replayer::new(
             Facilitator::new(config, aws),
-            crate::settle::store_from(config, aws),
+            Store::from_config(config, aws),
             queue,
             config.lane_keys.clone(),
             Tunables {

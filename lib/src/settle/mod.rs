@@ -171,7 +171,7 @@ impl Settler {
         );
         Ok(Settler::new(
             Facilitator::new(config, aws),
-            store_from(config, aws),
+            Store::from_config(config, aws),
             queue,
             config.lane_keys.clone(),
             Timing {
@@ -292,8 +292,10 @@ impl Settler {
         // round trip instead of two on the path every new payment takes, for one wasted
         // simulation when a client repeats a /settle (its result is then not used: the record
         // answers).
-        let (existing, confirmed) =
-            tokio::join!(self.store.get(&r.id), r.scheme.confirm(&r.checked));
+        let (existing, confirmed) = tokio::join!(
+            self.store.get(&r.id),
+            self.facilitator.confirm(r.scheme, &r.checked)
+        );
         match existing {
             Ok(Some(record)) => return self.answer_from(r, record).await,
             Ok(None) => {}
@@ -701,15 +703,6 @@ fn rejection_of(record: &PaymentRecord) -> Rejection {
 /// A transaction hash as answers carry it.
 fn tx_text(hash: Option<B256>) -> Option<String> {
     hash.map(|h| format!("{h:#x}"))
-}
-
-/// The payments and lanes tables, as configured.
-pub fn store_from(config: &Config, aws: &aws_config::SdkConfig) -> Store {
-    Store::new(
-        aws_sdk_dynamodb::Client::new(aws),
-        config.payments_table.clone(),
-        config.lanes_table.clone(),
-    )
 }
 
 /// The lane a payment goes to: fixed by its id, so a retry lands on the same lane.

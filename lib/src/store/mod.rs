@@ -5,6 +5,7 @@
 //! learns it lost and reads what the winner did.
 
 mod item;
+mod payer;
 mod record;
 
 #[cfg(test)]
@@ -21,6 +22,7 @@ use aws_sdk_dynamodb::{
 use tracing::instrument;
 
 use crate::clock::now_ms;
+pub use payer::{refused_until, Standing};
 pub use record::{
     Claimant, Ending, Failure, Mined, NewPayment, PaymentId, PaymentRecord, State, MESSAGE_LIMIT,
     RETENTION_SECS,
@@ -94,6 +96,8 @@ pub struct Store {
     client: aws_sdk_dynamodb::Client,
     payments: String,
     lanes: String,
+    /// When a payer whose settlements revert is refused ([`payer`]).
+    payer_policy: crate::config::RevertPolicy,
 }
 
 impl Store {
@@ -102,7 +106,29 @@ impl Store {
             client,
             payments,
             lanes,
+            payer_policy: Default::default(),
         }
+    }
+
+    /// When a payer whose settlements revert on chain is refused.
+    pub fn payer_policy(&self) -> crate::config::RevertPolicy {
+        self.payer_policy
+    }
+
+    /// The payments and lanes tables, as configured.
+    pub fn from_config(config: &crate::config::Config, aws: &aws_config::SdkConfig) -> Self {
+        Store::new(
+            aws_sdk_dynamodb::Client::new(aws),
+            config.payments_table.clone(),
+            config.lanes_table.clone(),
+        )
+        .with_payer_policy(config.payer_reverts)
+    }
+
+    /// Sets when a payer whose settlements revert on chain is refused (the default otherwise).
+    pub fn with_payer_policy(mut self, policy: crate::config::RevertPolicy) -> Self {
+        self.payer_policy = policy;
+        self
     }
 
     /// Creates the record if no record has this id. Never overwrites (I2).

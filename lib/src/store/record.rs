@@ -367,6 +367,12 @@ impl PaymentRecord {
         }
     }
 
+    /// Whether the payment's signature may be a contract wallet's: one the token asks the payer's
+    /// code about when the transaction runs, rather than checks itself.
+    pub fn signed_by_contract(&self) -> bool {
+        !crate::evm::abi::signed_by_key(&self.calldata)
+    }
+
     /// Whether `hash` is one of this payment's own transactions.
     pub fn is_ours(&self, hash: B256) -> bool {
         self.hashes().any(|h| h == hash)

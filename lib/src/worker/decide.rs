@@ -81,9 +81,7 @@ pub fn gas_limit(estimate: Result<u64, String>, cap: u64) -> GasLimit {
 /// carries a contract wallet's signature (or one that only a contract could judge), the `v, r, s`
 /// overload a key's.
 pub fn gas_cap(calldata: &Bytes, caps: crate::config::GasCaps) -> u64 {
-    use alloy::sol_types::SolCall;
-    let selector = calldata.get(..4);
-    if selector == Some(&crate::evm::abi::IEip3009::transferWithAuthorization_0Call::SELECTOR[..]) {
+    if crate::evm::abi::signed_by_key(calldata) {
         caps.eoa
     } else {
         caps.contract_wallet

@@ -156,7 +156,7 @@ impl Worker {
     pub fn from_config(config: &crate::config::Config, aws: &aws_config::SdkConfig) -> Self {
         Worker::new(
             Facilitator::new(config, aws),
-            crate::settle::store_from(config, aws),
+            Store::from_config(config, aws),
             (aws_sdk_kms::Client::new(aws), aws_sdk_sqs::Client::new(aws)),
             config.lane_keys.clone(),
             config.worker_max_attempts,
@@ -239,19 +239,36 @@ impl Worker {
     /// Simulates, signs at the lane's next nonce, writes ahead and broadcasts a `queued` payment.
     async fn sign_and_send(&self, record: PaymentRecord) -> Result<(), WorkError> {
         let scheme = self.scheme(&record)?;
+        if let Some(refused) = self.payer_refused(&record).await? {
+            return self.fail(&record, refused.reason, refused.message).await;
+        }
         let signer = self.signer(&record.lane).await?;
         let chain = scheme.chain();
-        // The simulation, the lane's nonce (table and chain) and the fees do not depend on each
-        // other: asked at once, they cost one round trip instead of four.
-        let (estimate, table_nonce, chain_nonce, fees) = tokio::join!(
-            chain.estimate_gas(signer.address(), record.asset, record.calldata.clone()),
+        // The simulation runs as the transaction will: from the lane, offering the fees it will
+        // pay, so a payer's code that behaves differently at a zero gas price is caught here. It
+        // waits for the fees (usually cached for a block); the lane's nonce, in the table and on
+        // chain, is asked meanwhile.
+        let simulate = async {
+            let fees = decide::capped(chain.fees().await?, chain.fee_cap());
+            let estimate = chain
+                .estimate_gas(
+                    signer.address(),
+                    record.asset,
+                    record.calldata.clone(),
+                    fees,
+                )
+                .await?;
+            Ok::<_, ChainError>((fees, estimate))
+        };
+        let (simulated, table_nonce, chain_nonce) = tokio::join!(
+            simulate,
             self.store.lane_next_nonce(&record.lane),
             chain.pending_nonce(signer.address()),
-            chain.fees(),
         );
+        let (fees, estimate) = simulated?;
         // The simulation before signing: a call that would revert never takes a lane nonce.
         let cap = decide::gas_cap(&record.calldata, chain.gas_caps());
-        let gas = match gas_limit(estimate?, cap) {
+        let gas = match gas_limit(estimate, cap) {
             GasLimit::Limit(gas) => gas,
             GasLimit::OverCap { needed, cap } => {
                 let why = format!("the transfer would use {needed} gas, more than this facilitator pays for one settlement on {} ({cap})", record.network);
@@ -267,7 +284,6 @@ impl Worker {
             }
         };
         let nonce = table_nonce?.max(chain_nonce?);
-        let fees = decide::capped(fees?, chain.fee_cap());
         let tx = decide::transfer_tx(&record, scheme.network().chain_id(), nonce, gas, fees);
         let signed = signer.sign(tx).await?;
         self.crash_point(Step::Signed)?;
@@ -278,6 +294,30 @@ impl Worker {
             hash: signed.hash,
         };
         self.write_ahead_and_send(record, signed).await
+    }
+
+    /// Checked again before signing, for a payment queued before its payer was refused: what the
+    /// lane can lose to one hostile wallet is then its revert limit, plus what other lanes had
+    /// under way at the same time.
+    async fn payer_refused(
+        &self,
+        record: &PaymentRecord,
+    ) -> Result<Option<crate::protocol::Rejection>, WorkError> {
+        if !record.signed_by_contract() {
+            return Ok(None);
+        }
+        let refusal = self
+            .store
+            .payer_refusal(&record.network, record.payer, unix_now())
+            .await?;
+        Ok(refusal.map(|(standing, until)| {
+            crate::evm::checks::payer_refused(
+                record.payer,
+                &record.network,
+                standing.reverts,
+                until,
+            )
+        }))
     }
 
     /// The write-ahead (I3, I4), then the broadcast; when the write-ahead's condition fails, what

@@ -27,7 +27,7 @@ pub async fn dynamodb() -> aws_sdk_dynamodb::Client {
 
 /// The facilitator's store, on the stack's tables.
 pub async fn store() -> Store {
-    facilitator::settle::store_from(&config(), &aws().await)
+    facilitator::store::Store::from_config(&config(), &aws().await)
 }
 
 /// A payment's record as stored (`Store::get`: a strongly consistent read), if there is one.
@@ -88,11 +88,18 @@ pub async fn scan(table: &str) -> Vec<Item> {
     items
 }
 
-/// The whole payments table, by id.
+/// Every payment record in the payments table, by id: not the other items kept beside them
+/// (`payment-identifier` bindings, payers' revert counts), whose keys are no payment id.
 pub async fn all_records() -> Vec<PaymentRecord> {
+    let is_record = |item: &Item| {
+        item.get("id")
+            .and_then(|id| id.as_s().ok())
+            .is_some_and(|id| PaymentId::parse(id).is_some())
+    };
     let mut records: Vec<PaymentRecord> = scan(&stack().payments_table)
         .await
         .into_iter()
+        .filter(is_record)
         .map(|item| serde_dynamo::from_item(item).expect("a payment record"))
         .collect();
     records.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
