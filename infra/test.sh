@@ -45,9 +45,10 @@ step "tools"
 bash infra/install.sh --if-needed --interop
 export PATH="$REPO/.local/venv/bin:$PATH" # cargo-lambda (and the zig it brings)
 
-step "template (cfn-lint, sam validate --lint, and only the worker may sign)"
+step "template (cfn-lint, sam validate --lint, only the worker may sign, key custody; the check refuses doctored templates)"
 bash infra/deploy/install-sam.sh --if-needed
 bash infra/deploy/template-check.sh
+bash infra/checks/template-check-selftest.sh
 
 step "format and lints (no import cycle among the library's modules, no function over 60 lines)"
 python3 infra/checks/import-cycles.py

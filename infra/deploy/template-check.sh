@@ -5,14 +5,22 @@
 #   2. who may do what: every permission of every function, from its IAM role and from the KMS key
 #      policies, printed as a table; fails if a function other than the settlement worker may call
 #      kms:Sign (DESIGN I7), if the worker may not sign with every lane key, or if a permission
-#      comes from somewhere this check cannot read (SAM Policies, managed policies).
+#      comes from somewhere this check cannot read (SAM Policies, managed policies);
+#   3. key custody (docs/security.md): fails if a key policy names a KMS action by wildcard, if
+#      anyone but the KeyAdminRoleArn parameter may call kms:CreateGrant or kms:PutKeyPolicy on a
+#      lane key, or if no EventBridge rule reports those calls for every lane key.
 #
-#   bash infra/deploy/template-check.sh [template.yaml]
+#   bash infra/deploy/template-check.sh [--policies-only] [template.yaml]
+#
+# --policies-only skips step 1 (seconds instead of ten): infra/checks/template-check-selftest.sh
+# feeds it doctored templates that must fail.
 #
 # Needs .local/venv (bash infra/install.sh) and .local/sam-venv (bash infra/deploy/install-sam.sh).
 # Deploying is described in docs/deploy.md.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+POLICIES_ONLY=false
+if [[ "${1:-}" == "--policies-only" ]]; then POLICIES_ONLY=true; shift; fi
 TEMPLATE="${1:-$REPO/template.yaml}"
 VENV="$REPO/.local/venv"
 if [[ ! -x "$VENV/bin/cfn-lint" ]]; then
@@ -20,6 +28,7 @@ if [[ ! -x "$VENV/bin/cfn-lint" ]]; then
   exit 1
 fi
 
+if ! $POLICIES_ONLY; then
 echo "template-check: cfn-lint $("$VENV/bin/cfn-lint" --version | cut -d' ' -f2) on ${TEMPLATE#"$REPO"/}"
 "$VENV/bin/cfn-lint" --include-checks I -- "$TEMPLATE"
 echo "template-check: cfn-lint found nothing"
@@ -31,6 +40,7 @@ if [[ ! -x "$SAM" ]]; then
 fi
 # Offline: --lint needs no credentials; the region only names the partition; no usage telemetry.
 SAM_CLI_TELEMETRY=0 "$SAM" validate --lint --template "$TEMPLATE" --region us-east-1
+fi
 
 # The function allowed to sign. Replay re-sends stored bytes and must not; if it ever signs fee
 # bumps, add ReplayFunction here and its role to the key policies' SenderSignsDigests.
@@ -140,6 +150,41 @@ for name, res in resources.items():
                     # The account root (or anyone) with kms:Sign would let any IAM policy sign.
                     if allows(st, SIGN):
                         failures.append(f"{name}: key policy lets {show(principal)} call kms:Sign")
+
+# Key custody: every KMS action named, and the two that hand out signing (a grant, a new policy)
+# only to the key-admin role.
+ADMIN_ONLY = ("kms:creategrant", "kms:putkeypolicy")
+ADMIN = {"Ref": "KeyAdminRoleArn"}
+lane_key_names = [n for n, r in resources.items() if r.get("Type") == "AWS::KMS::Key"]
+for name in lane_key_names:
+    for st in as_list(resources[name].get("Properties", {}).get("KeyPolicy", {}).get("Statement", [])):
+        sid = st.get("Sid", "")
+        for action in as_list(st.get("Action", [])) + as_list(st.get("NotAction", [])):
+            if "*" in action or "?" in action:
+                failures.append(f"{name}: key policy statement {sid} names {action} by wildcard; list each action")
+        if "NotAction" in st:
+            failures.append(f"{name}: key policy statement {sid} uses NotAction; list each action")
+        principals = st.get("Principal", {})
+        aws = as_list(principals.get("AWS", [])) if isinstance(principals, dict) else [principals]
+        for action in ADMIN_ONLY:
+            if allows(st, action) and any(p != ADMIN for p in aws):
+                others = ", ".join(show(p) for p in aws if p != ADMIN)
+                failures.append(f"{name}: key policy statement {sid} lets {others} call {action}; only KeyAdminRoleArn may")
+
+# The CloudTrail rule that reports those calls, for every lane key.
+REPORTED = {"PutKeyPolicy", "CreateGrant", "ScheduleKeyDeletion", "DisableKey"}
+reported_keys = set()
+for res in resources.values():
+    if res.get("Type") != "AWS::Events::Rule":
+        continue
+    detail = res.get("Properties", {}).get("EventPattern", {}).get("detail", {})
+    if REPORTED <= set(as_list(detail.get("eventName", []))):
+        for arn in as_list(detail.get("resources", {}).get("ARN", [])):
+            inner = arn["Fn::If"][1] if isinstance(arn, dict) and "Fn::If" in arn else arn
+            reported_keys.add(logical_id(inner))
+for name in lane_key_names:
+    if name not in reported_keys:
+        failures.append(f"{name}: no EventBridge rule reports {', '.join(sorted(REPORTED))} on it")
 
 # The table, and the one rule that matters most.
 rows = []
