@@ -45,10 +45,11 @@ step "tools"
 bash infra/install.sh --if-needed --interop
 export PATH="$REPO/.local/venv/bin:$PATH" # cargo-lambda (and the zig it brings)
 
-step "template (cfn-lint, sam validate --lint, only the worker may sign, key custody; the check refuses doctored templates)"
+step "template (cfn-lint, sam validate --lint, only the worker may sign, key custody; the check refuses doctored templates; the deploy docs agree with it)"
 bash infra/deploy/install-sam.sh --if-needed
 bash infra/deploy/template-check.sh
 bash infra/checks/template-check-selftest.sh
+.local/sam-venv/bin/python infra/checks/deploy-docs-check.py
 
 step "format and lints (no import cycle among the library's modules, no function over 60 lines)"
 python3 infra/checks/import-cycles.py
