@@ -67,7 +67,10 @@ async fn authorizer_accepts_an_enabled_key_and_names_its_holder() {
         .unwrap();
     assert_eq!(
         answer,
-        json!({"isAuthorized": true, "context": {"keyName": "sample resource server"}})
+        json!({"isAuthorized": true, "context": {
+            "keyName": "sample resource server",
+            "keyId": key_hash(SAMPLE_KEY),
+        }})
     );
 }
 
@@ -142,4 +145,102 @@ async fn a_refused_settle_changes_nothing() {
     assert_eq!(answer.status, 401);
     let record = find_payment_record(&payment.record_id()).await;
     assert!(record.is_none(), "a refused /settle recorded {record:?}");
+}
+
+/// Stores a key with its own rate limit, as `api-keys.py create --rate --burst` does.
+async fn store_limited_key(key: &str, name: &str, per_second: u32, burst: u32) {
+    store_key(key, name, true).await;
+    dynamodb()
+        .await
+        .update_item()
+        .table_name(DEFAULT_TABLE)
+        .key("key_hash", AttributeValue::S(key_hash(key)))
+        .update_expression("SET rate_per_second = :r, burst = :b")
+        .expression_attribute_values(":r", AttributeValue::N(per_second.to_string()))
+        .expression_attribute_values(":b", AttributeValue::N(burst.to_string()))
+        .send()
+        .await
+        .unwrap();
+}
+
+/// Per-key limits (docs/security.md, "Limits per key"): of 20 requests at once from a key limited
+/// to one a second, one is served for each second the burst took to arrive (and the first), the
+/// rest get 429 with `Retry-After` in the route's refusal shape; 20 at once from a key on the
+/// default limit (20 a second, bursts of 40) all go through. The bound is the algorithm's, however
+/// slow the machine: a busy one only lets a few more through.
+#[tokio::test]
+async fn one_key_over_its_limit_gets_429_while_another_key_is_served() {
+    let (_server, base) = start_local_server(&[("X402_API_KEYS_TABLE", DEFAULT_TABLE)]).await;
+    let (slow, busy) = (fresh_key(), fresh_key());
+    store_limited_key(&slow, "one a second", 1, 1).await;
+    store_key(&busy, "default limit", true).await;
+    let body = PaymentBuilder::new(1).sign().body();
+    let verify = format!("{base}/verify");
+
+    let burst = |key: String| {
+        let (verify, body) = (verify.clone(), body.clone());
+        async move {
+            let requests = (0..20).map(|_| {
+                let (verify, body, key) = (verify.clone(), body.clone(), key.clone());
+                tokio::spawn(async move {
+                    let response = http()
+                        .post(&verify)
+                        .header("authorization", format!("Bearer {key}"))
+                        .json(&body)
+                        .send()
+                        .await
+                        .unwrap();
+                    let retry_after = response
+                        .headers()
+                        .get("retry-after")
+                        .map(|v| v.to_str().unwrap().to_owned());
+                    let status = response.status().as_u16();
+                    (status, retry_after, response.json::<Value>().await.unwrap())
+                })
+            });
+            let mut answers = Vec::new();
+            for request in requests.collect::<Vec<_>>() {
+                answers.push(request.await.unwrap());
+            }
+            answers
+        }
+    };
+
+    let started = std::time::Instant::now();
+    let limited = burst(slow).await;
+    let took = started.elapsed().as_secs() as usize;
+    let refused: Vec<_> = limited
+        .iter()
+        .filter(|(status, ..)| *status == 429)
+        .collect();
+    let served = limited.iter().filter(|(status, ..)| *status == 200).count();
+    println!(
+        "key limited to 1/s: {served} served, {} refused with 429, in {took} s",
+        refused.len()
+    );
+    assert_eq!(served + refused.len(), 20, "{limited:?}");
+    assert!(
+        (1..=2 + took).contains(&served),
+        "{served} served in {took} s: {limited:?}"
+    );
+    let (_, retry_after, body) = refused[0];
+    let retry_after: u64 = retry_after
+        .as_deref()
+        .expect("Retry-After")
+        .parse()
+        .unwrap();
+    assert!((1..=20).contains(&retry_after), "Retry-After {retry_after}");
+    assert_eq!(body["isValid"], false);
+    assert_eq!(body["invalidReason"], "unexpected_verify_error");
+    let message = body["invalidMessage"].as_str().unwrap();
+    assert!(
+        message.contains("over its limit of 1 requests a second"),
+        "{message}"
+    );
+
+    let unlimited = burst(busy).await;
+    assert!(
+        unlimited.iter().all(|(status, ..)| *status == 200),
+        "the other key is not limited by the first one's budget: {unlimited:?}"
+    );
 }

@@ -1,16 +1,35 @@
 //! The settle Lambda: `POST /settle` behind the HTTP API. Records and queues payments and follows
 //! them to an answer; it never signs (no `kms:Sign`). Glue only; the work is in `facilitator`.
 
-use facilitator::{http, settle::Settler, telemetry, Config};
-use lambda_http::{run, service_fn, Error, Request};
+use facilitator::{
+    auth,
+    http::{self, PaymentRoute},
+    settle::Settler,
+    telemetry, Config,
+};
+use lambda_http::{request::RequestContext, run, service_fn, Error, Request, RequestExt};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     telemetry::init();
     let config = Config::from_env()?;
-    let settler = Settler::from_config(&config, &facilitator::aws_config().await)?;
-    let settler = &settler;
+    let aws = facilitator::aws_config().await;
+    let settler = Settler::from_config(&config, &aws)?;
+    let limiter = auth::limiter_from(&config, &aws, |var| std::env::var(var).ok());
+    let (settler, limiter) = (&settler, limiter.as_ref());
     run(service_fn(move |request: Request| async move {
+        let caller = match request.request_context_ref() {
+            Some(RequestContext::ApiGatewayV2(context)) => context
+                .authorizer
+                .as_ref()
+                .and_then(auth::caller_from_authorizer),
+            _ => None,
+        };
+        if let Some(refusal) =
+            http::over_limit(limiter, caller.as_ref(), PaymentRoute::Settle).await
+        {
+            return Ok(refusal);
+        }
         Ok::<_, Error>(http::settle(settler, request.body(), config.max_body_bytes).await)
     }))
     .await

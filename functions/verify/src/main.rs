@@ -1,15 +1,33 @@
 //! The verify Lambda: `POST /verify` behind the HTTP API. Glue only; the work is in `facilitator`.
 
-use facilitator::{http, telemetry, Config, Facilitator};
-use lambda_http::{run, service_fn, Error, Request};
+use facilitator::{
+    auth,
+    http::{self, PaymentRoute},
+    telemetry, Config, Facilitator,
+};
+use lambda_http::{request::RequestContext, run, service_fn, Error, Request, RequestExt};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     telemetry::init();
     let config = Config::from_env()?;
-    let facilitator = Facilitator::new(&config, &facilitator::aws_config().await);
-    let facilitator = &facilitator;
+    let aws = facilitator::aws_config().await;
+    let facilitator = Facilitator::new(&config, &aws);
+    let limiter = auth::limiter_from(&config, &aws, |var| std::env::var(var).ok());
+    let (facilitator, limiter) = (&facilitator, limiter.as_ref());
     run(service_fn(move |request: Request| async move {
+        let caller = match request.request_context_ref() {
+            Some(RequestContext::ApiGatewayV2(context)) => context
+                .authorizer
+                .as_ref()
+                .and_then(auth::caller_from_authorizer),
+            _ => None,
+        };
+        if let Some(refusal) =
+            http::over_limit(limiter, caller.as_ref(), PaymentRoute::Verify).await
+        {
+            return Ok(refusal);
+        }
         Ok::<_, Error>(http::verify(facilitator, request.body(), config.max_body_bytes).await)
     }))
     .await

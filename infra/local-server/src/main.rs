@@ -21,7 +21,7 @@ use std::{
 
 use bytes::Bytes;
 use facilitator::{
-    auth::{ApiKeys, Decision},
+    auth::{self, ApiKeys, Caller, Decision, RateLimiter},
     config,
     http::{self as routes, PaymentRoute},
     settle::Settler,
@@ -40,8 +40,10 @@ struct App {
     /// Present when settlement is configured; it carries the facilitator too.
     settler: Option<Settler>,
     facilitator: Option<Facilitator>,
-    /// Present when `X402_API_KEYS_TABLE` is set: the payment routes then need a key.
+    /// Present when `X402_API_KEYS_TABLE` is set: the payment routes then need a key, and each
+    /// key has its rate limit.
     api_keys: Option<ApiKeys>,
+    limiter: Option<RateLimiter>,
     max_body_bytes: usize,
     /// Numbers requests for the logs, as Lambda's request id does in AWS.
     requests: AtomicU64,
@@ -71,10 +73,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     };
     let api_keys = config::api_keys_table(|var| std::env::var(var).ok())
         .map(|table| ApiKeys::new(aws_sdk_dynamodb::Client::new(&aws), table));
+    let limiter = auth::limiter_from(&config, &aws, |var| std::env::var(var).ok());
     let app = Arc::new(App {
         settler,
         facilitator,
         api_keys,
+        limiter,
         max_body_bytes: config.max_body_bytes,
         requests: AtomicU64::new(0),
     });
@@ -114,21 +118,17 @@ async fn route(app: &App, request: Request<Incoming>) -> Response<String> {
     let payment_route =
         parts.method == Method::POST && matches!(parts.uri.path(), "/verify" | "/settle");
     if let (true, Some(keys)) = (payment_route, &app.api_keys) {
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        match keys.check(header).await {
-            Ok(Decision::Allow { name }) => tracing::info!(key = %name, "API key accepted"),
-            Ok(Decision::Deny(denial)) => {
-                tracing::info!(denial = denial.as_str(), "API key refused");
-                return routes::refused(denial);
-            }
-            Err(e) => {
-                // API Gateway answers 500 when the authorizer fails; say what failed instead.
-                tracing::error!(error = %e, "cannot check the API key");
-                return routes::unavailable("cannot check the API key now");
-            }
+        let caller = match check_key(keys, &parts.headers).await {
+            Ok(caller) => caller,
+            Err(refusal) => return refusal,
+        };
+        let route = match parts.uri.path() {
+            "/verify" => PaymentRoute::Verify,
+            _ => PaymentRoute::Settle,
+        };
+        if let Some(refusal) = routes::over_limit(app.limiter.as_ref(), Some(&caller), route).await
+        {
+            return refusal;
         }
     }
     match (&parts.method, parts.uri.path(), app.facilitator()) {
@@ -146,6 +146,26 @@ async fn route(app: &App, request: Request<Incoming>) -> Response<String> {
         (&Method::GET, "/supported", Some(facilitator)) => routes::supported(facilitator).await,
         (&Method::GET, "/health", _) => routes::health(),
         (method, path, _) => routes::not_found(method, path),
+    }
+}
+
+/// The key check the HTTP API's authorizer makes: the caller, or the answer API Gateway would give.
+async fn check_key(keys: &ApiKeys, headers: &http::HeaderMap) -> Result<Caller, Response<String>> {
+    let header = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+    match keys.check(header).await {
+        Ok(Decision::Allow(caller)) => {
+            tracing::info!(key = %caller.name, "API key accepted");
+            Ok(caller)
+        }
+        Ok(Decision::Deny(denial)) => {
+            tracing::info!(denial = denial.as_str(), "API key refused");
+            Err(routes::refused(denial))
+        }
+        Err(e) => {
+            // API Gateway answers 500 when the authorizer fails; say what failed instead.
+            tracing::error!(error = %e, "cannot check the API key");
+            Err(routes::unavailable("cannot check the API key now"))
+        }
     }
 }
 

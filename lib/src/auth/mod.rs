@@ -9,6 +9,8 @@
 //! The same check runs in two places: the HTTP API's Lambda authorizer (`functions/authorizer`) and
 //! the local server in front of its routes, so the local stack refuses what AWS refuses.
 
+mod limit;
+
 use std::collections::HashMap;
 
 use aws_lambda_events::apigw::{
@@ -16,6 +18,8 @@ use aws_lambda_events::apigw::{
 };
 use aws_sdk_dynamodb::types::AttributeValue;
 use sha2::{Digest, Sha256};
+
+pub use limit::{gcra, Admission, Caller, KeyLimit, RateLimiter};
 
 /// The table's name when `X402_API_KEYS_TABLE` is not set (the local stack's name).
 pub const DEFAULT_TABLE: &str = "x402-api-keys";
@@ -54,10 +58,8 @@ impl Denial {
 /// The outcome of a check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    /// The key's holder, as its `name` says (for logs; never the key).
-    Allow {
-        name: String,
-    },
+    /// The key's holder: its `name` (for logs; never the key), its hash and its own rate limit.
+    Allow(Caller),
     Deny(Denial),
 }
 
@@ -108,12 +110,13 @@ impl ApiKeys {
             Ok(key) => key,
             Err(denial) => return Ok(Decision::Deny(denial)),
         };
+        let hash = key_hash(key);
         let read = self
             .client
             .get_item()
             .table_name(&self.table)
-            .key("key_hash", AttributeValue::S(key_hash(key)))
-            .projection_expression("#n, enabled")
+            .key("key_hash", AttributeValue::S(hash.clone()))
+            .projection_expression("#n, enabled, rate_per_second, burst")
             .expression_attribute_names("#n", "name")
             .send();
         let item = Box::pin(read)
@@ -123,11 +126,12 @@ impl ApiKeys {
                 problem: aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string(),
             })?
             .item;
-        Ok(decide(item.as_ref()))
+        Ok(decide(&hash, item.as_ref()))
     }
 
     /// The Lambda authorizer's answer (HTTP API, payload format 2.0, simple responses). The
-    /// context's `keyName` reaches the integration's request context and the access log.
+    /// context reaches the functions' request context ([`caller_from_context`]): `keyName` (also
+    /// in the access log), `keyId` and the key's own limit, if it has one.
     pub async fn authorize(
         &self,
         request: &ApiGatewayV2CustomAuthorizerV2Request,
@@ -139,10 +143,10 @@ impl ApiKeys {
         let decision = self.check(header).await?;
         let mut response = ApiGatewayV2CustomAuthorizerSimpleResponse::default();
         match decision {
-            Decision::Allow { name } => {
-                tracing::info!(key = %name, "API key accepted");
+            Decision::Allow(caller) => {
+                tracing::info!(key = %caller.name, "API key accepted");
                 response.is_authorized = true;
-                response.context = serde_json::json!({ "keyName": name });
+                response.context = context_of(&caller);
             }
             Decision::Deny(denial) => {
                 tracing::info!(denial = denial.as_str(), "API key refused");
@@ -154,20 +158,83 @@ impl ApiKeys {
 }
 
 /// Allow only an item that says `enabled = true`; anything else (absent, false, missing flag,
-/// wrong type) is a refusal.
-fn decide(item: Option<&HashMap<String, AttributeValue>>) -> Decision {
+/// wrong type) is a refusal. `hash` is the key's, which names its rate budget.
+fn decide(hash: &str, item: Option<&HashMap<String, AttributeValue>>) -> Decision {
     let Some(item) = item else {
         return Decision::Deny(Denial::Unknown);
     };
+    let number = |name: &str| {
+        item.get(name)
+            .and_then(|v| v.as_n().ok())
+            .and_then(|n| n.parse::<u32>().ok())
+            .filter(|n| *n > 0)
+    };
     match item.get("enabled") {
-        Some(AttributeValue::Bool(true)) => Decision::Allow {
+        Some(AttributeValue::Bool(true)) => Decision::Allow(Caller {
             name: match item.get("name") {
                 Some(AttributeValue::S(name)) => name.clone(),
                 _ => "unnamed".to_owned(),
             },
-        },
+            key_id: hash.to_owned(),
+            limit: number("rate_per_second").map(|per_second| KeyLimit {
+                per_second,
+                burst: number("burst").unwrap_or(per_second),
+            }),
+        }),
         _ => Decision::Deny(Denial::Disabled),
     }
+}
+
+/// The per-key limiter of a function that serves a payment route, when the deployment has API keys
+/// (`X402_API_KEYS_TABLE`) and a default limit or keys with their own.
+pub fn limiter_from(
+    config: &crate::config::Config,
+    aws: &aws_config::SdkConfig,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Option<RateLimiter> {
+    let table = crate::config::api_keys_table(lookup)?;
+    Some(RateLimiter::new(
+        aws_sdk_dynamodb::Client::new(aws),
+        table,
+        config.key_limit,
+    ))
+}
+
+/// The caller the HTTP API's authorizer established for a function (its `lambda` context).
+pub fn caller_from_authorizer(
+    authorizer: &aws_lambda_events::apigw::ApiGatewayRequestAuthorizer,
+) -> Option<Caller> {
+    caller_from_context(&authorizer.fields)
+}
+
+/// What the authorizer hands the functions about the caller (strings: API Gateway passes context
+/// values through as they are).
+fn context_of(caller: &Caller) -> serde_json::Value {
+    let mut context = serde_json::json!({ "keyName": caller.name, "keyId": caller.key_id });
+    if let Some(limit) = caller.limit {
+        context["rate"] = limit.per_second.to_string().into();
+        context["burst"] = limit.burst.to_string().into();
+    }
+    context
+}
+
+/// The caller the authorizer established, from a function's request context (the HTTP API's
+/// `requestContext.authorizer.lambda`); `None` when no authorizer ran (a direct invocation).
+pub fn caller_from_context(context: &HashMap<String, serde_json::Value>) -> Option<Caller> {
+    let text = |name: &str| match context.get(name)? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    };
+    let number = |name: &str| text(name)?.parse::<u32>().ok().filter(|n| *n > 0);
+    Some(Caller {
+        name: text("keyName").unwrap_or_else(|| "unnamed".to_owned()),
+        key_id: text("keyId")?,
+        limit: number("rate").map(|per_second| KeyLimit {
+            per_second,
+            burst: number("burst").unwrap_or(per_second),
+        }),
+    })
 }
 
 #[cfg(test)]
@@ -213,19 +280,47 @@ mod tests {
             ])
         };
         assert_eq!(
-            decide(Some(&item(AttributeValue::Bool(true)))),
-            Decision::Allow {
-                name: "shop".into()
-            }
+            decide("ab", Some(&item(AttributeValue::Bool(true)))),
+            Decision::Allow(Caller {
+                name: "shop".into(),
+                key_id: "ab".into(),
+                limit: None
+            })
         );
         assert_eq!(
-            decide(Some(&item(AttributeValue::Bool(false)))),
+            decide("ab", Some(&item(AttributeValue::Bool(false)))),
             Decision::Deny(Denial::Disabled)
         );
         assert_eq!(
-            decide(Some(&item(AttributeValue::S("true".into())))),
+            decide("ab", Some(&item(AttributeValue::S("true".into())))),
             Decision::Deny(Denial::Disabled)
         );
-        assert_eq!(decide(None), Decision::Deny(Denial::Unknown));
+        assert_eq!(decide("ab", None), Decision::Deny(Denial::Unknown));
+    }
+
+    #[test]
+    fn a_keys_own_limit_travels_from_its_item_through_the_authorizer_to_the_function() {
+        let item = HashMap::from([
+            ("name".to_owned(), AttributeValue::S("shop".into())),
+            ("enabled".to_owned(), AttributeValue::Bool(true)),
+            ("rate_per_second".to_owned(), AttributeValue::N("5".into())),
+            ("burst".to_owned(), AttributeValue::N("10".into())),
+        ]);
+        let Decision::Allow(caller) = decide("ab", Some(&item)) else {
+            panic!("allowed")
+        };
+        let limit = KeyLimit {
+            per_second: 5,
+            burst: 10,
+        };
+        assert_eq!(caller.limit, Some(limit));
+        let context: HashMap<String, serde_json::Value> =
+            serde_json::from_value(context_of(&caller)).unwrap();
+        assert_eq!(caller_from_context(&context), Some(caller));
+        assert_eq!(
+            caller_from_context(&HashMap::new()),
+            None,
+            "no authorizer, no caller"
+        );
     }
 }

@@ -47,6 +47,10 @@ pub const WORKER_MAX_ATTEMPTS_VAR: &str = "X402_WORKER_MAX_ATTEMPTS";
 pub const PAYER_REVERT_LIMIT_VAR: &str = "X402_PAYER_REVERT_LIMIT";
 /// How long such a payer is refused, in milliseconds.
 pub const PAYER_REFUSAL_VAR: &str = "X402_PAYER_REFUSAL_MS";
+/// Each API key's default rate limit, requests a second (`0`: keys without their own are not limited).
+pub const KEY_RATE_LIMIT_VAR: &str = "X402_KEY_RATE_LIMIT";
+/// Each API key's default burst.
+pub const KEY_BURST_VAR: &str = "X402_KEY_BURST";
 /// DynamoDB table of API keys (hashes). The authorizer reads it; the local server checks keys
 /// only when it is set.
 pub const API_KEYS_TABLE_VAR: &str = "X402_API_KEYS_TABLE";
@@ -105,6 +109,8 @@ pub struct Config {
     pub contract_wallets: bool,
     /// When a contract-wallet payer whose settlements revert on chain is refused.
     pub payer_reverts: RevertPolicy,
+    /// The rate limit of an API key that has none of its own (`None`: not limited).
+    pub key_limit: Option<crate::auth::KeyLimit>,
 }
 
 /// A contract wallet decides, when the settlement is mined, whether its signature is good, so it
@@ -276,6 +282,7 @@ impl Config {
                 .unwrap_or(u32::MAX),
                 refuse_for: vars.millis(PAYER_REFUSAL_VAR, DEFAULT_PAYER_REFUSAL)?,
             },
+            key_limit: key_limit(&vars)?,
             worker_max_attempts: u32::try_from(
                 vars.count(WORKER_MAX_ATTEMPTS_VAR, DEFAULT_WORKER_MAX_ATTEMPTS)?,
             )
@@ -372,6 +379,23 @@ impl<F: Fn(&str) -> Option<String>> Vars<F> {
             })
             .unwrap_or_default()
     }
+}
+
+/// The default per-key limit: `X402_KEY_RATE_LIMIT` a second (20; `0` turns it off) with bursts of
+/// `X402_KEY_BURST` (twice the rate).
+fn key_limit(
+    vars: &Vars<impl Fn(&str) -> Option<String>>,
+) -> Result<Option<crate::auth::KeyLimit>, ConfigError> {
+    let rate = vars.number(KEY_RATE_LIMIT_VAR, 20, "requests a second (0 for no limit)")?;
+    if rate == 0 {
+        return Ok(None);
+    }
+    let per_second = u32::try_from(rate).unwrap_or(u32::MAX);
+    let burst = vars.count(KEY_BURST_VAR, per_second.saturating_mul(2) as usize)?;
+    Ok(Some(crate::auth::KeyLimit {
+        per_second,
+        burst: u32::try_from(burst).unwrap_or(u32::MAX),
+    }))
 }
 
 /// The settle deadline fits API Gateway, and replay leaves a live /settle alone.

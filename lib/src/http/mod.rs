@@ -11,7 +11,7 @@ use http::{header, Response, StatusCode};
 use serde::Serialize;
 
 use crate::{
-    auth::Denial,
+    auth::{Admission, Caller, Denial, KeyLimit, RateLimiter},
     facilitator::Facilitator,
     metrics::{self, SettleOutcome, VerifyOutcome},
     protocol::{
@@ -141,6 +141,67 @@ pub fn refused(denial: Denial) -> Response<String> {
             header::HeaderValue::from_static("Bearer"),
         );
     }
+    response
+}
+
+/// The per-key limit (docs/security.md, "Limits per key"), before anything else of a payment route:
+/// the 429 to answer instead when the caller is over its budget. No limiter or no caller (no API
+/// keys here) limits nothing, and neither does a limiter that cannot be asked: the limit protects
+/// capacity, and no payment depends on it.
+pub async fn over_limit(
+    limiter: Option<&RateLimiter>,
+    caller: Option<&Caller>,
+    route: PaymentRoute,
+) -> Option<Response<String>> {
+    let (limiter, caller) = (limiter?, caller?);
+    match limiter.admit(caller, crate::clock::now_ms()).await {
+        Ok(Admission::Admitted) => None,
+        Ok(Admission::Limited {
+            retry_after_secs,
+            limit,
+        }) => {
+            tracing::info!(key = %caller.name, retry_after_secs, "API key over its rate limit");
+            metrics::key_limited(route_name(route));
+            Some(too_many(route, &caller.name, limit, retry_after_secs))
+        }
+        Err(e) => {
+            tracing::error!(key = %caller.name, error = %e, "the per-key limit could not be checked; the request goes through");
+            None
+        }
+    }
+}
+
+fn route_name(route: PaymentRoute) -> &'static str {
+    match route {
+        PaymentRoute::Verify => "verify",
+        PaymentRoute::Settle => "settle",
+    }
+}
+
+/// 429 with `Retry-After`, in the route's own refusal shape, so that the official clients read it
+/// as a typed error (and newer ones wait as told).
+fn too_many(
+    route: PaymentRoute,
+    key: &str,
+    limit: KeyLimit,
+    retry_after_secs: u64,
+) -> Response<String> {
+    let reason = match route {
+        PaymentRoute::Verify => Reason::UnexpectedVerifyError,
+        PaymentRoute::Settle => Reason::UnexpectedSettleError,
+    };
+    let message = format!(
+        "API key {key:?} is over its limit of {} requests a second (bursts of {}): retry after {retry_after_secs} s",
+        limit.per_second, limit.burst
+    );
+    let mut response = json(
+        StatusCode::TOO_MANY_REQUESTS,
+        &route.refusal(reason, message, None, None),
+    );
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        header::HeaderValue::from(retry_after_secs),
+    );
     response
 }
 

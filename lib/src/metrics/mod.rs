@@ -145,6 +145,16 @@ pub fn payer_refused(network: &str) {
     });
 }
 
+/// `KeyLimited`: a request answered 429 because its API key was over its rate limit, by Route.
+pub fn key_limited(route: &str) {
+    emit(&Observation {
+        dimension_sets: &[&["Route"]],
+        dimensions: &[("Route", route)],
+        metrics: &[("KeyLimited", Unit::Count, 1.0)],
+        properties: &[],
+    });
+}
+
 /// `KmsSignLatency`: one KMS `Sign` call, by Outcome (`ok` or `error`).
 pub fn kms_sign(latency: Duration, ok: bool) {
     emit(&Observation {
