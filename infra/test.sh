@@ -113,6 +113,12 @@ for _ in $(seq 100); do
 done
 export X402_LAMBDA_ROUTE_URL="http://127.0.0.1:$LAMBDA_ROUTE_PORT"
 
+step "smoke test (infra/smoke.sh) against the local server and the Lambda functions behind their route"
+for url in "$X402_BASE_URL" "$X402_LAMBDA_ROUTE_URL"; do
+  SMOKE_RPC_URL="$RPC_URL" SMOKE_ASSET="$X402_TOKEN" SMOKE_TOKEN_NAME="$X402_TOKEN_NAME" \
+    SMOKE_TOKEN_VERSION="$X402_TOKEN_VERSION" bash infra/smoke.sh "$url"
+done
+
 step "integration and Lambda tests"
 run_tests --workspace --test '*'
 

@@ -6,7 +6,7 @@
 //
 //   LAMBDA_PORT=9000 LAMBDA_ROUTE_LISTEN=127.0.0.1:4021 node infra/lambda/lambda-route.mjs
 //
-// /health has no function (in AWS the HTTP API has no such route either), so it is not routed.
+// GET /health goes to the supported function, as the template's HTTP API routes it.
 
 import { createServer } from "node:http";
 
@@ -14,6 +14,7 @@ const ROUTES = {
   "POST /verify": "verify",
   "POST /settle": "settle",
   "GET /supported": "supported",
+  "GET /health": "supported",
 };
 // Dropped on the way in: the emulator sets its own host and framing.
 const HOP_BY_HOP = new Set(["host", "connection", "keep-alive", "transfer-encoding", "content-length"]);
