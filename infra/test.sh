@@ -97,6 +97,7 @@ bash infra/lambda/lambda-emulator.sh start
 bash infra/lambda/sqs-poller.sh start settle-worker
 export X402_BASE_URL="http://127.0.0.1:$LOCAL_PORT" X402_LAMBDA_PORT="$LAMBDA_PORT"
 export X402_LOCAL_SERVER_BIN="$TARGET_DIR/debug/local-server" # tests that need a differently configured server
+export X402_LANES_BIN="$TARGET_DIR/debug/lanes" # the lanes tool, which the lane lifecycle test drives
 for _ in $(seq 100); do
   curl -fsS "$X402_BASE_URL/health" >/dev/null 2>&1 && break
   sleep 0.1

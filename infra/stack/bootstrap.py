@@ -269,6 +269,23 @@ def lanes(kms, anvil, count):
     return result
 
 
+def activate_lanes(dynamodb, lanes_):
+    """The lanes are funded above, so each is made active, as replay would once it saw the gas
+    (docs/settlement.md, "Lanes"). A lane a test or an operator moved on keeps its state."""
+    for lane in lanes_:
+        try:
+            dynamodb.update_item(
+                TableName=LANES_TABLE,
+                Key={"lane": {"S": lane["keyId"]}},
+                UpdateExpression="SET #s = :active",
+                ConditionExpression="attribute_not_exists(#s)",
+                ExpressionAttributeNames={"#s": "state"},
+                ExpressionAttributeValues={":active": {"S": "active"}},
+            )
+        except dynamodb.exceptions.ConditionalCheckFailedException:
+            pass
+
+
 def create_tables(dynamodb, path):
     tables = json.loads(path.read_text())
     existing = set(dynamodb.list_tables()["TableNames"])
@@ -375,6 +392,7 @@ def main():
 
     lanes_ = lanes(boto3.client("kms"), anvil, lane_count)
     create_tables(boto3.client("dynamodb"), STACK / "tables.json")
+    activate_lanes(boto3.client("dynamodb"), lanes_)
     queues = create_queues(boto3.client("sqs"), STACK / "queues.json")
 
     values = {

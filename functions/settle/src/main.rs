@@ -15,7 +15,7 @@ async fn main() -> Result<(), Error> {
     let config = Config::from_env()?;
     let aws = facilitator::aws_config().await;
     let settler = Settler::from_config(&config, &aws)?;
-    let limiter = auth::limiter_from(&config, &aws, |var| std::env::var(var).ok());
+    let limiter = http::key_limiter(&config, &aws, |var| std::env::var(var).ok());
     let (settler, limiter) = (&settler, limiter.as_ref());
     run(service_fn(move |request: Request| async move {
         let caller = match request.request_context_ref() {

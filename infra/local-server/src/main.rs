@@ -21,7 +21,7 @@ use std::{
 
 use bytes::Bytes;
 use facilitator::{
-    auth::{self, ApiKeys, Caller, Decision, RateLimiter},
+    auth::{ApiKeys, Caller, Decision, RateLimiter},
     config,
     http::{self as routes, PaymentRoute},
     settle::Settler,
@@ -73,7 +73,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     };
     let api_keys = config::api_keys_table(|var| std::env::var(var).ok())
         .map(|table| ApiKeys::new(aws_sdk_dynamodb::Client::new(&aws), table));
-    let limiter = auth::limiter_from(&config, &aws, |var| std::env::var(var).ok());
+    let limiter = routes::key_limiter(&config, &aws, |var| std::env::var(var).ok());
     let app = Arc::new(App {
         settler,
         facilitator,

@@ -185,21 +185,6 @@ fn decide(hash: &str, item: Option<&HashMap<String, AttributeValue>>) -> Decisio
     }
 }
 
-/// The per-key limiter of a function that serves a payment route, when the deployment has API keys
-/// (`X402_API_KEYS_TABLE`) and a default limit or keys with their own.
-pub fn limiter_from(
-    config: &crate::config::Config,
-    aws: &aws_config::SdkConfig,
-    lookup: impl Fn(&str) -> Option<String>,
-) -> Option<RateLimiter> {
-    let table = crate::config::api_keys_table(lookup)?;
-    Some(RateLimiter::new(
-        aws_sdk_dynamodb::Client::new(aws),
-        table,
-        config.key_limit,
-    ))
-}
-
 /// The caller the HTTP API's authorizer established for a function (its `lambda` context).
 pub fn caller_from_authorizer(
     authorizer: &aws_lambda_events::apigw::ApiGatewayRequestAuthorizer,

@@ -47,6 +47,8 @@ pub const WORKER_MAX_ATTEMPTS_VAR: &str = "X402_WORKER_MAX_ATTEMPTS";
 pub const PAYER_REVERT_LIMIT_VAR: &str = "X402_PAYER_REVERT_LIMIT";
 /// How long such a payer is refused, in milliseconds.
 pub const PAYER_REFUSAL_VAR: &str = "X402_PAYER_REFUSAL_MS";
+/// How long `/settle` reuses what it read of the lanes' states, in milliseconds (0: never).
+pub const LANE_STATE_TTL_VAR: &str = "X402_LANE_STATE_TTL_MS";
 /// Each API key's default rate limit, requests a second (`0`: keys without their own are not limited).
 pub const KEY_RATE_LIMIT_VAR: &str = "X402_KEY_RATE_LIMIT";
 /// Each API key's default burst.
@@ -75,6 +77,10 @@ const DEFAULT_WORKER_MAX_ATTEMPTS: usize = 5;
 /// in a row are a wallet that passes simulation and fails on chain.
 const DEFAULT_PAYER_REVERT_LIMIT: usize = 3;
 const DEFAULT_PAYER_REFUSAL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Ten seconds: a drain takes effect quickly enough for an operator, and a busy `/settle` instance
+/// reads the lanes table a few times a minute.
+pub const DEFAULT_LANE_STATE_TTL: Duration = Duration::from_secs(10);
 
 const DEFAULT_RPC_TIMEOUT: Duration = Duration::from_secs(5);
 /// x402 bodies are 1–3 KiB; 64 KiB leaves room for extensions and refuses floods early.
@@ -111,6 +117,8 @@ pub struct Config {
     pub payer_reverts: RevertPolicy,
     /// The rate limit of an API key that has none of its own (`None`: not limited).
     pub key_limit: Option<crate::auth::KeyLimit>,
+    /// How long `/settle` trusts what it read of the lanes' states.
+    pub lane_state_ttl: Duration,
 }
 
 /// A contract wallet decides, when the settlement is mined, whether its signature is good, so it
@@ -283,6 +291,11 @@ impl Config {
                 refuse_for: vars.millis(PAYER_REFUSAL_VAR, DEFAULT_PAYER_REFUSAL)?,
             },
             key_limit: key_limit(&vars)?,
+            lane_state_ttl: Duration::from_millis(vars.number(
+                LANE_STATE_TTL_VAR,
+                DEFAULT_LANE_STATE_TTL.as_millis() as u64,
+                "milliseconds (0: read the lanes' states for every payment)",
+            )?),
             worker_max_attempts: u32::try_from(
                 vars.count(WORKER_MAX_ATTEMPTS_VAR, DEFAULT_WORKER_MAX_ATTEMPTS)?,
             )

@@ -144,6 +144,21 @@ pub fn refused(denial: Denial) -> Response<String> {
     response
 }
 
+/// The per-key limiter of a function that serves a payment route, when the deployment has API keys
+/// (`X402_API_KEYS_TABLE`).
+pub fn key_limiter(
+    config: &crate::config::Config,
+    aws: &aws_config::SdkConfig,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Option<RateLimiter> {
+    let table = crate::config::api_keys_table(lookup)?;
+    Some(RateLimiter::new(
+        aws_sdk_dynamodb::Client::new(aws),
+        table,
+        config.key_limit,
+    ))
+}
+
 /// The per-key limit (docs/security.md, "Limits per key"), before anything else of a payment route:
 /// the 429 to answer instead when the caller is over its budget. No limiter or no caller (no API
 /// keys here) limits nothing, and neither does a limiter that cannot be asked: the limit protects

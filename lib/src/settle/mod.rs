@@ -5,6 +5,7 @@
 //! `kms:Sign` (I7).
 
 mod pace;
+mod routing;
 
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,12 @@ use crate::{
 };
 
 use pace::{Pace, SigningTime};
+pub use routing::{lane_for, routable, Routes};
+
+/// What `/settle` answers when no configured lane is active.
+const NO_ACTIVE_LANE: &str = "no signer lane is active: each new lane waits until its address has \
+    gas (replay activates it), and a draining or retired one takes no new payments; fund a lane \
+    (GET /supported lists them) or activate one with infra/lanes.py";
 
 /// Tunables of the settle function.
 #[derive(Debug, Clone, Copy)]
@@ -47,7 +54,8 @@ pub struct Settler {
     facilitator: Facilitator,
     store: Store,
     queue: Queue,
-    lanes: Vec<String>,
+    /// The lanes new payments may go to (the configured ones that are active).
+    routes: Routes,
     timing: Timing,
     /// How long this instance's payments have taken to be signed: when a follower first looks.
     signing: SigningTime,
@@ -153,10 +161,10 @@ impl Settler {
         timing: Timing,
     ) -> Self {
         Settler {
+            routes: Routes::new(store.clone(), lanes, crate::config::DEFAULT_LANE_STATE_TTL),
             facilitator,
             store,
             queue,
-            lanes,
             timing,
             // Until a payment has been seen signed: a quarter of the poll, as a guess.
             signing: SigningTime::new(timing.poll / 4),
@@ -165,6 +173,19 @@ impl Settler {
 
     /// Builds the settle function's clients from the configuration; calls nothing.
     pub fn from_config(config: &Config, aws: &aws_config::SdkConfig) -> Result<Self, ConfigError> {
+        Ok(Self::from_config_unrouted(config, aws)?.with_lane_state_ttl(config.lane_state_ttl))
+    }
+
+    /// How long this instance trusts what it read of the lanes' states.
+    pub fn with_lane_state_ttl(mut self, ttl: Duration) -> Self {
+        self.routes = Routes::new(self.store.clone(), self.routes.configured().to_vec(), ttl);
+        self
+    }
+
+    fn from_config_unrouted(
+        config: &Config,
+        aws: &aws_config::SdkConfig,
+    ) -> Result<Self, ConfigError> {
         let queue = Queue::new(
             aws_sdk_sqs::Client::new(aws),
             config.require_settle_queue()?.to_owned(),
@@ -193,7 +214,7 @@ impl Settler {
             network: payment.accepted_network.clone(),
             payer: payer_hint(&payment.payload),
         };
-        if self.lanes.is_empty() {
+        if self.routes.configured().is_empty() {
             return echo
                 .failure(
                     Rejection::new(
@@ -358,7 +379,8 @@ impl Settler {
                 found.tx, transfer.value, transfer.asset, transfer.to
             ));
         }
-        let lane = lane_for(&r.id, &self.lanes).to_owned();
+        // Only a label here (nothing will be signed): any configured lane serves.
+        let lane = lane_for(&r.id, self.routes.configured()).to_owned();
         let mined = Mined {
             tx: found.tx,
             block: found.receipt.block_number,
@@ -377,7 +399,11 @@ impl Settler {
 
     /// Records a new payment `queued`, queues it on its lane and follows it.
     async fn record_and_follow(&self, r: &Request<'_>) -> SettleResponse {
-        let lane = lane_for(&r.id, &self.lanes).to_owned();
+        let lane = match self.routes.active().await {
+            Ok(active) if !active.is_empty() => lane_for(&r.id, &active).to_owned(),
+            Ok(_) => return r.unexpected(NO_ACTIVE_LANE),
+            Err(e) => return r.unexpected(e.to_string()),
+        };
         let record = PaymentRecord::queued(&r.new_payment(&lane), now_ms());
         match self.create(r, &record).await {
             Ok(Created::New) => {}
@@ -703,17 +729,6 @@ fn rejection_of(record: &PaymentRecord) -> Rejection {
 /// A transaction hash as answers carry it.
 fn tx_text(hash: Option<B256>) -> Option<String> {
     hash.map(|h| format!("{h:#x}"))
-}
-
-/// The lane a payment goes to: fixed by its id, so a retry lands on the same lane.
-pub fn lane_for<'a>(id: &PaymentId, lanes: &'a [String]) -> &'a str {
-    let hash = alloy::primitives::keccak256(id.as_str().as_bytes());
-    let index =
-        u64::from_be_bytes(hash[..8].try_into().unwrap_or_default()) % lanes.len().max(1) as u64;
-    lanes
-        .get(index as usize)
-        .map(String::as_str)
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! learns it lost and reads what the winner did.
 
 mod item;
+mod lanes;
 mod payer;
 mod record;
 
@@ -17,11 +18,12 @@ use alloy::primitives::{Address, Bytes, B256};
 use aws_sdk_dynamodb::{
     error::SdkError,
     operation::{put_item::PutItemError, update_item::UpdateItemError},
-    types::{AttributeValue, Put, ReturnValue, TransactWriteItem, Update},
+    types::{AttributeValue, ReturnValue, TransactWriteItem, Update},
 };
 use tracing::instrument;
 
 use crate::clock::now_ms;
+pub use lanes::LaneState;
 pub use payer::{refused_until, Standing};
 pub use record::{
     Claimant, Ending, Failure, Mined, NewPayment, PaymentId, PaymentRecord, State, MESSAGE_LIMIT,
@@ -358,12 +360,12 @@ impl Store {
             .set("raw_tx", hex_value(&signed.raw))
             .set("tx_hash", hex_value(&signed.hash))
             .update(&self.payments, id)?;
-        let lane_put = self.lane_step(lane, signed.nonce)?;
+        let lane_step = self.lane_step(lane, signed.nonce)?;
         let request = self
             .client
             .transact_write_items()
             .transact_items(TransactWriteItem::builder().update(record).build())
-            .transact_items(TransactWriteItem::builder().put(lane_put).build())
+            .transact_items(TransactWriteItem::builder().update(lane_step).build())
             .send();
         match Box::pin(request).await {
             Ok(_) => Ok(true),
@@ -375,26 +377,19 @@ impl Store {
     }
 
     /// The lane's `next_nonce` from `nonce` to `nonce + 1`: only from the nonce the worker read; a
-    /// lane never used starts wherever the chain says.
-    fn lane_step(&self, lane: &str, nonce: u64) -> Result<Put, StoreError> {
-        let item = HashMap::from([
-            ("lane".to_owned(), AttributeValue::S(lane.to_owned())),
-            (
-                "next_nonce".to_owned(),
-                AttributeValue::N((nonce + 1).to_string()),
-            ),
-            (
-                "updated_at".to_owned(),
-                AttributeValue::N(now_ms().to_string()),
-            ),
-        ]);
-        Put::builder()
+    /// lane never used starts wherever the chain says. An update, not a put: the row also keeps the
+    /// lane's state ([`LaneState`]), which a nonce step must not erase.
+    fn lane_step(&self, lane: &str, nonce: u64) -> Result<Update, StoreError> {
+        Update::builder()
             .table_name(&self.lanes)
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(lane) OR next_nonce <= :n")
+            .key("lane", AttributeValue::S(lane.to_owned()))
+            .update_expression("SET next_nonce = :next, updated_at = :now")
+            .condition_expression("attribute_not_exists(next_nonce) OR next_nonce <= :n")
             .expression_attribute_values(":n", AttributeValue::N(nonce.to_string()))
+            .expression_attribute_values(":next", AttributeValue::N((nonce + 1).to_string()))
+            .expression_attribute_values(":now", AttributeValue::N(now_ms().to_string()))
             .build()
-            .map_err(fail("build Put"))
+            .map_err(fail("build Update"))
     }
 
     /// The write-ahead of a replacement (I3): a `signed` or `submitted` record's transaction is

@@ -111,7 +111,11 @@ pub async fn all_records() -> Vec<PaymentRecord> {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct LaneRow {
     pub lane: String,
+    /// 0 until the lane first signs (a row may hold only its state before that).
+    #[serde(default)]
     pub next_nonce: u64,
+    #[serde(default)]
+    pub state: Option<String>,
 }
 
 /// The whole lanes table, by lane: its nonces must not move when nothing was written ahead.

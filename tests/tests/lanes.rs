@@ -1,0 +1,156 @@
+//! The lane lifecycle on the local stack (docs/runbook.md, "Signer lanes"): a lane that is not
+//! active gets no new payments; activating it gives it its share; draining one sends new payments
+//! elsewhere while its open payment finishes; a drained lane with nothing open retires. The states
+//! are moved with the operator's tool (`lanes`, infra/lanes), as the runbook says, and the payments
+//! go through a local server that reads the lanes' states for every payment.
+
+// Test helpers panic on set-up failures: that is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use facilitator::{
+    settle::lane_for,
+    store::{LaneState, State},
+};
+use serde_json::Value;
+
+/// Runs the lanes tool with the test environment; its output, or a panic with its error.
+fn lanes_tool(args: &[&str]) -> String {
+    let binary = std::env::var("X402_LANES_BIN").expect("X402_LANES_BIN is set by infra/test.sh");
+    let output = std::process::Command::new(binary)
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "lanes {args:?} failed: {}{text}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    text
+}
+
+fn lanes_tool_refuses(args: &[&str]) -> String {
+    let binary = std::env::var("X402_LANES_BIN").unwrap();
+    let output = std::process::Command::new(binary)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "lanes {args:?} should refuse");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Every lane active again however the test ends, as the stack started.
+struct LanesRestored;
+
+impl Drop for LanesRestored {
+    fn drop(&mut self) {
+        finish_detached(async {
+            let store = store().await;
+            for lane in config().lane_keys {
+                let _ = store
+                    .set_lane_state(&lane, &LaneState::ALL, LaneState::Active)
+                    .await;
+            }
+        });
+    }
+}
+
+/// A signed payment that `lane_for` puts on `lane` among `among`.
+fn payment_routed(among: &[String], lane: &str) -> PaymentBuilder {
+    loop {
+        let payment = PaymentBuilder::new(2).sign();
+        if lane_for(&payment.payment_id(), among) == lane {
+            return payment;
+        }
+    }
+}
+
+fn ms(millis: u64) -> std::time::Duration {
+    std::time::Duration::from_millis(millis)
+}
+
+async fn settled_on(base: &str, payment: &PaymentBuilder) -> String {
+    let answer = post_json(base, "/settle", &payment.body()).await;
+    assert_eq!(
+        answer.json["success"],
+        Value::Bool(true),
+        "{:?}",
+        answer.json
+    );
+    payment_record(&payment.record_id()).await.lane
+}
+
+#[tokio::test]
+async fn lanes_go_from_funding_to_active_to_draining_to_retired() {
+    let _restore = LanesRestored;
+    let lanes = config().lane_keys;
+    assert!(lanes.len() >= 2, "the local stack has two lanes");
+    let (first, second) = (lanes[0].clone(), lanes[1].clone());
+    let (_server, base) = start_local_server(&[("X402_LANE_STATE_TTL_MS", "0")]).await;
+    let store = store().await;
+
+    // A new lane waits in `funding`: every payment goes to the other one, including one that both
+    // lanes being active would have put on it.
+    assert!(store
+        .set_lane_state(&second, &[LaneState::Active], LaneState::Funding)
+        .await
+        .unwrap());
+    let would_go_second = payment_routed(&lanes, &second);
+    assert_eq!(settled_on(&base, &would_go_second).await, first);
+    assert!(lanes_tool(&["list"]).contains("funding"));
+
+    // Activated, it takes its share.
+    lanes_tool(&["activate", "1"]);
+    assert_eq!(
+        settled_on(&base, &payment_routed(&lanes, &second)).await,
+        second
+    );
+
+    // Draining the first lane while a payment on it is in flight: new payments go to the second,
+    // and the open one still settles.
+    let in_flight = payment_routed(&lanes, &first);
+    let mining = MiningStopped::start().await;
+    let body = in_flight.body();
+    let base_for_flight = base.clone();
+    let flight = tokio::spawn(async move { post_json(&base_for_flight, "/settle", &body).await });
+    let id = in_flight.record_id();
+    eventually("the in-flight payment broadcast", 300, ms(100), || async {
+        match find_payment_record(&id).await {
+            Some(r) if r.state == State::Submitted => Ok(()),
+            seen => Err(seen.map(|r| r.state)),
+        }
+    })
+    .await;
+    lanes_tool(&["drain", &first]);
+    assert!(
+        lanes_tool_refuses(&["retire", &first]).contains("open payments"),
+        "a lane with an open payment does not retire"
+    );
+    drop(mining);
+    let answer = flight.await.unwrap();
+    assert_eq!(
+        answer.json["success"],
+        Value::Bool(true),
+        "{:?}",
+        answer.json
+    );
+    assert_eq!(payment_record(&in_flight.record_id()).await.lane, first);
+    assert_eq!(
+        settled_on(&base, &payment_routed(&lanes, &first)).await,
+        second
+    );
+
+    // Nothing open on it: it retires, and it takes no payment until an operator activates it.
+    lanes_tool(&["retire", "0"]);
+    let listed = lanes_tool(&["list"]);
+    println!("{listed}");
+    assert!(listed.contains("retired"), "{listed}");
+    assert!(lanes_tool_refuses(&["activate", "0"]).contains("is retired"));
+    assert_eq!(
+        settled_on(&base, &payment_routed(&lanes, &first)).await,
+        second
+    );
+}
