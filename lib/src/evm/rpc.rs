@@ -138,8 +138,9 @@ impl Rpc {
         &self,
         request: impl Fn(RootProvider) -> BoxFuture<TransportResult<T>>,
     ) -> Result<Result<T, NodeError>, ChainError> {
-        let deadline = Instant::now() + self.timeout;
+        // The secret's first read has a timeout of its own, as before lists; the call's starts after.
         let mut urls = self.urls(false).await?;
+        let deadline = Instant::now() + self.timeout;
         let mut reread = false;
         loop {
             let order = lock(&urls.health).order(Instant::now());
@@ -224,21 +225,18 @@ impl Rpc {
                 return Ok(urls.clone()); // another call read it meanwhile
             }
         }
-        let read = self.read_source().await;
         let next_read =
             matches!(self.source, RpcSource::Secret(_)).then(|| Instant::now() + SECRET_TTL);
-        let urls = match (read, now_held) {
+        let urls = match (self.read_source().await, now_held) {
             (Ok(list), Some(old)) if old.same_list(&list) => {
                 *lock(&old.read_again_at) = next_read;
                 old
             }
-            (Ok(list), _) => Arc::new(Urls::new(list, next_read)?),
-            (Err(e), Some(old)) => {
-                tracing::warn!(error = %e, retry_s = SECRET_RETRY.as_secs(), "the RPC secret could not be read again; its URLs read before stay in use");
-                *lock(&old.read_again_at) = Some(Instant::now() + SECRET_RETRY);
-                old
-            }
-            (Err(e), None) => return Err(e),
+            (Ok(list), old) => match Urls::new(list, next_read) {
+                Ok(urls) => Arc::new(urls),
+                Err(e) => keep_after_failed_read(old, e)?,
+            },
+            (Err(e), old) => keep_after_failed_read(old, e)?,
         };
         *lock(&self.current) = Some(urls.clone());
         Ok(urls)
@@ -269,6 +267,19 @@ impl Rpc {
             .ok_or_else(|| fail("the secret has no string value".into()))?;
         parse_rpc_urls(value).map_err(fail)
     }
+}
+
+/// The URLs held before a read of the secret that failed (or gave a URL that does not parse):
+/// kept in use, since a Secrets Manager outage should not stop settlements, and read again after
+/// [`SECRET_RETRY`]. With none held, the read's error is the call's.
+fn keep_after_failed_read(
+    held: Option<Arc<Urls>>,
+    error: ChainError,
+) -> Result<Arc<Urls>, ChainError> {
+    let held = held.ok_or_else(|| error.clone())?;
+    tracing::warn!(%error, retry_s = SECRET_RETRY.as_secs(), "the RPC secret could not be read again; the URLs read before stay in use");
+    *lock(&held.read_again_at) = Some(Instant::now() + SECRET_RETRY);
+    Ok(held)
 }
 
 /// One request to one node within `limit`: its answer (a value, or a verdict the node gave), or
@@ -303,4 +314,38 @@ async fn attempt<T>(
         .to_string()
         .replace(endpoint.url.as_str(), &redact_url(&endpoint.url));
     Err((miss, ChainError::Transport(shown)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_401_forces_a_secret_read_at_most_once_per_interval() {
+        let secret = Rpc::new(RpcSource::Secret("x402/rpc/a".into()), None, SECRET_RETRY);
+        assert!(secret.may_force_read());
+        assert!(!secret.may_force_read(), "again within the interval");
+        // URLs from the configuration have nothing to read again.
+        let configured = Rpc::new(RpcSource::url("http://a.example"), None, SECRET_RETRY);
+        assert!(!configured.may_force_read());
+    }
+
+    /// The secret cannot be read (no Secrets Manager client here): with nothing held that is the
+    /// call's error; with URLs held, they stay in use and the read waits for [`SECRET_RETRY`].
+    #[tokio::test]
+    async fn a_secret_that_cannot_be_read_again_leaves_its_urls_in_use() {
+        let rpc = Rpc::new(RpcSource::Secret("x402/rpc/a".into()), None, SECRET_RETRY);
+        let error = rpc.urls(false).await.err().map(|e| e.to_string());
+        assert!(
+            error.as_deref().is_some_and(|e| e.contains("x402/rpc/a")),
+            "{error:?}"
+        );
+        let due_now = Some(Instant::now());
+        let held = Arc::new(Urls::new(vec!["http://127.0.0.1:1/KEY".into()], due_now).unwrap());
+        *lock(&rpc.current) = Some(held.clone());
+        let urls = rpc.urls(false).await.unwrap();
+        assert!(Arc::ptr_eq(&urls, &held));
+        assert!(!urls.due(Instant::now()), "not read again on every call");
+        assert!(urls.due(Instant::now() + SECRET_RETRY));
+    }
 }
