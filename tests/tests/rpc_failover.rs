@@ -184,3 +184,22 @@ async fn a_rotated_key_in_the_rpc_secret_is_read_at_the_first_401() {
         second.json
     );
 }
+
+/// The first URL takes the request and never answers. The attempt there gets half the call's
+/// timeout (infra/test.sh sets 2 s), and the second URL answers within the other half: the
+/// payment verifies, where with one URL it would be `unexpected_verify_error`.
+#[tokio::test]
+async fn a_hung_first_url_costs_half_the_timeout_and_the_second_answers() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let urls = [stack().rpc_proxy_url.clone(), stack().anvil_url.clone()];
+    let (_server, base) =
+        start_local_server(&[("X402_NETWORKS", &networks(json!({ "rpcUrls": urls })))]).await;
+    reset_rpc_counts().await;
+    let fault = RpcFault::set("hang", &[]).await;
+    let answer = post_json(&base, "/verify", &PaymentBuilder::new(2).sign().body()).await;
+    let hung = rpc_counts().await["http_requests"].as_u64().unwrap();
+    drop(fault);
+    assert!(hung >= 1, "the first URL was never asked");
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.json["isValid"], true, "{:?}", answer.json);
+}
