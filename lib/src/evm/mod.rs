@@ -6,7 +6,7 @@ pub mod attribution;
 pub mod chain;
 pub mod checks;
 pub mod eip712;
-pub mod failover;
+mod failover;
 pub mod hex;
 pub mod payload;
 mod rpc;
