@@ -17,10 +17,7 @@ use alloy::{
 use tracing::instrument;
 
 pub use super::answers::{node_answer, ChainError, NodeAnswer, NODE_ANSWERS};
-use super::{
-    answers::NodeError,
-    rpc::{BoxFuture, Rpc},
-};
+use super::rpc::{BoxFuture, Rpc};
 use crate::config::RpcSource;
 
 /// How an `eth_call` ended, when the node answered.
@@ -119,32 +116,23 @@ impl Chain {
         self
     }
 
-    /// Runs one RPC request, failing over between the URLs ([`Rpc::call`]). The node's own error
-    /// answer comes back as `Ok(Err(NodeError))`, classified by [`node_answer`]; no answer from any
-    /// node is a [`ChainError`]. `request` may run once per URL.
-    async fn bounded<T>(
-        &self,
-        request: impl Fn(RootProvider) -> BoxFuture<TransportResult<T>>,
-    ) -> Result<Result<T, NodeError>, ChainError> {
-        self.rpc.call(request).await
-    }
-
-    /// [`Chain::bounded`] for a request whose only final error answer is `keep`: any other error
-    /// answer (a rate limit, an unknown block, a node's internal error) is a [`ChainError`], to be
-    /// retried, never taken as the chain's verdict on the payment.
+    /// One RPC request, failing over between the URLs ([`Rpc::call`]; `request` may run once per
+    /// URL), whose only final error answer is `keep`: any other error answer (a rate limit, an
+    /// unknown block, a node's internal error) is a [`ChainError`], to be retried, never taken as
+    /// the chain's verdict on the payment.
     async fn bounded_keeping<T>(
         &self,
         keep: &[NodeAnswer],
         request: impl Fn(RootProvider) -> BoxFuture<TransportResult<T>>,
     ) -> Result<Result<T, String>, ChainError> {
-        match self.bounded(request).await? {
+        match self.rpc.call(request).await? {
             Ok(value) => Ok(Ok(value)),
             Err(e) if keep.contains(&e.kind) => Ok(Err(e.message)),
             Err(e) => Err(ChainError::Node(e.message)),
         }
     }
 
-    /// [`Chain::bounded`] for a read, where every error answer is a [`ChainError`].
+    /// [`Chain::bounded_keeping`] for a read, where every error answer is a [`ChainError`].
     async fn read<T>(
         &self,
         request: impl Fn(RootProvider) -> BoxFuture<TransportResult<T>>,
