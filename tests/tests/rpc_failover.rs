@@ -1,5 +1,6 @@
 //! RPC failover (issue 14): a network configured with several RPC URLs keeps settling when the
-//! first is down or failing, and a rotated key in the RPC secret is picked up at the first 401.
+//! first is down, answers errors or hangs, and a rotated key in the RPC secret is picked up at the
+//! first 401.
 //!
 //! Each settlement test runs the whole path with the failover configuration on both sides: a local
 //! server of the test's own (verify, record, queue, follow) and a worker in this process, fed from
