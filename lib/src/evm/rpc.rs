@@ -183,7 +183,7 @@ impl Rpc {
                     lock(&urls.health).set_aside(i, Instant::now());
                     let url = redact_url(&endpoint.url);
                     let why = format!("{miss:?}");
-                    tracing::warn!(network = %self.network, %url, %why, %error, aside_s = SET_ASIDE.as_secs(), "an RPC URL got no usable answer; set aside, the call goes on to the next");
+                    tracing::warn!(network = %self.network, %url, %why, %error, aside_s = SET_ASIDE.as_secs(), "an RPC URL got no usable answer; set aside, calls go to the network's next URL if it has one");
                     crate::metrics::rpc_url_set_aside(&self.network, &url, &why);
                     if miss == Miss::Unauthorized {
                         unauthorized = Some(miss);
