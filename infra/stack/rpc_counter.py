@@ -8,7 +8,7 @@ make the chain misbehave on purpose (fault tests, DESIGN §7).
     GET  /__counts     {"http_requests": N, "rpc_requests": M, "methods": {"eth_call": k, ...}}
     POST /__reset      zero the counts
     GET  /__fault      the current fault
-    POST /__fault      {"mode": "none"|"error"|"hang"|"drop"|"node_error"|"lag",
+    POST /__fault      {"mode": "none"|"error"|"hang"|"drop"|"node_error"|"lag"|"unauthorized",
                         "methods": ["eth_call", ...], "count": N}
     GET  /__latency    the added latency
     POST /__latency    {"ms": N}: hold every forwarded request N ms first, as a remote RPC
@@ -23,7 +23,8 @@ connection without an answer; "node_error" answers HTTP 200 with a JSON-RPC erro
 per entry, as a rate-limited or unsynced node does ({"code": -32005, "message":
 "rate limit exceeded"}); "lag" answers `null` for the faulted methods, as a node
 that has not seen a transaction yet does (meant for eth_getTransactionReceipt and
-eth_getTransactionByHash), and forwards the rest. `methods` limits the fault to
+eth_getTransactionByHash), and forwards the rest; "unauthorized" answers HTTP 401, as a
+provider does for an API key it no longer accepts (a rotated key). `methods` limits the fault to
 requests that contain one of those methods; absent or empty means every request.
 `count` (optional) lifts the fault by itself after that many faulted requests.
 
@@ -41,7 +42,7 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 HANG_LIMIT_S = 600
-FAULT_MODES = ("none", "error", "hang", "drop", "node_error", "lag")
+FAULT_MODES = ("none", "error", "hang", "drop", "node_error", "lag", "unauthorized")
 NODE_ERROR = {"code": -32005, "message": "rate limit exceeded"}
 # RPC_COUNTER_TRACE=<file>: also append one JSON line per forwarded request (wall-clock start and
 # end, its methods), for a timeline of where a settlement's time goes.
@@ -197,6 +198,9 @@ class Handler(BaseHTTPRequestHandler):
             mode = self.fault.for_request(methods)
         if mode == "error":
             self.reply(503, {"error": "fault injected by rpc_counter"})
+            return
+        if mode == "unauthorized":
+            self.reply(401, {"error": "invalid API key (fault injected by rpc_counter)"})
             return
         if mode == "drop":
             self.close_connection = True

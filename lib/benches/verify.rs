@@ -50,7 +50,7 @@ fn signed_body() -> Vec<u8> {
 
 fn scheme() -> ExactEvm {
     let chain = Chain::new(
-        RpcSource::Url("http://127.0.0.1:9".into()),
+        RpcSource::url("http://127.0.0.1:9"),
         None,
         Duration::from_secs(1),
     );

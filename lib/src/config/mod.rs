@@ -10,7 +10,11 @@ use serde::Deserialize;
 
 use crate::protocol::EvmNetwork;
 
-/// Networks served: JSON list of `{network, rpcUrl | rpcSecret, assets}`.
+mod rpc;
+
+pub use rpc::{check_rpc_urls, parse_rpc_urls, redact_url, RpcSource};
+
+/// Networks served: JSON list of `{network, rpcUrl | rpcUrls | rpcSecret, assets}`.
 pub const NETWORKS_VAR: &str = "X402_NETWORKS";
 /// Signer lanes: comma-separated KMS key ids, ARNs or aliases.
 pub const LANE_KEYS_VAR: &str = "X402_LANE_KEYS";
@@ -178,38 +182,6 @@ impl Default for GasCaps {
 /// is wrong; set it per network (`maxFeePerGas` in `X402_NETWORKS`) to what a settlement may cost.
 pub const DEFAULT_MAX_FEE_PER_GAS: u128 = 100_000_000_000;
 
-/// Where a network's RPC URL comes from.
-#[derive(Clone)]
-pub enum RpcSource {
-    /// Given in the configuration (fine for URLs without a key).
-    Url(String),
-    /// A Secrets Manager secret (name or ARN) whose string value is the URL, fetched once per instance.
-    Secret(String),
-}
-
-impl std::fmt::Debug for RpcSource {
-    // RPC URLs often embed an API key: never print one.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            RpcSource::Url(url) => write!(f, "Url({})", redact_url(url)),
-            RpcSource::Secret(id) => write!(f, "Secret({id})"),
-        }
-    }
-}
-
-/// Keeps scheme, host and port of a URL and hides path, query and credentials, where keys live.
-pub fn redact_url(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host = authority.rsplit('@').next().unwrap_or(authority);
-    let hidden = if rest.len() > authority.len() || authority.contains('@') {
-        "/…"
-    } else {
-        ""
-    };
-    format!("{scheme}://{host}{hidden}")
-}
-
 /// A configuration value that is missing or wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("configuration variable {var}: {problem}")]
@@ -224,6 +196,8 @@ struct NetworkEntry {
     network: String,
     #[serde(default)]
     rpc_url: Option<String>,
+    #[serde(default)]
+    rpc_urls: Option<Vec<String>>,
     #[serde(default)]
     rpc_secret: Option<String>,
     assets: Vec<String>,
@@ -473,21 +447,7 @@ fn network_entry(entry: NetworkEntry) -> Result<NetworkConfig, ConfigError> {
     let name = &entry.network;
     let network = EvmNetwork::from_caip2(name).map_err(|e| err(e.to_string()))?;
     let (max_fee_per_gas, gas_caps) = spending_limits(&entry)?;
-    let rpc = match (entry.rpc_url, entry.rpc_secret) {
-        (Some(url), None) if url.starts_with("http://") || url.starts_with("https://") => {
-            RpcSource::Url(url)
-        }
-        (Some(url), None) => {
-            let url = redact_url(&url);
-            return Err(err(format!("{name}: rpcUrl {url} is not an http(s) URL")));
-        }
-        (None, Some(secret)) if !secret.is_empty() => RpcSource::Secret(secret),
-        _ => {
-            return Err(err(format!(
-                "{name}: give exactly one of rpcUrl and rpcSecret"
-            )))
-        }
-    };
+    let rpc = rpc_source(name, entry.rpc_url, entry.rpc_urls, entry.rpc_secret).map_err(err)?;
     if entry.assets.is_empty() {
         return Err(err(format!(
             "{name}: assets is empty; list the token addresses to accept"
@@ -508,6 +468,31 @@ fn network_entry(entry: NetworkEntry) -> Result<NetworkConfig, ConfigError> {
         max_fee_per_gas,
         gas_caps,
     })
+}
+
+/// The entry's RPC source: exactly one of `rpcUrl` (one URL), `rpcUrls` (several, tried in order)
+/// and `rpcSecret`.
+fn rpc_source(
+    name: &str,
+    url: Option<String>,
+    urls: Option<Vec<String>>,
+    secret: Option<String>,
+) -> Result<RpcSource, String> {
+    let urls = match (url, urls, secret) {
+        (Some(url), None, None) => vec![url],
+        (None, Some(urls), None) => urls,
+        (None, None, Some(secret)) if !secret.trim().is_empty() => {
+            return Ok(RpcSource::Secret(secret))
+        }
+        _ => {
+            return Err(format!(
+                "{name}: give exactly one of rpcUrl, rpcUrls and rpcSecret"
+            ))
+        }
+    };
+    check_rpc_urls(urls)
+        .map(RpcSource::Urls)
+        .map_err(|problem| format!("{name}: {problem}"))
 }
 
 /// What one settlement on the entry's network may spend: per unit of gas, and in gas.
@@ -715,17 +700,37 @@ mod tests {
     }
 
     #[test]
-    fn rpc_urls_never_print_their_keys() {
+    fn a_network_takes_one_rpc_url_a_list_or_a_secret() {
+        let with = |rpc: &str| {
+            let raw = format!(
+                r#"[{{"network":"eip155:1",{rpc},"assets":["0x036CbD53842c5426634e7929541eC2318f3dCF7e"]}}]"#
+            );
+            Config::from_lookup(|k| (k == NETWORKS_VAR).then(|| raw.clone()))
+                .map(|c| format!("{:?}", c.networks[0].rpc))
+        };
         assert_eq!(
-            redact_url("https://base.example.com/v2/SECRETKEY"),
-            "https://base.example.com/…"
+            with(r#""rpcUrl":"http://a:1""#).unwrap(),
+            "Urls(http://a:1)"
         );
         assert_eq!(
-            redact_url("https://user:pw@host:8545"),
-            "https://host:8545/…"
+            with(r#""rpcUrls":["http://a:1","https://b/KEY"]"#).unwrap(),
+            "Urls(http://a:1, https://b/…)"
         );
-        assert_eq!(redact_url("http://127.0.0.1:8545"), "http://127.0.0.1:8545");
-        let shown = format!("{:?}", RpcSource::Url("https://x.io/key123".into()));
-        assert!(!shown.contains("key123"), "{shown}");
+        assert_eq!(
+            with(r#""rpcSecret":"x402/rpc/a""#).unwrap(),
+            "Secret(x402/rpc/a)"
+        );
+        for bad in [
+            r#""rpcUrls":[]"#,
+            r#""rpcUrls":["http://a:1","http://a:1"]"#,
+            r#""rpcUrls":["http://a:1","ws://b/KEY"]"#,
+            r#""rpcUrl":"http://a:1","rpcUrls":["http://b:1"]"#,
+            r#""rpcUrls":["http://b:1"],"rpcSecret":"s""#,
+            r#""rpcSecret":" ""#,
+        ] {
+            let e = with(bad).unwrap_err();
+            assert_eq!(e.var, NETWORKS_VAR, "{bad}");
+            assert!(!e.problem.contains("KEY"), "{bad}: {}", e.problem);
+        }
     }
 }

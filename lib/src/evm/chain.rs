@@ -1,8 +1,10 @@
-//! Access to one EVM chain's JSON-RPC endpoint.
+//! Access to one EVM chain over JSON-RPC: the calls the facilitator makes, and which of a node's
+//! error answers count as a verdict ([`NODE_ANSWERS`]).
 //!
-//! The provider is built on first use, not at cold start, so a function that never touches this
-//! chain never resolves its URL (which may cost a Secrets Manager call). Every request is bounded by
-//! the configured timeout: a slow or dead RPC becomes a clear error, never a hung request.
+//! Requests go through [`super::rpc`], which resolves the URLs on first use (not at cold start, so
+//! a function that never touches this chain never reads its secret) and fails over between them.
+//! Every call is bounded by the configured timeout: a slow or dead RPC becomes a clear error,
+//! never a hung request.
 
 use std::time::Duration;
 
@@ -12,13 +14,11 @@ use alloy::{
     rpc::types::{TransactionReceipt, TransactionRequest},
     transports::TransportResult,
 };
-use tokio::sync::OnceCell;
 use tracing::instrument;
 
-use crate::config::{redact_url, RpcSource};
-
-/// A boxed, sendable future (what [`Chain::bounded`] runs).
-type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+pub use super::answers::{node_answer, ChainError, NodeAnswer, NODE_ANSWERS};
+use super::rpc::{BoxFuture, Rpc};
+use crate::config::RpcSource;
 
 /// How an `eth_call` ended, when the node answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,26 +30,9 @@ pub enum CallOutcome {
     },
 }
 
-/// The chain could not be asked.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ChainError {
-    #[error("the chain RPC did not answer within {0:?}")]
-    Timeout(Duration),
-    #[error("the chain RPC failed: {0}")]
-    Transport(String),
-    #[error("the chain RPC answered with an error: {0}")]
-    Node(String),
-    #[error("the chain RPC URL could not be read from Secrets Manager secret {secret}: {problem}")]
-    Secret { secret: String, problem: String },
-}
-
-/// One chain's RPC endpoint.
+/// One chain, through its RPC URLs.
 pub struct Chain {
-    source: RpcSource,
-    secrets: Option<aws_sdk_secretsmanager::Client>,
-    timeout: Duration,
-    /// The provider and the URL it talks to (kept only to scrub it from error messages).
-    provider: OnceCell<(RootProvider, String)>,
+    rpc: Rpc,
     /// How long a fee estimate is reused: about a block, so fees are fetched once per block rather
     /// than once per settlement (DESIGN §8). Zero turns the reuse off.
     fee_ttl: Duration,
@@ -63,11 +46,10 @@ pub struct Chain {
 }
 
 impl std::fmt::Debug for Chain {
-    // The resolved URL may carry an API key: only the (redacting) source is printed.
+    // The resolved URLs may carry an API key: only the (redacting) RPC source is printed.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Chain")
-            .field("source", &self.source)
-            .field("timeout", &self.timeout)
+            .field("rpc", &self.rpc)
             .field("fee_ttl", &self.fee_ttl)
             .field("logs_lookback", &self.logs_lookback)
             .field("fee_cap", &self.fee_cap)
@@ -83,16 +65,19 @@ impl Chain {
         timeout: Duration,
     ) -> Self {
         Chain {
-            source,
-            secrets,
-            timeout,
-            provider: OnceCell::new(),
+            rpc: Rpc::new(source, secrets, timeout),
             fee_ttl: Duration::ZERO,
             fee_cache: std::sync::Mutex::new(None),
             logs_lookback: 0,
             fee_cap: crate::config::DEFAULT_MAX_FEE_PER_GAS,
             gas_caps: crate::config::GasCaps::default(),
         }
+    }
+
+    /// Names the chain's network (CAIP-2) in its RPC metrics and logs.
+    pub fn with_network(mut self, caip2: &str) -> Self {
+        self.rpc.set_network(caip2);
+        self
     }
 
     /// Caps the gas one settlement may use.
@@ -131,93 +116,26 @@ impl Chain {
         self
     }
 
-    async fn provider(&self) -> Result<&(RootProvider, String), ChainError> {
-        self.provider
-            .get_or_try_init(|| async {
-                let url = self.resolve_url().await?;
-                let parsed = url.parse().map_err(|_| {
-                    ChainError::Transport(format!(
-                        "RPC URL {} is not a valid URL",
-                        redact_url(&url)
-                    ))
-                })?;
-                Ok((RootProvider::new_http(parsed), url))
-            })
-            .await
-    }
-
-    async fn resolve_url(&self) -> Result<String, ChainError> {
-        match &self.source {
-            RpcSource::Url(url) => Ok(url.clone()),
-            RpcSource::Secret(id) => {
-                let fail = |problem: String| ChainError::Secret {
-                    secret: id.clone(),
-                    problem,
-                };
-                let client = self
-                    .secrets
-                    .as_ref()
-                    .ok_or_else(|| fail("no Secrets Manager client".into()))?;
-                // Boxed for the same reason as the RPC call below: the SDK's future type is very deep.
-                let request = Box::pin(client.get_secret_value().secret_id(id).send());
-                let answer = tokio::time::timeout(self.timeout, request)
-                    .await
-                    .map_err(|_| fail(format!("no answer within {:?}", self.timeout)))?
-                    .map_err(|e| {
-                        fail(aws_sdk_secretsmanager::error::DisplayErrorContext(e).to_string())
-                    })?;
-                answer
-                    .secret_string()
-                    .map(|s| s.trim().to_owned())
-                    .ok_or_else(|| fail("the secret has no string value".into()))
-            }
-        }
-    }
-
-    /// Runs one RPC request within the timeout. The node's own error answer comes back as
-    /// `Ok(Err(NodeError))`, classified by [`node_answer`]; no answer at all is a [`ChainError`]. The
-    /// request is boxed: alloy's futures are very deep types, and every async fn above would inherit
-    /// that depth.
-    async fn bounded<'a, T>(
-        &'a self,
-        request: impl FnOnce(&'a RootProvider) -> BoxFuture<'a, TransportResult<T>>,
-    ) -> Result<Result<T, NodeError>, ChainError> {
-        let (provider, url) = self.provider().await?;
-        match tokio::time::timeout(self.timeout, request(provider)).await {
-            Err(_) => Err(ChainError::Timeout(self.timeout)),
-            Ok(Ok(value)) => Ok(Ok(value)),
-            Ok(Err(error)) => match error.as_error_resp() {
-                Some(payload) => Ok(Err(NodeError {
-                    kind: node_answer(payload.code, &payload.message),
-                    message: payload.message.to_string(),
-                })),
-                // HTTP client errors quote the URL, which may hold an API key.
-                None => Err(ChainError::Transport(
-                    error.to_string().replace(url.as_str(), &redact_url(url)),
-                )),
-            },
-        }
-    }
-
-    /// [`Chain::bounded`] for a request whose only final error answer is `keep`: any other error
-    /// answer (a rate limit, an unknown block, a node's internal error) is a [`ChainError`], to be
-    /// retried, never taken as the chain's verdict on the payment.
-    async fn bounded_keeping<'a, T>(
-        &'a self,
+    /// One RPC request, failing over between the URLs ([`Rpc::call`]; `request` may run once per
+    /// URL), whose only final error answer is `keep`: any other error answer (a rate limit, an
+    /// unknown block, a node's internal error) is a [`ChainError`], to be retried, never taken as
+    /// the chain's verdict on the payment.
+    async fn bounded_keeping<T>(
+        &self,
         keep: &[NodeAnswer],
-        request: impl FnOnce(&'a RootProvider) -> BoxFuture<'a, TransportResult<T>>,
+        request: impl Fn(RootProvider) -> BoxFuture<TransportResult<T>>,
     ) -> Result<Result<T, String>, ChainError> {
-        match self.bounded(request).await? {
+        match self.rpc.call(request).await? {
             Ok(value) => Ok(Ok(value)),
             Err(e) if keep.contains(&e.kind) => Ok(Err(e.message)),
             Err(e) => Err(ChainError::Node(e.message)),
         }
     }
 
-    /// [`Chain::bounded`] for a read, where every error answer is a [`ChainError`].
-    async fn read<'a, T>(
-        &'a self,
-        request: impl FnOnce(&'a RootProvider) -> BoxFuture<'a, TransportResult<T>>,
+    /// [`Chain::bounded_keeping`] for a read, where every error answer is a [`ChainError`].
+    async fn read<T>(
+        &self,
+        request: impl Fn(RootProvider) -> BoxFuture<TransportResult<T>>,
     ) -> Result<T, ChainError> {
         self.bounded_keeping(&[], request)
             .await?
@@ -241,6 +159,7 @@ impl Chain {
         Ok(
             match self
                 .bounded_keeping(&[NodeAnswer::Revert], |p| {
+                    let request = request.clone();
                     Box::pin(async move { p.call(request).await })
                 })
                 .await?
@@ -270,6 +189,7 @@ impl Chain {
             .max_fee_per_gas(max_fee)
             .max_priority_fee_per_gas(tip);
         self.bounded_keeping(&[NodeAnswer::Revert], |p| {
+            let request = request.clone();
             Box::pin(async move { p.estimate_gas(request).await })
         })
         .await
@@ -329,6 +249,9 @@ impl Chain {
     #[instrument(skip_all, err(level = "warn"))]
     pub async fn send_raw(&self, raw: Bytes) -> Result<Result<(), String>, ChainError> {
         self.bounded_keeping(&[NodeAnswer::Refused, NodeAnswer::Revert], |p| {
+            // The same signed bytes on any node: the same transaction (same hash), which the
+            // chain includes at most once, so a send may go on to the next URL.
+            let raw = raw.clone();
             Box::pin(async move { p.send_raw_transaction(&raw).await.map(|_| ()) })
         })
         .await
@@ -385,8 +308,11 @@ impl Chain {
             .topic1(authorizer.into_word())
             .topic2(nonce)
             .from_block(from);
-        self.read(|p| Box::pin(async move { p.get_logs(&filter).await }))
-            .await
+        self.read(|p| {
+            let filter = filter.clone();
+            Box::pin(async move { p.get_logs(&filter).await })
+        })
+        .await
     }
 
     /// The receipt of a transaction, if it is mined.
@@ -396,135 +322,40 @@ impl Chain {
     }
 }
 
-/// A node's JSON-RPC error answer, classified.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct NodeError {
-    kind: NodeAnswer,
-    message: String,
-}
-
-/// What a node's JSON-RPC error answer says about a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NodeAnswer {
-    /// The EVM ran the call and it failed: a verdict on the payment.
-    Revert,
-    /// The transaction pool refused a transaction by its rules (nonce, fees, funds): a verdict on
-    /// the transaction, not on the payment.
-    Refused,
-    /// Anything else: rate limits, unknown blocks, timeouts, a node's internal errors. Nodes send
-    /// these with HTTP 200 too; they say nothing about the payment and are retried.
-    Transient,
-}
-
-/// The error answers that are a verdict, by JSON-RPC code (`None`: any code) and a fragment of the
-/// message (lowercase; `""`: any message). The first row that matches decides; an answer no row
-/// matches is [`NodeAnswer::Transient`]. One table, so that what we treat as final is in one place
-/// and each row has its unit test.
-pub const NODE_ANSWERS: &[(Option<i64>, &str, NodeAnswer)] = &[
-    // geth, anvil and reth answer a revert that carries revert data with code 3.
-    (Some(3), "", NodeAnswer::Revert),
-    // The same without data (geth -32000, erigon, besu), and nethermind's "VM execution error".
-    (None, "execution reverted", NodeAnswer::Revert),
-    (None, "vm execution error", NodeAnswer::Revert),
-    (None, "invalid opcode", NodeAnswer::Revert),
-    // eth_estimateGas: the call cannot finish within the node's gas cap.
-    (None, "out of gas", NodeAnswer::Revert),
-    (None, "gas required exceeds allowance", NodeAnswer::Revert),
-    // eth_sendRawTransaction: the pool's rules.
-    (None, "nonce too low", NodeAnswer::Refused),
-    (None, "nonce too high", NodeAnswer::Refused),
-    (None, "already known", NodeAnswer::Refused),
-    (None, "known transaction", NodeAnswer::Refused),
-    (None, "underpriced", NodeAnswer::Refused),
-    (None, "insufficient funds", NodeAnswer::Refused),
-    (None, "intrinsic gas too low", NodeAnswer::Refused),
-    (None, "exceeds block gas limit", NodeAnswer::Refused),
-    (None, "less than block base fee", NodeAnswer::Refused),
-];
-
-/// Classifies a node's error answer by [`NODE_ANSWERS`].
-pub fn node_answer(code: i64, message: &str) -> NodeAnswer {
-    let message = message.to_ascii_lowercase();
-    NODE_ANSWERS
-        .iter()
-        .find(|(c, fragment, _)| c.is_none_or(|c| c == code) && message.contains(fragment))
-        .map(|(_, _, answer)| *answer)
-        .unwrap_or(NodeAnswer::Transient)
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{node_answer, NodeAnswer::*, NODE_ANSWERS};
-
-    /// One case per row of the table, as nodes really word them, each decided by its own row.
-    #[test]
-    fn every_row_of_the_table_decides_its_own_answer() {
-        let cases = [
-            (
-                3,
-                "execution reverted: EIP3009: authorization is used or canceled",
-                Revert,
-            ),
-            (-32000, "execution reverted", Revert),
-            (-32015, "VM execution error.", Revert),
-            (-32000, "invalid opcode: INVALID", Revert),
-            (-32000, "out of gas", Revert),
-            (-32000, "gas required exceeds allowance (30000000)", Revert),
-            (-32000, "nonce too low: next nonce 5, tx nonce 4", Refused),
-            (-32000, "nonce too high", Refused),
-            (-32000, "already known", Refused),
-            (-32000, "known transaction: 0xabc", Refused),
-            (-32000, "replacement transaction underpriced", Refused),
-            (
-                -32000,
-                "insufficient funds for gas * price + value",
-                Refused,
-            ),
-            (-32000, "intrinsic gas too low", Refused),
-            (-32000, "exceeds block gas limit", Refused),
-            (-32000, "max fee per gas less than block base fee", Refused),
-        ];
-        assert_eq!(cases.len(), NODE_ANSWERS.len(), "a case for every row");
-        for (row, (code, message, expected)) in NODE_ANSWERS.iter().zip(cases) {
-            assert_eq!(node_answer(code, message), expected, "{message}");
-            let first = NODE_ANSWERS
-                .iter()
-                .position(|(c, f, _)| {
-                    c.is_none_or(|c| c == code) && message.to_ascii_lowercase().contains(f)
-                })
-                .map(|i| &NODE_ANSWERS[i]);
-            assert_eq!(first, Some(row), "{message} is decided by its own row");
-        }
-    }
-
     #[test]
     fn a_chain_never_prints_its_rpc_url() {
         let chain = super::Chain::new(
-            crate::config::RpcSource::Url("https://base.example/v2/SECRET-KEY-123".into()),
+            crate::config::RpcSource::Urls(vec![
+                "https://base.example/v2/SECRET-KEY-123".into(),
+                "https://other.example/?key=SECRET-KEY-456".into(),
+            ]),
             None,
             std::time::Duration::from_secs(1),
         );
-        assert!(
-            !format!("{chain:?}").contains("SECRET-KEY-123"),
-            "{chain:?}"
-        );
+        let shown = format!("{chain:?}");
+        assert!(!shown.contains("SECRET-KEY"), "{shown}");
     }
 
-    /// Errors that nodes and providers send with HTTP 200 and that say nothing about the payment.
-    #[test]
-    fn rate_limits_unknown_blocks_and_internal_errors_are_transient() {
-        for (code, message) in [
-            (-32005, "rate limit exceeded"),
-            (429, "Too Many Requests"),
-            (-32000, "header not found"),
-            (-32001, "resource not found"),
-            (-32603, "internal error"),
-            (-32000, "request timed out"),
-            (-32000, "missing trie node abc (path )"),
-            (-32602, "unknown block"),
-            (-32000, "upstream connect error"),
-        ] {
-            assert_eq!(node_answer(code, message), Transient, "{message}");
-        }
+    /// Both URLs refuse the connection (nothing listens on ports 1 and 2): the call tries both
+    /// and its error, which reaches logs and answers, names neither key.
+    #[tokio::test]
+    async fn a_failed_call_never_prints_an_rpc_url() {
+        let chain = super::Chain::new(
+            crate::config::RpcSource::Urls(vec![
+                "http://127.0.0.1:1/v2/SECRET-KEY-123".into(),
+                "http://user:SECRET-PW@127.0.0.1:2/".into(),
+            ]),
+            None,
+            std::time::Duration::from_secs(2),
+        );
+        let error = chain
+            .code_at(alloy::primitives::Address::ZERO)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(!error.contains("SECRET"), "{error}");
+        assert!(error.contains("chain RPC"), "{error}");
     }
 }

@@ -46,7 +46,7 @@ fn sign(payment: &ExactPayment, key: &SecretKey) -> Bytes {
 
 fn scheme() -> ExactEvm {
     let chain = Chain::new(
-        RpcSource::Url("http://127.0.0.1:9".into()),
+        RpcSource::url("http://127.0.0.1:9"),
         None,
         Duration::from_secs(1),
     );

@@ -1,12 +1,15 @@
 //! The `exact` payment scheme on EVM chains, EIP-3009 method (`transferWithAuthorization`).
 
 pub mod abi;
+pub mod answers;
 pub mod attribution;
 pub mod chain;
 pub mod checks;
 pub mod eip712;
+mod failover;
 pub mod hex;
 pub mod payload;
+mod rpc;
 pub mod signature;
 pub mod verify;
 

@@ -176,6 +176,19 @@ pub fn lane_balance(network: &str, lane: &str, balance: f64) {
     });
 }
 
+/// `RpcUrlSetAside`: one of a network's RPC URLs got no usable answer (a timeout, a dropped
+/// connection, HTTP 5xx/429/401/403, a node's internal error) and is set aside for a while; the
+/// call went on to the next URL. The URL (scheme, host and port only) and why ride along as
+/// properties. Steady on a network with one URL, it is an RPC outage (docs/runbook.md).
+pub fn rpc_url_set_aside(network: &str, url: &str, why: &str) {
+    emit(&Observation {
+        dimension_sets: &[&["Network"], &[]],
+        dimensions: &[("Network", network)],
+        metrics: &[("RpcUrlSetAside", Unit::Count, 1.0)],
+        properties: &[("Url", Value::from(url)), ("Why", Value::from(why))],
+    });
+}
+
 /// `OldestOpenPaymentAge`: seconds since the oldest payment that is not terminal was created
 /// (0 when there is none), so that fee bumps, which change a record, never reset it. The
 /// "payments pending too long" alarm reads its maximum.
