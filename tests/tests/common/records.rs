@@ -88,11 +88,17 @@ pub async fn scan(table: &str) -> Vec<Item> {
     items
 }
 
-/// The whole payments table, by id.
+/// Every payment record in the payments table, by id; the table's other items (replay's lease
+/// and cursors, `payment-identifier` bindings: keys that are not payment ids) are left out.
 pub async fn all_records() -> Vec<PaymentRecord> {
     let mut records: Vec<PaymentRecord> = scan(&stack().payments_table)
         .await
         .into_iter()
+        .filter(|item| {
+            item.get("id")
+                .and_then(|id| id.as_s().ok())
+                .is_some_and(|id| PaymentId::parse(id).is_some())
+        })
         .map(|item| serde_dynamo::from_item(item).expect("a payment record"))
         .collect();
     records.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
