@@ -1,10 +1,12 @@
 //! Replay: the scheduled reconciliation that finishes or repairs every payment that is not terminal
 //! (docs/settlement.md "Replay"; DESIGN I3, I6).
 //!
-//! One run reads the sparse `open-by-age` index oldest first, up to a record bound and a time
-//! budget, and leaves alone every record changed within the grace period (`X402_REPLAY_MIN_AGE_MS`):
-//! those belong to `/settle` and the worker. Each record is read again, strongly consistent, and
-//! then:
+//! One run, under a lease no other run holds, reads the sparse `open-by-age` index network by
+//! network, each from where its last run stopped and within an equal share of the run's record
+//! bound and time budget (`progress.rs` has the rules), and leaves alone every record changed within
+//! the grace period (`X402_REPLAY_MIN_AGE_MS`): those belong to `/settle` and the worker. An item
+//! that does not decode is logged and skipped (quarantined). Each record is read again, strongly
+//! consistent, and then:
 //!
 //! - `queued` past `validBefore` → `expired` (nothing was signed, so nothing can settle);
 //! - `queued` on a lane no worker signs with any more (drained) → moved to a configured lane;
