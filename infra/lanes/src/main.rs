@@ -15,7 +15,7 @@ use facilitator::{
     config::Config,
     evm::Chain,
     signer::LaneSigner,
-    store::{LaneState, Store},
+    store::{LaneState, OpenEntry, OpenFilter, Store},
 };
 
 /// A state change an operator may ask for: from which states, to which.
@@ -97,14 +97,18 @@ async fn run(args: &[String]) -> Result<(), Failure> {
 /// Open payments by lane, from the index replay reads.
 async fn open_by_lane(store: &Store) -> Result<HashMap<String, usize>, Failure> {
     let mut counts = HashMap::new();
-    let mut start = None;
+    let mut after = None;
     loop {
-        let page = store.open_records(u64::MAX, 100, start).await?;
-        for record in &page.records {
-            *counts.entry(record.lane.clone()).or_insert(0) += 1;
+        let page = store
+            .open_records(u64::MAX, &OpenFilter::Any, 100, after.as_ref())
+            .await?;
+        for entry in &page.entries {
+            if let OpenEntry::Record(record) = entry {
+                *counts.entry(record.lane.clone()).or_insert(0) += 1;
+            }
         }
         match page.next {
-            Some(next) => start = Some(next),
+            Some(next) => after = Some(next),
             None => return Ok(counts),
         }
     }

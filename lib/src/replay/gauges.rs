@@ -7,7 +7,11 @@ use std::time::Duration;
 use alloy::primitives::U256;
 use futures_util::future::join_all;
 
-use crate::{clock::now_ms, facilitator::Facilitator, store::Store};
+use crate::{
+    clock::now_ms,
+    facilitator::Facilitator,
+    store::{OpenEntry, OpenFilter, Store},
+};
 
 /// Reads and emits `LaneGasBalance` for every (network, lane) and `OldestOpenPaymentAge`.
 /// Never fails: a reading that cannot be taken now is logged and left out (a missing lane balance
@@ -41,12 +45,20 @@ pub async fn report_operational(facilitator: &Facilitator, store: &Store) {
         // Every open record changed up to now, oldest first, one item: the one changed longest
         // ago, aged from its creation (never after its first broadcast). Replay's run adds the
         // oldest it examined, which a fee bump may have moved later in this index.
-        match store.open_records(now_ms(), 1, None).await {
+        match store
+            .open_records(now_ms(), &OpenFilter::Any, 1, None)
+            .await
+        {
             Ok(page) => {
+                // An item replay cannot decode is open too, and aged from its last change.
                 let age_ms = page
-                    .records
+                    .entries
                     .first()
-                    .map(|r| now_ms().saturating_sub(r.created_at))
+                    .map(|entry| match entry {
+                        OpenEntry::Record(r) => r.created_at,
+                        OpenEntry::Undecodable(item) => item.updated_at,
+                    })
+                    .map(|since| now_ms().saturating_sub(since))
                     .unwrap_or(0);
                 crate::metrics::oldest_open_payment(Duration::from_millis(age_ms));
             }

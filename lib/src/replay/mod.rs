@@ -1,10 +1,12 @@
 //! Replay: the scheduled reconciliation that finishes or repairs every payment that is not terminal
 //! (docs/settlement.md "Replay"; DESIGN I3, I6).
 //!
-//! One run reads the sparse `open-by-age` index oldest first, up to a record bound and a time
-//! budget, and leaves alone every record changed within the grace period (`X402_REPLAY_MIN_AGE_MS`):
-//! those belong to `/settle` and the worker. Each record is read again, strongly consistent, and
-//! then:
+//! One run, under a lease no other run holds, reads the sparse `open-by-age` index network by
+//! network, each from where its last run stopped and within an equal share of the run's record
+//! bound and time budget (`sweep.rs` runs it, by the rules in `progress.rs`), and leaves alone
+//! every record changed within the grace period (`X402_REPLAY_MIN_AGE_MS`): those belong to
+//! `/settle` and the worker. An item that does not decode is logged and skipped (quarantined).
+//! Each record is read again, strongly consistent, and then:
 //!
 //! - `queued` past `validBefore` → `expired` (nothing was signed, so nothing can settle);
 //! - `queued` on a lane no worker signs with any more (drained) → moved to a configured lane;
@@ -30,14 +32,16 @@
 
 mod decide;
 mod gauges;
+mod progress;
+mod sweep;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use alloy::{primitives::B256, sol_types::SolCall};
 use serde::Serialize;
 
 use crate::{
-    clock::{now_ms, unix_now},
+    clock::unix_now,
     config::{Config, ConfigError},
     evm::{abi::IEip3009, CallOutcome, Chain},
     facilitator::Facilitator,
@@ -50,9 +54,10 @@ pub use decide::{
     in_flight_plan, nonce_taken_plan, pool_plan, queued_plan, used_plan, InFlightPlan,
     NonceTakenPlan, PoolFacts, PoolPlan, QueuedPlan, UsedPlan,
 };
-
-/// Index pages are at most this long (DynamoDB caps a page at 1 MB anyway).
-const PAGE: usize = 100;
+pub use progress::{
+    lease_until, next_cursor, record_share, time_share, SweepEnd, LEASE_MARGIN,
+    LEASE_WITHOUT_DEADLINE, OTHER_SWEEP,
+};
 
 /// What one run did, record by record, in counts.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -88,8 +93,15 @@ pub struct Summary {
     pub moved_on: u32,
     /// Could not be handled now (RPC or DynamoDB trouble); the next run tries again.
     pub errors: u32,
-    /// The run stopped at its bound with records left for the next run.
+    /// Items in the index that do not decode as a payment record: logged with their key and
+    /// skipped, never changed (docs/runbook.md "replay quarantined").
+    pub quarantined: u32,
+    /// Some sweep stopped at its share of time or records with items left; its cursor says where
+    /// the next run goes on.
     pub more: bool,
+    /// Another run holds the replay lease: this one did nothing (its log says who holds it, and
+    /// until when).
+    pub skipped: bool,
     /// When the oldest record this run left open was created (unix ms): what "pending too long"
     /// measures from, since a bump or re-send refreshes a record's `updated_at`.
     #[serde(skip)]
@@ -145,20 +157,6 @@ impl Action {
     }
 }
 
-/// One run's bounds.
-struct Run {
-    /// Records changed after this (unix ms) belong to the live path.
-    changed_by: u64,
-    attempt: String,
-    stop_at: Option<Instant>,
-}
-
-impl Run {
-    fn out_of_time(&self) -> bool {
-        self.stop_at.is_some_and(|at| Instant::now() >= at)
-    }
-}
-
 impl Summary {
     /// The run's one summary line.
     fn log(&self, elapsed_ms: u64) {
@@ -178,6 +176,7 @@ impl Summary {
             requeued = self.requeued,
             moved_on = self.moved_on,
             errors = self.errors,
+            quarantined = self.quarantined,
             more = self.more,
             elapsed_ms,
             "replay finished"
@@ -266,93 +265,6 @@ impl Replayer {
                 bump_after: config.replay_bump_after,
             },
         ))
-    }
-
-    /// One run: every open record older than the grace period, oldest first, up to the record
-    /// bound, and, if a `deadline` (the Lambda's own) is given, until a margin before it
-    /// ([`STOP_BEFORE_DEADLINE`], or a quarter of the time left if that is less).
-    /// Fails only when the index cannot be read; a record that cannot be handled now is counted in
-    /// `errors` and left for the next run.
-    pub async fn run(&self, deadline: Option<Instant>) -> Result<Summary, StoreError> {
-        let started = now_ms();
-        let stop_at = deadline.map(|d| {
-            let margin = STOP_BEFORE_DEADLINE.min(d.saturating_duration_since(Instant::now()) / 4);
-            d.checked_sub(margin).unwrap_or(d)
-        });
-        let run = Run {
-            changed_by: started.saturating_sub(
-                u64::try_from(self.tunables.min_age.as_millis()).unwrap_or(u64::MAX),
-            ),
-            // Names this run's queue messages, so SQS deduplication does not swallow them.
-            attempt: format!("replay-{started}"),
-            stop_at,
-        };
-        gauges::report_operational(&self.facilitator, &self.store).await;
-        let mut summary = Summary::default();
-        let mut start = None;
-        loop {
-            let left = self
-                .tunables
-                .max_records
-                .saturating_sub(summary.examined as usize);
-            if left == 0 || run.out_of_time() {
-                summary.more = true;
-                break;
-            }
-            let limit = i32::try_from(left.min(PAGE)).unwrap_or(1);
-            let page = self
-                .store
-                .open_records(run.changed_by, limit, start)
-                .await?;
-            let more_pages = page.next.is_some();
-            if !self.replay_page(page.records, &run, &mut summary).await {
-                summary.more = true;
-                break;
-            }
-            match page.next {
-                Some(next) if more_pages => start = Some(next),
-                _ => break,
-            }
-        }
-        // The gauge read at the start found the open record changed longest ago; a record bumped
-        // or re-sent again and again changes often but may have been open longer: the alarm takes
-        // the larger of the two (its statistic is the maximum).
-        if let Some(created_at) = summary.oldest_open_created_at {
-            crate::metrics::oldest_open_payment(Duration::from_millis(
-                now_ms().saturating_sub(created_at),
-            ));
-        }
-        summary.log(now_ms().saturating_sub(started));
-        Ok(summary)
-    }
-
-    /// One page of the index; false if the run's time ran out before its end.
-    async fn replay_page(
-        &self,
-        records: Vec<PaymentRecord>,
-        run: &Run,
-        summary: &mut Summary,
-    ) -> bool {
-        for indexed in records {
-            if run.out_of_time() {
-                return false;
-            }
-            summary.examined += 1;
-            let (id, created_at) = (indexed.id.clone(), indexed.created_at);
-            let action = self.replay_one(indexed, &run.attempt).await;
-            if action.leaves_open() {
-                summary.oldest_open_created_at = Some(
-                    summary
-                        .oldest_open_created_at
-                        .map_or(created_at, |oldest| oldest.min(created_at)),
-                );
-            }
-            if !matches!(action, Action::Pending | Action::MovedOn) {
-                tracing::info!(%id, action = action.as_str(), "replayed");
-            }
-            summary.count(action);
-        }
-        true
     }
 
     async fn replay_one(&self, indexed: PaymentRecord, attempt: &str) -> Action {

@@ -4,6 +4,7 @@
 //! writers (two `/settle` calls, the worker, replay) can never both move one record; the loser
 //! learns it lost and reads what the winner did.
 
+mod control;
 mod item;
 mod lanes;
 mod payer;
@@ -23,6 +24,7 @@ use aws_sdk_dynamodb::{
 use tracing::instrument;
 
 use crate::clock::now_ms;
+pub use control::{IndexPosition, Lease, OpenEntry, OpenFilter, Undecodable};
 pub use lanes::LaneState;
 pub use payer::{refused_until, Standing};
 pub use record::{
@@ -87,9 +89,10 @@ pub const OPEN_SHARD: &str = "open";
 /// A page of [`Store::open_records`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct OpenPage {
-    pub records: Vec<PaymentRecord>,
+    /// The page's items in index order: each a record, or an item that does not decode as one.
+    pub entries: Vec<OpenEntry>,
     /// Where the next page starts; `None` when this was the last.
-    pub next: Option<HashMap<String, AttributeValue>>,
+    pub next: Option<IndexPosition>,
 }
 
 /// The two tables.
@@ -446,17 +449,20 @@ impl Store {
         self.change(id, &change).await
     }
 
-    /// One page of the records that are not terminal and have not changed since `changed_by`
-    /// (unix ms), oldest first, from the sparse `open-by-age` index (replay's scan). Index reads are
-    /// eventually consistent: read a record again with [`Store::get`] before acting on it. Returns
-    /// the page and where the next page starts (`None` at the end).
+    /// One page of the items that are not terminal and have not changed since `changed_by` (unix
+    /// ms), oldest first, from the sparse `open-by-age` index (replay's scan), of the networks
+    /// `filter` names, starting after `after` (from the oldest when `None`). Index reads are
+    /// eventually consistent: read a record again with [`Store::get`] before acting on it. An item
+    /// that does not decode as a record is returned as [`OpenEntry::Undecodable`], never an error:
+    /// one bad item must not stop the scan of all the others.
     pub async fn open_records(
         &self,
         changed_by: u64,
+        filter: &OpenFilter<'_>,
         limit: i32,
-        start: Option<HashMap<String, AttributeValue>>,
+        after: Option<&IndexPosition>,
     ) -> Result<OpenPage, StoreError> {
-        let query = self
+        let mut query = self
             .client
             .query()
             .table_name(&self.payments)
@@ -466,18 +472,27 @@ impl Store {
             .expression_attribute_values(":cutoff", AttributeValue::N(changed_by.to_string()))
             .scan_index_forward(true)
             .limit(limit.max(1))
-            .set_exclusive_start_key(start)
-            .send();
-        let answer = Box::pin(query).await.map_err(fail("Query"))?;
-        let records = answer
-            .items
-            .unwrap_or_default()
-            .into_iter()
-            .map(|item| serde_dynamo::from_item(item).map_err(fail("deserialise")))
-            .collect::<Result<Vec<PaymentRecord>, _>>()?;
+            .set_exclusive_start_key(after.map(IndexPosition::start_key));
+        if let Some((expression, values)) = filter.expression() {
+            query = query
+                .filter_expression(expression)
+                .expression_attribute_names("#network", "network");
+            for (name, value) in values {
+                query = query.expression_attribute_values(name, value);
+            }
+        }
+        let answer = Box::pin(query.send()).await.map_err(fail("Query"))?;
         Ok(OpenPage {
-            records,
-            next: answer.last_evaluated_key.filter(|k| !k.is_empty()),
+            entries: answer
+                .items
+                .unwrap_or_default()
+                .into_iter()
+                .map(OpenEntry::decode)
+                .collect(),
+            next: answer
+                .last_evaluated_key
+                .as_ref()
+                .and_then(IndexPosition::from_key),
         })
     }
 

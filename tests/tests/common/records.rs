@@ -89,7 +89,8 @@ pub async fn scan(table: &str) -> Vec<Item> {
 }
 
 /// Every payment record in the payments table, by id: not the other items kept beside them
-/// (`payment-identifier` bindings, payers' revert counts), whose keys are no payment id.
+/// (`payment-identifier` bindings, payers' revert counts, replay's lease and cursors), whose keys
+/// are no payment id.
 pub async fn all_records() -> Vec<PaymentRecord> {
     let is_record = |item: &Item| {
         item.get("id")
