@@ -42,6 +42,9 @@ fn lanes_tool_refuses(args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// The tests here move the stack's lanes: one at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Every lane active again however the test ends, as the stack started.
 struct LanesRestored;
 
@@ -85,6 +88,7 @@ async fn settled_on(base: &str, payment: &PaymentBuilder) -> String {
 
 #[tokio::test]
 async fn lanes_go_from_funding_to_active_to_draining_to_retired() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let _restore = LanesRestored;
     let lanes = config().lane_keys;
     assert!(lanes.len() >= 2, "the local stack has two lanes");
@@ -152,5 +156,38 @@ async fn lanes_go_from_funding_to_active_to_draining_to_retired() {
     assert_eq!(
         settled_on(&base, &payment_routed(&lanes, &first)).await,
         second
+    );
+}
+
+/// Replay makes a funded `funding` lane active (the stack's lanes hold 1000 ETH, far above the
+/// default 0.005), and leaves a drained one alone: only `funding` is ever activated by it.
+#[tokio::test]
+async fn replay_activates_a_funded_lane_and_never_a_drained_one() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let _restore = LanesRestored;
+    let lanes = config().lane_keys;
+    let store = store().await;
+    assert!(store
+        .set_lane_state(&lanes[1], &[LaneState::Active], LaneState::Funding)
+        .await
+        .unwrap());
+    assert!(store
+        .set_lane_state(&lanes[0], &[LaneState::Active], LaneState::Draining)
+        .await
+        .unwrap());
+
+    let replayer = facilitator::replay::Replayer::from_config(&config(), &aws().await).unwrap();
+    let summary = replayer.run(None).await.unwrap();
+    assert!(
+        !summary.skipped,
+        "another replay run held the lease: {summary:?}"
+    );
+
+    let states = store.lane_states(&lanes).await.unwrap();
+    assert_eq!(states[&lanes[1]], LaneState::Active, "funded: activated");
+    assert_eq!(
+        states[&lanes[0]],
+        LaneState::Draining,
+        "drained: left alone"
     );
 }

@@ -51,6 +51,9 @@ pub const WORKER_MAX_ATTEMPTS_VAR: &str = "X402_WORKER_MAX_ATTEMPTS";
 pub const PAYER_REVERT_LIMIT_VAR: &str = "X402_PAYER_REVERT_LIMIT";
 /// How long such a payer is refused, in milliseconds.
 pub const PAYER_REFUSAL_VAR: &str = "X402_PAYER_REFUSAL_MS";
+/// The gas (whole native tokens, e.g. `0.005` ETH) a new lane needs on every network before replay
+/// makes it active.
+pub const LANE_ACTIVATION_VAR: &str = "X402_LANE_ACTIVATION_BALANCE";
 /// How long `/settle` reuses what it read of the lanes' states, in milliseconds (0: never).
 pub const LANE_STATE_TTL_VAR: &str = "X402_LANE_STATE_TTL_MS";
 /// Each API key's default rate limit, requests a second (`0`: keys without their own are not limited).
@@ -123,6 +126,8 @@ pub struct Config {
     pub key_limit: Option<crate::auth::KeyLimit>,
     /// How long `/settle` trusts what it read of the lanes' states.
     pub lane_state_ttl: Duration,
+    /// Replay makes a `funding` lane active once it has this much gas (wei) on every network.
+    pub lane_activation_wei: alloy::primitives::U256,
 }
 
 /// A contract wallet decides, when the settlement is mined, whether its signature is good, so it
@@ -257,19 +262,13 @@ impl Config {
                 "a number of blocks (0 for the whole chain)",
             )?,
             contract_wallets: vars.switch(CONTRACT_WALLETS_VAR, true)?,
-            payer_reverts: RevertPolicy {
-                limit: u32::try_from(
-                    vars.count(PAYER_REVERT_LIMIT_VAR, DEFAULT_PAYER_REVERT_LIMIT)?,
-                )
-                .unwrap_or(u32::MAX),
-                refuse_for: vars.millis(PAYER_REFUSAL_VAR, DEFAULT_PAYER_REFUSAL)?,
-            },
+            payer_reverts: revert_policy(&vars)?,
             key_limit: key_limit(&vars)?,
-            lane_state_ttl: Duration::from_millis(vars.number(
-                LANE_STATE_TTL_VAR,
-                DEFAULT_LANE_STATE_TTL.as_millis() as u64,
-                "milliseconds (0: read the lanes' states for every payment)",
-            )?),
+            lane_activation_wei: native_amount(
+                LANE_ACTIVATION_VAR,
+                vars.get(LANE_ACTIVATION_VAR).as_deref().unwrap_or("0.005"),
+            )?,
+            lane_state_ttl: vars.millis_or_zero(LANE_STATE_TTL_VAR, DEFAULT_LANE_STATE_TTL)?,
             worker_max_attempts: u32::try_from(
                 vars.count(WORKER_MAX_ATTEMPTS_VAR, DEFAULT_WORKER_MAX_ATTEMPTS)?,
             )
@@ -322,6 +321,16 @@ impl<F: Fn(&str) -> Option<String>> Vars<F> {
         }
     }
 
+    /// Milliseconds where 0 means "never reuse"; `default` when unset.
+    fn millis_or_zero(
+        &self,
+        var: &'static str,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let ms = self.number(var, default.as_millis() as u64, "milliseconds (0 or more)")?;
+        Ok(Duration::from_millis(ms))
+    }
+
     /// A positive count; `default` when unset.
     fn count(&self, var: &'static str, default: usize) -> Result<usize, ConfigError> {
         match self.get(var) {
@@ -366,6 +375,25 @@ impl<F: Fn(&str) -> Option<String>> Vars<F> {
             })
             .unwrap_or_default()
     }
+}
+
+/// A decimal amount of whole native tokens (`0.005`, `1`) in wei: up to 18 decimals, no exponent.
+fn native_amount(var: &'static str, text: &str) -> Result<alloy::primitives::U256, ConfigError> {
+    alloy::primitives::utils::parse_ether(text.trim()).map_err(|_| ConfigError {
+        var,
+        problem: format!("expected an amount of native tokens like 0.005, got {text:?}"),
+    })
+}
+
+/// When a contract-wallet payer whose settlements revert is refused.
+fn revert_policy(
+    vars: &Vars<impl Fn(&str) -> Option<String>>,
+) -> Result<RevertPolicy, ConfigError> {
+    Ok(RevertPolicy {
+        limit: u32::try_from(vars.count(PAYER_REVERT_LIMIT_VAR, DEFAULT_PAYER_REVERT_LIMIT)?)
+            .unwrap_or(u32::MAX),
+        refuse_for: vars.millis(PAYER_REFUSAL_VAR, DEFAULT_PAYER_REFUSAL)?,
+    })
 }
 
 /// The default per-key limit: `X402_KEY_RATE_LIMIT` a second (20; `0` turns it off) with bursts of

@@ -16,29 +16,38 @@ use crate::{
 /// Reads and emits `LaneGasBalance` for every (network, lane) and `OldestOpenPaymentAge`.
 /// Never fails: a reading that cannot be taken now is logged and left out (a missing lane balance
 /// does not trip the alarm; replay's own errors alarm covers a replay that cannot run).
-/// Costs one `eth_getBalance` per lane and network, and one DynamoDB query of one item.
-pub async fn report_operational(facilitator: &Facilitator, store: &Store) {
+/// Costs one `eth_getBalance` per lane and network, and one DynamoDB query of one item. Returns
+/// the balances, by lane (in configuration order) and network, `None` where unreadable: what
+/// activating a funded lane is decided on ([`super::activation`]).
+pub async fn report_operational(
+    facilitator: &Facilitator,
+    store: &Store,
+) -> Vec<Vec<Option<U256>>> {
     let lanes = async {
         match facilitator.lanes().addresses().await {
             Ok(addresses) => {
-                let readings = facilitator.networks().iter().flat_map(|scheme| {
-                    addresses.iter().map(move |address| async move {
+                let readings = addresses.iter().map(|address| {
+                    join_all(facilitator.networks().iter().map(move |scheme| async move {
                         let network = scheme.network().caip2();
                         match scheme.chain().balance(*address).await {
-                            Ok(wei) => crate::metrics::lane_balance(
-                                network,
-                                &address.to_checksum(None),
-                                to_native(wei),
-                            ),
+                            Ok(wei) => {
+                                let lane = address.to_checksum(None);
+                                crate::metrics::lane_balance(network, &lane, to_native(wei));
+                                Some(wei)
+                            }
                             Err(e) => {
-                                tracing::warn!(network, lane = %address, error = %e, "cannot read a lane's balance")
+                                tracing::warn!(network, lane = %address, error = %e, "cannot read a lane's balance");
+                                None
                             }
                         }
-                    })
+                    }))
                 });
-                join_all(readings).await;
+                join_all(readings).await
             }
-            Err(e) => tracing::warn!(error = %e, "cannot learn the lanes' addresses"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot learn the lanes' addresses");
+                Vec::new()
+            }
         }
     };
     let oldest = async {
@@ -65,7 +74,7 @@ pub async fn report_operational(facilitator: &Facilitator, store: &Store) {
             Err(e) => tracing::warn!(error = %e, "cannot read the oldest open payment"),
         }
     };
-    tokio::join!(lanes, oldest);
+    tokio::join!(lanes, oldest).0
 }
 
 /// Wei to whole native tokens (ETH) as CloudWatch's f64; exact enough for a low-balance alarm.

@@ -30,6 +30,7 @@
 //! Every change is a conditional write on what replay read, so replay racing the live path, or
 //! itself, moves a record at most once, and a second run right after the first finds nothing to do.
 
+mod activation;
 mod decide;
 mod gauges;
 mod progress;
@@ -224,6 +225,8 @@ pub struct Tunables {
     pub max_records: usize,
     /// A transaction still unmined this long after it was sent is replaced with higher fees.
     pub bump_after: Duration,
+    /// A `funding` lane with at least this much gas (wei) on every network is made active.
+    pub activation_wei: alloy::primitives::U256,
 }
 
 /// How long before its deadline a run stops taking new records, at most: one record's worst case
@@ -263,6 +266,7 @@ impl Replayer {
                 min_age: config.replay_min_age,
                 max_records: config.replay_max_records,
                 bump_after: config.replay_bump_after,
+                activation_wei: config.lane_activation_wei,
             },
         ))
     }

@@ -92,7 +92,14 @@ impl Replayer {
             stop_at,
             max_records: self.tunables.max_records,
         };
-        gauges::report_operational(&self.facilitator, &self.store).await;
+        let balances = gauges::report_operational(&self.facilitator, &self.store).await;
+        super::activation::activate_funded(
+            &self.store,
+            &self.lanes,
+            &balances,
+            self.tunables.activation_wei,
+        )
+        .await;
         let mut summary = Summary::default();
         let networks: Vec<String> = self
             .facilitator
