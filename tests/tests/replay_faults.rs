@@ -110,7 +110,11 @@ async fn assert_lane_in_step(record: &PaymentRecord) {
         .into_iter()
         .find(|row| &row.lane == lane)
         .unwrap();
-    assert_eq!(chain, row.next_nonce, "lane {lane}: chain and table agree");
+    assert_eq!(
+        chain,
+        row.next_nonce(&record.network),
+        "lane {lane}: chain and table agree"
+    );
 }
 
 // ---- a crash at each step, while the authorization is valid: settled exactly once ----

@@ -34,7 +34,13 @@ async fn table_nonces() -> Vec<u64> {
     let store = store().await;
     let mut nonces = Vec::new();
     for lane in &stack().lanes {
-        nonces.push(store.lane_next_nonce(&lane.key_id).await.unwrap());
+        let network = &config().networks[0].network;
+        nonces.push(
+            store
+                .lane_next_nonce(&lane.key_id, network.caip2())
+                .await
+                .unwrap(),
+        );
     }
     nonces
 }

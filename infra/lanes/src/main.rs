@@ -137,9 +137,10 @@ async fn list(
     );
     for (index, (key, address)) in config.lane_keys.iter().zip(addresses).enumerate() {
         let state = states.get(key).copied().unwrap_or(LaneState::Funding);
-        let nonce = store.lane_next_nonce(key).await?;
+        let mut nonces = Vec::new();
         let mut gas = Vec::new();
         for (network, chain) in &chains {
+            nonces.push(store.lane_next_nonce(key, network).await?.to_string());
             let balance = match address.parse() {
                 Ok(address) => match chain.balance(address).await {
                     // Display only: f64 keeps far more digits than an operator reads here.
@@ -155,8 +156,9 @@ async fn list(
         }
         let open = open.get(key).copied().unwrap_or(0);
         println!(
-            "{index:<3} {key:<38} {address:<42} {:<9} {nonce:>5} {open:>5}  {}",
+            "{index:<3} {key:<38} {address:<42} {:<9} {:>5} {open:>5}  {}",
             state.as_str(),
+            nonces.join("/"),
             gas.join(", ")
         );
     }

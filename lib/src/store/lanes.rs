@@ -191,6 +191,14 @@ mod tests {
     }
 
     #[test]
+    fn each_network_has_its_own_nonce_in_a_lanes_row() {
+        use crate::store::nonce_attribute;
+        assert_eq!(nonce_attribute("eip155:8453"), "nonce#eip155:8453");
+        assert_ne!(nonce_attribute("eip155:8453"), nonce_attribute("eip155:84532"));
+        assert_ne!(nonce_attribute("eip155:8453"), "next_nonce", "not the old shared counter");
+    }
+
+    #[test]
     fn the_condition_names_each_state_as_rows_are_read() {
         assert_eq!(
             from_condition(&[LaneState::Funding, LaneState::Draining]),

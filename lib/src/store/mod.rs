@@ -347,14 +347,14 @@ impl Store {
 
     /// The write-ahead of a signed transaction (I3) and the lane's nonce step (I4), as one
     /// transaction: the record `queued → signed` with the raw transaction and its hash, and the
-    /// lane's `next_nonce` from `signed.nonce` to the one after. Returns false when either
+    /// lane's next nonce on the record's network from `signed.nonce` to the one after. Returns false when either
     /// condition failed (the record moved on, or another sender took that nonce): then nothing was
     /// written.
     #[instrument(skip_all, fields(%id, lane, nonce = signed.nonce), err(level = "warn"))]
     pub async fn sign(
         &self,
         id: &PaymentId,
-        lane: &str,
+        (lane, network): (&str, &str),
         signed: &Signed,
     ) -> Result<bool, StoreError> {
         let record = Change::new(State::Queued, State::Signed)
@@ -363,7 +363,7 @@ impl Store {
             .set("raw_tx", hex_value(&signed.raw))
             .set("tx_hash", hex_value(&signed.hash))
             .update(&self.payments, id)?;
-        let lane_step = self.lane_step(lane, signed.nonce)?;
+        let lane_step = self.lane_step(lane, network, signed.nonce)?;
         let request = self
             .client
             .transact_write_items()
@@ -379,15 +379,16 @@ impl Store {
         }
     }
 
-    /// The lane's `next_nonce` from `nonce` to `nonce + 1`: only from the nonce the worker read; a
-    /// lane never used starts wherever the chain says. An update, not a put: the row also keeps the
-    /// lane's state ([`LaneState`]), which a nonce step must not erase.
-    fn lane_step(&self, lane: &str, nonce: u64) -> Result<Update, StoreError> {
+    /// The lane's next nonce on `network` from `nonce` to `nonce + 1`: only from the nonce the
+    /// worker read; a lane never used there starts wherever the chain says. An update, not a put:
+    /// the row also keeps the lane's state ([`LaneState`]) and its nonces on other networks.
+    fn lane_step(&self, lane: &str, network: &str, nonce: u64) -> Result<Update, StoreError> {
         Update::builder()
             .table_name(&self.lanes)
             .key("lane", AttributeValue::S(lane.to_owned()))
-            .update_expression("SET next_nonce = :next, updated_at = :now")
-            .condition_expression("attribute_not_exists(next_nonce) OR next_nonce <= :n")
+            .update_expression("SET #nonce = :next, updated_at = :now")
+            .condition_expression("attribute_not_exists(#nonce) OR #nonce <= :n")
+            .expression_attribute_names("#nonce", nonce_attribute(network))
             .expression_attribute_values(":n", AttributeValue::N(nonce.to_string()))
             .expression_attribute_values(":next", AttributeValue::N((nonce + 1).to_string()))
             .expression_attribute_values(":now", AttributeValue::N(now_ms().to_string()))
@@ -534,17 +535,25 @@ impl Store {
     }
 
     /// The lane's next nonce as the table has it (0 for a lane never used).
-    pub async fn lane_next_nonce(&self, lane: &str) -> Result<u64, StoreError> {
+    pub async fn lane_next_nonce(&self, lane: &str, network: &str) -> Result<u64, StoreError> {
         Ok(self
             .read_item(&self.lanes, "lane", lane)
             .await?
             .and_then(|item| {
-                item.get("next_nonce")
+                item.get(&nonce_attribute(network))
                     .and_then(|v| v.as_n().ok())
                     .and_then(|n| n.parse().ok())
             })
             .unwrap_or(0))
     }
+}
+
+/// The lanes-table attribute holding a lane's next nonce on `network` (CAIP-2): one per network,
+/// because an address's nonces are counted per chain. (Rows from before networks were told apart
+/// have a single `next_nonce`, which is not read: a lane's first nonce on each network then comes
+/// from the chain's pending count, as for a new lane.)
+pub fn nonce_attribute(network: &str) -> String {
+    format!("nonce#{network}")
 }
 
 /// A transaction the worker signed, as the write-ahead keeps it.

@@ -262,7 +262,7 @@ impl Worker {
         };
         let (simulated, table_nonce, chain_nonce) = tokio::join!(
             simulate,
-            self.store.lane_next_nonce(&record.lane),
+            self.store.lane_next_nonce(&record.lane, &record.network),
             chain.pending_nonce(signer.address()),
         );
         let (fees, estimate) = simulated?;
@@ -327,7 +327,8 @@ impl Worker {
         record: PaymentRecord,
         signed: Signed,
     ) -> Result<(), WorkError> {
-        if !self.store.sign(&record.id, &record.lane, &signed).await? {
+        let lane = (record.lane.as_str(), record.network.as_str());
+        if !self.store.sign(&record.id, lane, &signed).await? {
             let latest = self.store.get(&record.id).await?;
             return match after_lost_write_ahead(latest.as_ref()) {
                 AfterLost::TakeNextNonce => Err(WorkError::NonceTaken {

@@ -107,16 +107,24 @@ pub async fn all_records() -> Vec<PaymentRecord> {
     records
 }
 
-/// A row of the lanes table: the next nonce the lane will sign at. The library keeps it private
-/// (`Store::lane_next_nonce` reads one); the tests compare the whole table.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// A row of the lanes table: the lane's state and its next nonce on each network. The library
+/// keeps the row private (`Store::lane_next_nonce` reads one nonce); the tests compare the whole
+/// table, every attribute.
+#[derive(Debug, Clone, PartialEq)]
 pub struct LaneRow {
     pub lane: String,
-    /// 0 until the lane first signs (a row may hold only its state before that).
-    #[serde(default)]
-    pub next_nonce: u64,
-    #[serde(default)]
-    pub state: Option<String>,
+    pub item: Item,
+}
+
+impl LaneRow {
+    /// The next nonce on `network` (0 until the lane first signs there).
+    pub fn next_nonce(&self, network: &str) -> u64 {
+        self.item
+            .get(&facilitator::store::nonce_attribute(network))
+            .and_then(|v| v.as_n().ok())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
 }
 
 /// The whole lanes table, by lane: its nonces must not move when nothing was written ahead.
@@ -124,7 +132,10 @@ pub async fn lanes_table() -> Vec<LaneRow> {
     let mut rows: Vec<LaneRow> = scan(&stack().lanes_table)
         .await
         .into_iter()
-        .map(|item| serde_dynamo::from_item(item).expect("a lane row"))
+        .map(|item| LaneRow {
+            lane: item["lane"].as_s().expect("a lane row").clone(),
+            item,
+        })
         .collect();
     rows.sort_by(|a, b| a.lane.cmp(&b.lane));
     rows
