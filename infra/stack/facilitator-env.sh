@@ -16,10 +16,12 @@ set -a
 . "$X402_STACK_DIR/stack.env"
 X402_NETWORKS="[{\"network\":\"$X402_NETWORK\",\"rpcUrl\":\"$RPC_URL\",\"assets\":[\"$X402_TOKEN\"]}]"
 RUST_LOG="${RUST_LOG:-info}"
+# Where a retired lane's gas may be swept on the local stack: an address nobody holds a key for.
+X402_SWEEP_ADDRESSES="${X402_SWEEP_ADDRESSES:-0x5ee1000000000000000000000000000000005ee1}"
 set +a
 {
   for var in AWS_ENDPOINT_URL AWS_REGION AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY X402_LANE_KEYS \
-    X402_PAYMENTS_TABLE X402_LANES_TABLE X402_SETTLE_QUEUE_URL RUST_LOG; do
+    X402_PAYMENTS_TABLE X402_LANES_TABLE X402_SETTLE_QUEUE_URL X402_SWEEP_ADDRESSES RUST_LOG; do
     printf '%s=%s\n' "$var" "${!var}"
   done
   # Single quotes keep the JSON's double quotes and commas as they are.

@@ -51,6 +51,13 @@ struct LanesRestored;
 impl Drop for LanesRestored {
     fn drop(&mut self) {
         finish_detached(async {
+            use alloy::providers::ext::AnvilApi;
+            // A swept lane gets its gas back: 1000 ETH, as the stack gave it.
+            let thousand_eth =
+                alloy::primitives::U256::from(10u64).pow(alloy::primitives::U256::from(21u64));
+            for lane in &stack().lanes {
+                let _ = anvil().anvil_set_balance(lane.address, thousand_eth).await;
+            }
             let store = store().await;
             for lane in config().lane_keys {
                 let _ = store
@@ -157,6 +164,39 @@ async fn lanes_go_from_funding_to_active_to_draining_to_retired() {
         settled_on(&base, &payment_routed(&lanes, &first)).await,
         second
     );
+
+    // Its gas goes to the sweep address, through the worker (the only signer): all of it but the
+    // most the transfer's gas could cost.
+    let to = config().sweep_addresses[0];
+    let lane = stack().lanes[0].address;
+    let (lane_before, to_before) = (balance_of(lane).await, balance_of(to).await);
+    lanes_tool(&["sweep", "0", &format!("{to:#x}")]);
+    let swept = eventually("the sweep mined", 300, ms(100), || async {
+        let moved = balance_of(to).await - to_before;
+        if moved.is_zero() {
+            Err(moved)
+        } else {
+            Ok(moved)
+        }
+    })
+    .await;
+    let left = balance_of(lane).await;
+    println!("swept {swept} wei of {lane_before} to {to:#x}; {left} wei left on the lane");
+    // The fee cap (100 gwei) times a transfer's 21 000 gas is the most that may stay behind.
+    let headroom = alloy::primitives::U256::from(21_000u64 * 100_000_000_000u64);
+    assert!(
+        left <= headroom,
+        "at most the gas headroom stays behind: {left}"
+    );
+    assert!(
+        lanes_tool_refuses(&["sweep", "1", &format!("{to:#x}")]).contains("not retired"),
+        "an active lane is not swept"
+    );
+}
+
+async fn balance_of(address: alloy::primitives::Address) -> alloy::primitives::U256 {
+    use alloy::providers::Provider;
+    anvil().get_balance(address).await.unwrap()
 }
 
 /// Replay makes a funded `funding` lane active (the stack's lanes hold 1000 ETH, far above the

@@ -6,6 +6,10 @@
 //!
 //!   cargo run --release -p lanes -- list
 //!   cargo run --release -p lanes -- activate|drain|retire <lane>
+//!   cargo run --release -p lanes -- sweep <lane> <address>
+//!
+//! `sweep` asks the worker (the only signer) to send a retired lane's gas, on every network, to an
+//! address among `X402_SWEEP_ADDRESSES`; it needs `X402_SETTLE_QUEUE_URL`.
 //!
 //! `<lane>` is a lane's KMS key id, its address, or its position in `X402_LANE_KEYS` (0, 1, …).
 
@@ -90,7 +94,15 @@ async fn run(args: &[String]) -> Result<(), Failure> {
                 .ok_or_else(|| format!("no configured lane {which:?} (X402_LANE_KEYS)"))?;
             change(&store, lane, command).await
         }
-        _ => Err("usage: lanes list | lanes activate|drain|retire <lane>".into()),
+        ["sweep", which, to] => {
+            let lane = find_lane(which, &config.lane_keys, &addresses)
+                .ok_or_else(|| format!("no configured lane {which:?} (X402_LANE_KEYS)"))?;
+            sweep(&config, &aws, &store, lane, to).await
+        }
+        _ => Err(
+            "usage: lanes list | lanes activate|drain|retire <lane> | lanes sweep <lane> <address>"
+                .into(),
+        ),
     }
 }
 
@@ -162,6 +174,37 @@ async fn list(
             gas.join(", ")
         );
     }
+    Ok(())
+}
+
+/// Queues a sweep of a retired lane to `to`, after the checks the worker will make again.
+async fn sweep(
+    config: &Config,
+    aws: &aws_config::SdkConfig,
+    store: &Store,
+    lane: &str,
+    to: &str,
+) -> Result<(), Failure> {
+    let to =
+        facilitator::evm::hex::address(to).ok_or_else(|| format!("{to:?} is not an address"))?;
+    if !config.sweep_addresses.contains(&to) {
+        return Err(
+            format!("{to:#x} is not in X402_SWEEP_ADDRESSES; the worker would refuse it").into(),
+        );
+    }
+    let state = store.lane_states(&[lane.to_owned()]).await?;
+    if state.get(lane) != Some(&LaneState::Retired) {
+        return Err(format!(
+            "lane {lane} is not retired: drain it, wait for its payments, retire it"
+        )
+        .into());
+    }
+    let queue = facilitator::queue::Queue::new(
+        aws_sdk_sqs::Client::new(aws),
+        config.require_settle_queue()?.to_owned(),
+    );
+    queue.request_sweep(lane, to).await?;
+    println!("lanes: asked the worker to sweep {lane} to {to:#x}; lanes list shows the balance once mined");
     Ok(())
 }
 

@@ -54,6 +54,8 @@ pub const PAYER_REFUSAL_VAR: &str = "X402_PAYER_REFUSAL_MS";
 /// The gas (whole native tokens, e.g. `0.005` ETH) a new lane needs on every network before replay
 /// makes it active.
 pub const LANE_ACTIVATION_VAR: &str = "X402_LANE_ACTIVATION_BALANCE";
+/// Where a retired lane's gas may be swept: comma-separated addresses (worker).
+pub const SWEEP_ADDRESSES_VAR: &str = "X402_SWEEP_ADDRESSES";
 /// How long `/settle` reuses what it read of the lanes' states, in milliseconds (0: never).
 pub const LANE_STATE_TTL_VAR: &str = "X402_LANE_STATE_TTL_MS";
 /// Each API key's default rate limit, requests a second (`0`: keys without their own are not limited).
@@ -128,6 +130,8 @@ pub struct Config {
     pub lane_state_ttl: Duration,
     /// Replay makes a `funding` lane active once it has this much gas (wei) on every network.
     pub lane_activation_wei: alloy::primitives::U256,
+    /// Where the worker may sweep a retired lane's gas.
+    pub sweep_addresses: Vec<Address>,
 }
 
 /// A contract wallet decides, when the settlement is mined, whether its signature is good, so it
@@ -269,6 +273,7 @@ impl Config {
                 vars.get(LANE_ACTIVATION_VAR).as_deref().unwrap_or("0.005"),
             )?,
             lane_state_ttl: vars.millis_or_zero(LANE_STATE_TTL_VAR, DEFAULT_LANE_STATE_TTL)?,
+            sweep_addresses: addresses(SWEEP_ADDRESSES_VAR, vars.list(SWEEP_ADDRESSES_VAR))?,
             worker_max_attempts: u32::try_from(
                 vars.count(WORKER_MAX_ATTEMPTS_VAR, DEFAULT_WORKER_MAX_ATTEMPTS)?,
             )
@@ -383,6 +388,18 @@ fn native_amount(var: &'static str, text: &str) -> Result<alloy::primitives::U25
         var,
         problem: format!("expected an amount of native tokens like 0.005, got {text:?}"),
     })
+}
+
+/// A list of addresses, each checked.
+fn addresses(var: &'static str, list: Vec<String>) -> Result<Vec<Address>, ConfigError> {
+    list.iter()
+        .map(|a| {
+            crate::evm::hex::address(a).ok_or_else(|| ConfigError {
+                var,
+                problem: format!("{a:?} is not an address (0x and 40 hex digits)"),
+            })
+        })
+        .collect()
 }
 
 /// When a contract-wallet payer whose settlements revert is refused.

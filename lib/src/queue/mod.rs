@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 use tracing::instrument;
 
 /// What a queue message carries: the payment's id (everything else is in its record), and, when
-/// replay asks for a replacement, the hash of the transaction to replace.
+/// replay asks for a replacement, the hash of the transaction to replace. A sweep of a retired
+/// lane's gas (the lanes tool) is `sweep#<lane>#<to>` instead of a payment id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SettlementMessage {
     pub id: String,
@@ -71,6 +72,21 @@ impl Queue {
         let dedup =
             alloy::primitives::keccak256(format!("{id}#replace#{tx_hash}").as_bytes()).to_string();
         self.send_message(&message, lane, dedup, None).await
+    }
+
+    /// Asks the lane's worker to move a retired lane's gas to `to` (the lanes tool). The worker
+    /// refuses unless the lane is retired and `to` is one of its `X402_SWEEP_ADDRESSES`.
+    #[instrument(skip_all, fields(lane, %to), err(level = "warn"))]
+    pub async fn request_sweep(
+        &self,
+        lane: &str,
+        to: alloy::primitives::Address,
+    ) -> Result<(), QueueError> {
+        let id = format!("sweep#{lane}#{to:#x}");
+        let dedup =
+            alloy::primitives::keccak256(format!("{id}#{}", crate::clock::now_ms()).as_bytes())
+                .to_string();
+        self.send(&id, lane, dedup).await
     }
 
     /// Puts a message the worker could not finish back at the end of its lane, as attempt

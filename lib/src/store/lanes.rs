@@ -194,8 +194,15 @@ mod tests {
     fn each_network_has_its_own_nonce_in_a_lanes_row() {
         use crate::store::nonce_attribute;
         assert_eq!(nonce_attribute("eip155:8453"), "nonce#eip155:8453");
-        assert_ne!(nonce_attribute("eip155:8453"), nonce_attribute("eip155:84532"));
-        assert_ne!(nonce_attribute("eip155:8453"), "next_nonce", "not the old shared counter");
+        assert_ne!(
+            nonce_attribute("eip155:8453"),
+            nonce_attribute("eip155:84532")
+        );
+        assert_ne!(
+            nonce_attribute("eip155:8453"),
+            "next_nonce",
+            "not the old shared counter"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 mod batch;
 mod decide;
+mod sweep;
 
 use std::{
     collections::HashMap,
@@ -114,6 +115,8 @@ pub struct Worker {
     sources: Mutex<HashMap<String, Queue>>,
     /// Attempts at one payment before the worker gives up on it.
     max_attempts: u32,
+    /// Where a retired lane's gas may be swept (`X402_SWEEP_ADDRESSES`).
+    sweep_addresses: Vec<alloy::primitives::Address>,
 }
 
 impl Worker {
@@ -135,6 +138,7 @@ impl Worker {
             sqs,
             sources: Mutex::new(HashMap::new()),
             max_attempts,
+            sweep_addresses: Vec::new(),
         }
     }
 
@@ -154,13 +158,15 @@ impl Worker {
 
     /// Builds the worker's clients from the configuration; calls nothing.
     pub fn from_config(config: &crate::config::Config, aws: &aws_config::SdkConfig) -> Self {
-        Worker::new(
+        let mut worker = Worker::new(
             Facilitator::new(config, aws),
             Store::from_config(config, aws),
             (aws_sdk_kms::Client::new(aws), aws_sdk_sqs::Client::new(aws)),
             config.lane_keys.clone(),
             config.worker_max_attempts,
-        )
+        );
+        worker.sweep_addresses = config.sweep_addresses.clone();
+        worker
     }
 
     /// Moves one payment forward as far as this worker can, or replaces its transaction when the
@@ -178,6 +184,9 @@ impl Worker {
         message: &SettlementMessage,
         budget: Duration,
     ) -> Result<(), WorkError> {
+        if let Some((lane, to)) = sweep::parse_sweep(&message.id) {
+            return self.sweep(lane, to).await;
+        }
         let Some(id) = PaymentId::parse(&message.id) else {
             // An id no record can have will never find one: drop it loudly.
             tracing::error!(id = %message.id, "a settlement message names no payment id; dropped");
