@@ -9,6 +9,16 @@
 
 use tracing_subscriber::{fmt, EnvFilter};
 
+/// What a function does when Lambda stops its instance (SIGTERM, through `lambda_runtime`'s
+/// graceful-shutdown hook): says so, and flushes stdout. Every line is already written as it
+/// happens (stdout is line-buffered and each log line and metric is one line), so the flush is
+/// insurance for a line cut short, not a buffer being saved.
+pub async fn on_shutdown() {
+    use std::io::Write;
+    tracing::info!("instance shutting down");
+    let _ = std::io::stdout().flush();
+}
+
 /// Installs the global subscriber. Safe to call twice (the second call does nothing).
 pub fn init() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));

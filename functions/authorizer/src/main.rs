@@ -13,6 +13,7 @@ use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     telemetry::init();
+    lambda_runtime::spawn_graceful_shutdown_handler(telemetry::on_shutdown).await;
     let table = config::api_keys_table(|var| std::env::var(var).ok())
         .unwrap_or_else(|| auth::DEFAULT_TABLE.to_owned());
     let aws = facilitator::aws_config().await;

@@ -13,6 +13,7 @@ use serde_json::Value;
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     telemetry::init();
+    lambda_runtime::spawn_graceful_shutdown_handler(telemetry::on_shutdown).await;
     let config = Config::from_env()?;
     let replayer = Replayer::from_config(&config, &facilitator::aws_config().await)?;
     let replayer = &replayer;

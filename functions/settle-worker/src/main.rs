@@ -9,6 +9,7 @@ use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     telemetry::init();
+    lambda_runtime::spawn_graceful_shutdown_handler(telemetry::on_shutdown).await;
     let config = Config::from_env()?;
     let worker = Worker::from_config(&config, &facilitator::aws_config().await);
     let worker = &worker;

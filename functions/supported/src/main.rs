@@ -7,6 +7,7 @@ use lambda_http::{run, service_fn, Error, Request};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     telemetry::init();
+    lambda_runtime::spawn_graceful_shutdown_handler(telemetry::on_shutdown).await;
     let config = Config::from_env()?;
     let facilitator = Facilitator::new(&config, &facilitator::aws_config().await);
     let facilitator = &facilitator;

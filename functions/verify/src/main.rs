@@ -10,6 +10,7 @@ use lambda_http::{request::RequestContext, run, service_fn, Error, Request, Requ
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     telemetry::init();
+    lambda_runtime::spawn_graceful_shutdown_handler(telemetry::on_shutdown).await;
     let config = Config::from_env()?;
     let aws = facilitator::aws_config().await;
     let facilitator = Facilitator::new(&config, &aws);
