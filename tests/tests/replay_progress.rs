@@ -252,25 +252,16 @@ async fn an_item_that_does_not_decode_is_quarantined_and_the_others_are_finished
     assert!(summary.expired >= 1, "the record after it: {summary:?}");
     assert_eq!(payment_record(&id).await.state, State::Expired);
     assert_eq!(payment_record(&id).await.reason, Some(Reason::ValidBefore));
-    assert_eq!(raw_item(&poison).await, Some(item.clone()), "never written");
+    assert_eq!(
+        payment_item(&poison).await,
+        Some(item.clone()),
+        "never written"
+    );
 
     // Skipped again on every pass, until someone mends or removes it.
     let again = replay().await;
     assert_eq!(again.quarantined, 1, "{again:?}");
-    assert_eq!(raw_item(&poison).await, Some(item), "never written");
-}
-
-async fn raw_item(id: &str) -> Option<Item> {
-    dynamodb()
-        .await
-        .get_item()
-        .table_name(&stack().payments_table)
-        .key("id", AttributeValue::S(id.to_owned()))
-        .consistent_read(true)
-        .send()
-        .await
-        .unwrap()
-        .item
+    assert_eq!(payment_item(&poison).await, Some(item), "never written");
 }
 
 #[tokio::test]

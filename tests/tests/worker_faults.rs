@@ -76,16 +76,8 @@ async fn an_rpc_outage_longer_than_the_workers_retries_costs_the_lane_seconds_no
 /// The state, reason and message of a record as stored, attribute by attribute: for a record the
 /// library cannot read (which is the point of the test that uses it).
 async fn stored_outcome(id: &str) -> (String, String, String) {
-    let item = dynamodb()
+    let item = payment_item(id)
         .await
-        .get_item()
-        .table_name(&stack().payments_table)
-        .key("id", AttributeValue::S(id.to_owned()))
-        .consistent_read(true)
-        .send()
-        .await
-        .unwrap()
-        .item
         .unwrap_or_else(|| panic!("no record {id}"));
     let text = |name: &str| {
         item.get(name)

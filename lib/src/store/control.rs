@@ -8,12 +8,10 @@
 
 use std::collections::HashMap;
 
-use aws_sdk_dynamodb::{
-    error::SdkError, operation::update_item::UpdateItemError, types::AttributeValue,
-};
+use aws_sdk_dynamodb::types::AttributeValue;
 use tracing::instrument;
 
-use super::{fail, PaymentId, PaymentRecord, Store, StoreError, OPEN_SHARD};
+use super::{PaymentId, PaymentRecord, Store, StoreError, OPEN_SHARD};
 
 /// The key of the item that says which replay run may work now.
 const LEASE_ID: &str = "replay#lease";
@@ -277,15 +275,9 @@ impl Store {
         for (name, value) in values {
             request = request.expression_attribute_values(name, value);
         }
-        match Box::pin(request.send()).await {
-            Ok(_) => Ok(true),
-            Err(SdkError::ServiceError(e))
-                if matches!(e.err(), UpdateItemError::ConditionalCheckFailedException(_)) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(fail("UpdateItem")(e)),
-        }
+        Ok(super::conditional_update(Box::pin(request.send()))
+            .await?
+            .is_some())
     }
 }
 

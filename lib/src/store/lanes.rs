@@ -5,13 +5,9 @@
 
 use std::collections::HashMap;
 
-use aws_sdk_dynamodb::{
-    error::SdkError,
-    operation::update_item::UpdateItemError,
-    types::{AttributeValue, KeysAndAttributes},
-};
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
 
-use super::{fail, Store, StoreError};
+use super::{conditional_update, fail, Store, StoreError};
 use crate::clock::now_ms;
 
 /// Where a lane is in its life.
@@ -135,15 +131,9 @@ impl Store {
                 AttributeValue::S(state.as_str().to_owned()),
             );
         }
-        match Box::pin(request.send()).await {
-            Ok(_) => Ok(true),
-            Err(SdkError::ServiceError(e))
-                if matches!(e.err(), UpdateItemError::ConditionalCheckFailedException(_)) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(fail("UpdateItem")(e)),
-        }
+        Ok(conditional_update(Box::pin(request.send()))
+            .await?
+            .is_some())
     }
 }
 

@@ -86,6 +86,38 @@ pub const OPEN_INDEX: &str = "open-by-age";
 /// `open_shard`'s value while a record is not terminal.
 pub const OPEN_SHARD: &str = "open";
 
+type UpdateItemOutput = aws_sdk_dynamodb::operation::update_item::UpdateItemOutput;
+type UpdateRequest<'a> = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<
+                    UpdateItemOutput,
+                    SdkError<UpdateItemError, aws_sdk_dynamodb::config::http::HttpResponse>,
+                >,
+            > + Send
+            + 'a,
+    >,
+>;
+
+/// An UpdateItem with a condition: `Some(its answer)` when the condition held and the change was
+/// made, `None` when it did not; any other failure is an error. Every conditional write of the
+/// store's items reads its outcome this way.
+/// The request comes boxed as a trait object: the SDK's future types are deep enough to overflow
+/// rustc's query depth when an async fn holds one by type.
+async fn conditional_update(
+    request: UpdateRequest<'_>,
+) -> Result<Option<UpdateItemOutput>, StoreError> {
+    match request.await {
+        Ok(answer) => Ok(Some(answer)),
+        Err(SdkError::ServiceError(e))
+            if matches!(e.err(), UpdateItemError::ConditionalCheckFailedException(_)) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(fail("UpdateItem")(e)),
+    }
+}
+
 /// A page of [`Store::open_records`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct OpenPage {
@@ -334,15 +366,9 @@ impl Store {
             .set_expression_attribute_values(update.expression_attribute_values().cloned())
             .return_values(returns)
             .send();
-        match Box::pin(request).await {
-            Ok(answer) => Ok(Some(answer.attributes)),
-            Err(SdkError::ServiceError(e))
-                if matches!(e.err(), UpdateItemError::ConditionalCheckFailedException(_)) =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(fail("UpdateItem")(e)),
-        }
+        Ok(conditional_update(Box::pin(request))
+            .await?
+            .map(|answer| answer.attributes))
     }
 
     /// The write-ahead of a signed transaction (I3) and the lane's nonce step (I4), as one

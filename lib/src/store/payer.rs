@@ -10,14 +10,10 @@
 use std::collections::HashMap;
 
 use alloy::primitives::Address;
-use aws_sdk_dynamodb::{
-    error::SdkError,
-    operation::update_item::UpdateItemError,
-    types::{AttributeValue, ReturnValue},
-};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use tracing::instrument;
 
-use super::{fail, Store, StoreError};
+use super::{conditional_update, Store, StoreError};
 use crate::config::RevertPolicy;
 
 /// A payer's run of reverted settlements on one network.
@@ -145,15 +141,10 @@ impl Store {
             .expression_attribute_values(":cutoff", run.cutoff.clone())
             .return_values(ReturnValue::AllNew)
             .send();
-        match Box::pin(more).await {
-            Ok(answer) => standing_of(&answer.attributes.unwrap_or_default()).map(Some),
-            Err(SdkError::ServiceError(e))
-                if matches!(e.err(), UpdateItemError::ConditionalCheckFailedException(_)) =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(fail("UpdateItem")(e)),
-        }
+        conditional_update(Box::pin(more))
+            .await?
+            .map(|answer| standing_of(&answer.attributes.unwrap_or_default()))
+            .transpose()
     }
 
     /// The first revert of a run, unless another recorder started one meanwhile (`None`). An
@@ -171,18 +162,12 @@ impl Store {
             .expression_attribute_values(":expires", run.expires_at.clone())
             .expression_attribute_values(":cutoff", run.cutoff.clone())
             .send();
-        match Box::pin(first).await {
-            Ok(_) => Ok(Some(Standing {
+        Ok(conditional_update(Box::pin(first))
+            .await?
+            .map(|_| Standing {
                 reverts: 1,
                 last_revert_at: run.now,
-            })),
-            Err(SdkError::ServiceError(e))
-                if matches!(e.err(), UpdateItemError::ConditionalCheckFailedException(_)) =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(fail("UpdateItem")(e)),
-        }
+            }))
     }
 }
 

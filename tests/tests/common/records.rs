@@ -66,6 +66,21 @@ pub async fn wait_for(id: &str, states: &[State]) -> PaymentRecord {
     wait_until(id, &format!("{states:?}"), |r| states.contains(&r.state)).await
 }
 
+/// An item of the payments table as stored, attribute by attribute, read strongly consistent: for
+/// items the library cannot read (which is what the tests that use it look at).
+pub async fn payment_item(id: &str) -> Option<Item> {
+    dynamodb()
+        .await
+        .get_item()
+        .table_name(&stack().payments_table)
+        .key("id", AttributeValue::S(id.to_owned()))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item
+}
+
 /// Every item of `table`, page after page.
 pub async fn scan(table: &str) -> Vec<Item> {
     let client = dynamodb().await;
