@@ -79,6 +79,13 @@ export function coldStartTable(coldStart) {
   return lines.join("\n");
 }
 
+/** Which build the figures are of, from the measured binary's directory: said at the top of each section. */
+export function buildOf(binary) {
+  if (/(^|\/)release\//.test(binary)) return "release build";
+  if (/(^|\/)debug\//.test(binary)) return "debug build (not what deploys: slower and larger)";
+  return `build of ${binary}`;
+}
+
 export function section({ verify, coldStart, command, ours, versions, commit }) {
   const m = verify.machine;
   const phase = verify.settings;
@@ -86,7 +93,7 @@ export function section({ verify, coldStart, command, ours, versions, commit }) 
     BEGIN,
     "## Load: verify",
     "",
-    `Measured ${verify.date.slice(0, 16).replace("T", " ")} UTC at commit ${commit} with \`${command}\` on ${m.nproc} CPUs (${m.cpuModel}), `
+    `Measured ${verify.date.slice(0, 16).replace("T", " ")} UTC at commit ${commit}, **${buildOf(ours)}**, with \`${command}\` on ${m.nproc} CPUs (${m.cpuModel}), `
       + `${m.memoryGiB} GiB memory, ${m.kernel}, node ${m.node}; load average ${m.loadAverage1m} when it started.`,
     "",
     `Both facilitators verify the same kind of payment (a distinct, valid EIP-3009 authorization for 1 test USDC, pre-signed `
@@ -248,7 +255,7 @@ export function settleSection({ settle, others = [], networked = [], command, ou
     SETTLE_BEGIN,
     "## Load: settle",
     "",
-    `Measured ${settle.date.slice(0, 16).replace("T", " ")} UTC at commit ${commit} with \`${command}\` on ${m.nproc} CPUs (${m.cpuModel}), `
+    `Measured ${settle.date.slice(0, 16).replace("T", " ")} UTC at commit ${commit}, **${buildOf(ours)}**, with \`${command}\` on ${m.nproc} CPUs (${m.cpuModel}), `
       + `${m.memoryGiB} GiB memory, ${m.kernel}, node ${m.node}; load average ${m.loadAverage1m} when it started.`,
     "",
     `Both facilitators settle the same kind of payment (a distinct, valid EIP-3009 authorization for ${s.amount} atomic units of `
