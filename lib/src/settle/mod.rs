@@ -34,6 +34,27 @@ use crate::{
 use pace::{Pace, SigningTime};
 pub use routing::{lane_for, routable, Routes};
 
+/// What cancelling a queued payment came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Cancel {
+    Done,
+    /// The record was no longer `queued`: something else moved it first.
+    Moved,
+    /// The write could not be made (DynamoDB failing): the payment is still queued as far as
+    /// anyone knows.
+    Failed(String),
+}
+
+/// The `settlement_pending` message when a payment could not be cancelled at the deadline: the
+/// worker (or, later, replay) may still sign it, so neither success nor failure would be true. A
+/// `/settle` of the same payment later answers from its record.
+fn cancel_failed(problem: &str) -> String {
+    format!(
+        "nothing was broadcast before the settle deadline, and the payment could not be cancelled \
+         ({problem}): it may still settle; ask again with the same payment for its outcome"
+    )
+}
+
 /// What `/settle` answers when no configured lane is active.
 const NO_ACTIVE_LANE: &str = "no signer lane is active: each new lane waits until its address has \
     gas (replay activates it), and a draining or retired one takes no new payments; fund a lane \
@@ -413,7 +434,7 @@ impl Settler {
         if let Err(e) = self.queue.enqueue(r.id.as_str(), &lane).await {
             // Not queued, so nothing will ever sign it: cancel it so it cannot settle later unseen.
             let why = format!("could not queue the payment: {e}");
-            if self.cancel(&r.id, &why).await {
+            if self.cancel(&r.id, &why).await == Cancel::Done {
                 return r.unexpected(why);
             }
         }
@@ -572,9 +593,16 @@ impl Settler {
         match at_deadline(record.state) {
             AtDeadline::Cancel => {
                 let why = "nothing was broadcast before the settle deadline";
-                self.cancel(&record.id, why).await.then(|| {
-                    r.unexpected("nothing was broadcast before the settle deadline; the payment was cancelled and will not be settled")
-                })
+                match self.cancel(&record.id, why).await {
+                    Cancel::Done => Some(r.unexpected("nothing was broadcast before the settle deadline; the payment was cancelled and will not be settled")),
+                    // The record moved on (the worker signed it): the next look answers from it.
+                    Cancel::Moved => None,
+                    // Not cancelled, so it may still be signed and settle: only "pending" is true.
+                    Cancel::Failed(problem) => Some(r.echo.failure(
+                        Rejection::new(Reason::SettlementPending, cancel_failed(&problem)),
+                        None,
+                    )),
+                }
             }
             AtDeadline::Pending(message) => Some(r.echo.failure(
                 Rejection::new(Reason::SettlementPending, message),
@@ -584,13 +612,14 @@ impl Settler {
     }
 
     /// `queued → cancelled`; false if the record had moved on (the worker took it).
-    async fn cancel(&self, id: &PaymentId, why: &str) -> bool {
+    async fn cancel(&self, id: &PaymentId, why: &str) -> Cancel {
         let failure = Failure::new(Reason::UnexpectedSettleError, why);
         match self.store.cancel(id, &failure).await {
-            Ok(done) => done,
+            Ok(true) => Cancel::Done,
+            Ok(false) => Cancel::Moved,
             Err(e) => {
                 tracing::error!(error = %e, %id, "cancelling a queued payment failed");
-                false
+                Cancel::Failed(e.to_string())
             }
         }
     }
