@@ -155,18 +155,28 @@ impl Facilitator {
         if !matches!(checked.signer, Signer::Contract { .. }) {
             return Ok(());
         }
-        let network = scheme.network().caip2();
         let payer = checked.payment.authorization.from;
-        match self.payers.payer_refusal(network, payer, unix_now()).await {
+        match self.payer_refusal(scheme.network().caip2(), payer).await {
             Ok(None) => Ok(()),
-            Ok(Some((standing, until))) => Err(checks::payer_refused(
-                payer,
-                network,
-                standing.reverts,
-                until,
-            )),
+            Ok(Some(refused)) => Err(refused),
             Err(e) => Err(Rejection::new(Reason::UnexpectedVerifyError, e.to_string())),
         }
+    }
+
+    /// The refusal of a contract-wallet payer whose settlements keep reverting on `network`, if it
+    /// is refused now: what verify, settle and the worker (before signing) all answer.
+    pub async fn payer_refusal(
+        &self,
+        network: &str,
+        payer: alloy::primitives::Address,
+    ) -> Result<Option<Rejection>, crate::store::StoreError> {
+        let refusal = self
+            .payers
+            .payer_refusal(network, payer, unix_now())
+            .await?;
+        Ok(refusal.map(|(standing, until)| {
+            checks::payer_refused(payer, network, standing.reverts, until)
+        }))
     }
 
     /// What this deployment serves: every configured network, under v2 (CAIP-2) and, where the

@@ -30,6 +30,15 @@ pub struct KeyLimit {
 }
 
 impl KeyLimit {
+    /// A key's own limit from its stored or passed-on parts: none without a rate; the burst is the
+    /// rate when not given.
+    pub fn own(per_second: Option<u32>, burst: Option<u32>) -> Option<Self> {
+        per_second.map(|per_second| KeyLimit {
+            per_second,
+            burst: burst.unwrap_or(per_second),
+        })
+    }
+
     /// Milliseconds between two requests at the steady rate (at least 1).
     fn interval_ms(self) -> u64 {
         (1000 / u64::from(self.per_second.max(1))).max(1)

@@ -176,10 +176,7 @@ fn decide(hash: &str, item: Option<&HashMap<String, AttributeValue>>) -> Decisio
                 _ => "unnamed".to_owned(),
             },
             key_id: hash.to_owned(),
-            limit: number("rate_per_second").map(|per_second| KeyLimit {
-                per_second,
-                burst: number("burst").unwrap_or(per_second),
-            }),
+            limit: KeyLimit::own(number("rate_per_second"), number("burst")),
         }),
         _ => Decision::Deny(Denial::Disabled),
     }
@@ -215,10 +212,7 @@ pub fn caller_from_context(context: &HashMap<String, serde_json::Value>) -> Opti
     Some(Caller {
         name: text("keyName").unwrap_or_else(|| "unnamed".to_owned()),
         key_id: text("keyId")?,
-        limit: number("rate").map(|per_second| KeyLimit {
-            per_second,
-            burst: number("burst").unwrap_or(per_second),
-        }),
+        limit: KeyLimit::own(number("rate"), number("burst")),
     })
 }
 

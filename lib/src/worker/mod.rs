@@ -315,18 +315,10 @@ impl Worker {
         if !record.signed_by_contract() {
             return Ok(None);
         }
-        let refusal = self
-            .store
-            .payer_refusal(&record.network, record.payer, unix_now())
-            .await?;
-        Ok(refusal.map(|(standing, until)| {
-            crate::evm::checks::payer_refused(
-                record.payer,
-                &record.network,
-                standing.reverts,
-                until,
-            )
-        }))
+        Ok(self
+            .facilitator
+            .payer_refusal(&record.network, record.payer)
+            .await?)
     }
 
     /// The write-ahead (I3, I4), then the broadcast; when the write-ahead's condition fails, what
