@@ -2,6 +2,7 @@
 // beforehand by a plain local key, sent with eth_sendRawTransaction and its receipt read, one after
 // the other, through the same RPC proxy. What a facilitator adds on top of this is its own overhead
 // (on anvil, which mines each transaction as it arrives, that is nearly all of a settle's latency).
+// Also the gas each transfer used: what a settlement costs on chain (infra/load/cost.mjs).
 
 import { performance } from "node:perf_hooks";
 import { createPublicClient, encodeFunctionData, http, parseSignature } from "viem";
@@ -38,6 +39,7 @@ export async function chainFloor(stack, bodies) {
       to: stack.X402_TOKEN, data, gas: 200_000n, maxFeePerGas, maxPriorityFeePerGas: 1_000_000_000n }));
   }
   const latencies = [];
+  const gas = [];
   let failed = 0;
   for (const raw of raws) {
     const t0 = performance.now();
@@ -48,6 +50,10 @@ export async function chainFloor(stack, bodies) {
     }
     latencies.push(performance.now() - t0);
     if (receipt.status !== "0x1") failed += 1;
+    else gas.push(Number(BigInt(receipt.gasUsed)));
   }
-  return { sends: latencies.length, failed, ...summarize(latencies) };
+  gas.sort((a, b) => a - b);
+  // gasUsed of a successful transferWithAuthorization (the stack's EIP-3009 token), for the cost.
+  const gasUsed = gas.length ? { min: gas[0], median: gas[Math.floor(gas.length / 2)], max: gas.at(-1) } : null;
+  return { sends: latencies.length, failed, ...summarize(latencies), gasUsed };
 }
