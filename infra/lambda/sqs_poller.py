@@ -78,7 +78,8 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
 # X402_POLLER_TRACE=<file>: also append one JSON line per batch (wall-clock times of the invoke, its
-# answer and the deletes; each message's SentTimestamp and body), for a timeline of a settlement.
+# answer and the deletes; each message's SentTimestamp, group and body), for a timeline of a
+# settlement and for the queue hop the load harness reports (infra/load/lib/queue-hop.mjs).
 TRACE = open(os.environ["X402_POLLER_TRACE"], "a", buffering=1) if os.environ.get("X402_POLLER_TRACE") else None
 TRACE_LOCK = threading.Lock()
 
@@ -310,6 +311,7 @@ class Poller:
         if TRACE:
             line = json.dumps({"invoke": wall, "invoked": invoked, "deleted": time.time(),
                                "sent": [int(m.get("Attributes", {}).get("SentTimestamp", 0)) / 1000 for m in batch],
+                               "groups": [group_of[m["MessageId"]] for m in batch],
                                "bodies": [m["Body"] for m in batch]})
             with TRACE_LOCK:
                 TRACE.write(line + "\n")

@@ -51,6 +51,7 @@ if (opts.settle) {
     settle: JSON.parse(readFileSync(opts.settle, "utf8")),
     others: opts["settle-other"].map((file) => JSON.parse(readFileSync(file, "utf8"))),
     networked: opts["settle-net"].map((file) => JSON.parse(readFileSync(file, "utf8"))),
+    verify: JSON.parse(readFileSync(opts.verify, "utf8")),
     command: opts.command,
     ours: opts["shown-ours"] ?? opts.ours,
     versions: { core: versionOf("@x402/core"), evm: versionOf("@x402/evm"), viem: versionOf("viem") },

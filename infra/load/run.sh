@@ -44,6 +44,9 @@ TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
 BIN_DIR="${LOAD_BIN_DIR:-$TARGET_DIR/release}"
 SHOWN_BIN_DIR="${BIN_DIR#"$REPO"/}" # as the report names it
 RUN="$X402_STACK_DIR/run" LOGS="$X402_STACK_DIR/logs" RESULTS="$X402_STACK_DIR/results"
+# The SQS poller's per-batch trace, always on (one short line per batch): settle.mjs reads the queue
+# hop of each phase from it. A traced run (README, "Tracing one settlement") names its own file.
+export X402_POLLER_TRACE="${X402_POLLER_TRACE:-$LOGS/sqs-poller-trace.jsonl}"
 LOAD="$REPO/infra/load"
 
 # shellcheck source=infra/load/lib/common.sh
@@ -129,7 +132,7 @@ run_settle() {
   wait_quiet
   # shellcheck disable=SC2086 # $pids is two words on purpose
   timeout 1200 node "$LOAD/settle.mjs" --stack "$X402_STACK_DIR/stack.json" "$@" \
-    --aws-counter "http://127.0.0.1:$AWS_COUNTER_PORT" --pid $pids "${infra[@]}" \
+    --aws-counter "http://127.0.0.1:$AWS_COUNTER_PORT" --pid $pids "${infra[@]}" --poller-trace "$X402_POLLER_TRACE" \
     --requests "${LOAD_SETTLE_REQUESTS:-200}" --seconds "${LOAD_SETTLE_SECONDS:-20}" \
     --concurrency "${LOAD_SETTLE_CONCURRENCY:-1,8,32}" \
     --settings "X402_SETTLE_POLL_MS=$SETTLE_POLL_MS, X402_SETTLE_DEADLINE_MS=$SETTLE_DEADLINE_MS" --out "$out"
@@ -174,6 +177,7 @@ bash infra/stack/stack.sh up
 # shellcheck source=infra/stack/facilitator-env.sh
 . infra/stack/facilitator-env.sh
 mkdir -p "$RESULTS"
+if [[ "$X402_POLLER_TRACE" == "$LOGS/sqs-poller-trace.jsonl" ]]; then : >"$X402_POLLER_TRACE"; fi # this run's only
 start_aws_counter
 
 step "facilitators: ours on :$LOCAL_PORT, the reference on :$REFERENCE_PORT"

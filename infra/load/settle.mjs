@@ -2,8 +2,9 @@
 // once, and measures them: throughput, p50/p90/p99 latency, failures by reason, chain RPC requests
 // per settlement (every component: our settle handler and settle worker both go through the
 // counting RPC proxy), and for ours the AWS calls per settlement from infra/stack/aws_counter.py (KMS
-// Sign, DynamoDB by operation, SQS). Every phase is bounded by a count and a time. Also measures the
-// chain's own floor: the same transfer sent straight to the chain with its receipt read.
+// Sign, DynamoDB by operation, SQS) and the queue hop from the SQS poller's trace. Every phase is
+// bounded by a count and a time. Also measures the chain's own floor: the same transfer sent
+// straight to the chain with its receipt read (and the gas it used).
 //
 //   node infra/load/settle.mjs --stack .local/load-stack/stack.json \
 //     --target ours=http://127.0.0.1:24020 --target reference=http://127.0.0.1:24021 \
@@ -20,6 +21,7 @@ import { cpuSeconds, processTree } from "./lib/cpu.mjs";
 import { drive } from "./lib/drive.mjs";
 import { machine } from "./lib/machine.mjs";
 import { signSettleBodies } from "./lib/payments.mjs";
+import { queueHop, traceOffset } from "./lib/queue-hop.mjs";
 import { settleRatios, settleTable } from "./lib/report.mjs";
 import { readRpcCounts, resetRpcCounts, setProxyLatency } from "./lib/rpc-counter.mjs";
 import { settleScenario } from "./lib/scenarios.mjs";
@@ -46,6 +48,8 @@ const { values: opts } = parseArgs({
     // call of ours held this long by the counting proxies. 0 (the default) is the bare local stack.
     "rpc-latency-ms": { type: "string", default: "0" },
     "aws-latency-ms": { type: "string", default: "0" },
+    // The SQS poller's per-batch trace (X402_POLLER_TRACE): the queue hop per phase of ours.
+    "poller-trace": { type: "string" },
   },
 });
 if (!opts.stack || !opts.target?.length) {
@@ -108,6 +112,7 @@ async function measure(target, concurrency) {
     [`${target.name} (handler and worker)`]: ownPids } : {};
   const partsBefore = Object.fromEntries(Object.entries(parts).map(([name, list]) => [name, cpuSeconds(list)]));
   const generatorBefore = process.cpuUsage();
+  const traceFrom = ours ? traceOffset(opts["poller-trace"]) : 0;
   const stats = await drive(target.url, settleScenario(take(maxRequests)), { concurrency, maxRequests, maxSeconds });
   // Every /settle has answered; let a worker finish what it may still hold before reading counts.
   const aws = ours ? await readSettledAwsCounts(counter) : null;
@@ -125,6 +130,7 @@ async function measure(target, concurrency) {
         "load generator": (generator.user + generator.system) / 1000 / n }
       : null,
     loadAverage1m: { before: Math.round(loadBefore * 100) / 100, after: Math.round(loadavg()[0] * 100) / 100 } };
+  if (ours) row.queueHop = queueHop(opts["poller-trace"], traceFrom);
   if (aws) {
     row.aws = aws;
     row.kmsSignPerSettle = (aws.calls.kms?.Sign ?? 0) / n;
