@@ -5,8 +5,8 @@
 # the settle load against both (ours: the local server's settle handler plus the settle-worker
 # function under cargo-lambda's emulator fed by the SQS poller, every AWS call counted by
 # infra/stack/aws_counter.py in front of moto), the Lambda functions' cold start, ours settling again on
-# stacks with other lane counts, and the "Load: verify" and "Load: settle" sections of docs/benchmarks.md
-# rewritten with the figures. Stops everything it started when it exits.
+# stacks with other lane counts, and the "Load: verify", "Load: settle" and "Cost per payment" sections
+# of docs/benchmarks.md rewritten with the figures. Stops everything it started when it exits.
 #
 #   bash infra/load/run.sh
 #
@@ -22,11 +22,13 @@
 #   LOAD_BIN_DIR ($CARGO_TARGET_DIR or target, /release)   where the built binaries are: release, what
 #                                             deploys (a .../debug directory measures debug builds, and the report says so)
 #   LOAD_BUILD (1)                            0 measures the binaries as they are, without building first
-#   LOAD_RENDER (1)                           0 leaves docs/benchmarks.md alone (a partial or traced run)
+#   LOAD_RENDER (1)                           0 leaves docs/benchmarks.md alone (a partial or traced run); the
+#                                             sections can be rendered later from the JSON (README, "Rendering")
 #   LOAD_STACK_DIR (.local/load-stack), LOAD_ANVIL_PORT (28545), LOAD_RPC_PROXY_PORT (28546),
 #   LOAD_MOTO_PORT (25000), LOAD_LAMBDA_PORT (29000), LOAD_LOCAL_PORT (24020), LOAD_REFERENCE_PORT (24021),
 #   LOAD_AWS_COUNTER_PORT (25001; the worker's is the next one), LOAD_SETTLE_LAMBDA_PORT (29001)
-# Results: $LOAD_STACK_DIR/results/{load-verify,load-settle,load-settle-lanes-N,load-settle-net-lanes-N,coldstart}.json; logs in $LOAD_STACK_DIR/logs.
+# Results: $LOAD_STACK_DIR/results/{load-verify,load-settle,load-settle-lanes-N,load-settle-net-lanes-N,coldstart}.json; logs in
+# $LOAD_STACK_DIR/logs (with the SQS poller's per-batch trace, sqs-poller-trace.jsonl, unless X402_POLLER_TRACE names another file).
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$REPO"
@@ -246,4 +248,5 @@ node "$LOAD/render.mjs" --verify "$RESULTS/load-verify.json" --coldstart "$RESUL
   --settle "$RESULTS/load-settle.json" "${OTHER_SETTLES[@]}" "${NET_SETTLES[@]}" \
   --doc "$REPO/docs/benchmarks.md" --ours "$SNAPSHOT/local-server" --shown-ours "$SHOWN_BIN_DIR/local-server" \
   --commit "$MEASURED" --command "bash infra/load/run.sh"
-echo "load: wrote docs/benchmarks.md (Load: verify, Load: settle); JSON in $RESULTS" >&2
+node "$LOAD/cost.mjs" --results "$RESULTS" --write "$REPO/docs/benchmarks.md"
+echo "load: wrote docs/benchmarks.md (Load: verify, Load: settle, Cost per payment); JSON in $RESULTS" >&2

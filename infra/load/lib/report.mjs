@@ -148,7 +148,7 @@ export function writeSection(path, text) {
 }
 
 /** Replaces the text between `begin` and `end` in the file at `path` (or appends it after everything else). */
-function writeBetween(path, begin, end, text) {
+export function writeBetween(path, begin, end, text) {
   const header = "# Benchmarks\n\nFigures measured on this project's own machines; each section says how to regenerate it.\n";
   const current = existsSync(path) ? readFileSync(path, "utf8") : header;
   const start = current.indexOf(begin);
