@@ -14,6 +14,7 @@
 
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { summarize } from "./drive.mjs";
+import { fixed } from "./format.mjs";
 
 /** Where the trace ends now: read after this offset to get only what a phase added. */
 export function traceOffset(path) {
@@ -64,7 +65,6 @@ export function queueHop(path, from) {
   };
 }
 
-const fixed = (x, digits) => (Number.isFinite(x) ? x.toFixed(digits) : "–");
 
 /** The "Queue hop" subsection of the settle section, from every settle report's rows of ours. */
 export function queueHopLines(reports) {

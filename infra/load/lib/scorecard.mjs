@@ -2,7 +2,8 @@
 // is met: the first table of the "Load: settle" section. A figure whose phase did not run (a partial
 // run, LOAD_NET_LANES="") says "not measured" instead of failing the report.
 
-const fixed = (x, digits) => (Number.isFinite(x) ? x.toFixed(digits) : "–");
+import { fixed } from "./format.mjs";
+
 const NOT_MEASURED = "not measured";
 
 /** The rows of ours in a settle report (its first target), each with the report's lane count. */
