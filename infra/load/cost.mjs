@@ -58,7 +58,7 @@ export const ASSUMPTIONS = {
   "log-bytes-invocation": [350, "bytes of Lambda's own START, END and REPORT lines per invocation"],
   "log-events-verify": [4, "log events per verify (1 EMF + Lambda's 3)"],
   "log-events-settle": [10, "log events per payment (handler: 2 + 3; worker: 2 + 3)"],
-  "log-event-overhead": [26, "bytes CloudWatch Logs bills per event on top of its text"],
+  "log-event-overhead": [26, "bytes counted per log event on top of its text (PutLogEvents counts 26; taken to be metered alike)"],
   "metric-series": [40, "distinct EMF metric series (metric × dimension set × value) a deployment keeps; a fixed monthly cost"],
   lanes: [null, "signer lanes, each a KMS key (the main run's)"],
   gas: [null, "gas per settlement (the run's chain floor: a transferWithAuthorization on the stack's EIP-3009 token)"],
