@@ -198,6 +198,74 @@ async fn fifty_payments_across_the_lanes_all_settle_and_the_nonces_agree() {
     );
 }
 
+/// A lanes table behind the chain (restored from a backup, or a lane key used elsewhere): the
+/// worker signs at the table's nonce without asking the chain, so the node refuses the first
+/// transaction as "nonce too low". The worker raises the table to the chain's count and signs
+/// that payment again at once; it settles once, at the chain's nonce, and the lane goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_whose_chain_nonce_moved_on_without_the_table_settles_at_the_chains_nonce() {
+    use alloy::providers::ext::AnvilApi;
+    let _one = ONE_AT_A_TIME.lock().await;
+    let s = stack();
+    let network = config().networks[0].network.caip2().to_owned();
+    let store = store().await;
+    let mut moved_to = std::collections::HashMap::new();
+    for lane in &s.lanes {
+        // The table holds a nonce for the lane (as after its first payment), and the chain then
+        // moves 3 past it.
+        let pending = chain_nonce(lane.address, BlockId::pending()).await;
+        store
+            .raise_lane_nonce(&lane.key_id, &network, pending)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.lane_nonce(&lane.key_id, &network).await.unwrap(),
+            Some(pending),
+            "the table must not be ahead of a quiet chain"
+        );
+        anvil().anvil_set_nonce(lane.address, pending + 3).await.unwrap();
+        moved_to.insert(lane.address, pending + 3);
+    }
+
+    // Payments until each lane has carried one (lanes are chosen by payment id).
+    let mut first_on_lane = std::collections::HashMap::new();
+    for i in 0..24 {
+        let payment = PaymentBuilder::new(i % 4).sign();
+        let answer = settle_to_the_end(&payment.body()).await;
+        assert_eq!(answer["success"], true, "{answer}");
+        let (sender, succeeded) = mined_by(answer["transaction"].as_str().unwrap()).await;
+        assert!(succeeded);
+        let record = payment_record(&payment.record_id()).await;
+        first_on_lane.entry(sender).or_insert(record);
+        if first_on_lane.len() == s.lanes.len() {
+            break;
+        }
+    }
+    assert_eq!(first_on_lane.len(), s.lanes.len(), "every lane carried a payment");
+    for (sender, record) in &first_on_lane {
+        assert_eq!(
+            record.lane_nonce,
+            Some(moved_to[sender]),
+            "{sender}'s first payment was signed again at the chain's nonce: {record:?}"
+        );
+        assert_eq!(
+            record.replaced.len(),
+            1,
+            "the refused transaction is kept among those replaced: {record:?}"
+        );
+        println!(
+            "lane {sender}: refused at the table's nonce, settled at the chain's ({}) by {:#x}",
+            moved_to[sender],
+            record.tx_hash.unwrap()
+        );
+    }
+    assert_eq!(
+        table_nonces().await,
+        chain_nonces().await,
+        "the lanes table agrees with the chain again"
+    );
+}
+
 #[tokio::test]
 async fn refused_settlements_send_nothing_and_take_no_nonce() {
     let _one = ONE_AT_A_TIME.lock().await;

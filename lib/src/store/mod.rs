@@ -422,6 +422,29 @@ impl Store {
             .map_err(fail("build Update"))
     }
 
+    /// Raises the lane's next nonce on `network` to `next` (the chain's pending count, when the
+    /// node refused a transaction at the table's nonce as too low); never lowers it.
+    #[instrument(skip_all, fields(lane, network, next), err(level = "warn"))]
+    pub async fn raise_lane_nonce(
+        &self,
+        lane: &str,
+        network: &str,
+        next: u64,
+    ) -> Result<(), StoreError> {
+        let raise = self
+            .client
+            .update_item()
+            .table_name(&self.lanes)
+            .key("lane", AttributeValue::S(lane.to_owned()))
+            .update_expression("SET #nonce = :next, updated_at = :now")
+            .condition_expression("attribute_not_exists(#nonce) OR #nonce < :next")
+            .expression_attribute_names("#nonce", nonce_attribute(network))
+            .expression_attribute_values(":next", AttributeValue::N(next.to_string()))
+            .expression_attribute_values(":now", AttributeValue::N(now_ms().to_string()))
+            .send();
+        conditional_update(Box::pin(raise)).await.map(drop)
+    }
+
     /// The write-ahead of a replacement (I3): a `signed` or `submitted` record's transaction is
     /// superseded by another at the same lane nonce (a fee bump, or a cancellation). The new bytes
     /// and hash are stored, and the old hash appended to `replaced`, before the new bytes are sent;
@@ -562,6 +585,12 @@ impl Store {
 
     /// The lane's next nonce as the table has it (0 for a lane never used).
     pub async fn lane_next_nonce(&self, lane: &str, network: &str) -> Result<u64, StoreError> {
+        Ok(self.lane_nonce(lane, network).await?.unwrap_or(0))
+    }
+
+    /// The lane's next nonce on `network` as the table has it; `None` if the lane never signed
+    /// there (its first nonce is then the chain's).
+    pub async fn lane_nonce(&self, lane: &str, network: &str) -> Result<Option<u64>, StoreError> {
         Ok(self
             .read_item(&self.lanes, "lane", lane)
             .await?
@@ -569,8 +598,7 @@ impl Store {
                 item.get(&nonce_attribute(network))
                     .and_then(|v| v.as_n().ok())
                     .and_then(|n| n.parse().ok())
-            })
-            .unwrap_or(0))
+            }))
     }
 }
 

@@ -131,6 +131,13 @@ pub fn after_lost_write_ahead(latest: Option<&PaymentRecord>) -> AfterLost {
     }
 }
 
+/// Whether a node's refusal of a transaction says its nonce is already used on chain. Nodes word
+/// it differently: geth, reth, anvil and erigon say "nonce too low", Nethermind "OldNonce".
+pub fn nonce_too_low(refusal: &str) -> bool {
+    let refusal = refusal.to_ascii_lowercase();
+    refusal.contains("nonce too low") || refusal.contains("oldnonce")
+}
+
 /// Whether a transaction at lane nonce `nonce` is replaced, from the lane's mined nonce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplacementPlan {
@@ -449,6 +456,17 @@ mod tests {
             );
         }
         assert_eq!(after_lost_write_ahead(None), AfterLost::Nothing);
+    }
+
+    #[test]
+    fn nodes_refusals_of_a_used_nonce_are_recognised() {
+        assert!(nonce_too_low("nonce too low: next nonce 5, tx nonce 4"));
+        assert!(nonce_too_low("Nonce too low"));
+        assert!(nonce_too_low(
+            "OldNonce, Current nonce: 5, nonce of rejected tx: 4"
+        ));
+        assert!(!nonce_too_low("replacement transaction underpriced"));
+        assert!(!nonce_too_low("nonce too high"));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::{
     clock::unix_now,
     evm::{Chain, ChainError, ExactEvm},
     facilitator::Facilitator,
-    lifecycle::{self, receipt::reason_from_revert, LifecycleError, UsedBy},
+    lifecycle::{self, receipt::reason_from_revert, LifecycleError, Sent, UsedBy},
     protocol::Reason,
     queue::{Queue, SettlementMessage},
     signer::{LaneError, LaneSigner},
@@ -32,8 +32,8 @@ use crate::{
 
 pub use decide::{
     after_failure, after_lost_write_ahead, attempt_of, gas_limit, may_start, next_step,
-    replacement, replacement_plan, retry_budget, visibility_backoff, AfterFailure, AfterLost,
-    GasLimit, Next, ReplacementPlan, MIN_TIME_TO_START, RETRY_BUDGET,
+    nonce_too_low, replacement, replacement_plan, retry_budget, visibility_backoff, AfterFailure,
+    AfterLost, GasLimit, Next, ReplacementPlan, MIN_TIME_TO_START, RETRY_BUDGET,
 };
 
 /// Why a payment could not be moved on now. Every variant sends the message back to the queue
@@ -234,7 +234,7 @@ impl Worker {
                 Ok(())
             }
             Next::Replace => self.replace(record).await,
-            Next::Broadcast => self.broadcast(&record).await,
+            Next::Broadcast => self.broadcast(&record).await.map(drop),
             Next::Nothing => Ok(()),
         }
     }
@@ -255,8 +255,7 @@ impl Worker {
         let chain = scheme.chain();
         // The simulation runs as the transaction will: from the lane, offering the fees it will
         // pay, so a payer's code that behaves differently at a zero gas price is caught here. It
-        // waits for the fees (usually cached for a block); the lane's nonce, in the table and on
-        // chain, is asked meanwhile.
+        // waits for the fees (usually cached for a block); the lane's nonce is found meanwhile.
         let simulate = async {
             let fees = decide::capped(chain.fees().await?, chain.fee_cap());
             let estimate = chain
@@ -269,11 +268,8 @@ impl Worker {
                 .await?;
             Ok::<_, ChainError>((fees, estimate))
         };
-        let (simulated, table_nonce, chain_nonce) = tokio::join!(
-            simulate,
-            self.store.lane_next_nonce(&record.lane, &record.network),
-            chain.pending_nonce(signer.address()),
-        );
+        let (simulated, nonce) =
+            tokio::join!(simulate, self.next_nonce(chain, &record, signer.address()));
         let (fees, estimate) = simulated?;
         // The simulation before signing: a call that would revert never takes a lane nonce.
         let cap = decide::gas_cap(&record.calldata, chain.gas_caps());
@@ -292,7 +288,7 @@ impl Worker {
                     .await
             }
         };
-        let nonce = table_nonce?.max(chain_nonce?);
+        let nonce = nonce?;
         let tx = decide::transfer_tx(&record, scheme.network().chain_id(), nonce, gas, fees);
         let signed = signer.sign(tx).await?;
         self.crash_point(Step::Signed)?;
@@ -303,6 +299,22 @@ impl Worker {
             hash: signed.hash,
         };
         self.write_ahead_and_send(record, signed).await
+    }
+
+    /// The nonce to sign the record's transaction at: the lanes table's counter, which every
+    /// write-ahead steps (I4), so it never runs ahead of a transaction some record holds; the
+    /// chain's pending count only for the lane's first payment on the network. A table behind the
+    /// chain shows as the node's "nonce too low" ([`Worker::behind_the_chain`]).
+    async fn next_nonce(
+        &self,
+        chain: &Chain,
+        record: &PaymentRecord,
+        sender: alloy::primitives::Address,
+    ) -> Result<u64, WorkError> {
+        match self.store.lane_nonce(&record.lane, &record.network).await? {
+            Some(next) => Ok(next),
+            None => Ok(chain.pending_nonce(sender).await?),
+        }
     }
 
     /// Checked again before signing, for a payment queued before its payer was refused: what the
@@ -337,7 +349,7 @@ impl Worker {
                     nonce: signed.nonce,
                 }),
                 AfterLost::Broadcast => match latest {
-                    Some(latest) => self.broadcast(&latest).await,
+                    Some(latest) => self.broadcast(&latest).await.map(drop),
                     None => Ok(()),
                 },
                 AfterLost::Nothing => Ok(()),
@@ -353,18 +365,55 @@ impl Worker {
             state: State::Signed,
             ..record
         };
-        self.broadcast(&written).await
+        match self.broadcast(&written).await? {
+            Sent::Refused(refusal) if nonce_too_low(&refusal) => {
+                self.behind_the_chain(&written, &refusal).await
+            }
+            _ => Ok(()),
+        }
     }
 
-    /// Sends a signed record's bytes and marks it `submitted`.
-    async fn broadcast(&self, record: &PaymentRecord) -> Result<(), WorkError> {
+    /// The node refused a transaction just signed as "nonce too low": the lane's nonce moved on
+    /// chain without the table (a restored table, or the key used elsewhere), so another
+    /// transaction holds this one's nonce and it can never be mined. The table's counter is raised
+    /// to the chain's pending count, and the payment goes back to `queued` (its hash kept among
+    /// those replaced) to be signed again at once, in this invocation.
+    async fn behind_the_chain(
+        &self,
+        written: &PaymentRecord,
+        refusal: &str,
+    ) -> Result<(), WorkError> {
+        let (Some(sender), Some(hash), Some(nonce)) =
+            (written.sender, written.tx_hash, written.lane_nonce)
+        else {
+            return Ok(());
+        };
+        let pending = self.scheme(written)?.chain().pending_nonce(sender).await?;
+        tracing::warn!(
+            id = %written.id, lane = %written.lane, network = %written.network, nonce, pending, %refusal,
+            "the lanes table's nonce is behind the chain; signing again at the chain's"
+        );
+        self.store
+            .raise_lane_nonce(&written.lane, &written.network, pending)
+            .await?;
+        if !self.store.requeue(&written.id, State::Signed, hash).await? {
+            return Ok(()); // moved on meanwhile: replay or a follower has it
+        }
+        Err(WorkError::NonceTaken {
+            lane: written.lane.clone(),
+            nonce,
+        })
+    }
+
+    /// Sends a signed record's bytes and marks it `submitted`; what the node said of them.
+    async fn broadcast(&self, record: &PaymentRecord) -> Result<Sent, WorkError> {
         let chain = self.scheme(record)?.chain();
         if self.stop_after == Some(Step::Broadcast) {
             lifecycle::send_stored(chain, record).await?;
-            return self.crash_point(Step::Broadcast);
+            self.crash_point(Step::Broadcast)?;
         }
-        lifecycle::submit(chain, &self.store, record).await?;
-        Ok(())
+        let (sent, _) = lifecycle::submit(chain, &self.store, record).await?;
+        Ok(sent)
     }
 
     /// Replaces a `signed` or `submitted` record's transaction with another at the same lane nonce
