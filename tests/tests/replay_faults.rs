@@ -47,6 +47,7 @@ fn message(id: &str) -> SettlementMessage {
     SettlementMessage {
         id: id.to_owned(),
         replace: None,
+        created: None,
     }
 }
 

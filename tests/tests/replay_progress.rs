@@ -137,6 +137,7 @@ async fn mined_but_signed(payment: &PaymentBuilder) -> String {
     let message = facilitator::queue::SettlementMessage {
         id: id.clone(),
         replace: None,
+        created: None,
     };
     assert!(
         worker.process(&message).await.is_err(),

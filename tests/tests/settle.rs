@@ -223,7 +223,10 @@ async fn a_lane_whose_chain_nonce_moved_on_without_the_table_settles_at_the_chai
             Some(pending),
             "the table must not be ahead of a quiet chain"
         );
-        anvil().anvil_set_nonce(lane.address, pending + 3).await.unwrap();
+        anvil()
+            .anvil_set_nonce(lane.address, pending + 3)
+            .await
+            .unwrap();
         moved_to.insert(lane.address, pending + 3);
     }
 
@@ -241,7 +244,11 @@ async fn a_lane_whose_chain_nonce_moved_on_without_the_table_settles_at_the_chai
             break;
         }
     }
-    assert_eq!(first_on_lane.len(), s.lanes.len(), "every lane carried a payment");
+    assert_eq!(
+        first_on_lane.len(),
+        s.lanes.len(),
+        "every lane carried a payment"
+    );
     for (sender, record) in &first_on_lane {
         assert_eq!(
             record.lane_nonce,

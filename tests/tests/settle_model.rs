@@ -142,11 +142,27 @@ impl Path {
         }
     }
 
-    async fn work(&self, ids: &[String]) {
+    /// A worker step for each payment. Every other step hands the worker the record as first seen
+    /// `queued`, as /settle's message carries it ([`SettlementMessage::created`]), however far
+    /// the record has moved on since: the worker must act on it only while it still holds.
+    async fn work(
+        &self,
+        ids: &[String],
+        first_seen: &mut HashMap<String, facilitator::store::PaymentRecord>,
+        stale: bool,
+    ) {
         for id in ids {
+            if !first_seen.contains_key(id) {
+                if let Some(record) = find_payment_record(id).await {
+                    if record.state == State::Queued {
+                        first_seen.insert(id.clone(), record);
+                    }
+                }
+            }
             let message = SettlementMessage {
                 id: id.clone(),
                 replace: None,
+                created: first_seen.get(id).filter(|_| stale).cloned().map(Box::new),
             };
             // A step that must be retried is simply retried by a later step, as SQS would.
             let _ = self.worker.process(&message).await;
@@ -210,6 +226,9 @@ async fn run_case(path: &Path, seed: u64) -> Vec<&'static str> {
     let plan = ops(&mut rng, count);
 
     let mut calls = Vec::new();
+    // The worker is handed /settle's copy of the record on every other step (not drawn from the
+    // seed, so that each seed keeps the plan it had before the copy existed).
+    let (mut first_seen, mut worker_steps) = (HashMap::new(), 0u32);
     for op in &plan {
         match *op {
             Op::Settle { k, conflicting } => {
@@ -228,7 +247,11 @@ async fn run_case(path: &Path, seed: u64) -> Vec<&'static str> {
                 }));
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            Op::Worker => path.work(&ids).await,
+            Op::Worker => {
+                worker_steps += 1;
+                path.work(&ids, &mut first_seen, worker_steps % 2 == 1)
+                    .await
+            }
             Op::Replay => {
                 path.replayer.run(None).await.unwrap();
             }
@@ -269,7 +292,7 @@ async fn run_case(path: &Path, seed: u64) -> Vec<&'static str> {
             round < 50,
             "seed {seed}: records still open after draining: {plan:?}"
         );
-        path.work(&ids).await;
+        path.work(&ids, &mut first_seen, false).await;
         path.replayer.run(None).await.unwrap();
         mine().await;
         tokio::time::sleep(Duration::from_millis(20)).await;

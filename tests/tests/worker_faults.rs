@@ -302,6 +302,7 @@ async fn a_settlement_that_would_use_more_gas_than_the_cap_fails_and_spends_noth
     let message = facilitator::queue::SettlementMessage {
         id: id.clone(),
         replace: None,
+        created: None,
     };
     worker.process(&message).await.unwrap();
     let failed = payment_record(&id).await;

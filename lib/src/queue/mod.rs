@@ -5,9 +5,16 @@
 use serde::{Deserialize, Serialize};
 use tracing::instrument;
 
-/// What a queue message carries: the payment's id (everything else is in its record), and, when
-/// replay asks for a replacement, the hash of the transaction to replace. A sweep of a retired
-/// lane's gas (the lanes tool) is `sweep#<lane>#<to>` instead of a payment id.
+use crate::store::PaymentRecord;
+
+/// What a queue message carries: the payment's id, and, when replay asks for a replacement, the
+/// hash of the transaction to replace. A sweep of a retired lane's gas (the lanes tool) is
+/// `sweep#<lane>#<to>` instead of a payment id.
+///
+/// The record is the truth; `/settle` also sends the record as it created it, so that the worker
+/// need not read it back before signing a new payment. The worker uses that copy only on a first
+/// delivery, and the write-ahead holds only if the record still is `queued` with the copy's lane,
+/// asset and calldata (docs/settlement.md, "The worker").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SettlementMessage {
     pub id: String,
@@ -15,6 +22,9 @@ pub struct SettlementMessage {
     /// self-transfer once the authorization has expired. Only if the record still holds it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replace: Option<String>,
+    /// The record as `/settle` created it (`queued`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<Box<PaymentRecord>>,
 }
 
 /// The queue could not take the message.
@@ -37,14 +47,20 @@ impl Queue {
     /// Queues a payment on its lane.
     #[instrument(skip_all, fields(id, lane), err(level = "warn"))]
     pub async fn enqueue(&self, id: &str, lane: &str) -> Result<(), QueueError> {
-        // SQS deduplication ids are at most 128 characters of [A-Za-z0-9!-~]; ours are longer, so
-        // the id's hash stands in for it.
-        self.send(
-            id,
-            lane,
-            alloy::primitives::keccak256(id.as_bytes()).to_string(),
-        )
-        .await
+        self.send(id, lane, first_dedup(id)).await
+    }
+
+    /// Queues a payment `/settle` has just created, with the record as created
+    /// ([`SettlementMessage::created`]), on its lane.
+    #[instrument(skip_all, fields(id = %record.id, lane = %record.lane), err(level = "warn"))]
+    pub async fn enqueue_created(&self, record: &PaymentRecord) -> Result<(), QueueError> {
+        let message = SettlementMessage {
+            id: record.id.as_str().to_owned(),
+            replace: None,
+            created: Some(Box::new(record.clone())),
+        };
+        let dedup = first_dedup(&message.id);
+        self.send_message(&message, &record.lane, dedup, None).await
     }
 
     /// Queues a payment on its lane again (replay). FIFO deduplication would drop a second message
@@ -68,6 +84,7 @@ impl Queue {
         let message = SettlementMessage {
             id: id.to_owned(),
             replace: Some(tx_hash.to_owned()),
+            created: None,
         };
         let dedup =
             alloy::primitives::keccak256(format!("{id}#replace#{tx_hash}").as_bytes()).to_string();
@@ -105,7 +122,13 @@ impl Queue {
             format!("{}#retry#{replace}#{attempt}", message.id).as_bytes(),
         )
         .to_string();
-        self.send_message(message, lane, dedup, Some(attempt)).await
+        // Without the created record: by a later attempt the record may have moved on.
+        let message = SettlementMessage {
+            created: None,
+            ..message.clone()
+        };
+        self.send_message(&message, lane, dedup, Some(attempt))
+            .await
     }
 
     /// Makes a received message visible again after `delay` instead of the queue's visibility
@@ -150,6 +173,7 @@ impl Queue {
         let message = SettlementMessage {
             id: id.to_owned(),
             replace: None,
+            created: None,
         };
         self.send_message(&message, lane, dedup, None).await
     }
@@ -193,3 +217,9 @@ fn sqs_error(e: impl std::error::Error) -> QueueError {
 /// The message attribute that counts a payment's attempts across the worker's retries (a
 /// message put back by [`Queue::retry`] is a new message, whose SQS receive count starts again).
 pub const ATTEMPT_ATTRIBUTE: &str = "x402-attempt";
+
+/// A payment's first message's deduplication id. SQS takes at most 128 characters of
+/// [A-Za-z0-9!-~]; payment ids are longer, so the id's hash stands in for it.
+fn first_dedup(id: &str) -> String {
+    alloy::primitives::keccak256(id.as_bytes()).to_string()
+}

@@ -330,40 +330,30 @@ impl Settler {
     }
 
     async fn settle_checked(&self, r: &Request<'_>) -> SettleResponse {
-        // Whether a record exists and what the chain says of the transfer are asked at once: one
-        // round trip instead of two on the path every new payment takes, for one wasted
-        // simulation when a client repeats a /settle (its result is then not used: the record
-        // answers).
-        let (existing, confirmed) = tokio::join!(
-            self.store.get(&r.id),
-            self.facilitator.confirm(r.scheme, &r.checked)
-        );
-        match existing {
+        // The path every new payment takes asks the chain, then creates the record: creating it
+        // is also how a repeated /settle finds the record it already has, so the record is read
+        // first only when the chain or the clock refuses the payment (a settled payment's
+        // authorization is used on chain, and its window may have passed).
+        let confirmed = self.facilitator.confirm(r.scheme, &r.checked).await;
+        // Which refused it: the clock's answer comes first, as the window is checked first.
+        let (rejection, by_chain) = match (r.scheme.check_window(&r.checked, unix_now()), confirmed)
+        {
+            (Ok(()), Ok(())) => return self.record_and_follow(r).await,
+            (Err(late), _) => (late, false),
+            (Ok(()), Err(refused)) => (refused, true),
+        };
+        match self.store.get(&r.id).await {
             Ok(Some(record)) => return self.answer_from(r, record).await,
             Ok(None) => {}
             Err(e) => return r.unexpected(e.to_string()),
         }
-        if let Err(rejection) = r.scheme.check_window(&r.checked, unix_now()) {
-            return r.echo.failure(rejection, None);
+        match rejection.reason {
+            Reason::UnexpectedVerifyError if by_chain => r.unexpected(rejection.message),
+            Reason::NonceAlreadyUsed if by_chain => self.used_elsewhere(r, rejection).await,
+            // A payment the chain or the clock refuses never gets a record, a queue message or
+            // a lane nonce.
+            _ => r.echo.failure(rejection, None),
         }
-        if let Err(rejection) = confirmed {
-            // The record read may have been answered before another request created the record,
-            // and the chain read after that request's transfer was mined: look again before
-            // answering from the chain.
-            match self.store.get(&r.id).await {
-                Ok(Some(record)) => return self.answer_from(r, record).await,
-                Ok(None) => {}
-                Err(e) => return r.unexpected(e.to_string()),
-            }
-            return match rejection.reason {
-                Reason::UnexpectedVerifyError => r.unexpected(rejection.message),
-                Reason::NonceAlreadyUsed => self.used_elsewhere(r, rejection).await,
-                // A payment the chain would refuse never gets a record, a queue message or a lane
-                // nonce.
-                _ => r.echo.failure(rejection, None),
-            };
-        }
-        self.record_and_follow(r).await
     }
 
     /// A request that found a record: answered from it only if it is the same payment. Another
@@ -422,7 +412,14 @@ impl Settler {
     async fn record_and_follow(&self, r: &Request<'_>) -> SettleResponse {
         let lane = match self.routes.active().await {
             Ok(active) if !active.is_empty() => lane_for(&r.id, &active).to_owned(),
-            Ok(_) => return r.unexpected(NO_ACTIVE_LANE),
+            // No lane takes new payments, but a payment recorded earlier is still answered.
+            Ok(_) => {
+                return match self.store.get(&r.id).await {
+                    Ok(Some(record)) => self.answer_from(r, record).await,
+                    Ok(None) => r.unexpected(NO_ACTIVE_LANE),
+                    Err(e) => r.unexpected(e.to_string()),
+                }
+            }
             Err(e) => return r.unexpected(e.to_string()),
         };
         let record = PaymentRecord::queued(&r.new_payment(&lane), now_ms());
@@ -431,7 +428,7 @@ impl Settler {
             Ok(Created::Exists(existing)) => return self.answer_from(r, *existing).await,
             Err(answer) => return answer,
         }
-        if let Err(e) = self.queue.enqueue(r.id.as_str(), &lane).await {
+        if let Err(e) = self.queue.enqueue_created(&record).await {
             // Not queued, so nothing will ever sign it: cancel it so it cannot settle later unseen.
             let why = format!("could not queue the payment: {e}");
             if self.cancel(&r.id, &why).await == Cancel::Done {

@@ -373,17 +373,23 @@ impl Store {
 
     /// The write-ahead of a signed transaction (I3) and the lane's nonce step (I4), as one
     /// transaction: the record `queued → signed` with the raw transaction and its hash, and the
-    /// lane's next nonce on the record's network from `signed.nonce` to the one after. Returns false when either
-    /// condition failed (the record moved on, or another sender took that nonce): then nothing was
-    /// written.
-    #[instrument(skip_all, fields(%id, lane, nonce = signed.nonce), err(level = "warn"))]
-    pub async fn sign(
-        &self,
-        id: &PaymentId,
-        (lane, network): (&str, &str),
-        signed: &Signed,
-    ) -> Result<bool, StoreError> {
-        let record = Change::new(State::Queued, State::Signed)
+    /// lane's next nonce on the record's network from `signed.nonce` to the one after. Returns false
+    /// when either condition failed (the record moved on or no longer holds what `record` says, or
+    /// another sender took that nonce): then nothing was written.
+    #[instrument(skip_all, fields(id = %record.id, lane = %record.lane, nonce = signed.nonce), err(level = "warn"))]
+    pub async fn sign(&self, record: &PaymentRecord, signed: &Signed) -> Result<bool, StoreError> {
+        let (id, lane, network) = (&record.id, record.lane.as_str(), record.network.as_str());
+        // Only if the record still holds what the transaction was built from: the worker may have
+        // built it from the copy the queue message carries rather than from a read of the record.
+        let change = Change {
+            unchanged: vec![
+                ("lane", AttributeValue::S(record.lane.clone())),
+                ("asset", hex_value(&record.asset)),
+                ("calldata", hex_value(&record.calldata)),
+            ],
+            ..Change::new(State::Queued, State::Signed)
+        };
+        let record = change
             .set("sender", hex_value(&signed.sender))
             .set("lane_nonce", AttributeValue::N(signed.nonce.to_string()))
             .set("raw_tx", hex_value(&signed.raw))
@@ -492,7 +498,7 @@ impl Store {
         new_lane: &str,
     ) -> Result<bool, StoreError> {
         let change = Change {
-            unchanged: Some(("lane", AttributeValue::S(old_lane.to_owned()))),
+            unchanged: vec![("lane", AttributeValue::S(old_lane.to_owned()))],
             ..Change::new(State::Queued, State::Queued)
                 .set("lane", AttributeValue::S(new_lane.to_owned()))
         };
@@ -638,7 +644,7 @@ struct Change<'a> {
     remove: &'a [&'a str],
     /// The transaction hash the record must still hold; it is appended to `replaced`.
     replaced: Option<B256>,
-    unchanged: Option<(&'a str, AttributeValue)>,
+    unchanged: Vec<(&'a str, AttributeValue)>,
     /// Sets `claimed_by`, only if nobody else holds it.
     claim: Option<&'a str>,
 }
@@ -652,7 +658,7 @@ impl<'a> Change<'a> {
             set: Vec::new(),
             remove: &[],
             replaced: None,
-            unchanged: None,
+            unchanged: Vec::new(),
             claim: None,
         }
     }
@@ -774,11 +780,12 @@ impl<'a> Change<'a> {
         let unchanged = self
             .replaced
             .map(|hash| ("tx_hash", hex_value(&hash)))
-            .or_else(|| self.unchanged.clone());
-        if let Some((name, value)) = unchanged {
-            condition.push_str(" AND #unchanged = :unchanged");
-            names.insert("#unchanged".to_owned(), name.to_owned());
-            values.insert(":unchanged".to_owned(), value);
+            .into_iter()
+            .chain(self.unchanged.iter().cloned());
+        for (i, (name, value)) in unchanged.enumerate() {
+            condition.push_str(&format!(" AND #unchanged{i} = :unchanged{i}"));
+            names.insert(format!("#unchanged{i}"), name.to_owned());
+            values.insert(format!(":unchanged{i}"), value);
         }
         condition
     }

@@ -156,6 +156,15 @@ impl Worker {
             }
         };
         let attempt = attempt_of(message);
+        let settlement = match attempt {
+            1 => settlement,
+            // A redelivery: the earlier delivery may have moved the record on, so the copy the
+            // message carries is not used.
+            _ => SettlementMessage {
+                created: None,
+                ..settlement
+            },
+        };
         match self
             .process_within(&settlement, decide::retry_budget(left))
             .await

@@ -205,7 +205,10 @@ impl Worker {
         let until = Instant::now() + budget;
         let mut wait = FIRST_BACKOFF;
         for attempt in 1.. {
-            match self.process_once(&id, replace).await {
+            // The record as /settle created it serves the first try only: a retry starts from the
+            // record as it is now.
+            let created = message.created.as_deref().filter(|_| attempt == 1);
+            match self.process_once(&id, replace, created).await {
                 Err(e) if e.retry_in_process() && Instant::now() + wait * 2 < until => {
                     tracing::warn!(error = %e, attempt, "settlement step failed; trying again");
                     tokio::time::sleep(wait + jitter(wait)).await;
@@ -217,14 +220,28 @@ impl Worker {
         Ok(())
     }
 
-    async fn process_once(&self, id: &PaymentId, replace: Option<B256>) -> Result<(), WorkError> {
-        let Some(record) = self.store.get(id).await? else {
-            tracing::warn!(%id, "no record for a queued payment; nothing to do");
-            return Ok(());
+    /// One try at the payment, from the record as `/settle` created it when `created` is given
+    /// (a first delivery of a new payment, [`SettlementMessage::created`]), else as read now.
+    async fn process_once(
+        &self,
+        id: &PaymentId,
+        replace: Option<B256>,
+        created: Option<&PaymentRecord>,
+    ) -> Result<(), WorkError> {
+        let created = created.filter(|c| c.id == *id && c.state == State::Queued);
+        let (record, read) = match created {
+            Some(created) if replace.is_none() => (created.clone(), false),
+            _ => match self.store.get(id).await? {
+                Some(record) => (record, true),
+                None => {
+                    tracing::warn!(%id, "no record for a queued payment; nothing to do");
+                    return Ok(());
+                }
+            },
         };
         let network_known = self.facilitator.network(&record.network).is_some();
         match next_step(&record, replace, unix_now(), network_known) {
-            Next::Sign => self.sign_and_send(record).await,
+            Next::Sign => self.sign_and_send(record, read).await,
             Next::FailUnknownNetwork => {
                 let why = format!("{} is not configured here", record.network);
                 self.fail(&record, Reason::InvalidNetwork, why).await
@@ -246,7 +263,11 @@ impl Worker {
     }
 
     /// Simulates, signs at the lane's next nonce, writes ahead and broadcasts a `queued` payment.
-    async fn sign_and_send(&self, record: PaymentRecord) -> Result<(), WorkError> {
+    /// `read`: the record was read from the table, not taken from the queue message. Every write
+    /// here is conditional on the record still being `queued` (and the write-ahead on its lane,
+    /// asset and calldata), so the message's copy is as good as a read for all of them; only
+    /// finding who used the authorization reads the record first, for its earlier transactions.
+    async fn sign_and_send(&self, record: PaymentRecord, read: bool) -> Result<(), WorkError> {
         let scheme = self.scheme(&record)?;
         if let Some(refused) = self.payer_refused(&record).await? {
             return self.fail(&record, refused.reason, refused.message).await;
@@ -280,7 +301,15 @@ impl Worker {
                 return self.fail(&record, Reason::SimulationFailed, why).await;
             }
             GasLimit::UsedBefore(revert) => {
-                return self.used_before_signing(chain, &record, revert).await
+                let record = match read {
+                    true => record,
+                    false => match self.store.get(&record.id).await? {
+                        Some(latest) if latest.state == State::Queued => latest,
+                        // Moved on meanwhile: whoever moved it finishes it.
+                        _ => return Ok(()),
+                    },
+                };
+                return self.used_before_signing(chain, &record, revert).await;
             }
             GasLimit::Refused(revert) => {
                 return self
@@ -340,8 +369,7 @@ impl Worker {
         record: PaymentRecord,
         signed: Signed,
     ) -> Result<(), WorkError> {
-        let lane = (record.lane.as_str(), record.network.as_str());
-        if !self.store.sign(&record.id, lane, &signed).await? {
+        if !self.store.sign(&record, &signed).await? {
             let latest = self.store.get(&record.id).await?;
             return match after_lost_write_ahead(latest.as_ref()) {
                 AfterLost::TakeNextNonce => Err(WorkError::NonceTaken {
