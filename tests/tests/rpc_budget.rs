@@ -1,4 +1,4 @@
-//! How many chain RPC requests a verify costs, counted by the proxy in front of anvil.
+//! How many chain RPC requests a verify and a settle cost, counted by the proxy in front of anvil.
 //! This binary runs alone (cargo runs test binaries one after another), so the counts are ours.
 //! These are counts, not timings: they are exact and belong in tests.
 
@@ -50,4 +50,60 @@ async fn rpc_requests_per_verify() {
         json!({"eth_call": 2}),
         "a failed simulation adds one diagnostic multicall: {counts}"
     );
+}
+
+/// A settlement on a lane already in use: the handler's simulation, the worker's gas estimate, the
+/// broadcast and the receipt lookups. The lane's nonce comes from the lanes table, not from
+/// `eth_getTransactionCount`; fees come from a cache (at most one `eth_feeHistory` when it runs
+/// out).
+#[tokio::test]
+async fn rpc_requests_per_settle() {
+    // Until both lanes have settled one (lanes are chosen by payment id): both then have a nonce
+    // in the table, and the worker knows it.
+    let mut senders = std::collections::HashSet::new();
+    for i in 0..24 {
+        let answer = settle(&PaymentBuilder::new(i % 4).sign().body()).await;
+        assert_eq!(answer.json["success"], true, "{:?}", answer.json);
+        let hash = answer.json["transaction"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        senders.insert(receipt(hash).await.unwrap().from);
+        if senders.len() == stack().lanes.len() {
+            break;
+        }
+    }
+    assert_eq!(senders.len(), stack().lanes.len(), "every lane settled one");
+
+    for i in 0..4 {
+        reset_rpc_counts().await;
+        let answer = settle(&PaymentBuilder::new(i).sign().body()).await;
+        assert_eq!(answer.json["success"], true, "{:?}", answer.json);
+        let counts = rpc_counts().await;
+        let methods = counts["methods"].as_object().unwrap();
+        let count = |m: &str| methods.get(m).and_then(|n| n.as_u64()).unwrap_or(0);
+        assert_eq!(
+            count("eth_getTransactionCount"),
+            0,
+            "the nonce is the table's: {counts}"
+        );
+        assert_eq!(count("eth_call") + count("eth_estimateGas"), 2, "{counts}");
+        assert_eq!(count("eth_sendRawTransaction"), 1, "{counts}");
+        assert!(count("eth_getTransactionReceipt") >= 1, "{counts}");
+        assert!(count("eth_feeHistory") <= 1, "{counts}");
+        let known = [
+            "eth_call",
+            "eth_estimateGas",
+            "eth_sendRawTransaction",
+            "eth_getTransactionReceipt",
+            "eth_feeHistory",
+            "eth_getBlockByNumber",
+        ];
+        assert!(
+            methods.keys().all(|m| known.contains(&m.as_str())),
+            "nothing else: {counts}"
+        );
+        println!("settle {i}: {counts}");
+    }
 }

@@ -8,6 +8,7 @@
 
 mod batch;
 mod decide;
+mod nonces;
 mod sweep;
 
 use std::{
@@ -117,6 +118,8 @@ pub struct Worker {
     max_attempts: u32,
     /// Where a retired lane's gas may be swept (`X402_SWEEP_ADDRESSES`).
     sweep_addresses: Vec<alloy::primitives::Address>,
+    /// The lanes' next nonces as this instance last wrote them ([`nonces`]).
+    nonces: nonces::LaneNonces,
 }
 
 impl Worker {
@@ -139,6 +142,7 @@ impl Worker {
             sources: Mutex::new(HashMap::new()),
             max_attempts,
             sweep_addresses: Vec::new(),
+            nonces: nonces::LaneNonces::default(),
         }
     }
 
@@ -331,15 +335,19 @@ impl Worker {
     }
 
     /// The nonce to sign the record's transaction at: the lanes table's counter, which every
-    /// write-ahead steps (I4), so it never runs ahead of a transaction some record holds; the
-    /// chain's pending count only for the lane's first payment on the network. A table behind the
-    /// chain shows as the node's "nonce too low" ([`Worker::behind_the_chain`]).
+    /// write-ahead steps (I4), so it never runs ahead of a transaction some record holds, as this
+    /// instance last wrote it ([`nonces`]) or else as read; the chain's pending count only for the
+    /// lane's first payment on the network. A table behind the chain shows as the node's "nonce
+    /// too low" ([`Worker::behind_the_chain`]).
     async fn next_nonce(
         &self,
         chain: &Chain,
         record: &PaymentRecord,
         sender: alloy::primitives::Address,
     ) -> Result<u64, WorkError> {
+        if let Some(next) = self.nonces.get(&record.lane, &record.network) {
+            return Ok(next);
+        }
         match self.store.lane_nonce(&record.lane, &record.network).await? {
             Some(next) => Ok(next),
             None => Ok(chain.pending_nonce(sender).await?),
@@ -369,6 +377,9 @@ impl Worker {
         record: PaymentRecord,
         signed: Signed,
     ) -> Result<(), WorkError> {
+        // Forgotten until this write-ahead is known to have stepped the counter: a write that lost
+        // its condition, or whose outcome is unknown, leaves the table to say.
+        self.nonces.forget(&record.lane, &record.network);
         if !self.store.sign(&record, &signed).await? {
             let latest = self.store.get(&record.id).await?;
             return match after_lost_write_ahead(latest.as_ref()) {
@@ -383,6 +394,8 @@ impl Worker {
                 AfterLost::Nothing => Ok(()),
             };
         }
+        self.nonces
+            .set(&record.lane, &record.network, signed.nonce + 1);
         tracing::info!(id = %record.id, lane = %record.lane, nonce = signed.nonce, tx = %signed.hash, "signed and written ahead");
         self.crash_point(Step::WrittenAhead)?;
         let written = PaymentRecord {
@@ -424,6 +437,7 @@ impl Worker {
         self.store
             .raise_lane_nonce(&written.lane, &written.network, pending)
             .await?;
+        self.nonces.set(&written.lane, &written.network, pending);
         if !self.store.requeue(&written.id, State::Signed, hash).await? {
             return Ok(()); // moved on meanwhile: replay or a follower has it
         }
