@@ -141,12 +141,24 @@ impl Facilitator {
     /// whether its settlements have been reverting on chain (docs/security.md): asked at once.
     /// Settle runs it too.
     pub async fn confirm(&self, scheme: &ExactEvm, checked: &Checked) -> Result<(), Rejection> {
+        self.confirm_as(scheme, checked, None).await.map(drop)
+    }
+
+    /// [`Facilitator::confirm`] with the simulation run as `sender` would send the transfer
+    /// ([`ExactEvm::confirm_as`]): the gas it needs, for /settle to hand to the worker.
+    pub async fn confirm_as(
+        &self,
+        scheme: &ExactEvm,
+        checked: &Checked,
+        sender: Option<(alloy::primitives::Address, (u128, u128))>,
+    ) -> Result<Option<u64>, Rejection> {
         let (confirmed, admitted) = tokio::join!(
-            scheme.confirm(checked),
+            scheme.confirm_as(checked, sender),
             self.payer_admitted(scheme, checked)
         );
-        confirmed?;
-        admitted
+        let gas = confirmed?;
+        admitted?;
+        Ok(gas)
     }
 
     /// A payer signing with its own key is never refused here: its transfer's outcome is the

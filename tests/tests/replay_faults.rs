@@ -48,6 +48,7 @@ fn message(id: &str) -> SettlementMessage {
         id: id.to_owned(),
         replace: None,
         created: None,
+        simulated: None,
     }
 }
 

@@ -138,6 +138,7 @@ async fn mined_but_signed(payment: &PaymentBuilder) -> String {
         id: id.clone(),
         replace: None,
         created: None,
+        simulated: None,
     };
     assert!(
         worker.process(&message).await.is_err(),

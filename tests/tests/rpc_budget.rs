@@ -1,5 +1,6 @@
 //! How many chain RPC requests a verify and a settle cost, counted by the proxy in front of anvil.
-//! This binary runs alone (cargo runs test binaries one after another), so the counts are ours.
+//! This binary runs alone (cargo runs test binaries one after another), and its tests one at a
+//! time, so the counts are each test's own.
 //! These are counts, not timings: they are exact and belong in tests.
 
 // Test helpers panic on set-up failures: that is the failure report.
@@ -10,8 +11,11 @@ mod common;
 use common::*;
 use serde_json::json;
 
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test]
 async fn rpc_requests_per_verify() {
+    let _one = ONE_AT_A_TIME.lock().await;
     // Warm the facilitator first so nothing lazy (provider set-up) is counted.
     let warm = PaymentBuilder::new(0).sign();
     assert_eq!(verify(&warm.body()).await.json["isValid"], true);
@@ -52,12 +56,13 @@ async fn rpc_requests_per_verify() {
     );
 }
 
-/// A settlement on a lane already in use: the handler's simulation, the worker's gas estimate, the
-/// broadcast and the receipt lookups. The lane's nonce comes from the lanes table, not from
-/// `eth_getTransactionCount`; fees come from a cache (at most one `eth_feeHistory` when it runs
-/// out).
+/// A settlement on a lane already in use: one simulation (/settle's `eth_estimateGas` from the
+/// lane, whose gas the worker signs with), the broadcast and the receipt lookups. The lane's nonce
+/// comes from the lanes table, not from `eth_getTransactionCount`; fees come from a cache (at most
+/// one `eth_feeHistory` when it runs out).
 #[tokio::test]
 async fn rpc_requests_per_settle() {
+    let _one = ONE_AT_A_TIME.lock().await;
     // Until both lanes have settled one (lanes are chosen by payment id): both then have a nonce
     // in the table, and the worker knows it.
     let mut senders = std::collections::HashSet::new();
@@ -88,7 +93,11 @@ async fn rpc_requests_per_settle() {
             0,
             "the nonce is the table's: {counts}"
         );
-        assert_eq!(count("eth_call") + count("eth_estimateGas"), 2, "{counts}");
+        assert_eq!(
+            (count("eth_call"), count("eth_estimateGas")),
+            (0, 1),
+            "one simulation, /settle's from the lane, whose gas the worker signs with: {counts}"
+        );
         assert_eq!(count("eth_sendRawTransaction"), 1, "{counts}");
         assert!(count("eth_getTransactionReceipt") >= 1, "{counts}");
         assert!(count("eth_feeHistory") <= 1, "{counts}");

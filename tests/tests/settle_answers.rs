@@ -285,9 +285,9 @@ async fn a_lagging_node_never_makes_a_mined_payment_fail() {
     moved_once(before, balances(&payment).await, U256::from(PRICE));
 }
 
-/// A node's error answer sent with HTTP 200 (a rate limit) is not a revert: the worker's
-/// simulation is tried again and the payment settles; verify says it could not check, not that
-/// the payment is bad.
+/// A node's error answer sent with HTTP 200 (a rate limit) is not a revert: /settle's
+/// simulation (`eth_estimateGas` from the lane) is tried again and the payment settles; verify
+/// says it could not check, not that the payment is bad.
 #[tokio::test]
 async fn a_node_error_sent_with_http_200_is_retried_not_failed() {
     let _one = ONE_AT_A_TIME.lock().await;

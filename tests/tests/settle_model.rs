@@ -143,8 +143,9 @@ impl Path {
     }
 
     /// A worker step for each payment. Every other step hands the worker the record as first seen
-    /// `queued`, as /settle's message carries it ([`SettlementMessage::created`]), however far
-    /// the record has moved on since: the worker must act on it only while it still holds.
+    /// `queued` and a fresh simulation, as /settle's message carries them
+    /// ([`SettlementMessage::created`]), however far the record and the chain have moved on
+    /// since: the worker must act on them only while the record still holds.
     async fn work(
         &self,
         ids: &[String],
@@ -163,6 +164,12 @@ impl Path {
                 id: id.clone(),
                 replace: None,
                 created: first_seen.get(id).filter(|_| stale).cloned().map(Box::new),
+                // With /settle's simulation too, said to be fresh: the worker then signs without
+                // simulating again, whatever happened on chain since (a front-runner's use).
+                simulated: stale.then(|| facilitator::queue::Simulated {
+                    gas: 100_000,
+                    at_ms: facilitator::clock::now_ms(),
+                }),
             };
             // A step that must be retried is simply retried by a later step, as SQS would.
             let _ = self.worker.process(&message).await;

@@ -42,10 +42,10 @@ async fn an_rpc_outage_longer_than_the_workers_retries_costs_the_lane_seconds_no
     let lane = config().lane_keys[0].clone();
     let (first, second) = (payment_on_lane(2, &lane), payment_on_lane(3, &lane));
 
-    // The worker's simulation (eth_estimateGas) fails for 7 s: longer than its in-process retries
-    // (5 s), far shorter than the local queue's visibility timeout (60 s). /settle's own checks
-    // use eth_call and pass.
-    let fault = RpcFault::set("error", &["eth_estimateGas"]).await;
+    // The worker's broadcast (eth_sendRawTransaction, its one chain call once /settle has
+    // simulated) fails for 7 s: longer than its in-process retries (5 s), far shorter than the
+    // local queue's visibility timeout (60 s). /settle's own simulation passes.
+    let fault = RpcFault::set("error", &["eth_sendRawTransaction"]).await;
     let started = Instant::now();
     let lift = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(7)).await;
@@ -303,6 +303,7 @@ async fn a_settlement_that_would_use_more_gas_than_the_cap_fails_and_spends_noth
         id: id.clone(),
         replace: None,
         created: None,
+        simulated: None,
     };
     worker.process(&message).await.unwrap();
     let failed = payment_record(&id).await;

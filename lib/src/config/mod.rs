@@ -32,6 +32,9 @@ pub const SETTLE_QUEUE_VAR: &str = "X402_SETTLE_QUEUE_URL";
 pub const SETTLE_DEADLINE_VAR: &str = "X402_SETTLE_DEADLINE_MS";
 /// How often a settle follower re-reads its payment, in milliseconds.
 pub const SETTLE_POLL_VAR: &str = "X402_SETTLE_POLL_MS";
+/// How old /settle's simulation may be for the worker to sign with its gas instead of simulating
+/// again, in milliseconds (0 = the worker always simulates again).
+pub const SIMULATION_REUSE_VAR: &str = "X402_SIMULATION_REUSE_MS";
 /// How long the worker reuses a fee estimate, in milliseconds (about a block; 0 = never).
 pub const FEE_CACHE_VAR: &str = "X402_FEE_CACHE_MS";
 /// Replay leaves records changed more recently than this to the live path, in milliseconds (0 allowed).
@@ -70,6 +73,8 @@ const DEFAULT_SETTLE_DEADLINE: Duration = Duration::from_secs(25);
 /// API Gateway's HTTP API integration timeout is 29 s (DESIGN I5); leave room to answer.
 const MAX_SETTLE_DEADLINE: Duration = Duration::from_secs(28);
 const DEFAULT_SETTLE_POLL: Duration = Duration::from_millis(250);
+/// About a block on Base: the state /settle simulated against is at most a block old.
+const DEFAULT_SIMULATION_REUSE: Duration = Duration::from_secs(2);
 /// Longer than `/settle`'s deadline, so replay never races a live follower or a busy worker.
 const DEFAULT_REPLAY_MIN_AGE: Duration = Duration::from_secs(60);
 const DEFAULT_REPLAY_MAX_RECORDS: usize = 500;
@@ -108,6 +113,8 @@ pub struct Config {
     pub settle_queue_url: Option<String>,
     pub settle_deadline: Duration,
     pub settle_poll: Duration,
+    /// The worker signs with /settle's gas estimate when it is at most this old (else simulates).
+    pub simulation_reuse: Duration,
     /// Replay: records younger than this (since their last change) are left to the live path.
     pub replay_min_age: Duration,
     /// Replay: the most records one run looks at.
@@ -252,6 +259,10 @@ impl Config {
             settle_queue_url: vars.get(SETTLE_QUEUE_VAR).filter(|u| !u.is_empty()),
             settle_deadline,
             settle_poll: vars.millis(SETTLE_POLL_VAR, DEFAULT_SETTLE_POLL)?,
+            simulation_reuse: match vars.get(SIMULATION_REUSE_VAR).as_deref().map(str::trim) {
+                Some("0") => Duration::ZERO,
+                _ => vars.millis(SIMULATION_REUSE_VAR, DEFAULT_SIMULATION_REUSE)?,
+            },
             // 0 turns the cache off; otherwise positive milliseconds, like the other durations.
             fee_cache: match vars.get(FEE_CACHE_VAR).as_deref().map(str::trim) {
                 Some("0") => Duration::ZERO,

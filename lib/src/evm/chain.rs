@@ -245,6 +245,12 @@ impl Chain {
         Ok(fees)
     }
 
+    /// The fees a first signature offers ([`Chain::fees`], held under the network's cap): what
+    /// the worker signs with, and what /settle's simulation offers.
+    pub async fn offered_fees(&self) -> Result<(u128, u128), ChainError> {
+        Ok(capped(self.fees().await?, self.fee_cap))
+    }
+
     /// `eth_sendRawTransaction`. The node's refusal (e.g. "already known") is `Ok(Err(message))`.
     #[instrument(skip_all, err(level = "warn"))]
     pub async fn send_raw(&self, raw: Bytes) -> Result<Result<(), String>, ChainError> {
@@ -358,4 +364,10 @@ mod tests {
         assert!(!error.contains("SECRET"), "{error}");
         assert!(error.contains("chain RPC"), "{error}");
     }
+}
+
+/// The market's fees held under `cap`: what a first signature offers.
+pub fn capped((max_fee, tip): (u128, u128), cap: u128) -> (u128, u128) {
+    let max_fee = max_fee.min(cap);
+    (max_fee, tip.min(max_fee))
 }

@@ -180,6 +180,13 @@ impl ExactEvm {
     /// The chain's part of verification, for a payment that passed [`ExactEvm::check`]: whether a
     /// contract-judged signature has a contract behind it, then the simulation. Settle runs it too.
     pub async fn confirm(&self, checked: &Checked) -> Result<(), Rejection> {
+        self.contract_payer(checked).await?;
+        self.simulate(checked).await
+    }
+
+    /// Whether a signature only a contract can judge may be judged here, and, when it cannot be
+    /// a deployed wallet's otherwise, whether the payer has code.
+    async fn contract_payer(&self, checked: &Checked) -> Result<(), Rejection> {
         checks::contract_wallets_allowed(&checked.payment, &checked.signer, self.contract_wallets)?;
         if let Signer::Contract {
             hint: hint @ (ContractHint::Counterfactual | ContractHint::RecoveredOther(_)),
@@ -190,7 +197,36 @@ impl ExactEvm {
                 return Err(checks::no_contract_at_payer(&checked.payment, hint));
             }
         }
-        self.simulate(checked).await
+        Ok(())
+    }
+
+    /// [`ExactEvm::confirm`] for a settlement: with `sender` (a lane's address and the fees it
+    /// will offer), the simulation is the `eth_estimateGas` the transaction will need, run as it
+    /// will run, and its gas is returned; without, the `eth_call` of [`ExactEvm::confirm`]. Either
+    /// way one request, and a revert is diagnosed the same way.
+    pub async fn confirm_as(
+        &self,
+        checked: &Checked,
+        sender: Option<(Address, (u128, u128))>,
+    ) -> Result<Option<u64>, Rejection> {
+        let Some((from, fees)) = sender else {
+            return self.confirm(checked).await.map(|()| None);
+        };
+        self.contract_payer(checked).await?;
+        let estimate = self
+            .chain
+            .estimate_gas(
+                from,
+                checked.payment.asset,
+                checked.transfer_calldata(),
+                fees,
+            )
+            .await
+            .map_err(|e| Rejection::new(Reason::UnexpectedVerifyError, e.to_string()))?;
+        match estimate {
+            Ok(gas) => Ok(Some(gas)),
+            Err(message) => Err(self.reverted(checked, &message).await),
+        }
     }
 
     /// The chain this network's payments run on.
@@ -216,20 +252,29 @@ impl ExactEvm {
         let CallOutcome::Reverted { message } = outcome else {
             return Ok(());
         };
+        Err(self.reverted(checked, &message).await)
+    }
+
+    /// Why a simulation of the transfer reverted with `message`.
+    async fn reverted(&self, checked: &Checked, message: &str) -> Rejection {
         // A smart-wallet signature for an address without code is not worth diagnosing further.
         if let Signer::Contract {
             hint: ContractHint::SmartWallet,
             ..
         } = checked.signer
         {
-            if !self.payer_has_code(&checked.payment).await? {
-                return Err(checks::no_contract_at_payer(
-                    &checked.payment,
-                    ContractHint::SmartWallet,
-                ));
+            match self.payer_has_code(&checked.payment).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    return checks::no_contract_at_payer(
+                        &checked.payment,
+                        ContractHint::SmartWallet,
+                    )
+                }
+                Err(rejection) => return rejection,
             }
         }
-        Err(self.diagnose(&checked.payment, &message).await)
+        self.diagnose(&checked.payment, message).await
     }
 
     /// Why the simulation reverted: one Multicall3 batch of the token's view functions

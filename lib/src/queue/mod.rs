@@ -25,6 +25,19 @@ pub struct SettlementMessage {
     /// The record as `/settle` created it (`queued`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created: Option<Box<PaymentRecord>>,
+    /// `/settle`'s simulation of the transfer, run from the record's lane: the worker signs with
+    /// its gas instead of simulating again while it is fresh (`X402_SIMULATION_REUSE_MS`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub simulated: Option<Simulated>,
+}
+
+/// A gas estimate of a payment's transfer, as its lane would send it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Simulated {
+    /// What `eth_estimateGas` answered.
+    pub gas: u64,
+    /// When, in unix milliseconds.
+    pub at_ms: u64,
 }
 
 /// The queue could not take the message.
@@ -53,11 +66,16 @@ impl Queue {
     /// Queues a payment `/settle` has just created, with the record as created
     /// ([`SettlementMessage::created`]), on its lane.
     #[instrument(skip_all, fields(id = %record.id, lane = %record.lane), err(level = "warn"))]
-    pub async fn enqueue_created(&self, record: &PaymentRecord) -> Result<(), QueueError> {
+    pub async fn enqueue_created(
+        &self,
+        record: &PaymentRecord,
+        simulated: Option<Simulated>,
+    ) -> Result<(), QueueError> {
         let message = SettlementMessage {
             id: record.id.as_str().to_owned(),
             replace: None,
             created: Some(Box::new(record.clone())),
+            simulated,
         };
         let dedup = first_dedup(&message.id);
         self.send_message(&message, &record.lane, dedup, None).await
@@ -85,6 +103,7 @@ impl Queue {
             id: id.to_owned(),
             replace: Some(tx_hash.to_owned()),
             created: None,
+            simulated: None,
         };
         let dedup =
             alloy::primitives::keccak256(format!("{id}#replace#{tx_hash}").as_bytes()).to_string();
@@ -125,6 +144,7 @@ impl Queue {
         // Without the created record: by a later attempt the record may have moved on.
         let message = SettlementMessage {
             created: None,
+            simulated: None,
             ..message.clone()
         };
         self.send_message(&message, lane, dedup, Some(attempt))
@@ -174,6 +194,7 @@ impl Queue {
             id: id.to_owned(),
             replace: None,
             created: None,
+            simulated: None,
         };
         self.send_message(&message, lane, dedup, None).await
     }

@@ -24,7 +24,7 @@ use crate::{
         payment_identifier::{self, PaymentIdentifier},
         Payment, Reason, Rejection, SettleResponse,
     },
-    queue::Queue,
+    queue::{Queue, Simulated},
     store::{
         Binding, Claimant, Created, Failure, Mined, NewPayment, PaymentId, PaymentRecord, State,
         Store,
@@ -54,6 +54,9 @@ fn cancel_failed(problem: &str) -> String {
          ({problem}): it may still settle; ask again with the same payment for its outcome"
     )
 }
+
+/// How many times `/settle` asks the chain about a payment when the node fails to answer.
+const CONFIRM_TRIES: u32 = 3;
 
 /// What `/settle` answers when no configured lane is active.
 const NO_ACTIVE_LANE: &str = "no signer lane is active: each new lane waits until its address has \
@@ -334,11 +337,28 @@ impl Settler {
         // is also how a repeated /settle finds the record it already has, so the record is read
         // first only when the chain or the clock refuses the payment (a settled payment's
         // authorization is used on chain, and its window may have passed).
-        let confirmed = self.facilitator.confirm(r.scheme, &r.checked).await;
+        // The lane first: the simulation runs from it, as the worker will send the transfer, and
+        // the worker signs with the gas it found instead of simulating again.
+        let lane = self
+            .routes
+            .active()
+            .await
+            .map(|active| (!active.is_empty()).then(|| lane_for(&r.id, &active).to_owned()));
+        let sender = match &lane {
+            Ok(Some(lane)) => self.sender(r.scheme, lane).await,
+            _ => None,
+        };
+        let confirmed = self.confirm(r, sender).await;
         // Which refused it: the clock's answer comes first, as the window is checked first.
         let (rejection, by_chain) = match (r.scheme.check_window(&r.checked, unix_now()), confirmed)
         {
-            (Ok(()), Ok(())) => return self.record_and_follow(r).await,
+            (Ok(()), Ok(gas)) => {
+                let simulated = gas.map(|gas| Simulated {
+                    gas,
+                    at_ms: now_ms(),
+                });
+                return self.record_and_follow(r, lane, simulated).await;
+            }
             (Err(late), _) => (late, false),
             (Ok(()), Err(refused)) => (refused, true),
         };
@@ -408,12 +428,75 @@ impl Settler {
         }
     }
 
-    /// Records a new payment `queued`, queues it on its lane and follows it.
-    async fn record_and_follow(&self, r: &Request<'_>) -> SettleResponse {
-        let lane = match self.routes.active().await {
-            Ok(active) if !active.is_empty() => lane_for(&r.id, &active).to_owned(),
+    /// The chain's word on the payment ([`Facilitator::confirm_as`]). A node that fails to answer
+    /// (a rate limit, a timeout) is not a verdict: asked again, up to [`CONFIRM_TRIES`] times
+    /// within the deadline, before the answer says it could not be checked.
+    async fn confirm(
+        &self,
+        r: &Request<'_>,
+        sender: Option<(alloy::primitives::Address, (u128, u128))>,
+    ) -> Result<Option<u64>, Rejection> {
+        let deadline = r.started + self.timing.deadline;
+        let mut wait = Duration::from_millis(20);
+        let mut tries = 1;
+        loop {
+            match self
+                .facilitator
+                .confirm_as(r.scheme, &r.checked, sender)
+                .await
+            {
+                Err(rejection)
+                    if rejection.reason == Reason::UnexpectedVerifyError
+                        && tries < CONFIRM_TRIES
+                        && Instant::now() + wait < deadline =>
+                {
+                    tracing::warn!(id = %r.id, tries, error = %rejection.message, "the simulation got no answer; asking again");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                    tries += 1;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    /// The lane's address and the fees its transaction will offer, for the simulation; `None`
+    /// (a plain `eth_call`, and the worker simulates again) when either is unknown now.
+    async fn sender(
+        &self,
+        scheme: &ExactEvm,
+        lane: &str,
+    ) -> Option<(alloy::primitives::Address, (u128, u128))> {
+        let (address, fees) = tokio::join!(
+            self.facilitator.lanes().address_of(lane),
+            scheme.chain().offered_fees()
+        );
+        match (address, fees) {
+            (Ok(Some(address)), Ok(fees)) => Some((address, fees)),
+            (address, fees) => {
+                tracing::warn!(
+                    lane,
+                    ?address,
+                    ?fees,
+                    "cannot simulate from the lane; the worker simulates again"
+                );
+                None
+            }
+        }
+    }
+
+    /// Records a new payment `queued` on `lane` (the one chosen for it), queues it with
+    /// `/settle`'s simulation and follows it.
+    async fn record_and_follow(
+        &self,
+        r: &Request<'_>,
+        lane: Result<Option<String>, crate::store::StoreError>,
+        simulated: Option<Simulated>,
+    ) -> SettleResponse {
+        let lane = match lane {
+            Ok(Some(lane)) => lane,
             // No lane takes new payments, but a payment recorded earlier is still answered.
-            Ok(_) => {
+            Ok(None) => {
                 return match self.store.get(&r.id).await {
                     Ok(Some(record)) => self.answer_from(r, record).await,
                     Ok(None) => r.unexpected(NO_ACTIVE_LANE),
@@ -428,7 +511,7 @@ impl Settler {
             Ok(Created::Exists(existing)) => return self.answer_from(r, *existing).await,
             Err(answer) => return answer,
         }
-        if let Err(e) = self.queue.enqueue_created(&record).await {
+        if let Err(e) = self.queue.enqueue_created(&record, simulated).await {
             // Not queued, so nothing will ever sign it: cancel it so it cannot settle later unseen.
             let why = format!("could not queue the payment: {e}");
             if self.cancel(&r.id, &why).await == Cancel::Done {

@@ -34,6 +34,16 @@ impl Lanes {
         }
     }
 
+    /// The address of the lane whose key is `key`, if it is one of these lanes.
+    pub async fn address_of(&self, key: &str) -> Result<Option<Address>, LaneError> {
+        let addresses = self.addresses().await?;
+        Ok(self
+            .keys
+            .iter()
+            .position(|k| k == key)
+            .and_then(|i| addresses.get(i).copied()))
+    }
+
     /// The lanes' addresses, asking KMS for all public keys at once the first time.
     #[instrument(skip_all, fields(lanes = self.keys.len()), err(level = "warn"))]
     pub async fn addresses(&self) -> Result<&[Address], LaneError> {

@@ -200,11 +200,7 @@ pub fn replacement(
     })
 }
 
-/// The market's fees held under `cap`: what a first signature offers.
-pub fn capped((max_fee, tip): (u128, u128), cap: u128) -> (u128, u128) {
-    let max_fee = max_fee.min(cap);
-    (max_fee, tip.min(max_fee))
-}
+pub use crate::evm::chain::capped;
 
 /// A fee raised by an eighth and one wei: above the 10 % nodes ask of a replacement.
 fn bump(fee: u128) -> u128 {

@@ -21,12 +21,12 @@ use tokio::sync::{Mutex, OnceCell};
 use tracing::instrument;
 
 use crate::{
-    clock::unix_now,
+    clock::{now_ms, unix_now},
     evm::{Chain, ChainError, ExactEvm},
     facilitator::Facilitator,
     lifecycle::{self, receipt::reason_from_revert, LifecycleError, Sent, UsedBy},
     protocol::Reason,
-    queue::{Queue, SettlementMessage},
+    queue::{Queue, SettlementMessage, Simulated},
     signer::{LaneError, LaneSigner},
     store::{Failure, PaymentId, PaymentRecord, Signed, State, Store, StoreError},
 };
@@ -120,6 +120,8 @@ pub struct Worker {
     sweep_addresses: Vec<alloy::primitives::Address>,
     /// The lanes' next nonces as this instance last wrote them ([`nonces`]).
     nonces: nonces::LaneNonces,
+    /// How old /settle's simulation may be for its gas to be signed with (`X402_SIMULATION_REUSE_MS`).
+    simulation_reuse: Duration,
 }
 
 impl Worker {
@@ -143,6 +145,8 @@ impl Worker {
             max_attempts,
             sweep_addresses: Vec::new(),
             nonces: nonces::LaneNonces::default(),
+            // Until configured: always simulate again.
+            simulation_reuse: Duration::ZERO,
         }
     }
 
@@ -170,6 +174,7 @@ impl Worker {
             config.worker_max_attempts,
         );
         worker.sweep_addresses = config.sweep_addresses.clone();
+        worker.simulation_reuse = config.simulation_reuse;
         worker
     }
 
@@ -212,7 +217,8 @@ impl Worker {
             // The record as /settle created it serves the first try only: a retry starts from the
             // record as it is now.
             let created = message.created.as_deref().filter(|_| attempt == 1);
-            match self.process_once(&id, replace, created).await {
+            let simulated = message.simulated.filter(|_| attempt == 1);
+            match self.process_once(&id, replace, created, simulated).await {
                 Err(e) if e.retry_in_process() && Instant::now() + wait * 2 < until => {
                     tracing::warn!(error = %e, attempt, "settlement step failed; trying again");
                     tokio::time::sleep(wait + jitter(wait)).await;
@@ -231,6 +237,7 @@ impl Worker {
         id: &PaymentId,
         replace: Option<B256>,
         created: Option<&PaymentRecord>,
+        simulated: Option<Simulated>,
     ) -> Result<(), WorkError> {
         let created = created.filter(|c| c.id == *id && c.state == State::Queued);
         let (record, read) = match created {
@@ -245,7 +252,11 @@ impl Worker {
         };
         let network_known = self.facilitator.network(&record.network).is_some();
         match next_step(&record, replace, unix_now(), network_known) {
-            Next::Sign => self.sign_and_send(record, read).await,
+            // /settle's simulation goes with its copy of the record only.
+            Next::Sign => {
+                let simulated = simulated.filter(|_| !read);
+                self.sign_and_send(record, read, simulated).await
+            }
             Next::FailUnknownNetwork => {
                 let why = format!("{} is not configured here", record.network);
                 self.fail(&record, Reason::InvalidNetwork, why).await
@@ -271,7 +282,15 @@ impl Worker {
     /// here is conditional on the record still being `queued` (and the write-ahead on its lane,
     /// asset and calldata), so the message's copy is as good as a read for all of them; only
     /// finding who used the authorization reads the record first, for its earlier transactions.
-    async fn sign_and_send(&self, record: PaymentRecord, read: bool) -> Result<(), WorkError> {
+    ///
+    /// `simulated`: /settle's simulation, run from this lane; while it is fresher than
+    /// `X402_SIMULATION_REUSE_MS` its gas is signed with, and the transfer is not simulated again.
+    async fn sign_and_send(
+        &self,
+        record: PaymentRecord,
+        read: bool,
+        simulated: Option<Simulated>,
+    ) -> Result<(), WorkError> {
         let scheme = self.scheme(&record)?;
         if let Some(refused) = self.payer_refused(&record).await? {
             return self.fail(&record, refused.reason, refused.message).await;
@@ -281,16 +300,24 @@ impl Worker {
         // The simulation runs as the transaction will: from the lane, offering the fees it will
         // pay, so a payer's code that behaves differently at a zero gas price is caught here. It
         // waits for the fees (usually cached for a block); the lane's nonce is found meanwhile.
+        let fresh = simulated.filter(|s| {
+            now_ms().saturating_sub(s.at_ms) < self.simulation_reuse.as_millis() as u64
+        });
         let simulate = async {
-            let fees = decide::capped(chain.fees().await?, chain.fee_cap());
-            let estimate = chain
-                .estimate_gas(
-                    signer.address(),
-                    record.asset,
-                    record.calldata.clone(),
-                    fees,
-                )
-                .await?;
+            let fees = chain.offered_fees().await?;
+            let estimate = match fresh {
+                Some(simulated) => Ok(simulated.gas),
+                None => {
+                    chain
+                        .estimate_gas(
+                            signer.address(),
+                            record.asset,
+                            record.calldata.clone(),
+                            fees,
+                        )
+                        .await?
+                }
+            };
             Ok::<_, ChainError>((fees, estimate))
         };
         let (simulated, nonce) =
