@@ -328,6 +328,12 @@ impl Chain {
     }
 }
 
+/// The market's fees held under `cap`: what a first signature offers.
+pub fn capped((max_fee, tip): (u128, u128), cap: u128) -> (u128, u128) {
+    let max_fee = max_fee.min(cap);
+    (max_fee, tip.min(max_fee))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -364,10 +370,4 @@ mod tests {
         assert!(!error.contains("SECRET"), "{error}");
         assert!(error.contains("chain RPC"), "{error}");
     }
-}
-
-/// The market's fees held under `cap`: what a first signature offers.
-pub fn capped((max_fee, tip): (u128, u128), cap: u128) -> (u128, u128) {
-    let max_fee = max_fee.min(cap);
-    (max_fee, tip.min(max_fee))
 }

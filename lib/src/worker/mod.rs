@@ -297,31 +297,10 @@ impl Worker {
         }
         let signer = self.signer(&record.lane).await?;
         let chain = scheme.chain();
-        // The simulation runs as the transaction will: from the lane, offering the fees it will
-        // pay, so a payer's code that behaves differently at a zero gas price is caught here. It
-        // waits for the fees (usually cached for a block); the lane's nonce is found meanwhile.
-        let fresh = simulated.filter(|s| {
-            now_ms().saturating_sub(s.at_ms) < self.simulation_reuse.as_millis() as u64
-        });
-        let simulate = async {
-            let fees = chain.offered_fees().await?;
-            let estimate = match fresh {
-                Some(simulated) => Ok(simulated.gas),
-                None => {
-                    chain
-                        .estimate_gas(
-                            signer.address(),
-                            record.asset,
-                            record.calldata.clone(),
-                            fees,
-                        )
-                        .await?
-                }
-            };
-            Ok::<_, ChainError>((fees, estimate))
-        };
-        let (simulated, nonce) =
-            tokio::join!(simulate, self.next_nonce(chain, &record, signer.address()));
+        let (simulated, nonce) = tokio::join!(
+            self.simulate(chain, &record, signer.address(), simulated),
+            self.next_nonce(chain, &record, signer.address())
+        );
         let (fees, estimate) = simulated?;
         // The simulation before signing: a call that would revert never takes a lane nonce.
         let cap = decide::gas_cap(&record.calldata, chain.gas_caps());
@@ -359,6 +338,30 @@ impl Worker {
             hash: signed.hash,
         };
         self.write_ahead_and_send(record, signed).await
+    }
+
+    /// The fees to offer, and the simulation's gas or revert. The simulation runs as the
+    /// transaction will: from the lane, offering those fees, so a payer's code that behaves
+    /// differently at a zero gas price is caught. /settle's (run the same way) stands in for it
+    /// while fresh. The fees are usually cached for a block.
+    async fn simulate(
+        &self,
+        chain: &Chain,
+        record: &PaymentRecord,
+        from: alloy::primitives::Address,
+        simulated: Option<Simulated>,
+    ) -> Result<((u128, u128), Result<u64, String>), ChainError> {
+        let fees = chain.offered_fees().await?;
+        let reuse = u64::try_from(self.simulation_reuse.as_millis()).unwrap_or(u64::MAX);
+        let estimate = match simulated.filter(|s| now_ms().saturating_sub(s.at_ms) < reuse) {
+            Some(fresh) => Ok(fresh.gas),
+            None => {
+                chain
+                    .estimate_gas(from, record.asset, record.calldata.clone(), fees)
+                    .await?
+            }
+        };
+        Ok((fees, estimate))
     }
 
     /// The nonce to sign the record's transaction at: the lanes table's counter, which every
