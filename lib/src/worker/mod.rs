@@ -120,6 +120,8 @@ pub struct Worker {
     sweep_addresses: Vec<alloy::primitives::Address>,
     /// The lanes' next nonces as this instance last wrote them ([`nonces`]).
     nonces: nonces::LaneNonces,
+    /// `signed → submitted` writes still running ([`Worker::broadcast`]).
+    submits: std::sync::Mutex<tokio::task::JoinSet<()>>,
     /// How old /settle's simulation may be for its gas to be signed with (`X402_SIMULATION_REUSE_MS`).
     simulation_reuse: Duration,
 }
@@ -145,6 +147,7 @@ impl Worker {
             max_attempts,
             sweep_addresses: Vec::new(),
             nonces: nonces::LaneNonces::default(),
+            submits: Default::default(),
             // Until configured: always simulate again.
             simulation_reuse: Duration::ZERO,
         }
@@ -181,7 +184,9 @@ impl Worker {
     /// Moves one payment forward as far as this worker can, or replaces its transaction when the
     /// message asks for that (replay), retrying in-process for up to [`RETRY_BUDGET`].
     pub async fn process(&self, message: &SettlementMessage) -> Result<(), WorkError> {
-        self.process_within(message, RETRY_BUDGET).await
+        let outcome = self.process_within(message, RETRY_BUDGET).await;
+        self.finish_writes().await;
+        outcome
     }
 
     /// [`Worker::process`], where a failure that [`WorkError::retry_in_process`] is tried again
@@ -477,15 +482,37 @@ impl Worker {
         })
     }
 
-    /// Sends a signed record's bytes and marks it `submitted`; what the node said of them.
+    /// Sends a signed record's bytes; what the node said of them. Once the node took them, the
+    /// record's move to `submitted` is written beside the lane's next payment rather than before
+    /// it ([`Worker::finish_writes`]): nothing waits for it (a follower looks for the receipt of a
+    /// `signed` record already), and a lane's payments follow each other one write sooner.
     async fn broadcast(&self, record: &PaymentRecord) -> Result<Sent, WorkError> {
         let chain = self.scheme(record)?.chain();
-        if self.stop_after == Some(Step::Broadcast) {
-            lifecycle::send_stored(chain, record).await?;
-            self.crash_point(Step::Broadcast)?;
+        let sent = lifecycle::send_stored(chain, record).await?;
+        self.crash_point(Step::Broadcast)?;
+        if sent == Sent::Accepted {
+            let (store, id) = (self.store.clone(), record.id.clone());
+            self.submits().spawn(async move {
+                if let Err(e) = store.submit(&id).await {
+                    // Left `signed`: replay sends the same bytes again and marks it then.
+                    tracing::warn!(%id, error = %e, "marking a sent payment submitted failed");
+                }
+            });
         }
-        let (sent, _) = lifecycle::submit(chain, &self.store, record).await?;
         Ok(sent)
+    }
+
+    fn submits(&self) -> std::sync::MutexGuard<'_, tokio::task::JoinSet<()>> {
+        self.submits
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Waits for the `submitted` writes [`Worker::broadcast`] left running: before a batch's
+    /// answer, so that none is cut off when the invocation ends.
+    pub async fn finish_writes(&self) {
+        let writes = std::mem::take(&mut *self.submits());
+        writes.join_all().await;
     }
 
     /// Replaces a `signed` or `submitted` record's transaction with another at the same lane nonce
