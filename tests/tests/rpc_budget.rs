@@ -58,8 +58,8 @@ async fn rpc_requests_per_verify() {
 
 /// A settlement on a lane already in use: one simulation (/settle's `eth_estimateGas` from the
 /// lane, whose gas the worker signs with), the broadcast and the receipt lookups. The lane's nonce
-/// comes from the lanes table, not from `eth_getTransactionCount`; fees come from a cache (at most
-/// one `eth_feeHistory` when it runs out).
+/// comes from the lanes table, not from `eth_getTransactionCount`; fees come from a cache in each
+/// function (an `eth_feeHistory` from each whose cache ran out).
 #[tokio::test]
 async fn rpc_requests_per_settle() {
     let _one = ONE_AT_A_TIME.lock().await;
@@ -100,7 +100,8 @@ async fn rpc_requests_per_settle() {
         );
         assert_eq!(count("eth_sendRawTransaction"), 1, "{counts}");
         assert!(count("eth_getTransactionReceipt") >= 1, "{counts}");
-        assert!(count("eth_feeHistory") <= 1, "{counts}");
+        // /settle and the worker each keep fees for X402_FEE_CACHE_MS.
+        assert!(count("eth_feeHistory") <= 2, "{counts}");
         let known = [
             "eth_call",
             "eth_estimateGas",
