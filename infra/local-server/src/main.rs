@@ -107,7 +107,7 @@ async fn handle(
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let id = app.requests.fetch_add(1, Ordering::Relaxed);
-    let span = tracing::info_span!("request", requestId = %format!("local-{id}"), path = %request.uri().path());
+    let span = tracing::info_span!("request", requestId = %format_args!("local-{id}"), path = %request.uri().path());
     let response = route(&app, request).instrument(span).await;
     Ok(response.map(|text| Full::new(Bytes::from(text))))
 }
