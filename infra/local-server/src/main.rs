@@ -58,7 +58,10 @@ impl App {
     }
 }
 
-#[tokio::main]
+// One thread, as a verify Lambda instance runs (functions/verify): every request here waits on I/O
+// far longer than it computes, and the multi-threaded scheduler's hand-offs between threads (a
+// futex wake and a context switch each) cost more CPU per /verify than they saved (issue 16).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     telemetry::init();
     let config = Config::from_env()?;
