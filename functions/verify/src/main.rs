@@ -7,7 +7,10 @@ use facilitator::{
 };
 use lambda_http::{request::RequestContext, run, service_fn, Error, Request, RequestExt};
 
-#[tokio::main]
+// One thread: Lambda hands an instance one request at a time, and each waits on the chain far
+// longer than it computes, so a second scheduler thread only adds hand-offs (a futex wake and a
+// context switch each) to every request's CPU.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     telemetry::init();
     lambda_runtime::spawn_graceful_shutdown_handler(telemetry::on_shutdown).await;

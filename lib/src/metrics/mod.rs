@@ -13,7 +13,8 @@
 
 use std::{io::Write, sync::OnceLock, time::Duration};
 
-use serde_json::{json, Map, Value};
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::Value;
 
 /// Where the namespace comes from (docs/configuration.md).
 pub const NAMESPACE_VAR: &str = "X402_METRICS_NAMESPACE";
@@ -93,7 +94,7 @@ pub fn verify(network: &str, outcome: VerifyOutcome, reason: Option<&str>, laten
             ("VerifyCount", Unit::Count, 1.0),
             ("VerifyLatency", Unit::Milliseconds, millis(latency)),
         ],
-        properties: &[("Reason", reason.map(Value::from).unwrap_or(Value::Null))],
+        properties: &[("Reason", reason)],
     });
 }
 
@@ -107,7 +108,7 @@ pub fn settle(network: &str, outcome: SettleOutcome, reason: Option<&str>, laten
             ("SettleCount", Unit::Count, 1.0),
             ("SettleLatency", Unit::Milliseconds, millis(latency)),
         ],
-        properties: &[("Reason", reason.map(Value::from).unwrap_or(Value::Null))],
+        properties: &[("Reason", reason)],
     });
 }
 
@@ -185,7 +186,7 @@ pub fn rpc_url_set_aside(network: &str, url: &str, why: &str) {
         dimension_sets: &[&["Network"], &[]],
         dimensions: &[("Network", network)],
         metrics: &[("RpcUrlSetAside", Unit::Count, 1.0)],
-        properties: &[("Url", Value::from(url)), ("Why", Value::from(why))],
+        properties: &[("Url", Some(url)), ("Why", Some(why))],
     });
 }
 
@@ -230,8 +231,8 @@ struct Observation<'a> {
     dimension_sets: &'a [&'a [&'a str]],
     dimensions: &'a [(&'a str, &'a str)],
     metrics: &'a [(&'a str, Unit, f64)],
-    /// Extra fields for Logs Insights; not metrics.
-    properties: &'a [(&'a str, Value)],
+    /// Extra fields for Logs Insights; not metrics. `None` leaves the field out.
+    properties: &'a [(&'a str, Option<&'a str>)],
 }
 
 fn emit(observation: &Observation<'_>) {
@@ -241,38 +242,109 @@ fn emit(observation: &Observation<'_>) {
     let _ = out.write_all(line.as_bytes());
 }
 
-/// The EMF document, as one line ending in `\n`.
+/// The EMF document, as one line ending in `\n`. Written straight from the borrowed observation
+/// (no `serde_json::Value` tree: this runs once per request, and building the tree cost more than
+/// the rest of the line), with the keys in sorted order at every level, as a JSON object map writes
+/// them, so the line is the same as before byte for byte.
 fn render(namespace: &str, timestamp_ms: u64, o: &Observation<'_>) -> String {
-    let mut root = Map::new();
-    root.insert(
-        "_aws".into(),
-        json!({
-            "Timestamp": timestamp_ms,
-            "CloudWatchMetrics": [{
-                "Namespace": namespace,
-                "Dimensions": o.dimension_sets,
-                "Metrics": o.metrics.iter()
-                    .map(|(name, unit, _)| json!({"Name": name, "Unit": unit.as_str()}))
-                    .collect::<Vec<_>>(),
-            }],
-        }),
+    let aws = Aws {
+        cloud_watch_metrics: [Directive {
+            dimensions: o.dimension_sets,
+            metrics: MetricDefs(o.metrics),
+            namespace,
+        }],
+        timestamp: timestamp_ms,
+    };
+    let mut fields: Vec<(&str, Field<'_>)> =
+        Vec::with_capacity(1 + o.dimensions.len() + o.metrics.len() + o.properties.len());
+    fields.push(("_aws", Field::Aws(&aws)));
+    fields.extend(
+        o.dimensions
+            .iter()
+            .map(|(name, value)| (*name, Field::Text(value))),
     );
-    for (name, value) in o.dimensions {
-        root.insert((*name).into(), Value::from(*value));
-    }
-    for (name, _, value) in o.metrics {
-        // JSON has no NaN or infinity; CloudWatch would drop the record. Zero is the honest floor.
-        let value = if value.is_finite() { *value } else { 0.0 };
-        root.insert((*name).into(), json!(value));
-    }
-    for (name, value) in o.properties {
-        if !value.is_null() {
-            root.insert((*name).into(), value.clone());
+    // JSON has no NaN or infinity; CloudWatch would drop the record. Zero is the honest floor.
+    fields.extend(o.metrics.iter().map(|(name, _, value)| {
+        (
+            *name,
+            Field::Number(if value.is_finite() { *value } else { 0.0 }),
+        )
+    }));
+    fields.extend(
+        o.properties
+            .iter()
+            .filter_map(|(name, value)| Some((*name, Field::Text(value.as_ref()?)))),
+    );
+    // Sorted, and a name given twice keeps its last value (a stable sort keeps the order given).
+    fields.sort_by(|a, b| a.0.cmp(b.0));
+    let mut unique: Vec<(&str, Field<'_>)> = Vec::with_capacity(fields.len());
+    for field in fields {
+        match unique.last_mut() {
+            Some(last) if last.0 == field.0 => *last = field,
+            _ => unique.push(field),
         }
     }
-    let mut line = Value::Object(root).to_string();
+    let mut line = serde_json::to_string(&Fields(&unique)).unwrap_or_default();
     line.push('\n');
     line
+}
+
+/// The `_aws` member: the metric directive CloudWatch reads. Fields in sorted order.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Aws<'a> {
+    cloud_watch_metrics: [Directive<'a>; 1],
+    timestamp: u64,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Directive<'a> {
+    dimensions: &'a [&'a [&'a str]],
+    metrics: MetricDefs<'a>,
+    namespace: &'a str,
+}
+
+/// `[{"Name": …, "Unit": …}, …]` for the observation's metrics.
+struct MetricDefs<'a>(&'a [(&'a str, Unit, f64)]);
+
+impl Serialize for MetricDefs<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct Def<'a> {
+            name: &'a str,
+            unit: &'a str,
+        }
+        serializer.collect_seq(self.0.iter().map(|(name, unit, _)| Def {
+            name,
+            unit: unit.as_str(),
+        }))
+    }
+}
+
+/// One top-level member of the EMF line.
+#[derive(Clone, Copy)]
+enum Field<'a> {
+    Aws(&'a Aws<'a>),
+    Text(&'a str),
+    Number(f64),
+}
+
+struct Fields<'a>(&'a [(&'a str, Field<'a>)]);
+
+impl Serialize for Fields<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (name, field) in self.0 {
+            match field {
+                Field::Aws(aws) => map.serialize_entry(name, aws)?,
+                Field::Text(text) => map.serialize_entry(name, text)?,
+                Field::Number(number) => map.serialize_entry(name, number)?,
+            }
+        }
+        map.end()
+    }
 }
 
 fn namespace() -> &'static str {
@@ -294,6 +366,7 @@ fn valid_namespace(n: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn parsed(o: &Observation<'_>) -> Value {
         let line = render("X402Test", 1_795_262_400_000, o);
@@ -310,7 +383,7 @@ mod tests {
                 ("SettleCount", Unit::Count, 1.0),
                 ("SettleLatency", Unit::Milliseconds, 812.5),
             ],
-            properties: &[("Reason", Value::from("invalid_transaction_state"))],
+            properties: &[("Reason", Some("invalid_transaction_state"))],
         };
         assert_eq!(
             parsed(&o),
@@ -335,13 +408,38 @@ mod tests {
         );
     }
 
+    /// The exact line, keys sorted at every level: what the `Value`-tree rendering this replaced
+    /// wrote, so nothing that reads the logs sees a difference.
+    #[test]
+    fn a_verify_record_is_written_exactly_as_before() {
+        let o = Observation {
+            dimension_sets: &[&["Network", "Outcome"], &["Outcome"]],
+            dimensions: &[("Network", "eip155:84532"), ("Outcome", "valid")],
+            metrics: &[
+                ("VerifyCount", Unit::Count, 1.0),
+                ("VerifyLatency", Unit::Milliseconds, 0.8125),
+            ],
+            properties: &[("Reason", None)],
+        };
+        assert_eq!(
+            render("X402Test", 1_795_262_400_000, &o),
+            concat!(
+                r#"{"Network":"eip155:84532","Outcome":"valid","VerifyCount":1.0,"VerifyLatency":0.8125,"#,
+                r#""_aws":{"CloudWatchMetrics":[{"Dimensions":[["Network","Outcome"],["Outcome"]],"#,
+                r#""Metrics":[{"Name":"VerifyCount","Unit":"Count"},{"Name":"VerifyLatency","Unit":"Milliseconds"}],"#,
+                r#""Namespace":"X402Test"}],"Timestamp":1795262400000}}"#,
+                "\n"
+            )
+        );
+    }
+
     #[test]
     fn no_dimension_is_an_empty_set_and_absent_properties_are_left_out() {
         let o = Observation {
             dimension_sets: &[&[]],
             dimensions: &[],
             metrics: &[("OldestOpenPaymentAge", Unit::Seconds, f64::NAN)],
-            properties: &[("Reason", Value::Null)],
+            properties: &[("Reason", None)],
         };
         let v = parsed(&o);
         assert_eq!(v["_aws"]["CloudWatchMetrics"][0]["Dimensions"], json!([[]]));
