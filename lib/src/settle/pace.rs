@@ -127,7 +127,7 @@ mod tests {
     fn a_queued_payment_is_first_read_when_payments_are_typically_signed() {
         let pace = Pace::new(POLL);
         assert_eq!(pace.first_queued_wait(ms(44), ms(5)), ms(50)); // 44 + 11 - 5
-        // Already older than that (a retry of an old payment): soon, never at once.
+                                                                   // Already older than that (a retry of an old payment): soon, never at once.
         assert_eq!(pace.first_queued_wait(ms(45), ms(3_000)), MIN_WAIT);
         // Lanes backed up for seconds: the first read waits too, up to four polls.
         assert_eq!(pace.first_queued_wait(ms(9_000), ms(5)), POLL * 4);

@@ -64,6 +64,8 @@ impl Worker {
     /// failure is reported with every later message of its lane in the batch, so that a lane never
     /// runs out of order.
     pub async fn handle_batch_until(&self, event: SqsEvent, deadline: Instant) -> SqsBatchResponse {
+        // Another instance may have served these lanes since this one's last batch.
+        self.nonces.clear();
         let source = match event.records.first() {
             Some(first) => self.source(first).await,
             None => None,

@@ -118,7 +118,7 @@ pub struct Worker {
     max_attempts: u32,
     /// Where a retired lane's gas may be swept (`X402_SWEEP_ADDRESSES`).
     sweep_addresses: Vec<alloy::primitives::Address>,
-    /// The lanes' next nonces as this instance last wrote them ([`nonces`]).
+    /// The lanes' next nonces as this invocation last wrote them ([`nonces`]).
     nonces: nonces::LaneNonces,
     /// `signed → submitted` writes still running ([`Worker::broadcast`]).
     submits: std::sync::Mutex<tokio::task::JoinSet<()>>,
@@ -184,6 +184,8 @@ impl Worker {
     /// Moves one payment forward as far as this worker can, or replaces its transaction when the
     /// message asks for that (replay), retrying in-process for up to [`RETRY_BUDGET`].
     pub async fn process(&self, message: &SettlementMessage) -> Result<(), WorkError> {
+        // One message is an invocation of its own ([`nonces`]).
+        self.nonces.clear();
         let outcome = self.process_within(message, RETRY_BUDGET).await;
         self.finish_writes().await;
         outcome
@@ -371,7 +373,7 @@ impl Worker {
 
     /// The nonce to sign the record's transaction at: the lanes table's counter, which every
     /// write-ahead steps (I4), so it never runs ahead of a transaction some record holds, as this
-    /// instance last wrote it ([`nonces`]) or else as read; the chain's pending count only for the
+    /// invocation last wrote it ([`nonces`]) or else as read; the chain's pending count only for the
     /// lane's first payment on the network. A table behind the chain shows as the node's "nonce
     /// too low" ([`Worker::behind_the_chain`]).
     async fn next_nonce(

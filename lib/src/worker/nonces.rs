@@ -1,12 +1,14 @@
-//! The lanes' next nonces as this worker instance last wrote them to the lanes table.
+//! The lanes' next nonces as this invocation last wrote them to the lanes table.
 //!
-//! A lane's messages come to one invocation at a time (its FIFO message group), and a warm
-//! instance usually serves its lane's next batch too, so what the instance wrote last is usually
-//! still the table's counter: the next payment signs at it without reading the table. It is only a
-//! guess that the write-ahead's condition checks. When another instance has served the lane since,
-//! the guess is behind, the write-ahead's condition fails, nothing is written, the guess is
-//! forgotten and the payment is signed again at the table's counter: one KMS `Sign` wasted, never
-//! a nonce.
+//! A lane's messages come to one invocation at a time (its FIFO message group), in order, so
+//! within one invocation what the worker wrote last for a lane is the table's counter: the lane's
+//! next payment in the batch signs at it without reading the table. Across invocations it is not:
+//! Lambda hands a lane's next batch to whichever instance is free, and another instance may have
+//! served the lane meanwhile (the load harness saw a lane's batches alternate between two instances
+//! half the time, each stale guess costing a wasted KMS `Sign`, a failed write-ahead and a retry).
+//! So every invocation starts knowing nothing ([`LaneNonces::clear`]): one table read per lane per
+//! batch. What is known is still only a guess the write-ahead's condition checks; a failed
+//! write-ahead forgets it.
 
 use std::{collections::HashMap, sync::Mutex};
 
@@ -27,6 +29,11 @@ impl LaneNonces {
 
     pub(super) fn forget(&self, lane: &str, network: &str) {
         self.map().remove(&key(lane, network));
+    }
+
+    /// Forgets every lane: at the start of an invocation.
+    pub(super) fn clear(&self) {
+        self.map().clear();
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), u64>> {
@@ -56,5 +63,7 @@ mod tests {
         nonces.forget("key-1", "eip155:8453");
         assert_eq!(nonces.get("key-1", "eip155:8453"), None);
         assert_eq!(nonces.get("key-1", "eip155:84532"), Some(3));
+        nonces.clear();
+        assert_eq!(nonces.get("key-1", "eip155:84532"), None);
     }
 }
