@@ -355,8 +355,18 @@ impl Store {
         returns: ReturnValue,
     ) -> Result<Option<Option<HashMap<String, AttributeValue>>>, StoreError> {
         let update = change.update(&self.payments, id)?;
-        let request = self
-            .client
+        let request = self.update_item(&update).return_values(returns).send();
+        Ok(conditional_update(Box::pin(request))
+            .await?
+            .map(|answer| answer.attributes))
+    }
+
+    /// `update` (built as a transaction's item) as an UpdateItem of its own.
+    fn update_item(
+        &self,
+        update: &Update,
+    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+        self.client
             .update_item()
             .table_name(update.table_name())
             .set_key(Some(update.key().clone()))
@@ -364,11 +374,6 @@ impl Store {
             .condition_expression(update.condition_expression().unwrap_or_default())
             .set_expression_attribute_names(update.expression_attribute_names().cloned())
             .set_expression_attribute_values(update.expression_attribute_values().cloned())
-            .return_values(returns)
-            .send();
-        Ok(conditional_update(Box::pin(request))
-            .await?
-            .map(|answer| answer.attributes))
     }
 
     /// The write-ahead of a signed transaction (I3) and the lane's nonce step (I4), as one
@@ -412,17 +417,23 @@ impl Store {
     }
 
     /// The lane's next nonce on `network` from `nonce` to `nonce + 1`: only from the nonce the
-    /// worker read; a lane never used there starts wherever the chain says. An update, not a put:
-    /// the row also keeps the lane's state ([`LaneState`]) and its nonces on other networks.
+    /// worker signed at or below it ([`Store::nonce_raise`] to `nonce + 1`); a lane never used
+    /// there starts wherever the chain says.
     fn lane_step(&self, lane: &str, network: &str, nonce: u64) -> Result<Update, StoreError> {
+        self.nonce_raise(lane, network, nonce + 1)
+    }
+
+    /// The lane's next nonce on `network` set to `next`, only upward (or where it is not set yet).
+    /// An update, not a put: the row also keeps the lane's state ([`LaneState`]) and its nonces on
+    /// other networks.
+    fn nonce_raise(&self, lane: &str, network: &str, next: u64) -> Result<Update, StoreError> {
         Update::builder()
             .table_name(&self.lanes)
             .key("lane", AttributeValue::S(lane.to_owned()))
             .update_expression("SET #nonce = :next, updated_at = :now")
-            .condition_expression("attribute_not_exists(#nonce) OR #nonce <= :n")
+            .condition_expression("attribute_not_exists(#nonce) OR #nonce < :next")
             .expression_attribute_names("#nonce", nonce_attribute(network))
-            .expression_attribute_values(":n", AttributeValue::N(nonce.to_string()))
-            .expression_attribute_values(":next", AttributeValue::N((nonce + 1).to_string()))
+            .expression_attribute_values(":next", AttributeValue::N(next.to_string()))
             .expression_attribute_values(":now", AttributeValue::N(now_ms().to_string()))
             .build()
             .map_err(fail("build Update"))
@@ -437,18 +448,9 @@ impl Store {
         network: &str,
         next: u64,
     ) -> Result<(), StoreError> {
-        let raise = self
-            .client
-            .update_item()
-            .table_name(&self.lanes)
-            .key("lane", AttributeValue::S(lane.to_owned()))
-            .update_expression("SET #nonce = :next, updated_at = :now")
-            .condition_expression("attribute_not_exists(#nonce) OR #nonce < :next")
-            .expression_attribute_names("#nonce", nonce_attribute(network))
-            .expression_attribute_values(":next", AttributeValue::N(next.to_string()))
-            .expression_attribute_values(":now", AttributeValue::N(now_ms().to_string()))
-            .send();
-        conditional_update(Box::pin(raise)).await.map(drop)
+        let raise = self.nonce_raise(lane, network, next)?;
+        let request = self.update_item(&raise).send();
+        conditional_update(Box::pin(request)).await.map(drop)
     }
 
     /// The write-ahead of a replacement (I3): a `signed` or `submitted` record's transaction is

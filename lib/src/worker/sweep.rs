@@ -82,11 +82,16 @@ impl Worker {
                 tracing::info!(%lane, network, "nothing to sweep on this network");
                 continue;
             };
-            let value = tx.value;
+            let (value, nonce) = (tx.value, tx.nonce);
             let signed = signer.sign(tx).await?;
             match chain.send_raw(signed.raw).await? {
                 Ok(()) => {
-                    tracing::info!(%lane, network, %to, %value, tx = %signed.hash, "swept the retired lane's gas")
+                    tracing::info!(%lane, network, %to, %value, tx = %signed.hash, "swept the retired lane's gas");
+                    // The lanes table is the lane's nonce (docs/settlement.md, "Lane nonces"):
+                    // kept in step, so that a lane activated again does not sign at a used one.
+                    self.store
+                        .raise_lane_nonce(lane, network, nonce + 1)
+                        .await?;
                 }
                 Err(refused) => {
                     tracing::warn!(%lane, network, %refused, "the node refused the sweep; ask again")
