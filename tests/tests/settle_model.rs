@@ -1,7 +1,9 @@
 //! A model-based test of the settle path (DESIGN I2, I3, I5, I6): seeded random interleavings of
 //! `/settle` calls (new, duplicate, conflicting: same nonce, other terms; pending while the chain
 //! does not mine; late, after the record finished), worker and replay steps, stopped and resumed
-//! mining, and front-runners executing an authorization themselves. After each case:
+//! mining, and front-runners executing an authorization themselves. Every third worker step hands
+//! the worker all payments as one SQS batch, so a lane's new payments are signed together as a
+//! run. After each case:
 //!
 //! - at most one caller was told `success` per authorization;
 //! - every success names a mined transaction with a `Transfer` from the payer to **that request's**
@@ -124,6 +126,8 @@ impl Path {
         let mut config = config();
         config.settle_queue_url = Some(queue_url.clone());
         config.replay_min_age = Duration::ZERO;
+        // One lane: a case's payments then share it, and a worker batch often holds a run.
+        config.lane_keys.truncate(1);
         let settler = Settler::new(
             Facilitator::new(&config, &aws),
             store().await,
@@ -175,6 +179,52 @@ impl Path {
             let _ = self.worker.process(&message).await;
         }
     }
+
+    /// A worker step for all payments at once, as one SQS batch with each message on its
+    /// record's lane and carrying the record as first seen `queued` (however stale), as
+    /// `/settle`'s does: the lane's run signs them together ([`Worker::handle_batch`]). Returns
+    /// how many lanes were handed more than one payment still `queued` from different payers: a
+    /// run the worker forms.
+    async fn work_as_batch(
+        &self,
+        ids: &[String],
+        first_seen: &mut HashMap<String, facilitator::store::PaymentRecord>,
+    ) -> usize {
+        // As an event source gathering a batch: /settle calls just made have queued theirs.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut queued: HashMap<String, std::collections::HashSet<Address>> = HashMap::new();
+        let mut event = aws_lambda_events::sqs::SqsEvent::default();
+        for (i, id) in ids.iter().enumerate() {
+            let Some(record) = find_payment_record(id).await else {
+                continue;
+            };
+            if record.state == State::Queued {
+                first_seen
+                    .entry(id.clone())
+                    .or_insert_with(|| record.clone());
+                queued
+                    .entry(record.lane.clone())
+                    .or_default()
+                    .insert(record.payer);
+            }
+            let body = SettlementMessage {
+                id: id.clone(),
+                replace: None,
+                created: first_seen.get(id).cloned().map(Box::new),
+                simulated: None,
+            };
+            let mut message = aws_lambda_events::sqs::SqsMessage::default();
+            message.message_id = Some(format!("model-{i}"));
+            message.body = Some(serde_json::to_string(&body).unwrap());
+            message
+                .attributes
+                .insert("MessageGroupId".into(), record.lane.clone());
+            event.records.push(message);
+        }
+        // What failed is simply retried by a later step, as SQS would.
+        let _ = self.worker.handle_batch(event).await;
+        queued.values().filter(|payers| payers.len() > 1).count()
+    }
 }
 
 /// What one `/settle` asked and was answered.
@@ -204,13 +254,14 @@ async fn random_interleavings_keep_one_success_per_payment_and_finish_every_reco
             *outcomes.entry(outcome).or_default() += 1;
         }
     }
-    println!("model: {cases} cases from seed {first}; answers: {outcomes:?}");
+    println!("model: {cases} cases from seed {first}; answers and runs: {outcomes:?}");
 }
 
 async fn run_case(path: &Path, seed: u64) -> Vec<&'static str> {
     let s = stack();
     let mut rng = Rng(seed);
-    let count = 1 + rng.below(2) as usize;
+    // Up to three, so that a lane's run (several new payments in one worker batch) forms often.
+    let count = 1 + rng.below(3) as usize;
     let payments: Vec<PaymentBuilder> = (0..count)
         .map(|_| PaymentBuilder::new(rng.below(4) as usize).sign())
         .collect();
@@ -235,7 +286,7 @@ async fn run_case(path: &Path, seed: u64) -> Vec<&'static str> {
     let mut calls = Vec::new();
     // The worker is handed /settle's copy of the record on every other step (not drawn from the
     // seed, so that each seed keeps the plan it had before the copy existed).
-    let (mut first_seen, mut worker_steps) = (HashMap::new(), 0u32);
+    let (mut first_seen, mut worker_steps, mut runs) = (HashMap::new(), 0u32, 0usize);
     for op in &plan {
         match *op {
             Op::Settle { k, conflicting } => {
@@ -256,8 +307,11 @@ async fn run_case(path: &Path, seed: u64) -> Vec<&'static str> {
             }
             Op::Worker => {
                 worker_steps += 1;
-                path.work(&ids, &mut first_seen, worker_steps % 2 == 1)
-                    .await
+                // Which kind of step turns with the seed too: a case has one or two worker steps.
+                match (seed + u64::from(worker_steps)) % 3 {
+                    0 => runs += path.work_as_batch(&ids, &mut first_seen).await,
+                    step => path.work(&ids, &mut first_seen, step == 1).await,
+                }
             }
             Op::Replay => {
                 path.replayer.run(None).await.unwrap();
@@ -316,6 +370,7 @@ async fn run_case(path: &Path, seed: u64) -> Vec<&'static str> {
     }
 
     check_case(path, seed, &plan, &payments, &asked).await;
+    let runs = std::iter::repeat_n("worker batch forming a lane's run", runs);
     asked
         .iter()
         .map(
@@ -327,6 +382,7 @@ async fn run_case(path: &Path, seed: u64) -> Vec<&'static str> {
                 _ => "other_failure",
             },
         )
+        .chain(runs)
         .collect()
 }
 

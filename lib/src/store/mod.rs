@@ -383,29 +383,45 @@ impl Store {
     /// another sender took that nonce): then nothing was written.
     #[instrument(skip_all, fields(id = %record.id, lane = %record.lane, nonce = signed.nonce), err(level = "warn"))]
     pub async fn sign(&self, record: &PaymentRecord, signed: &Signed) -> Result<bool, StoreError> {
-        let (id, lane, network) = (&record.id, record.lane.as_str(), record.network.as_str());
-        // Only if the record still holds what the transaction was built from: the worker may have
-        // built it from the copy the queue message carries rather than from a read of the record.
-        let change = Change {
-            unchanged: vec![
-                ("lane", AttributeValue::S(record.lane.clone())),
-                ("asset", hex_value(&record.asset)),
-                ("calldata", hex_value(&record.calldata)),
-            ],
-            ..Change::new(State::Queued, State::Signed)
+        self.sign_run(&[(record, signed)]).await
+    }
+
+    /// The write-ahead of a lane's run ([`Store::sign`] for several payments at once): each record
+    /// `queued → signed` with its transaction, and the lane's next nonce stepped past all of them,
+    /// in one transaction. The run's nonces must follow each other from the first; every record
+    /// must be on the first one's lane and network. All or nothing: false when any condition failed.
+    #[instrument(skip_all, fields(payments = run.len()), err(level = "warn"))]
+    pub async fn sign_run(&self, run: &[(&PaymentRecord, &Signed)]) -> Result<bool, StoreError> {
+        let Some(((first, first_signed), rest)) = run.split_first() else {
+            return Ok(true);
         };
-        let record = change
-            .set("sender", hex_value(&signed.sender))
-            .set("lane_nonce", AttributeValue::N(signed.nonce.to_string()))
-            .set("raw_tx", hex_value(&signed.raw))
-            .set("tx_hash", hex_value(&signed.hash))
-            .update(&self.payments, id)?;
-        let lane_step = self.lane_step(lane, network, signed.nonce)?;
-        let request = self
-            .client
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().update(record).build())
-            .transact_items(TransactWriteItem::builder().update(lane_step).build())
+        let (lane, network) = (first.lane.as_str(), first.network.as_str());
+        let mut request = self.client.transact_write_items();
+        for (i, (record, signed)) in run.iter().enumerate() {
+            let next = first_signed.nonce + i as u64;
+            if record.lane != lane || record.network != network || signed.nonce != next {
+                return Err(StoreError::new(
+                    "TransactWriteItems",
+                    format!(
+                        "a run's payments must share a lane and network and take consecutive nonces; {} is on {} {} at {}",
+                        record.id, record.lane, record.network, signed.nonce
+                    ),
+                ));
+            }
+            request = request.transact_items(
+                TransactWriteItem::builder()
+                    .update(Self::write_ahead(record, signed).update(&self.payments, &record.id)?)
+                    .build(),
+            );
+        }
+        let step = self.nonce_step(
+            lane,
+            network,
+            first_signed.nonce,
+            first_signed.nonce + 1 + rest.len() as u64,
+        )?;
+        let request = request
+            .transact_items(TransactWriteItem::builder().update(step).build())
             .send();
         match Box::pin(request).await {
             Ok(_) => Ok(true),
@@ -416,11 +432,46 @@ impl Store {
         }
     }
 
-    /// The lane's next nonce on `network` from `nonce` to `nonce + 1`: only from the nonce the
-    /// worker signed at or below it ([`Store::nonce_raise`] to `nonce + 1`); a lane never used
-    /// there starts wherever the chain says.
-    fn lane_step(&self, lane: &str, network: &str, nonce: u64) -> Result<Update, StoreError> {
-        self.nonce_raise(lane, network, nonce + 1)
+    /// One record's part of a write-ahead: `queued → signed`, only if the record still holds what
+    /// the transaction was built from (the worker may have built it from the copy the queue
+    /// message carries rather than from a read of the record).
+    fn write_ahead<'a>(record: &PaymentRecord, signed: &Signed) -> Change<'a> {
+        let change = Change {
+            unchanged: vec![
+                ("lane", AttributeValue::S(record.lane.clone())),
+                ("asset", hex_value(&record.asset)),
+                ("calldata", hex_value(&record.calldata)),
+            ],
+            ..Change::new(State::Queued, State::Signed)
+        };
+        change
+            .set("sender", hex_value(&signed.sender))
+            .set("lane_nonce", AttributeValue::N(signed.nonce.to_string()))
+            .set("raw_tx", hex_value(&signed.raw))
+            .set("tx_hash", hex_value(&signed.hash))
+    }
+
+    /// The lane's next nonce on `network` from `from` to `to`: only if no transaction holds `from`
+    /// or a later nonce yet (the counter is at or below `from`); a lane never used there starts
+    /// wherever the chain says.
+    fn nonce_step(
+        &self,
+        lane: &str,
+        network: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<Update, StoreError> {
+        Update::builder()
+            .table_name(&self.lanes)
+            .key("lane", AttributeValue::S(lane.to_owned()))
+            .update_expression("SET #nonce = :next, updated_at = :now")
+            .condition_expression("attribute_not_exists(#nonce) OR #nonce <= :from")
+            .expression_attribute_names("#nonce", nonce_attribute(network))
+            .expression_attribute_values(":from", AttributeValue::N(from.to_string()))
+            .expression_attribute_values(":next", AttributeValue::N(to.to_string()))
+            .expression_attribute_values(":now", AttributeValue::N(now_ms().to_string()))
+            .build()
+            .map_err(fail("build Update"))
     }
 
     /// The lane's next nonce on `network` set to `next`, only upward (or where it is not set yet).

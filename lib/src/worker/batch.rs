@@ -8,13 +8,17 @@
 //! reason. Messages the invocation has no time left for are handed back at once
 //! (docs/settlement.md, "When the worker fails").
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use futures_util::future::join_all;
 
 use super::{
     decide::{self, AfterFailure},
+    run::Ran,
     WorkError, Worker,
 };
 use crate::{
@@ -113,16 +117,28 @@ impl Worker {
     ) -> Vec<String> {
         let mut failures = Vec::new();
         let mut visible_again = Vec::new();
-        for message in messages {
+        let mut ran = self.run_first(&lane, &messages, deadline).await;
+        for (index, message) in messages.into_iter().enumerate() {
             let id = message.message_id.clone().unwrap_or_default();
             let left = deadline.saturating_duration_since(Instant::now());
-            let handled = if !failures.is_empty() {
+            let ran = ran.remove(&index);
+            let handled = if let Some(Ran::Finished(outcome)) = ran {
+                match outcome {
+                    Ok(()) => Handled::Done,
+                    Err(e) => {
+                        tracing::warn!(error = %e, message_id = %id, %lane, "settlement will be retried");
+                        Handled::Back(None)
+                    }
+                }
+            } else if !failures.is_empty() {
                 Handled::Back(Some(Duration::ZERO))
             } else if !decide::may_start(left) {
                 tracing::warn!(message_id = %id, %lane, ?left, "too little time left to start a settlement; handed back");
                 Handled::Back(Some(Duration::ZERO))
             } else {
-                self.handle_message(&message, &lane, left, source).await
+                let from_record = matches!(ran, Some(Ran::FromRecord));
+                self.handle_message(&message, &lane, left, source, from_record)
+                    .await
             };
             if let Handled::Back(delay) = handled {
                 failures.push(id);
@@ -140,12 +156,44 @@ impl Worker {
         failures
     }
 
+    /// The lane's new payments signed together as a run ([`Worker::run`]), when the batch brings
+    /// the lane more than one and there is time to start; what became of each, by its index.
+    async fn run_first(
+        &self,
+        lane: &str,
+        messages: &[SqsMessage],
+        deadline: Instant,
+    ) -> HashMap<usize, Ran> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if messages.len() < 2 || !decide::may_start(left) {
+            return HashMap::new();
+        }
+        let fresh: Vec<(usize, SettlementMessage)> = messages
+            .iter()
+            .enumerate()
+            .filter(|(_, message)| attempt_of(message) == 1)
+            .filter_map(|(index, message)| {
+                let body = message.body.as_deref().unwrap_or("");
+                serde_json::from_str(body)
+                    .ok()
+                    .map(|settlement| (index, settlement))
+            })
+            .collect();
+        if fresh.len() < 2 {
+            return HashMap::new();
+        }
+        self.run(lane, fresh).await.into_iter().collect()
+    }
+
+    /// One message, with in-process retries; `from_record`: a run wrote its payment ahead, so the
+    /// copy of the record the message carries is out of date.
     async fn handle_message(
         &self,
         message: &SqsMessage,
         lane: &str,
         left: Duration,
         source: Option<&Queue>,
+        from_record: bool,
     ) -> Handled {
         let id = message.message_id.as_deref().unwrap_or_default();
         let settlement = match serde_json::from_str::<SettlementMessage>(
@@ -160,9 +208,9 @@ impl Worker {
         };
         let attempt = attempt_of(message);
         let settlement = match attempt {
-            1 => settlement,
-            // A redelivery: the earlier delivery may have moved the record on, so the copy the
-            // message carries is not used.
+            1 if !from_record => settlement,
+            // A redelivery, or a payment a run wrote ahead: the earlier delivery may have moved
+            // the record on, so the copy the message carries is not used.
             _ => SettlementMessage {
                 created: None,
                 ..settlement

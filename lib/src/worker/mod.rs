@@ -9,6 +9,7 @@
 mod batch;
 mod decide;
 mod nonces;
+mod run;
 mod sweep;
 
 use std::{

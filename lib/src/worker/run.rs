@@ -1,0 +1,234 @@
+//! A lane's run: the new payments one batch brings for a lane, signed at consecutive nonces,
+//! written ahead in one DynamoDB transaction and sent together (docs/settlement.md, "A lane's
+//! run").
+//!
+//! One at a time, a lane's payments wait on each other's simulation, `Sign`, write-ahead and send:
+//! four round trips each, so a backlog of ten waits forty. A run makes that four for all ten:
+//! the simulations, the `Sign`s and the sends go side by side, and one `TransactWriteItems` moves
+//! every record to `signed` together with the lane's nonce step (I3, I4 as for one payment: the
+//! step's condition says no transaction holds any of the run's nonces yet, and the write is all
+//! or nothing). Everything the run does not finish (a payment that would not simulate, a lost
+//! write-ahead, a failed send) goes on message by message, from the record as it then is; so a
+//! run never has to decide a hard case itself.
+
+use futures_util::future::join_all;
+
+use super::{decide, next_step, nonce_too_low, GasLimit, Next, Step, WorkError, Worker};
+use crate::{
+    clock::unix_now,
+    lifecycle::Sent,
+    queue::{SettlementMessage, Simulated},
+    store::{PaymentId, PaymentRecord, Signed, State},
+};
+
+/// A message taken into a run: its index in the batch, the record as `/settle` created it, and
+/// `/settle`'s simulation.
+type Picked = (usize, PaymentRecord, Option<Simulated>);
+
+/// What a run did with one of the messages it was given.
+#[derive(Debug)]
+pub(super) enum Ran {
+    /// Finished with, as a message-by-message try would have been: written ahead and sent (or
+    /// handed to the chain's own answer), or stopped by fault injection.
+    Finished(Result<(), WorkError>),
+    /// Not taken into the run, or the run lost its write-ahead: the message goes on by itself,
+    /// from the copy it carries (nothing was written for it).
+    Alone,
+    /// Written ahead but not known to be sent (or sent too late: "nonce too low"): the message
+    /// goes on by itself from the record as it is now, not from its copy.
+    FromRecord,
+}
+
+impl Worker {
+    /// Signs, writes ahead and sends `fresh` (a lane's first deliveries, in queue order, by their
+    /// index in the batch) as one run where at least two of them can go together; says for each
+    /// what became of it. The rest, and every one when no run forms, is [`Ran::Alone`].
+    pub(super) async fn run(
+        &self,
+        lane: &str,
+        fresh: Vec<(usize, SettlementMessage)>,
+    ) -> Vec<(usize, Ran)> {
+        let (picked, alone) = self.pick(lane, fresh);
+        let mut outcome: Vec<(usize, Ran)> = alone.into_iter().map(|i| (i, Ran::Alone)).collect();
+        if picked.len() < 2 {
+            outcome.extend(picked.into_iter().map(|(i, ..)| (i, Ran::Alone)));
+            return outcome;
+        }
+        outcome.extend(self.sign_and_send_run(lane, picked).await);
+        outcome
+    }
+
+    /// The messages that can join a run: new payments, as `/settle` created them, that are due to
+    /// be signed, on the first one's network, and signed by a key (a contract wallet's payment
+    /// keeps its per-payer checks before signing, alone). One payment per payer and token: a
+    /// run's simulations all see the chain before any of its transfers, which for different payers
+    /// is the chain each transfer meets; two payments of one payer could both pass and one revert.
+    fn pick(
+        &self,
+        lane: &str,
+        fresh: Vec<(usize, SettlementMessage)>,
+    ) -> (Vec<Picked>, Vec<usize>) {
+        let now = unix_now();
+        let mut picked: Vec<Picked> = Vec::new();
+        let mut alone = Vec::new();
+        for (i, message) in fresh {
+            let record = match (
+                &message.created,
+                &message.replace,
+                PaymentId::parse(&message.id),
+            ) {
+                (Some(created), None, Some(id)) if created.id == id => created,
+                _ => {
+                    alone.push(i);
+                    continue;
+                }
+            };
+            let network_known = self.facilitator.network(&record.network).is_some();
+            let joins = record.state == State::Queued
+                && record.lane == lane
+                && next_step(record, None, now, network_known) == Next::Sign
+                && !record.signed_by_contract()
+                && picked
+                    .first()
+                    .is_none_or(|(_, first, _)| first.network == record.network)
+                && !picked
+                    .iter()
+                    .any(|(_, r, _)| r.asset == record.asset && r.payer == record.payer);
+            match joins {
+                true => picked.push((i, (**record).clone(), message.simulated)),
+                false => alone.push(i),
+            }
+        }
+        (picked, alone)
+    }
+
+    async fn sign_and_send_run(&self, lane: &str, picked: Vec<Picked>) -> Vec<(usize, Ran)> {
+        let all = |ran: fn() -> Ran| picked.iter().map(|(i, ..)| (*i, ran())).collect::<Vec<_>>();
+        let Some((_, first, _)) = picked.first() else {
+            return Vec::new();
+        };
+        let (Ok(scheme), Ok(signer)) = (self.scheme(first), self.signer(lane).await) else {
+            return all(|| Ran::Alone);
+        };
+        let (chain, network) = (scheme.chain(), first.network.clone());
+        let from = signer.address();
+        let (simulations, nonce) = tokio::join!(
+            join_all(
+                picked
+                    .iter()
+                    .map(|(_, r, s)| self.simulate(chain, r, from, *s))
+            ),
+            self.next_nonce(chain, first, from)
+        );
+        let Ok(nonce) = nonce else {
+            return all(|| Ran::Alone);
+        };
+        // A payment whose simulation says anything but "sign with this gas" is decided alone, by
+        // the same code as always (which simulates it again).
+        let mut outcome = Vec::new();
+        let mut run = Vec::new();
+        for ((i, record, _), simulation) in picked.into_iter().zip(simulations) {
+            let cap = decide::gas_cap(&record.calldata, chain.gas_caps());
+            match simulation.map(|(fees, estimate)| (fees, decide::gas_limit(estimate, cap))) {
+                Ok((fees, GasLimit::Limit(gas))) => run.push((i, record, gas, fees)),
+                _ => outcome.push((i, Ran::Alone)),
+            }
+        }
+        let chain_id = scheme.network().chain_id();
+        let signing = run
+            .iter()
+            .zip(nonce..)
+            .map(|((_, record, gas, fees), nonce)| {
+                signer.sign(decide::transfer_tx(record, chain_id, nonce, *gas, *fees))
+            });
+        let signed: Result<Vec<_>, _> = join_all(signing).await.into_iter().collect();
+        let indexes = run.iter().map(|(i, ..)| *i).collect::<Vec<_>>();
+        let every = |ran: &dyn Fn() -> Ran| indexes.iter().map(|i| (*i, ran())).collect::<Vec<_>>();
+        let Ok(signed) = signed else {
+            outcome.extend(every(&|| Ran::Alone));
+            return outcome;
+        };
+        if self.crash_point(Step::Signed).is_err() {
+            outcome.extend(every(&|| {
+                Ran::Finished(Err(WorkError::Stopped(Step::Signed)))
+            }));
+            return outcome;
+        }
+        let signed: Vec<Signed> = signed
+            .into_iter()
+            .zip(nonce..)
+            .map(|(tx, nonce)| Signed {
+                sender: from,
+                nonce,
+                raw: tx.raw,
+                hash: tx.hash,
+            })
+            .collect();
+        // As for one payment: forgotten until the write is known to have stepped the counter.
+        self.nonces.forget(lane, &network);
+        let pairs: Vec<(&PaymentRecord, &Signed)> = run
+            .iter()
+            .map(|(_, record, ..)| record)
+            .zip(&signed)
+            .collect();
+        match self.store.sign_run(&pairs).await {
+            Ok(true) => {}
+            written => {
+                // Lost (a record moved on, or another sender took a nonce) or unknown: each goes
+                // on alone; its write-ahead's condition sorts out what this one may have written.
+                tracing::warn!(lane, payments = run.len(), nonce, outcome = ?written, "a lane's run was not written ahead; its payments go on one by one");
+                outcome.extend(every(&|| Ran::Alone));
+                return outcome;
+            }
+        }
+        let next = nonce + run.len() as u64;
+        self.nonces.set(lane, &network, next);
+        tracing::info!(
+            lane,
+            payments = run.len(),
+            first_nonce = nonce,
+            "a lane's run signed and written ahead"
+        );
+        if self.crash_point(Step::WrittenAhead).is_err() {
+            outcome.extend(every(&|| {
+                Ran::Finished(Err(WorkError::Stopped(Step::WrittenAhead)))
+            }));
+            return outcome;
+        }
+        let written: Vec<PaymentRecord> = run
+            .into_iter()
+            .zip(signed)
+            .map(|((_, record, ..), signed)| PaymentRecord {
+                raw_tx: Some(signed.raw),
+                tx_hash: Some(signed.hash),
+                lane_nonce: Some(signed.nonce),
+                sender: Some(signed.sender),
+                state: State::Signed,
+                ..record
+            })
+            .collect();
+        // All at once: a node keeps a later nonce until the earlier ones arrive.
+        let sent = join_all(written.iter().map(|w| self.send_written(w))).await;
+        outcome.extend(indexes.into_iter().zip(sent));
+        outcome
+    }
+
+    /// Sends one written-ahead payment of a run, as [`Worker::write_ahead_and_send`] does for one
+    /// alone; what it cannot finish goes on from the record.
+    async fn send_written(&self, written: &PaymentRecord) -> Ran {
+        let sent = match self.broadcast(written).await {
+            Ok(Sent::Refused(refusal)) if nonce_too_low(&refusal) => {
+                self.behind_the_chain(written, &refusal).await
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        };
+        match sent {
+            Err(e) if e.retry_in_process() => {
+                tracing::warn!(id = %written.id, error = %e, "a run's payment was not sent; it goes on from its record");
+                Ran::FromRecord
+            }
+            finished => Ran::Finished(finished),
+        }
+    }
+}
