@@ -80,8 +80,15 @@ export X402_RPC_TIMEOUT_MS=2000
 # anvil mines at once: follow records and receipts briskly, and give up sooner than in production.
 export X402_SETTLE_POLL_MS=250 X402_SETTLE_DEADLINE_MS=15000
 
-step "test contracts"
+step "test contracts (the Permit2 ones paid and settled by the official x402 EVM SDK's own code)"
 node infra/stack/check-contracts.mjs
+# Before anything tests the facilitator against them: a failure here is the chain's, not the facilitator's.
+CONTRACTS_TAP="$(mktemp)"
+node --test --test-reporter=spec --test-reporter-destination=stdout \
+  --test-reporter=tap --test-reporter-destination="$CONTRACTS_TAP" tests/interop/permit2-contracts.test.mjs
+printf 'test result: permit2 contracts: %s passed; %s failed\n' \
+  "$(sed -n 's/^# pass //p' "$CONTRACTS_TAP")" "$(sed -n 's/^# fail //p' "$CONTRACTS_TAP")" >>"$RESULTS"
+rm -f "$CONTRACTS_TAP"
 
 step "moto's patches (self-test: KMS digest signing and key state, DynamoDB transactions and concurrency)"
 .local/venv/bin/python infra/stack/moto/selftest.py

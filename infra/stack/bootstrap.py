@@ -5,9 +5,9 @@ leaves what exists in place.
 
 In order:
 1. compiles infra/stack/contracts with solc-js (compile.mjs, a cached build step) into .local/contracts;
-2. on anvil, through plain JSON-RPC: Multicall3 and the two test tokens placed with anvil_setCode
-   (no deployment transactions, so the addresses are the real ones), the tokens initialised and the
-   payers funded from anvil's unlocked accounts;
+2. on anvil, through plain JSON-RPC: Multicall3, Permit2, the two x402 Permit2 proxies and the three
+   test tokens placed with anvil_setCode (no deployment transactions, so the addresses are the real
+   ones), the tokens initialised and the payers funded from anvil's unlocked accounts;
 3. in moto's KMS, one key per signer lane (ECC_SECG_P256K1, SIGN_VERIFY) under alias/x402-lane-<i>,
    checked to sign digests as real KMS does: each lane signs a fixed digest with `MessageType=DIGEST`
    and the signature must recover, through the chain's own ecrecover, to the lane's address.
@@ -49,6 +49,13 @@ CHAIN_ID = 84532  # Base Sepolia's, so the official SDKs treat anvil as that net
 USDC = "0x036CbD53842c5426634e7929541eC2318f3dCF7e"  # Base Sepolia USDC
 OTHER_TOKEN = "0x3009300930093009300930093009300930093009"
 MULTICALL3 = "0xcA11bde05977b3631167028862bE2a173976CA11"
+# Permit2 and the x402 proxies at their canonical addresses (the same on every chain), as @x402/evm
+# 2.27 names them (PERMIT2_ADDRESS, x402ExactPermit2ProxyAddress, x402UptoPermit2ProxyAddress).
+PERMIT2 = "0x000000000022D473030F116dDEE9F6B43aC78BA3"
+EXACT_PERMIT2_PROXY = "0x402085c248EeA27D92E8b30b2C58ed07f9E20001"
+UPTO_PERMIT2_PROXY = "0x4020A4f3b7b90ccA423B9fabCc0CE57C6C240002"
+# An ERC-20 with EIP-2612 and no EIP-3009, which x402 pays only through Permit2; a made-up address.
+PERMIT_TOKEN = "0x2612261226122612261226122612261226122612"
 ECRECOVER = "0x" + "00" * 19 + "01"
 ANVIL_MNEMONIC = "test test test test test test test test test test test junk"
 PAYER_INDICES = [1, 2, 3, 4]
@@ -199,8 +206,9 @@ def runtime_code(name):
     return json.loads((CONTRACTS_DIR / f"{name}.json").read_text())["deployedBytecode"]
 
 
-def place_token(anvil, address, name, version, decimals, mint_per_payer, owner, payers):
-    anvil.rpc("anvil_setCode", address, runtime_code("EIP3009Token"))
+def place_token(anvil, contract, address, name, version, decimals, mint_per_payer, owner, payers):
+    """`contract` is EIP3009Token or EIP2612Token: both take their identity from the same `initialize`."""
+    anvil.rpc("anvil_setCode", address, runtime_code(contract))
     if not int.from_bytes(anvil.call(address, "initialized()"), "big"):
         head = word(4 * 32) + word(4 * 32 + len(abi_string(name))) + word(decimals) + word(owner)
         initialize = "initialize(string,string,uint8,address)"
@@ -386,9 +394,17 @@ def main():
     payers = [accounts_[i] for i in PAYER_INDICES]
 
     anvil.rpc("anvil_setCode", MULTICALL3, runtime_code("Multicall3"))
+    # Stateless apart from Permit2's nonce bitmap and the proxies' re-entrancy flag: nothing to initialise.
+    anvil.rpc("anvil_setCode", PERMIT2, runtime_code("Permit2"))
+    anvil.rpc("anvil_setCode", EXACT_PERMIT2_PROXY, runtime_code("X402ExactPermit2Proxy"))
+    anvil.rpc("anvil_setCode", UPTO_PERMIT2_PROXY, runtime_code("X402UptoPermit2Proxy"))
     payer_addresses = [p["address"] for p in payers]
-    place_token(anvil, USDC, "USDC", "2", 6, 1_000_000 * 10**6, deployer["address"], payer_addresses)
-    place_token(anvil, OTHER_TOKEN, "Other Token", "1", 6, 1_000 * 10**6, deployer["address"], payer_addresses)
+    owner = deployer["address"]
+    place_token(anvil, "EIP3009Token", USDC, "USDC", "2", 6, 1_000_000 * 10**6, owner, payer_addresses)
+    place_token(anvil, "EIP3009Token", OTHER_TOKEN, "Other Token", "1", 6, 1_000 * 10**6, owner, payer_addresses)
+    # No payer has approved Permit2 for it: each test gives the allowance it needs, or none.
+    permit_token = ("Permit Token", "1", 18)
+    place_token(anvil, "EIP2612Token", PERMIT_TOKEN, *permit_token, 1_000_000 * 10**18, owner, payer_addresses)
 
     lanes_ = lanes(boto3.client("kms"), anvil, lane_count)
     create_tables(boto3.client("dynamodb"), STACK / "tables.json")
@@ -409,6 +425,13 @@ def main():
         "X402_TOKEN_DECIMALS": str(int.from_bytes(anvil.call(USDC, "decimals()"), "big")),
         "X402_OTHER_TOKEN": OTHER_TOKEN,
         "X402_MULTICALL3": MULTICALL3,
+        "X402_PERMIT2": PERMIT2,
+        "X402_EXACT_PERMIT2_PROXY": EXACT_PERMIT2_PROXY,
+        "X402_UPTO_PERMIT2_PROXY": UPTO_PERMIT2_PROXY,
+        "X402_PERMIT_TOKEN": PERMIT_TOKEN,
+        "X402_PERMIT_TOKEN_NAME": decode_string(anvil.call(PERMIT_TOKEN, "name()")),
+        "X402_PERMIT_TOKEN_VERSION": decode_string(anvil.call(PERMIT_TOKEN, "version()")),
+        "X402_PERMIT_TOKEN_DECIMALS": str(int.from_bytes(anvil.call(PERMIT_TOKEN, "decimals()"), "big")),
         "X402_LANE_KEYS": ",".join(lane["keyId"] for lane in lanes_),
         "X402_LANE_ALIASES": ",".join(lane["alias"] for lane in lanes_),
         "X402_LANE_ADDRESSES": ",".join(lane["address"] for lane in lanes_),
