@@ -8,7 +8,7 @@ make the chain misbehave on purpose (fault tests, DESIGN §7).
     GET  /__counts     {"http_requests": N, "rpc_requests": M, "methods": {"eth_call": k, ...}}
     POST /__reset      zero the counts
     GET  /__fault      the current fault
-    POST /__fault      {"mode": "none"|"error"|"hang"|"drop"|"node_error"|"lag"|"unauthorized",
+    POST /__fault      {"mode": "none"|"error"|"hang"|"drop"|"node_error"|"lag"|"unauthorized"|"poor",
                         "methods": ["eth_call", ...], "count": N}
     GET  /__latency    the added latency
     POST /__latency    {"ms": N}: hold every forwarded request N ms first, as a remote RPC
@@ -24,7 +24,11 @@ per entry, as a rate-limited or unsynced node does ({"code": -32005, "message":
 "rate limit exceeded"}); "lag" answers `null` for the faulted methods, as a node
 that has not seen a transaction yet does (meant for eth_getTransactionReceipt and
 eth_getTransactionByHash), and forwards the rest; "unauthorized" answers HTTP 401, as a
-provider does for an API key it no longer accepts (a rotated key). `methods` limits the fault to
+provider does for an API key it no longer accepts (a rotated key); "poor" answers an
+eth_estimateGas that offers a fee (maxFeePerGas or gasPrice above zero) as geth does when the
+sender cannot pay for the gas at that fee ({"code": -32000, "message": "gas required exceeds
+allowance (0)"}) and forwards everything else, so every sender looks out of gas (anvil does not cap
+an estimate by the sender's balance, so a lane without gas cannot be had for real). `methods` limits the fault to
 requests that contain one of those methods; absent or empty means every request.
 `count` (optional) lifts the fault by itself after that many faulted requests.
 
@@ -42,8 +46,10 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 HANG_LIMIT_S = 600
-FAULT_MODES = ("none", "error", "hang", "drop", "node_error", "lag", "unauthorized")
+FAULT_MODES = ("none", "error", "hang", "drop", "node_error", "lag", "unauthorized", "poor")
 NODE_ERROR = {"code": -32005, "message": "rate limit exceeded"}
+# geth's answer to an estimate whose sender cannot pay for any gas at the fee it offers.
+NO_GAS_MONEY = {"code": -32000, "message": "gas required exceeds allowance (0)"}
 # RPC_COUNTER_TRACE=<file>: also append one JSON line per forwarded request (wall-clock start and
 # end, its methods), for a timeline of where a settlement's time goes.
 TRACE = open(os.environ["RPC_COUNTER_TRACE"], "a", buffering=1) if os.environ.get("RPC_COUNTER_TRACE") else None
@@ -120,6 +126,19 @@ def rpc_methods(body):
         return ["(invalid)"]
     entries = request if isinstance(request, list) else [request]
     return [e.get("method", "(invalid)") if isinstance(e, dict) else "(invalid)" for e in entries]
+
+
+def priced_estimate(body):
+    """The id of a single eth_estimateGas request offering a fee above zero, else None."""
+    try:
+        request = json.loads(body)
+        if not isinstance(request, dict) or request.get("method") != "eth_estimateGas":
+            return None
+        call = (request.get("params") or [{}])[0]
+        fee = call.get("maxFeePerGas") or call.get("gasPrice") or "0x0"
+        return request.get("id") if int(fee, 16) > 0 else None
+    except (ValueError, AttributeError, TypeError, IndexError):
+        return None
 
 
 def parse_latency(body):
@@ -208,6 +227,11 @@ class Handler(BaseHTTPRequestHandler):
         if mode == "node_error":
             self.reply(200, self.per_entry(body, lambda e: {"jsonrpc": "2.0", "id": e.get("id"), "error": NODE_ERROR}))
             return
+        if mode == "poor":
+            priced = priced_estimate(body)
+            if priced is not None:
+                self.reply(200, {"jsonrpc": "2.0", "id": priced, "error": NO_GAS_MONEY})
+                return
         if mode == "lag":
             self.forward_lagging(body)
             return

@@ -320,6 +320,43 @@ async fn a_node_error_sent_with_http_200_is_retried_not_failed() {
     assert_eq!((record.state, record.reason), (State::Settled, None));
 }
 
+/// A lane that cannot pay for gas at the fee it would offer: geth answers its `eth_estimateGas`
+/// "gas required exceeds allowance", as it would a transfer that never ends. The payer is not told
+/// its payment is bad: `/settle` says it could not settle now, naming the lane, and writes and
+/// sends nothing; once the lane can pay, the same payment settles.
+#[tokio::test]
+async fn a_lane_short_of_gas_money_is_not_blamed_on_the_payer() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let _lifted = RpcFault::set("none", &[]).await;
+    let payment = PaymentBuilder::new(1).sign();
+    let (before, block) = (balances(&payment).await, block_number().await);
+
+    set_rpc_fault_for("poor", &["eth_estimateGas"], None).await;
+    let refused = settle(&payment.body()).await;
+    set_rpc_fault_for("none", &[], None).await;
+    println!("lane out of gas money: {}", refused.json);
+    assert_eq!(
+        (
+            refused.json["success"].clone(),
+            refused.json["errorReason"].clone()
+        ),
+        (json!(false), json!("unexpected_settle_error")),
+        "our fault, not the payment's: {:?}",
+        refused.json
+    );
+    assert_eq!(
+        store().await.get(&payment.payment_id()).await.unwrap(),
+        None,
+        "no record"
+    );
+    assert_eq!(block_number().await, block, "nothing sent");
+    assert_eq!(balances(&payment).await, before);
+
+    let settled = settle(&payment.body()).await;
+    assert_eq!(settled.json["success"], true, "{:?}", settled.json);
+    moved_once(before, balances(&payment).await, U256::from(PRICE));
+}
+
 /// A v1 request settles on the network it names (`base-sepolia`, echoed back), and is the same
 /// payment as the v2 request for the same authorization: that one is not a second success.
 #[tokio::test]

@@ -173,7 +173,7 @@ impl Chain {
     /// `eth_estimateGas` from `from`, offering `(max_fee_per_gas, max_priority_fee_per_gas)`: the
     /// gas a call needs, or the node's reason it would revert. With the fees given, the call runs at
     /// the gas price the transaction will pay (code can read it), and the node checks that `from`
-    /// can pay for the gas.
+    /// can pay for the gas: a `from` that cannot is a [`ChainError`] naming it, not a revert.
     #[instrument(skip_all, fields(from = %from, to = %to), err(level = "warn"))]
     pub async fn estimate_gas(
         &self,
@@ -182,12 +182,35 @@ impl Chain {
         data: Bytes,
         (max_fee, tip): (u128, u128),
     ) -> Result<Result<u64, String>, ChainError> {
-        let request = TransactionRequest::default()
+        let unpriced = TransactionRequest::default()
             .from(from)
             .to(to)
-            .input(data.into())
+            .input(data.into());
+        let priced = unpriced
+            .clone()
             .max_fee_per_gas(max_fee)
             .max_priority_fee_per_gas(tip);
+        match self.estimate(priced).await? {
+            Err(why) if max_fee > 0 && beyond_allowance(&why) => {
+                // geth and reth cap an estimate's gas at what the sender can pay at the fee it
+                // offers, and say "gas required exceeds allowance" as they would for a transfer
+                // that never ends. Asked without a fee the cap is the node's own: a transfer that
+                // passes then is fine, and what failed is the lane's gas money, not the payment.
+                match self.estimate(unpriced).await? {
+                    Ok(_) => Err(ChainError::Node(format!(
+                        "the lane {from:#x} cannot pay for the gas at the fee it would offer ({why}); the payment itself simulates: fund the lane"
+                    ))),
+                    Err(_) => Ok(Err(why)),
+                }
+            }
+            answer => Ok(answer),
+        }
+    }
+
+    async fn estimate(
+        &self,
+        request: TransactionRequest,
+    ) -> Result<Result<u64, String>, ChainError> {
         self.bounded_keeping(&[NodeAnswer::Revert], |p| {
             let request = request.clone();
             Box::pin(async move { p.estimate_gas(request).await })
@@ -328,6 +351,13 @@ impl Chain {
     }
 }
 
+/// Whether an estimate's revert is the node's gas cap: what a sender short of gas money and a call
+/// that never ends both get.
+fn beyond_allowance(why: &str) -> bool {
+    let why = why.to_ascii_lowercase();
+    why.contains("gas required exceeds allowance") || why.contains("out of gas")
+}
+
 /// The market's fees held under `cap`: what a first signature offers.
 pub fn capped((max_fee, tip): (u128, u128), cap: u128) -> (u128, u128) {
     let max_fee = max_fee.min(cap);
@@ -336,6 +366,26 @@ pub fn capped((max_fee, tip): (u128, u128), cap: u128) -> (u128, u128) {
 
 #[cfg(test)]
 mod tests {
+    /// The answers geth, reth and nethermind give when an estimate reaches the gas cap, and some
+    /// reverts that are the payment's own.
+    #[test]
+    fn only_the_nodes_gas_cap_is_asked_about_again_without_a_fee() {
+        for capped in [
+            "gas required exceeds allowance (0)",
+            "Gas required exceeds allowance (21000)",
+            "out of gas",
+        ] {
+            assert!(super::beyond_allowance(capped), "{capped}");
+        }
+        for revert in [
+            "execution reverted: FiatTokenV2: invalid signature",
+            "execution reverted",
+            "insufficient funds for gas * price + value",
+        ] {
+            assert!(!super::beyond_allowance(revert), "{revert}");
+        }
+    }
+
     #[test]
     fn a_chain_never_prints_its_rpc_url() {
         let chain = super::Chain::new(
