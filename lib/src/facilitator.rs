@@ -201,13 +201,21 @@ impl Facilitator {
                 kinds.push(kind(X402Version::V1, name));
             }
         }
-        let signers = self
-            .lanes
-            .addresses()
-            .await?
-            .iter()
-            .map(|a| a.to_checksum(None))
-            .collect();
+        // The lanes whose address is known; a key KMS cannot read is left out (and logged), unless
+        // no lane's address can be had at all.
+        let (mut signers, mut unreadable) = (Vec::new(), None);
+        for address in self.lanes.addresses().await {
+            match address {
+                Ok(address) => signers.push(address.to_checksum(None)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "a lane's address is unknown; /supported leaves it out");
+                    unreadable.get_or_insert(e);
+                }
+            }
+        }
+        if let (true, Some(e)) = (signers.is_empty(), unreadable) {
+            return Err(e);
+        }
         Ok(SupportedResponse {
             kinds,
             // Settle honours payment identifiers (docs/protocol-choices.md).

@@ -231,3 +231,29 @@ async fn replay_activates_a_funded_lane_and_never_a_drained_one() {
         "drained: left alone"
     );
 }
+
+/// A lane key KMS cannot read (deleted, disabled, a policy mistake) costs its own lane only:
+/// `/supported` lists every other lane's address, and `/settle` still knows each other lane's.
+#[tokio::test]
+async fn a_lane_key_kms_cannot_read_costs_only_its_own_lane() {
+    let mut config = config();
+    let unreadable = "00000000-0000-4000-8000-000000000000".to_owned();
+    config.lane_keys.push(unreadable.clone());
+    let facilitator = facilitator::Facilitator::new(&config, &aws().await);
+
+    let supported = facilitator
+        .supported()
+        .await
+        .expect("answers without the broken lane");
+    let signers = &supported.signers["eip155:*"];
+    println!(
+        "signers with one unreadable key among {}: {signers:?}",
+        config.lane_keys.len()
+    );
+    assert_eq!(signers.len(), config.lane_keys.len() - 1);
+    for key in &config.lane_keys[..config.lane_keys.len() - 1] {
+        let address = facilitator.lanes().address_of(key).await.unwrap();
+        assert!(address.is_some(), "{key}");
+    }
+    assert!(facilitator.lanes().address_of(&unreadable).await.is_err());
+}

@@ -24,31 +24,33 @@ pub async fn report_operational(
     store: &Store,
 ) -> Vec<Vec<Option<U256>>> {
     let lanes = async {
-        match facilitator.lanes().addresses().await {
-            Ok(addresses) => {
-                let readings = addresses.iter().map(|address| {
-                    join_all(facilitator.networks().iter().map(move |scheme| async move {
-                        let network = scheme.network().caip2();
-                        match scheme.chain().balance(*address).await {
-                            Ok(wei) => {
-                                let lane = address.to_checksum(None);
-                                crate::metrics::lane_balance(network, &lane, to_native(wei));
-                                Some(wei)
-                            }
-                            Err(e) => {
-                                tracing::warn!(network, lane = %address, error = %e, "cannot read a lane's balance");
-                                None
-                            }
-                        }
-                    }))
-                });
-                join_all(readings).await
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot learn the lanes' addresses");
-                Vec::new()
-            }
-        }
+        let readings = facilitator.lanes().addresses().await.into_iter().map(|address| async move {
+            let networks = facilitator.networks();
+            let address = match address {
+                Ok(address) => address,
+                Err(e) => {
+                    // This lane only: the others' balances are still read and reported.
+                    tracing::warn!(error = %e, "cannot learn a lane's address");
+                    return vec![None; networks.len()];
+                }
+            };
+            join_all(networks.iter().map(move |scheme| async move {
+                let network = scheme.network().caip2();
+                match scheme.chain().balance(address).await {
+                    Ok(wei) => {
+                        let lane = address.to_checksum(None);
+                        crate::metrics::lane_balance(network, &lane, to_native(wei));
+                        Some(wei)
+                    }
+                    Err(e) => {
+                        tracing::warn!(network, lane = %address, error = %e, "cannot read a lane's balance");
+                        None
+                    }
+                }
+            }))
+            .await
+        });
+        join_all(readings).await
     };
     let oldest = async {
         // Every open record changed up to now, oldest first, one item: the one changed longest

@@ -6,7 +6,8 @@
 
 use alloy::signers::aws::AwsSigner;
 use alloy::{primitives::Address, signers::Signer};
-use tokio::{sync::OnceCell, task::JoinSet};
+use futures_util::future::join_all;
+use tokio::sync::OnceCell;
 use tracing::instrument;
 
 /// The addresses of a lane could not be learnt.
@@ -17,59 +18,52 @@ pub struct LaneError {
     pub problem: String,
 }
 
-/// The configured lanes and, once learnt, their addresses (in configuration order).
+/// The configured lanes and, once learnt, their addresses (in configuration order), each learnt
+/// on its own: a key KMS cannot read (disabled, deleted, a policy mistake) costs its own lane, not
+/// every lane's address.
 #[derive(Debug)]
 pub struct Lanes {
     keys: Vec<String>,
     kms: aws_sdk_kms::Client,
-    addresses: OnceCell<Vec<Address>>,
+    addresses: Vec<OnceCell<Address>>,
 }
 
 impl Lanes {
     pub fn new(keys: Vec<String>, kms: aws_sdk_kms::Client) -> Self {
         Lanes {
+            addresses: keys.iter().map(|_| OnceCell::new()).collect(),
             keys,
             kms,
-            addresses: OnceCell::new(),
         }
     }
 
     /// The address of the lane whose key is `key`, if it is one of these lanes.
     pub async fn address_of(&self, key: &str) -> Result<Option<Address>, LaneError> {
-        let addresses = self.addresses().await?;
-        Ok(self
-            .keys
-            .iter()
-            .position(|k| k == key)
-            .and_then(|i| addresses.get(i).copied()))
+        match self.keys.iter().position(|k| k == key) {
+            Some(index) => self.address_at(index).await.map(Some),
+            None => Ok(None),
+        }
     }
 
-    /// The lanes' addresses, asking KMS for all public keys at once the first time.
-    #[instrument(skip_all, fields(lanes = self.keys.len()), err(level = "warn"))]
-    pub async fn addresses(&self) -> Result<&[Address], LaneError> {
-        let addresses = self
-            .addresses
-            .get_or_try_init(|| async {
-                let mut tasks = JoinSet::new();
-                for (index, key) in self.keys.iter().enumerate() {
-                    let (kms, key) = (self.kms.clone(), key.clone());
-                    tasks.spawn(async move {
-                        let lane = LaneSigner::connect(kms, key).await?;
-                        Ok::<_, LaneError>((index, lane.address()))
-                    });
-                }
-                let mut found = vec![Address::ZERO; self.keys.len()];
-                while let Some(joined) = tasks.join_next().await {
-                    let (index, address) = joined.map_err(|e| LaneError {
-                        key: "?".into(),
-                        problem: e.to_string(),
-                    })??;
-                    found[index] = address;
-                }
-                Ok(found)
-            })
-            .await?;
-        Ok(addresses)
+    /// Every lane's address, in configuration order, asking KMS for those not learnt yet at once.
+    #[instrument(skip_all, fields(lanes = self.keys.len()))]
+    pub async fn addresses(&self) -> Vec<Result<Address, LaneError>> {
+        join_all((0..self.keys.len()).map(|index| self.address_at(index))).await
+    }
+
+    async fn address_at(&self, index: usize) -> Result<Address, LaneError> {
+        let (Some(cell), Some(key)) = (self.addresses.get(index), self.keys.get(index)) else {
+            return Err(LaneError {
+                key: format!("lane #{index}"),
+                problem: "no such lane".into(),
+            });
+        };
+        cell.get_or_try_init(|| async {
+            let lane = LaneSigner::connect(self.kms.clone(), key.clone()).await?;
+            Ok(lane.address())
+        })
+        .await
+        .copied()
     }
 }
 
