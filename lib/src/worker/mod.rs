@@ -475,7 +475,9 @@ impl Worker {
         self.store
             .raise_lane_nonce(&written.lane, &written.network, pending)
             .await?;
-        self.nonces.set(&written.lane, &written.network, pending);
+        // Not `pending`: the counter never goes down, and a run may have taken it past the
+        // chain's count already. The next signature reads the table.
+        self.nonces.forget(&written.lane, &written.network);
         if !self.store.requeue(&written.id, State::Signed, hash).await? {
             return Ok(()); // moved on meanwhile: replay or a follower has it
         }
