@@ -297,3 +297,61 @@ async fn a_run_that_loses_its_write_ahead_goes_on_one_payment_at_a_time_without_
     // The cancelled one paid nothing.
     paid_once(&payments, &[0, 2, 3], &before).await;
 }
+
+/// A run on a lane whose chain nonce moved 2 past the table (a restored table): the node refuses
+/// the run's first two transactions as "nonce too low" and takes the other two; the refused two are
+/// signed again after them, each payment settles once, and the table ends in step with the chain.
+#[tokio::test]
+async fn a_run_the_chain_is_partly_past_signs_the_refused_payments_again_after_it() {
+    use alloy::{eips::BlockId, providers::ext::AnvilApi};
+    let _one = ONE_AT_A_TIME.lock().await;
+    let queue = OwnQueue::create("run-behind", 10).await;
+    let lane_address = stack()
+        .lanes
+        .iter()
+        .find(|l| l.key_id == lane())
+        .expect("the first lane")
+        .address;
+    let pending = chain_nonce(lane_address, BlockId::pending()).await;
+    store()
+        .await
+        .raise_lane_nonce(&lane(), NETWORK, pending)
+        .await
+        .unwrap();
+    anvil()
+        .anvil_set_nonce(lane_address, pending + 2)
+        .await
+        .unwrap();
+    let payments: Vec<PaymentBuilder> = (0..4).map(|p| PaymentBuilder::new(p).sign()).collect();
+    let before = balances_of(&payments).await;
+    let ids = queue_payments(&queue, &payments).await;
+
+    let worker = worker(&queue).await;
+    let settled = settle_all(&queue, &worker, &ids).await;
+    let held = nonces(&settled);
+    let replaced: Vec<usize> = settled.iter().map(|r| r.replaced.len()).collect();
+    println!(
+        "table at {pending}, chain at {}: settled at {held:?}, hashes replaced {replaced:?}",
+        pending + 2
+    );
+    assert!(
+        settled.iter().all(|r| r.state == State::Settled),
+        "{settled:?}"
+    );
+    assert_eq!(
+        held,
+        (pending + 2..pending + 6).collect::<Vec<_>>(),
+        "no gap, no reuse"
+    );
+    assert_eq!(
+        replaced.iter().sum::<usize>(),
+        2,
+        "two signed again, once each"
+    );
+    assert_eq!(table_nonce().await, pending + 6);
+    assert_eq!(
+        chain_nonce(lane_address, BlockId::latest()).await,
+        pending + 6
+    );
+    paid_once(&payments, &[0, 1, 2, 3], &before).await;
+}
