@@ -335,8 +335,10 @@ fn malformed_authorizations() {
     assert_eq!(case.reason(), Some(Reason::InvalidExactEvmPayload));
 }
 
+/// The EIP-3009 checks, which /settle runs, refuse a Permit2 payload: /verify checks those
+/// (`evm::permit2`), but nothing settles them yet.
 #[test]
-fn permit2_payloads_are_not_supported_yet() {
+fn the_eip3009_checks_refuse_a_permit2_payload() {
     let case = Case::new();
     let mut payment = case.payment();
     payment.payload =

@@ -111,10 +111,12 @@ impl ExactPayment {
 }
 
 fn parse_payload(payload: &Value) -> Result<Eip3009Payload, Rejection> {
-    if payload.get("permit2Authorization").is_some() {
+    // /verify takes Permit2 payloads to `evm::permit2` before this; whatever reaches here with
+    // one is /settle, which cannot settle them yet (docs/protocol-choices.md).
+    if super::permit2::is_permit2(payload) {
         return Err(Rejection::new(
             Reason::UnsupportedPayloadType,
-            "Permit2 payloads are not supported by this facilitator yet; pay with EIP-3009 (transferWithAuthorization)",
+            "this facilitator verifies Permit2 payments but does not settle them yet; pay with EIP-3009 (transferWithAuthorization)",
         ));
     }
     if payload.get("authorization").is_none() {
@@ -127,7 +129,7 @@ fn parse_payload(payload: &Value) -> Result<Eip3009Payload, Rejection> {
         .map_err(|e| Rejection::new(Reason::InvalidExactEvmPayload, format!("payload: {e}")))
 }
 
-fn parse_address(s: &str, field: &str) -> Result<Address, Rejection> {
+pub(super) fn parse_address(s: &str, field: &str) -> Result<Address, Rejection> {
     hex::address(s).ok_or_else(|| {
         Rejection::new(
             Reason::InvalidPaymentRequirements,
