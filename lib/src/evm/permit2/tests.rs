@@ -259,6 +259,49 @@ fn each_local_check_has_its_reason() {
 }
 
 #[test]
+fn the_first_failing_check_in_the_references_order_answers() {
+    // Everything wrong at once: spender first, then each in turn as the earlier ones are put right.
+    let all_wrong = |a: &mut Value| {
+        a["spender"] = json!(PAYEE);
+        a["witness"]["to"] = json!(TOKEN);
+        a["deadline"] = json!((NOW - 1).to_string());
+        a["witness"]["validAfter"] = json!((NOW + 1).to_string());
+        a["permitted"]["amount"] = json!("1");
+        a["permitted"]["token"] = json!(PAYEE);
+    };
+    let order = [
+        Reason::Permit2InvalidSpender,
+        Reason::Permit2RecipientMismatch,
+        Reason::Permit2DeadlineExpired,
+        Reason::Permit2NotYetValid,
+        Reason::Permit2AmountMismatch,
+        Reason::Permit2TokenMismatch,
+    ];
+    let good = Case::new().authorization;
+    let fixes: [&[&str]; 6] = [
+        &["spender"],
+        &["witness", "to"],
+        &["deadline"],
+        &["witness", "validAfter"],
+        &["permitted", "amount"],
+        &["permitted", "token"],
+    ];
+    let mut case = Case::new().signed(all_wrong);
+    for (reason, fix) in order.into_iter().zip(fixes) {
+        assert_eq!(case.reason(), Some(reason));
+        let (mut target, mut source) = (&mut case.authorization, &good);
+        for key in &fix[..fix.len() - 1] {
+            target = &mut target[*key];
+            source = &source[*key];
+        }
+        let last = fix[fix.len() - 1];
+        target[last] = source[last].clone();
+        case = case.signed(|_| {});
+    }
+    assert_eq!(case.reason(), None);
+}
+
+#[test]
 fn the_margins_are_the_references() {
     // Exactly now + 6 s is still fine, as is validAfter == now (the proxy's check is inclusive).
     let case = Case::new().signed(|a| {
