@@ -13,6 +13,8 @@ pub mod payload;
 pub mod permit2;
 mod rpc;
 pub mod signature;
+#[cfg(test)]
+mod test_keys;
 pub mod verify;
 
 pub use attribution::Transfer;

@@ -76,15 +76,7 @@ impl ExactPayment {
                 ),
             ));
         }
-        if payment.accepted_network != payment.requirements.network {
-            return Err(Rejection::new(
-                Reason::InvalidExactEvmNetworkMismatch,
-                format!(
-                    "the payload is for {:?} but the requirements are for {:?}",
-                    payment.accepted_network, payment.requirements.network
-                ),
-            ));
-        }
+        same_network(payment)?;
         let payload = parse_payload(&payment.payload)?;
         let requirements = &payment.requirements;
         let asset = parse_address(&requirements.asset, "paymentRequirements.asset")?;
@@ -108,6 +100,30 @@ impl ExactPayment {
             signature: payload.signature,
         })
     }
+}
+
+/// The network the client paid on must be the requirements' (both EVM methods check it).
+pub(super) fn same_network(payment: &Payment) -> Result<(), Rejection> {
+    if payment.accepted_network == payment.requirements.network {
+        return Ok(());
+    }
+    Err(Rejection::new(
+        Reason::InvalidExactEvmNetworkMismatch,
+        format!(
+            "the payload is for {:?} but the requirements are for {:?}",
+            payment
+                .accepted_network
+                .chars()
+                .take(100)
+                .collect::<String>(),
+            payment
+                .requirements
+                .network
+                .chars()
+                .take(100)
+                .collect::<String>()
+        ),
+    ))
 }
 
 fn parse_payload(payload: &Value) -> Result<Eip3009Payload, Rejection> {

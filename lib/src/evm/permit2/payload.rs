@@ -10,7 +10,10 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::{
-    evm::{hex, payload::parse_address},
+    evm::{
+        hex,
+        payload::{parse_address, same_network},
+    },
     protocol::{DecimalU256, Payment, Reason, Rejection},
 };
 
@@ -104,16 +107,7 @@ impl Permit2Payment {
                 ),
             ));
         }
-        if payment.accepted_network != payment.requirements.network {
-            return Err(Rejection::new(
-                Reason::InvalidExactEvmNetworkMismatch,
-                format!(
-                    "the payload is for {:?} but the requirements are for {:?}",
-                    truncate(&payment.accepted_network),
-                    truncate(&payment.requirements.network)
-                ),
-            ));
-        }
+        same_network(payment)?;
         let wire = Permit2Wire::deserialize(&payment.payload).map_err(|e| {
             Rejection::new(
                 Reason::InvalidExactEvmPayload,

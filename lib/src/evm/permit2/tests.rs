@@ -1,13 +1,10 @@
 //! The Permit2 payload's parsing, each local check alone, and the verdict on the chain's answers,
 //! on payloads signed here with a test key.
 
-use std::time::Duration;
-
 use alloy::{
-    primitives::{address, keccak256, Address, Bytes, U256},
+    primitives::{address, Address, Bytes, U256},
     sol_types::{SolCall, SolError, SolValue},
 };
-use secp256k1::{Message, Secp256k1, SecretKey};
 use serde_json::{json, Value};
 
 use super::{
@@ -16,12 +13,12 @@ use super::{
     payload::Permit2Payment,
 };
 use crate::{
-    config::RpcSource,
     evm::{
         abi::{IMulticall3, IPermit2, IX402ExactPermit2Proxy, EXACT_PERMIT2_PROXY, PERMIT2},
-        Chain, ExactEvm,
+        test_keys::{address_of, key, offline_scheme, sign_digest},
+        ExactEvm,
     },
-    protocol::{parse_request, EvmNetwork, Payment, Reason, Rejection},
+    protocol::{parse_request, Payment, Reason, Rejection},
 };
 
 const NOW: u64 = 1_800_000_000;
@@ -29,22 +26,8 @@ const TOKEN: Address = address!("0x2612261226122612261226122612261226122612");
 const PAYEE: Address = address!("0x9965507D1a55bcC2695C58ba16FB37d819B0A4dc");
 const CHAIN_ID: u64 = 84532;
 
-fn key(byte: u8) -> SecretKey {
-    SecretKey::from_byte_array([byte; 32]).unwrap()
-}
-
-fn address_of(key: &SecretKey) -> Address {
-    let public = key.public_key(&Secp256k1::new()).serialize_uncompressed();
-    Address::from_slice(&keccak256(&public[1..])[12..])
-}
-
 fn scheme() -> ExactEvm {
-    let chain = Chain::new(
-        RpcSource::url("http://127.0.0.1:9"),
-        None,
-        Duration::from_secs(1),
-    );
-    ExactEvm::new(EvmNetwork::from_chain_id(CHAIN_ID), vec![TOKEN], chain)
+    offline_scheme(CHAIN_ID, vec![TOKEN])
 }
 
 /// A Permit2 payment as an official client sends it: 1 token (18 decimals) to PAYEE.
@@ -83,13 +66,7 @@ impl Case {
 
     fn sign(&mut self) {
         let typed = Permit2Payment::parse(&self.payment(), CHAIN_ID).unwrap();
-        let digest = eip712::signing_digest(&typed);
-        let signature =
-            Secp256k1::new().sign_ecdsa_recoverable(Message::from_digest(digest.0), &key(0x11));
-        let (id, compact) = signature.serialize_compact();
-        let mut bytes = compact.to_vec();
-        bytes.push(27 + i32::from(id) as u8);
-        self.signature = Bytes::from(bytes).to_string();
+        self.signature = sign_digest(eip712::signing_digest(&typed), &key(0x11)).to_string();
     }
 
     fn body(&self) -> Vec<u8> {
