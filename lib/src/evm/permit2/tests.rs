@@ -88,11 +88,10 @@ impl Case {
 
     /// The reason of the first local check that refuses the payment, if any.
     fn reason(&self) -> Option<Reason> {
-        let typed = match Permit2Payment::parse(&self.payment(), CHAIN_ID) {
-            Ok(typed) => typed,
-            Err(rejection) => return Some(rejection.reason),
-        };
-        scheme().check_permit2(&typed, NOW).err().map(|r| r.reason)
+        scheme()
+            .check_permit2(&self.payment(), NOW)
+            .err()
+            .map(|r| r.reason)
     }
 }
 

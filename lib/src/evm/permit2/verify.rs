@@ -34,12 +34,13 @@ impl ExactEvm {
     /// Every check of a Permit2 payment that needs no chain: scheme, network, payload shape,
     /// accepted asset, then spender, recipient, deadline, validAfter, amount, token and signature
     /// (x402-protocol.md §7.2). `now` is unix seconds.
-    pub fn check_permit2(
-        &self,
-        payment: &Permit2Payment,
-        now: u64,
-    ) -> Result<EcdsaSignature, Rejection> {
-        checks::all(payment, self.assets(), now)
+    pub fn check_permit2(&self, payment: &Payment, now: u64) -> Result<Permit2Checked, Rejection> {
+        let typed = Permit2Payment::parse(payment, self.network().chain_id())?;
+        let signature = checks::all(&typed, self.assets(), now)?;
+        Ok(Permit2Checked {
+            payment: typed,
+            signature,
+        })
     }
 
     /// Full verification of a Permit2 payment: [`ExactEvm::check_permit2`], then one `eth_call`
@@ -51,14 +52,12 @@ impl ExactEvm {
         payment: &Payment,
         now: u64,
     ) -> Result<Permit2Checked, Rejection> {
-        let typed = Permit2Payment::parse(payment, self.network().chain_id())?;
-        let signature = self.check_permit2(&typed, now)?;
-        let facts = self.permit2_facts(&typed, &signature).await?;
-        facts::judge(&typed, &facts)?;
-        Ok(Permit2Checked {
-            payment: typed,
-            signature,
-        })
+        let checked = self.check_permit2(payment, now)?;
+        let facts = self
+            .permit2_facts(&checked.payment, &checked.signature)
+            .await?;
+        facts::judge(&checked.payment, &facts)?;
+        Ok(checked)
     }
 
     /// The one round trip: Multicall3 `tryAggregate` over [`facts::batch_calldata`].
