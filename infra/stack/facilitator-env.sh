@@ -4,7 +4,7 @@
 #
 # Reads the stack's stack.env and derives the variables the functions and the local server read
 # (docs/configuration.md): the network served with its RPC (through the counting proxy) and its
-# accepted token, and the lanes' KMS keys. Also writes them as a dotenv file,
+# accepted tokens, and the lanes' KMS keys. Also writes them as a dotenv file,
 # $X402_STACK_DIR/facilitator.env, for `cargo lambda watch --env-file`.
 
 if [[ ! -f "${X402_STACK_DIR:?set X402_STACK_DIR}/stack.env" ]]; then
@@ -14,7 +14,8 @@ fi
 set -a
 # shellcheck source=/dev/null
 . "$X402_STACK_DIR/stack.env"
-X402_NETWORKS="[{\"network\":\"$X402_NETWORK\",\"rpcUrl\":\"$RPC_URL\",\"assets\":[\"$X402_TOKEN\"]}]"
+# The EIP-3009 test USDC, and the EIP-2612 test token, which is paid through Permit2.
+X402_NETWORKS="[{\"network\":\"$X402_NETWORK\",\"rpcUrl\":\"$RPC_URL\",\"assets\":[\"$X402_TOKEN\",\"$X402_PERMIT_TOKEN\"]}]"
 RUST_LOG="${RUST_LOG:-info}"
 # Where a retired lane's gas may be swept on the local stack: an address nobody holds a key for.
 X402_SWEEP_ADDRESSES="${X402_SWEEP_ADDRESSES:-0x5ee1000000000000000000000000000000005ee1}"

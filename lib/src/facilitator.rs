@@ -11,7 +11,7 @@ use crate::{
     config::Config,
     evm::{
         checks::{self, Signer},
-        Chain, Checked, ExactEvm,
+        permit2, Chain, Checked, ExactEvm,
     },
     protocol::{
         payer_hint, Payment, Reason, Rejection, SupportedKind, SupportedResponse, VerifyResponse,
@@ -127,11 +127,18 @@ impl Facilitator {
     }
 
     /// Every check of [`ExactEvm::check`], then [`Facilitator::confirm`]; the payer on success.
+    /// A Permit2 payload (told apart by its shape, as the reference does) goes to
+    /// [`ExactEvm::verify_permit2`] instead: its payers sign with their own keys, so no
+    /// contract-wallet standing is asked.
     async fn verify_with(
         &self,
         scheme: &ExactEvm,
         payment: &Payment,
     ) -> Result<alloy::primitives::Address, Rejection> {
+        if permit2::is_permit2(&payment.payload) {
+            let checked = scheme.verify_permit2(payment, unix_now()).await?;
+            return Ok(checked.payment.authorization.from);
+        }
         let checked = scheme.check(payment, unix_now())?;
         self.confirm(scheme, &checked).await?;
         Ok(checked.payment.authorization.from)

@@ -56,6 +56,42 @@ async fn rpc_requests_per_verify() {
     );
 }
 
+/// A Permit2 payment is verified in one round trip too: the proxy, balance, allowance and nonce
+/// reads and the proxy's `settle` simulation travel in one Multicall3 `eth_call`, whether the
+/// payment is valid or refused for its allowance.
+#[tokio::test]
+async fn rpc_requests_per_permit2_verify() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    // The payer's set-up goes straight to anvil, not through the counting proxy.
+    let payer = permit2_payer(alloy::primitives::U256::MAX).await;
+    let warm = Permit2Builder::new(payer.clone()).sign();
+    assert_eq!(verify(&warm.body()).await.json["isValid"], true);
+
+    reset_rpc_counts().await;
+    let payment = Permit2Builder::new(payer).sign();
+    let answer = verify(&payment.body()).await;
+    assert_eq!(answer.json["isValid"], true, "{:?}", answer.json);
+    let counts = rpc_counts().await;
+    assert_eq!(
+        counts["rpc_requests"], 1,
+        "a valid Permit2 verify is one eth_call: {counts}"
+    );
+    assert_eq!(counts["methods"], json!({"eth_call": 1}), "{counts}");
+
+    reset_rpc_counts().await;
+    let unapproved = Permit2Builder::from_payer(0).sign();
+    assert_eq!(
+        verify(&unapproved.body()).await.json["invalidReason"],
+        "permit2_allowance_required"
+    );
+    let counts = rpc_counts().await;
+    assert_eq!(
+        counts["methods"],
+        json!({"eth_call": 1}),
+        "the diagnosis is in the same call: {counts}"
+    );
+}
+
 /// A settlement on a lane already in use: one simulation (/settle's `eth_estimateGas` from the
 /// lane, whose gas the worker signs with), the broadcast and the receipt lookups. The lane's nonce
 /// comes from the lanes table, not from `eth_getTransactionCount`; fees come from a cache in each

@@ -46,9 +46,57 @@ sol! {
     }
 }
 
+sol! {
+    /// An ERC-20's allowance, which Permit2 needs from the payer before it can move the payer's tokens.
+    #[derive(Debug)]
+    interface IErc20 {
+        function allowance(address owner, address spender) external view returns (uint256);
+        function balanceOf(address account) external view returns (uint256);
+    }
+
+    /// Permit2's unordered nonces: bit `nonce & 0xff` of word `nonce >> 8` is set once used.
+    #[derive(Debug)]
+    interface IPermit2 {
+        function nonceBitmap(address owner, uint256 wordPos) external view returns (uint256);
+        error SignatureExpired(uint256 signatureDeadline);
+        error InvalidAmount(uint256 maxAmount);
+        error InvalidNonce();
+        error InvalidSignatureLength();
+        error InvalidSignature();
+        error InvalidSigner();
+        error InvalidContractSignature();
+    }
+
+    /// x402's exact Permit2 proxy: the spender the payer signs for, which forces the recipient
+    /// (the witness's `to`) and the amount (all of what is permitted).
+    #[derive(Debug)]
+    interface IX402ExactPermit2Proxy {
+        struct TokenPermissions { address token; uint256 amount; }
+        struct PermitTransferFrom { TokenPermissions permitted; uint256 nonce; uint256 deadline; }
+        struct Witness { address to; uint256 validAfter; }
+        function settle(PermitTransferFrom permit, address owner, Witness witness, bytes signature) external;
+        function PERMIT2() external view returns (address);
+        error InvalidAmount();
+        error InvalidOwner();
+        error InvalidDestination();
+        error PaymentTooEarly();
+        error Permit2612AmountMismatch();
+        error ReentrancyGuardReentrantCall();
+    }
+}
+
 /// Multicall3's address, the same on every chain that has it (the local stack places it there).
 pub const MULTICALL3: alloy::primitives::Address =
     alloy::primitives::address!("0xcA11bde05977b3631167028862bE2a173976CA11");
+
+/// Uniswap's Permit2, at the same address on every chain (the local stack places a stand-in there).
+pub const PERMIT2: alloy::primitives::Address =
+    alloy::primitives::address!("0x000000000022D473030F116dDEE9F6B43aC78BA3");
+
+/// x402's exact Permit2 proxy, at its canonical (CREATE2) address: the only spender an `exact`
+/// Permit2 payment may name.
+pub const EXACT_PERMIT2_PROXY: alloy::primitives::Address =
+    alloy::primitives::address!("0x402085c248EeA27D92E8b30b2C58ed07f9E20001");
 
 /// Whether `calldata` is the `v, r, s` overload of `transferWithAuthorization`: a signature by the
 /// payer's own key, which the token checks itself. The `bytes` overload may be a contract wallet's,

@@ -1,22 +1,20 @@
 //! Each local check alone, and `ExactEvm::check` on payloads signed here with a test payer's key.
 
-use std::time::Duration;
-
-use alloy::primitives::{address, keccak256, Address, Bytes, B256, U256};
-use secp256k1::{Message, Secp256k1, SecretKey};
+use alloy::primitives::{address, Address, Bytes, B256, U256};
+use secp256k1::SecretKey;
 use serde_json::{json, Value};
 
 use alloy::sol_types::SolValue;
 
 use crate::{
-    config::RpcSource,
     evm::{
         checks::{ContractHint, Signer},
         eip712,
         payload::ExactPayment,
-        Chain, Checked, ExactEvm,
+        test_keys::{address_of, key, offline_scheme, sign_digest},
+        Checked, ExactEvm,
     },
-    protocol::{parse_request, EvmNetwork, Payment, Reason},
+    protocol::{parse_request, Payment, Reason},
 };
 
 const NOW: u64 = 1_800_000_000;
@@ -25,32 +23,13 @@ const OTHER_TOKEN: Address = address!("0x111111111111111111111111111111111111111
 const PAYEE: Address = address!("0x9965507D1a55bcC2695C58ba16FB37d819B0A4dc");
 const CHAIN_ID: u64 = 84532;
 
-fn key(byte: u8) -> SecretKey {
-    SecretKey::from_byte_array([byte; 32]).unwrap()
-}
-
-fn address_of(key: &SecretKey) -> Address {
-    let public = key.public_key(&Secp256k1::new()).serialize_uncompressed();
-    Address::from_slice(&keccak256(&public[1..])[12..])
-}
-
 /// Signs `payment`'s EIP-712 digest and returns `r ‖ s ‖ v` with v = 27/28.
 fn sign(payment: &ExactPayment, key: &SecretKey) -> Bytes {
-    let digest = eip712::signing_digest(payment);
-    let signature = Secp256k1::new().sign_ecdsa_recoverable(Message::from_digest(digest.0), key);
-    let (id, compact) = signature.serialize_compact();
-    let mut bytes = compact.to_vec();
-    bytes.push(27 + i32::from(id) as u8);
-    bytes.into()
+    sign_digest(eip712::signing_digest(payment), key)
 }
 
 fn scheme() -> ExactEvm {
-    let chain = Chain::new(
-        RpcSource::url("http://127.0.0.1:9"),
-        None,
-        Duration::from_secs(1),
-    );
-    ExactEvm::new(EvmNetwork::from_chain_id(CHAIN_ID), vec![TOKEN], chain)
+    offline_scheme(CHAIN_ID, vec![TOKEN])
 }
 
 struct Case {
@@ -335,8 +314,10 @@ fn malformed_authorizations() {
     assert_eq!(case.reason(), Some(Reason::InvalidExactEvmPayload));
 }
 
+/// The EIP-3009 checks, which /settle runs, refuse a Permit2 payload: /verify checks those
+/// (`evm::permit2`), but nothing settles them yet.
 #[test]
-fn permit2_payloads_are_not_supported_yet() {
+fn the_eip3009_checks_refuse_a_permit2_payload() {
     let case = Case::new();
     let mut payment = case.payment();
     payment.payload =

@@ -1,4 +1,5 @@
-//! The `exact` payment scheme on EVM chains, EIP-3009 method (`transferWithAuthorization`).
+//! The `exact` payment scheme on EVM chains: the EIP-3009 method (`transferWithAuthorization`),
+//! verified and settled, and the Permit2 method ([`permit2`]), verified only so far.
 
 pub mod abi;
 pub mod answers;
@@ -9,8 +10,11 @@ pub mod eip712;
 mod failover;
 pub mod hex;
 pub mod payload;
+pub mod permit2;
 mod rpc;
 pub mod signature;
+#[cfg(test)]
+mod test_keys;
 pub mod verify;
 
 pub use attribution::Transfer;

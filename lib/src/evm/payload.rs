@@ -76,15 +76,7 @@ impl ExactPayment {
                 ),
             ));
         }
-        if payment.accepted_network != payment.requirements.network {
-            return Err(Rejection::new(
-                Reason::InvalidExactEvmNetworkMismatch,
-                format!(
-                    "the payload is for {:?} but the requirements are for {:?}",
-                    payment.accepted_network, payment.requirements.network
-                ),
-            ));
-        }
+        same_network(payment)?;
         let payload = parse_payload(&payment.payload)?;
         let requirements = &payment.requirements;
         let asset = parse_address(&requirements.asset, "paymentRequirements.asset")?;
@@ -110,11 +102,37 @@ impl ExactPayment {
     }
 }
 
+/// The network the client paid on must be the requirements' (both EVM methods check it).
+pub(super) fn same_network(payment: &Payment) -> Result<(), Rejection> {
+    if payment.accepted_network == payment.requirements.network {
+        return Ok(());
+    }
+    Err(Rejection::new(
+        Reason::InvalidExactEvmNetworkMismatch,
+        format!(
+            "the payload is for {:?} but the requirements are for {:?}",
+            payment
+                .accepted_network
+                .chars()
+                .take(100)
+                .collect::<String>(),
+            payment
+                .requirements
+                .network
+                .chars()
+                .take(100)
+                .collect::<String>()
+        ),
+    ))
+}
+
 fn parse_payload(payload: &Value) -> Result<Eip3009Payload, Rejection> {
-    if payload.get("permit2Authorization").is_some() {
+    // /verify takes Permit2 payloads to `evm::permit2` before this; whatever reaches here with
+    // one is /settle, which cannot settle them yet (docs/protocol-choices.md).
+    if super::permit2::is_permit2(payload) {
         return Err(Rejection::new(
             Reason::UnsupportedPayloadType,
-            "Permit2 payloads are not supported by this facilitator yet; pay with EIP-3009 (transferWithAuthorization)",
+            "this facilitator verifies Permit2 payments but does not settle them yet; pay with EIP-3009 (transferWithAuthorization)",
         ));
     }
     if payload.get("authorization").is_none() {
@@ -127,7 +145,7 @@ fn parse_payload(payload: &Value) -> Result<Eip3009Payload, Rejection> {
         .map_err(|e| Rejection::new(Reason::InvalidExactEvmPayload, format!("payload: {e}")))
 }
 
-fn parse_address(s: &str, field: &str) -> Result<Address, Rejection> {
+pub(super) fn parse_address(s: &str, field: &str) -> Result<Address, Rejection> {
     hex::address(s).ok_or_else(|| {
         Rejection::new(
             Reason::InvalidPaymentRequirements,

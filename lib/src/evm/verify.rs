@@ -126,6 +126,11 @@ impl ExactEvm {
         &self.network
     }
 
+    /// The tokens this deployment accepts on this network (`X402_NETWORKS`' `assets`).
+    pub fn assets(&self) -> &[Address] {
+        &self.assets
+    }
+
     /// Every check that needs no chain: scheme, network, payload shape, accepted asset, EIP-712
     /// domain, recipient, amount, time window and the signature as far as ecrecover can tell.
     /// `now` is unix seconds.

@@ -3,6 +3,7 @@
 //!
 //! - [`stack`]: the local stack's description and the facilitator's configuration;
 //! - [`payment`]: payments signed by the stack's test payers, and the token ABI;
+//! - [`permit2`]: Permit2 payments in the EIP-2612 test token, and payers that approved Permit2;
 //! - [`http`]: the facilitator's HTTP API as a client sees it;
 //! - [`chain`]: anvil through alloy, and the guard that stops its mining;
 //! - [`proxy`]: the counting RPC proxy's counts and faults;
@@ -22,6 +23,7 @@ pub mod chain;
 pub mod http;
 pub mod own_queue;
 pub mod payment;
+pub mod permit2;
 pub mod process;
 pub mod proxy;
 pub mod records;
@@ -32,6 +34,7 @@ pub mod wait;
 pub use chain::*;
 pub use http::*;
 pub use payment::*;
+pub use permit2::*;
 pub use process::*;
 pub use proxy::*;
 pub use records::*;

@@ -24,6 +24,9 @@ pub struct Stack {
     pub token: Address,
     #[serde(rename = "X402_OTHER_TOKEN")]
     pub other_token: Address,
+    /// The EIP-2612 test token (no EIP-3009), paid through Permit2.
+    #[serde(rename = "X402_PERMIT_TOKEN")]
+    pub permit_token: Address,
     #[serde(rename = "X402_LANE_ADDRESSES")]
     pub lane_addresses: String,
     #[serde(rename = "X402_PAYMENTS_TABLE")]

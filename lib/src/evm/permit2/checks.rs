@@ -1,0 +1,145 @@
+//! The local checks of an `exact` Permit2 payment, one small function each, in the reference's
+//! order (x402-protocol.md §7.2): spender, recipient, deadline, validAfter, amount, token,
+//! signature. Each returns the reference's reason string; none touches the chain.
+
+use alloy::primitives::{Address, U256};
+
+use super::{eip712, payload::Permit2Payment};
+use crate::{
+    evm::{
+        abi::EXACT_PERMIT2_PROXY,
+        checks::EXPIRY_BUFFER_SECS,
+        signature::{self, EcdsaSignature, SignatureKind},
+    },
+    protocol::{Reason, Rejection},
+};
+
+/// The signed spender must be x402's exact Permit2 proxy at its canonical address: only that
+/// contract forces the recipient and amount the payer signed; any other spender could move the
+/// permitted tokens anywhere.
+pub fn spender(payment: &Permit2Payment) -> Result<(), Rejection> {
+    let spender = payment.authorization.spender;
+    if spender == EXACT_PERMIT2_PROXY {
+        return Ok(());
+    }
+    Err(Rejection::new(
+        Reason::Permit2InvalidSpender,
+        format!("permit2Authorization.spender is {spender}, not the x402 exact Permit2 proxy {EXACT_PERMIT2_PROXY}"),
+    ))
+}
+
+/// The witness's `to`, which the proxy pays, must be the requirements' `payTo`.
+pub fn recipient(payment: &Permit2Payment) -> Result<(), Rejection> {
+    let to = payment.authorization.to;
+    if to == payment.pay_to {
+        return Ok(());
+    }
+    Err(Rejection::new(
+        Reason::Permit2RecipientMismatch,
+        format!(
+            "permit2Authorization.witness.to is {to} but payTo is {}",
+            payment.pay_to
+        ),
+    ))
+}
+
+/// The deadline must leave at least [`EXPIRY_BUFFER_SECS`] from `now` (unix seconds), the same
+/// margin as EIP-3009's `validBefore`: a payment verified now can still be mined in time.
+pub fn deadline(payment: &Permit2Payment, now: u64) -> Result<(), Rejection> {
+    let earliest = U256::from(now) + U256::from(EXPIRY_BUFFER_SECS);
+    let deadline = payment.authorization.deadline;
+    if deadline >= earliest {
+        return Ok(());
+    }
+    Err(Rejection::new(
+        Reason::Permit2DeadlineExpired,
+        format!("permit2Authorization.deadline {deadline} is not at least {EXPIRY_BUFFER_SECS} s after now ({now})"),
+    ))
+}
+
+/// The witness's `validAfter` must not be in the future (the proxy pays from that second on).
+pub fn valid_after(payment: &Permit2Payment, now: u64) -> Result<(), Rejection> {
+    let valid_after = payment.authorization.valid_after;
+    if valid_after <= U256::from(now) {
+        return Ok(());
+    }
+    Err(Rejection::new(
+        Reason::Permit2NotYetValid,
+        format!("permit2Authorization.witness.validAfter {valid_after} is after now ({now})"),
+    ))
+}
+
+/// The permitted amount, all of which the exact proxy transfers, must equal the required amount.
+pub fn amount(payment: &Permit2Payment) -> Result<(), Rejection> {
+    let permitted = payment.authorization.amount;
+    if permitted == payment.amount {
+        return Ok(());
+    }
+    Err(Rejection::new(
+        Reason::Permit2AmountMismatch,
+        format!(
+            "permit2Authorization.permitted.amount is {permitted} but the required amount is {}",
+            payment.amount
+        ),
+    ))
+}
+
+/// The permitted token must be the requirements' asset.
+pub fn token(payment: &Permit2Payment) -> Result<(), Rejection> {
+    let token = payment.authorization.token;
+    if token == payment.asset {
+        return Ok(());
+    }
+    Err(Rejection::new(
+        Reason::Permit2TokenMismatch,
+        format!(
+            "permit2Authorization.permitted.token is {token} but the asset is {}",
+            payment.asset
+        ),
+    ))
+}
+
+/// The signature must be the payer's own key's, over Permit2's typed data: 65 bytes that recover
+/// to `from`. Signatures only a contract could judge (ERC-1271, ERC-6492) are refused for Permit2
+/// payments for now (docs/protocol-choices.md), with the reason the reference gives a signature
+/// that does not verify.
+pub fn signer(payment: &Permit2Payment) -> Result<EcdsaSignature, Rejection> {
+    let from = payment.authorization.from;
+    let refused = |what: String| Err(Rejection::new(Reason::Permit2InvalidSignature, what));
+    let kind = match signature::classify(&payment.signature) {
+        Ok(kind) => kind,
+        Err(rejection) => return refused(rejection.message),
+    };
+    match kind {
+        SignatureKind::Ecdsa(sig) => {
+            match signature::recover(&eip712::signing_digest(payment), &sig) {
+                Some(signer) if signer == from => Ok(sig),
+                Some(signer) => refused(format!(
+                    "the Permit2 signature recovers to {signer}, not to permit2Authorization.from {from} (wrong key, wrong chain, or a field changed after signing)"
+                )),
+                None => refused("the Permit2 signature recovers to no address".into()),
+            }
+        }
+        SignatureKind::Erc6492(_) | SignatureKind::SmartWallet => refused(format!(
+            "a {}-byte signature is a contract wallet's; this facilitator accepts Permit2 payments signed by the payer's own key (65 bytes) only",
+            payment.signature.len()
+        )),
+    }
+}
+
+/// Every local check, in the reference's order, with the accepted-asset check of the EIP-3009
+/// path ahead of them. Returns the signature, split for the proxy's call.
+pub fn all(
+    payment: &Permit2Payment,
+    accepted: &[Address],
+    now: u64,
+) -> Result<EcdsaSignature, Rejection> {
+    crate::evm::checks::asset_accepted(payment.asset, accepted)?;
+    spender(payment)?;
+    recipient(payment)?;
+    deadline(payment, now)?;
+    valid_after(payment, now)?;
+    amount(payment)?;
+    token(payment)?;
+    signer(payment)
+}

@@ -1,0 +1,228 @@
+//! What the chain says about a Permit2 payment, read in one round trip, and what it means.
+//!
+//! One `eth_call` to Multicall3's `tryAggregate` (without `requireSuccess`) carries, in this order:
+//! the proxy's `PERMIT2()` (is the proxy there, and wired to Permit2?), the payer's token balance,
+//! the payer's allowance to Permit2, the Permit2 nonce bitmap word that holds the payment's nonce,
+//! and last the proxy's `settle` itself, as the settlement would call it. The reads come first
+//! because the simulated `settle` changes state for whatever follows it in the same call. Going
+//! through Multicall3 makes the proxy see Multicall3 as its caller; the exact proxy does not care
+//! who calls it (the upto proxy does, so this batch is for `exact` only).
+//!
+//! [`judge`] turns the answers into a verdict without I/O, so each rule is unit-tested alone.
+
+use alloy::{
+    primitives::{Address, Bytes, U256},
+    sol_types::{SolCall, SolError, SolInterface, SolValue},
+};
+
+use super::payload::Permit2Payment;
+use crate::{
+    evm::{
+        abi::{
+            IErc20, IMulticall3, IPermit2, IX402ExactPermit2Proxy, EXACT_PERMIT2_PROXY, PERMIT2,
+        },
+        signature::EcdsaSignature,
+    },
+    protocol::{Reason, Rejection},
+};
+
+/// The payment's signature as the proxy takes it: `r ‖ s ‖ v`, with `v` 27 or 28 whatever the
+/// client wrote (Permit2's `ecrecover` knows no 0/1).
+pub fn proxy_signature(sig: &EcdsaSignature) -> Bytes {
+    let mut bytes = Vec::with_capacity(65);
+    bytes.extend_from_slice(sig.r.as_slice());
+    bytes.extend_from_slice(sig.s.as_slice());
+    bytes.push(sig.v);
+    bytes.into()
+}
+
+/// Calldata of the exact proxy's `settle(permit, owner, witness, signature)` for this payment.
+pub fn settle_calldata(payment: &Permit2Payment, sig: &EcdsaSignature) -> Bytes {
+    let a = &payment.authorization;
+    IX402ExactPermit2Proxy::settleCall {
+        permit: IX402ExactPermit2Proxy::PermitTransferFrom {
+            permitted: IX402ExactPermit2Proxy::TokenPermissions {
+                token: a.token,
+                amount: a.amount,
+            },
+            nonce: a.nonce,
+            deadline: a.deadline,
+        },
+        owner: a.from,
+        witness: IX402ExactPermit2Proxy::Witness {
+            to: a.to,
+            validAfter: a.valid_after,
+        },
+        signature: proxy_signature(sig),
+    }
+    .abi_encode()
+    .into()
+}
+
+/// The one Multicall3 call that reads every fact (see the module's doc for the order).
+pub fn batch_calldata(payment: &Permit2Payment, sig: &EcdsaSignature) -> Bytes {
+    let a = &payment.authorization;
+    let call = |target: Address, data: Vec<u8>| IMulticall3::Call {
+        target,
+        callData: data.into(),
+    };
+    IMulticall3::tryAggregateCall {
+        requireSuccess: false,
+        calls: vec![
+            call(
+                EXACT_PERMIT2_PROXY,
+                IX402ExactPermit2Proxy::PERMIT2Call {}.abi_encode(),
+            ),
+            call(
+                a.token,
+                IErc20::balanceOfCall { account: a.from }.abi_encode(),
+            ),
+            call(
+                a.token,
+                IErc20::allowanceCall {
+                    owner: a.from,
+                    spender: PERMIT2,
+                }
+                .abi_encode(),
+            ),
+            call(
+                PERMIT2,
+                IPermit2::nonceBitmapCall {
+                    owner: a.from,
+                    wordPos: a.nonce >> 8,
+                }
+                .abi_encode(),
+            ),
+            call(EXACT_PERMIT2_PROXY, settle_calldata(payment, sig).to_vec()),
+        ],
+    }
+    .abi_encode()
+    .into()
+}
+
+/// What the batch answered; `None` for a read that reverted or answered something undecodable
+/// (an address without code answers nothing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainFacts {
+    /// The proxy's `PERMIT2()`.
+    pub proxy_permit2: Option<Address>,
+    pub balance: Option<U256>,
+    /// `token.allowance(payer, Permit2)`.
+    pub allowance: Option<U256>,
+    /// `Permit2.nonceBitmap(payer, nonce >> 8)`.
+    pub nonce_word: Option<U256>,
+    /// The simulated `settle`: `Ok` or the revert data.
+    pub settle: Result<(), Bytes>,
+}
+
+impl ChainFacts {
+    /// Decodes Multicall3's answer to [`batch_calldata`]; `None` if it is not five results.
+    pub fn decode(returned: &[u8]) -> Option<ChainFacts> {
+        let results = IMulticall3::tryAggregateCall::abi_decode_returns(returned).ok()?;
+        let [proxy, balance, allowance, nonce_word, settle] = results.as_slice() else {
+            return None;
+        };
+        let ok = |r: &IMulticall3::Result| r.success.then(|| r.returnData.clone());
+        let uint = |r: &IMulticall3::Result| ok(r).and_then(|d| U256::abi_decode(&d).ok());
+        Some(ChainFacts {
+            proxy_permit2: ok(proxy).and_then(|d| Address::abi_decode(&d).ok()),
+            balance: uint(balance),
+            allowance: uint(allowance),
+            nonce_word: uint(nonce_word),
+            settle: match settle.success {
+                true => Ok(()),
+                false => Err(settle.returnData.clone()),
+            },
+        })
+    }
+}
+
+/// Whether the payment's nonce is marked used in its bitmap word.
+fn nonce_used(nonce: U256, word: U256) -> bool {
+    let bit = (nonce & U256::from(0xffu8)).to::<usize>();
+    word.bit(bit)
+}
+
+/// The verdict on a payment that passed every local check, from the chain's answers, in this
+/// order: the proxy missing, the nonce used, the balance short, Permit2's allowance short (the
+/// reference's diagnosis order, with the nonce, which it leaves to the simulation, named first:
+/// a used nonce can never settle, whatever the payer funds or approves), a token that answers no
+/// balance or allowance, and last the simulation itself, whose revert is named when known.
+pub fn judge(payment: &Permit2Payment, facts: &ChainFacts) -> Result<(), Rejection> {
+    let a = &payment.authorization;
+    if facts.proxy_permit2 != Some(PERMIT2) {
+        return Err(Rejection::new(
+            Reason::Permit2ProxyNotDeployed,
+            match facts.proxy_permit2 {
+                None => format!("the x402 exact Permit2 proxy is not deployed at {EXACT_PERMIT2_PROXY} on this chain"),
+                Some(other) => format!("the contract at {EXACT_PERMIT2_PROXY} names {other} as Permit2, not {PERMIT2}"),
+            },
+        ));
+    }
+    if facts
+        .nonce_word
+        .is_some_and(|word| nonce_used(a.nonce, word))
+    {
+        return Err(Rejection::new(
+            Reason::Permit2InvalidNonce,
+            format!(
+                "Permit2 nonce {} of {} is already used (settled or invalidated)",
+                a.nonce, a.from
+            ),
+        ));
+    }
+    if let Some(balance) = facts.balance.filter(|b| *b < payment.amount) {
+        return Err(Rejection::new(
+            Reason::Permit2InsufficientBalance,
+            format!(
+                "{} holds {balance} of {} but the payment needs {}",
+                a.from, a.token, payment.amount
+            ),
+        ));
+    }
+    if let Some(allowance) = facts.allowance.filter(|x| *x < payment.amount) {
+        return Err(Rejection::new(
+            Reason::Permit2AllowanceRequired,
+            format!(
+                "{} allows Permit2 ({PERMIT2}) {allowance} of {} but the payment needs {}: the payer must approve Permit2 on the token once",
+                a.from, a.token, payment.amount
+            ),
+        ));
+    }
+    if facts.balance.is_none() || facts.allowance.is_none() {
+        return Err(Rejection::new(
+            Reason::Permit2SimulationFailed,
+            format!(
+                "{} answers no ERC-20 balanceOf/allowance: it cannot be paid through Permit2",
+                a.token
+            ),
+        ));
+    }
+    match &facts.settle {
+        Ok(()) => Ok(()),
+        Err(revert) => Err(Rejection::new(
+            Reason::Permit2SimulationFailed,
+            format!(
+                "the simulated settlement through the proxy reverted: {}",
+                revert_name(revert)
+            ),
+        )),
+    }
+}
+
+/// The name of a revert from the proxy or Permit2, or its raw data when it is neither's.
+pub fn revert_name(data: &[u8]) -> String {
+    if let Ok(e) = IX402ExactPermit2Proxy::IX402ExactPermit2ProxyErrors::abi_decode(data) {
+        return format!("{e:?} (x402 exact Permit2 proxy)");
+    }
+    if let Ok(e) = IPermit2::IPermit2Errors::abi_decode(data) {
+        return format!("{e:?} (Permit2)");
+    }
+    if let Ok(e) = alloy::sol_types::Revert::abi_decode(data) {
+        return format!("{:?}", e.reason);
+    }
+    if data.is_empty() {
+        return "no revert data".into();
+    }
+    format!("0x{}", alloy::primitives::hex::encode(data))
+}

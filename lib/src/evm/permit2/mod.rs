@@ -1,0 +1,25 @@
+//! The `exact` scheme's Permit2 method (`assetTransferMethod: "permit2"`), for tokens without
+//! EIP-3009: the payer approves Uniswap's Permit2 once, then signs a `PermitWitnessTransferFrom`
+//! whose spender is x402's exact Permit2 proxy and whose witness names the recipient; the
+//! facilitator calls the proxy's `settle`, which asks Permit2 to move exactly the permitted amount.
+//!
+//! Verify only, so far: `/settle` still refuses Permit2 payloads (`unsupported_payload_type`,
+//! docs/protocol-choices.md), and `/supported` advertises nothing new.
+//!
+//! - [`payload`]: the wire payload typed ([`Permit2Payment`]);
+//! - [`eip712`]: Permit2's domain and the signed message;
+//! - [`checks`]: the local checks, one function each;
+//! - [`facts`]: the one batched chain read and the pure verdict on it;
+//! - [`verify`]: the two composed on [`crate::evm::ExactEvm`].
+
+pub mod checks;
+pub mod eip712;
+pub mod facts;
+pub mod payload;
+pub mod verify;
+
+pub use payload::{is_permit2, Permit2Authorization, Permit2Payment};
+pub use verify::Permit2Checked;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,99 @@
+// Permit2 `exact` payments as @x402/evm 2.27's own client signs them, verified by our facilitator
+// through @x402/core's HTTPFacilitatorClient (what a resource server calls), on both front ends.
+// Verify only: our /settle does not settle Permit2 payments yet (docs/protocol-choices.md), so this
+// proves the one thing that can be proved now, that the official client's payloads and ours agree:
+// the typed data, the nonce and deadline formats, the signature, the reasons.
+
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import { HTTPFacilitatorClient } from "@x402/core/server";
+import { PERMIT2_ADDRESS, toClientEvmSigner } from "@x402/evm";
+import { ExactEvmScheme as ExactClient } from "@x402/evm/exact/client";
+import { createPublicClient, createTestClient, createWalletClient, getAddress, http, maxUint256, parseAbi, parseEther } from "viem";
+import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
+import { baseSepolia } from "viem/chains";
+import { facilitatorUrl, loadStack } from "./lib/stack.mjs";
+
+const stack = loadStack();
+const PRICE = 1_000_000n; // atomic units of the permit token (18 decimals)
+const TOKEN_ABI = parseAbi([
+  "function approve(address spender, uint256 value) returns (bool)",
+  "function mint(address to, uint256 value)",
+]);
+const FRONT_ENDS = [
+  { name: "the local server", variable: "X402_BASE_URL" },
+  { name: "the Lambda functions", variable: "X402_LAMBDA_ROUTE_URL" },
+];
+
+const transport = http(stack.ANVIL_URL);
+const chain = createPublicClient({ chain: baseSepolia, transport });
+const anvil = createTestClient({ chain: baseSepolia, mode: "anvil", transport });
+const tokenOwner = createWalletClient({ account: privateKeyToAccount(stack.deployer.privateKey), chain: baseSepolia, transport });
+
+async function mined(hash) {
+  const receipt = await chain.waitForTransactionReceipt({ hash });
+  assert.equal(receipt.status, "success", `transaction ${hash} reverted`);
+}
+
+/** A fresh payer holding 10 prices of the permit token; with `approved`, it has approved Permit2. */
+async function newPayer({ approved }) {
+  const account = privateKeyToAccount(generatePrivateKey());
+  await mined(await tokenOwner.writeContract({ address: stack.X402_PERMIT_TOKEN, abi: TOKEN_ABI, functionName: "mint", args: [account.address, 10n * PRICE] }));
+  if (approved) {
+    await anvil.setBalance({ address: account.address, value: parseEther("1") });
+    const wallet = createWalletClient({ account, chain: baseSepolia, transport });
+    await mined(await wallet.writeContract({ address: stack.X402_PERMIT_TOKEN, abi: TOKEN_ABI, functionName: "approve", args: [PERMIT2_ADDRESS, maxUint256] }));
+  }
+  return account;
+}
+
+function requirements() {
+  return {
+    scheme: "exact",
+    network: stack.X402_NETWORK,
+    amount: PRICE.toString(),
+    asset: getAddress(stack.X402_PERMIT_TOKEN),
+    payTo: getAddress(stack.X402_PAYEE),
+    maxTimeoutSeconds: 300,
+    extra: { name: stack.X402_PERMIT_TOKEN_NAME, version: stack.X402_PERMIT_TOKEN_VERSION, assetTransferMethod: "permit2" },
+  };
+}
+
+/** The PaymentPayload the SDK's client builds for `accepted`. */
+async function pay(payer, accepted) {
+  const created = await new ExactClient(toClientEvmSigner(payer, chain)).createPaymentPayload(2, accepted);
+  assert.ok(created.payload.permit2Authorization, "the SDK's client chose Permit2");
+  return { ...created, resource: { url: "http://127.0.0.1/permit2-verify", description: "", mimeType: "application/json" }, accepted };
+}
+
+for (const frontEnd of FRONT_ENDS) {
+  describe(`Permit2 verify with the official SDK through ${frontEnd.name}`, () => {
+    const facilitator = () => new HTTPFacilitatorClient({ url: facilitatorUrl(frontEnd.variable) });
+
+    test("a payment from a payer that approved Permit2 is valid", async () => {
+      const payer = await newPayer({ approved: true });
+      const accepted = requirements();
+      const answer = await facilitator().verify(await pay(payer, accepted), accepted);
+      assert.equal(answer.isValid, true, JSON.stringify(answer));
+      assert.equal(getAddress(answer.payer), payer.address);
+    });
+
+    test("a payer that never approved Permit2 gets permit2_allowance_required", async () => {
+      const payer = await newPayer({ approved: false });
+      const accepted = requirements();
+      const answer = await facilitator().verify(await pay(payer, accepted), accepted);
+      assert.equal(answer.isValid, false);
+      assert.equal(answer.invalidReason, "permit2_allowance_required", JSON.stringify(answer));
+    });
+
+    test("a payment to another payee is invalid_permit2_recipient_mismatch", async () => {
+      const payer = await newPayer({ approved: true });
+      const accepted = requirements();
+      const payload = await pay(payer, accepted);
+      const other = { ...accepted, payTo: getAddress(stack.payers[3].address) };
+      const answer = await facilitator().verify({ ...payload, accepted: other }, other);
+      assert.equal(answer.isValid, false);
+      assert.equal(answer.invalidReason, "invalid_permit2_recipient_mismatch", JSON.stringify(answer));
+    });
+  });
+}

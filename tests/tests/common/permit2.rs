@@ -1,0 +1,217 @@
+//! Permit2 `exact` payments in the stack's EIP-2612 test token: a [`Permit2Builder`] whose every
+//! field a test can change before signing (alloy's `sol!` EIP-712, Permit2's domain), the
+//! `/verify` and `/settle` body built from it, and [`permit2_payer`], a fresh payer funded in the
+//! token that has (or has not) approved Permit2, so no test changes the shared payers' allowances.
+
+use alloy::{
+    primitives::{address, Address, Bytes, U256},
+    providers::ext::AnvilApi,
+    signers::{local::PrivateKeySigner, SignerSync},
+    sol_types::{eip712_domain, SolCall, SolStruct},
+};
+use serde_json::{json, Value};
+
+use super::{
+    chain::{anvil, send_from_anvil_account},
+    payment::random_nonce,
+    stack::{now, stack, CHAIN_ID, NETWORK},
+};
+
+pub const PERMIT2: Address = address!("0x000000000022D473030F116dDEE9F6B43aC78BA3");
+pub const EXACT_PERMIT2_PROXY: Address = address!("0x402085c248EeA27D92E8b30b2C58ed07f9E20001");
+pub const UPTO_PERMIT2_PROXY: Address = address!("0x4020A4f3b7b90ccA423B9fabCc0CE57C6C240002");
+
+/// The types the payer signs and the calls the tests make, in their own namespace so that their
+/// names (`Witness`, `approve`) do not spread through `common`.
+pub mod abi {
+    #![allow(missing_docs)]
+    alloy::sol! {
+        struct TokenPermissions { address token; uint256 amount; }
+        struct Witness { address to; uint256 validAfter; }
+        struct PermitWitnessTransferFrom {
+            TokenPermissions permitted;
+            address spender;
+            uint256 nonce;
+            uint256 deadline;
+            Witness witness;
+        }
+
+        interface IExactProxy {
+            struct Permitted { address token; uint256 amount; }
+            struct PermitTransferFrom { Permitted permitted; uint256 nonce; uint256 deadline; }
+            struct ProxyWitness { address to; uint256 validAfter; }
+            function settle(PermitTransferFrom permit, address owner, ProxyWitness witness, bytes signature) external;
+        }
+
+        function approve(address spender, uint256 value) external returns (bool);
+        function mint(address to, uint256 value) external;
+        function allowance(address owner, address spender) external view returns (uint256);
+    }
+}
+
+/// One token of the test token (18 decimals).
+pub fn one_permit_token() -> U256 {
+    U256::from(10u64).pow(U256::from(18))
+}
+
+/// A Permit2 payment under construction: 1 token from `signer` to the stack's payee.
+#[derive(Debug, Clone)]
+pub struct Permit2Builder {
+    pub signer: PrivateKeySigner,
+    pub from: Address,
+    pub token: Address,
+    pub permitted: U256,
+    pub spender: Address,
+    pub nonce: U256,
+    pub deadline: u64,
+    pub to: Address,
+    pub valid_after: u64,
+    pub asset: Address,
+    pub amount: String,
+    pub pay_to: Address,
+    pub signature: Option<Bytes>,
+}
+
+impl Permit2Builder {
+    pub fn new(signer: PrivateKeySigner) -> Self {
+        let s = stack();
+        let now = now();
+        Permit2Builder {
+            from: signer.address(),
+            signer,
+            token: s.permit_token,
+            permitted: one_permit_token(),
+            spender: EXACT_PERMIT2_PROXY,
+            // Permit2 nonces are any uint256: a random one, as the SDK's client picks.
+            nonce: U256::from_be_bytes(random_nonce().0),
+            deadline: now + 300,
+            to: s.payee.address,
+            valid_after: now - 600,
+            asset: s.permit_token,
+            amount: one_permit_token().to_string(),
+            pay_to: s.payee.address,
+            signature: None,
+        }
+    }
+
+    /// A payment from test payer `payer` (which has not approved Permit2).
+    pub fn from_payer(payer: usize) -> Self {
+        let key = stack().payers[payer].private_key.expect("payers have keys");
+        Self::new(PrivateKeySigner::from_bytes(&key).unwrap())
+    }
+
+    pub fn edit(mut self, f: impl FnOnce(&mut Self)) -> Self {
+        f(&mut self);
+        self
+    }
+
+    /// Signs what the builder says now (EIP-712 over Permit2's domain).
+    pub fn sign(mut self) -> Self {
+        let domain = eip712_domain! {
+            name: "Permit2",
+            chain_id: CHAIN_ID,
+            verifying_contract: PERMIT2,
+        };
+        let message = abi::PermitWitnessTransferFrom {
+            permitted: abi::TokenPermissions {
+                token: self.token,
+                amount: self.permitted,
+            },
+            spender: self.spender,
+            nonce: self.nonce,
+            deadline: U256::from(self.deadline),
+            witness: abi::Witness {
+                to: self.to,
+                validAfter: U256::from(self.valid_after),
+            },
+        };
+        let signature = self
+            .signer
+            .sign_hash_sync(&message.eip712_signing_hash(&domain))
+            .unwrap();
+        self.signature = Some(signature.as_bytes().into());
+        self
+    }
+
+    pub fn requirements(&self) -> Value {
+        json!({"scheme":"exact","network":NETWORK,"amount":self.amount,"asset":self.asset,
+               "payTo":self.pay_to,"maxTimeoutSeconds":300,
+               "extra":{"assetTransferMethod":"permit2","name":"Permit Token","version":"1"}})
+    }
+
+    pub fn authorization(&self) -> Value {
+        json!({"from":self.from,"permitted":{"token":self.token,"amount":self.permitted.to_string()},
+               "spender":self.spender,"nonce":self.nonce.to_string(),"deadline":self.deadline.to_string(),
+               "witness":{"to":self.to,"validAfter":self.valid_after.to_string()}})
+    }
+
+    /// The `/verify` (and `/settle`) body, as the official v2 client and a resource server send it.
+    pub fn body(&self) -> Value {
+        let signature = self.signature.clone().expect("call sign() first");
+        json!({"x402Version":2,
+               "paymentPayload":{"x402Version":2,"resource":{"url":"https://api.example.com/premium"},
+                  "accepted":self.requirements(),
+                  "payload":{"signature":signature,"permit2Authorization":self.authorization()}},
+               "paymentRequirements":self.requirements()})
+    }
+
+    /// Calldata of the exact proxy's `settle` for this payment, for tests that use it up on chain.
+    pub fn settle_calldata(&self) -> Bytes {
+        abi::IExactProxy::settleCall {
+            permit: abi::IExactProxy::PermitTransferFrom {
+                permitted: abi::IExactProxy::Permitted {
+                    token: self.token,
+                    amount: self.permitted,
+                },
+                nonce: self.nonce,
+                deadline: U256::from(self.deadline),
+            },
+            owner: self.from,
+            witness: abi::IExactProxy::ProxyWitness {
+                to: self.to,
+                validAfter: U256::from(self.valid_after),
+            },
+            signature: self.signature.clone().expect("signed"),
+        }
+        .abi_encode()
+        .into()
+    }
+}
+
+/// A fresh payer holding 1,000 test tokens (minted by the token's owner) and some ETH, that has
+/// approved Permit2 for `allowance` (none when zero) through a transaction of its own, sent with
+/// anvil's impersonation.
+pub async fn permit2_payer(allowance: U256) -> PrivateKeySigner {
+    // The token's owner mints for every test of a binary: one of its transactions at a time, or
+    // two take the same account nonce ("replacement transaction underpriced").
+    static OWNER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let s = stack();
+    let payer = PrivateKeySigner::random();
+    let address = payer.address();
+    let mint = abi::mintCall {
+        to: address,
+        value: one_permit_token() * U256::from(1000),
+    };
+    {
+        let _owner = OWNER.lock().await;
+        send_from_anvil_account(s.deployer.address, s.permit_token, mint.abi_encode().into()).await;
+    }
+    if allowance > U256::ZERO {
+        let anvil = anvil();
+        anvil
+            .anvil_set_balance(address, U256::from(10u64).pow(U256::from(18)))
+            .await
+            .unwrap();
+        anvil.anvil_impersonate_account(address).await.unwrap();
+        let approve = abi::approveCall {
+            spender: PERMIT2,
+            value: allowance,
+        };
+        send_from_anvil_account(address, s.permit_token, approve.abi_encode().into()).await;
+        anvil
+            .anvil_stop_impersonating_account(address)
+            .await
+            .unwrap();
+    }
+    payer
+}
