@@ -124,8 +124,7 @@ fn consecutive(nonces: &[u64]) -> bool {
 async fn a_lanes_backlog_is_signed_at_consecutive_nonces_and_each_payment_settles_once() {
     let _one = ONE_AT_A_TIME.lock().await;
     let queue = OwnQueue::create("run", 10).await;
-    // Four payers in one run; the first payer's second payment goes alone (a run takes one
-    // payment per payer and token), after it.
+    // Four payers in one run, the first with two payments (its balance covers both).
     let payments: Vec<PaymentBuilder> = [0, 1, 2, 3, 0]
         .iter()
         .map(|p| PaymentBuilder::new(*p).sign())
@@ -354,4 +353,61 @@ async fn a_run_the_chain_is_partly_past_signs_the_refused_payments_again_after_i
         pending + 6
     );
     paid_once(&payments, &[0, 1, 2, 3], &before).await;
+}
+
+alloy::sol! {
+    function mint(address to, uint256 value) external;
+}
+
+/// A payer whose balance covers one of its two payments: the first joins the run, the second goes
+/// alone after it, where its simulation sees the first paid and fails it before any nonce is taken:
+/// the lane never sends a transfer that reverts.
+#[tokio::test]
+async fn a_payers_payments_beyond_its_balance_leave_the_run_and_never_revert_on_chain() {
+    use alloy::sol_types::SolCall;
+    let _one = ONE_AT_A_TIME.lock().await;
+    let queue = OwnQueue::create("run-balance", 10).await;
+    let payer = PrivateKeySigner::random();
+    let first = PaymentBuilder::with_signer(payer.clone()).sign();
+    let second = PaymentBuilder::with_signer(payer).sign();
+    // Enough for one and a half payments.
+    let funds = first.value + first.value / U256::from(2);
+    let mint = mintCall {
+        to: first.from,
+        value: funds,
+    };
+    send_from_anvil_account(
+        stack().deployer.address,
+        stack().token,
+        mint.abi_encode().into(),
+    )
+    .await;
+    let payments = vec![first, PaymentBuilder::new(1).sign(), second];
+    let before = balances_of(&payments).await;
+    let ids = queue_payments(&queue, &payments).await;
+    let counter = table_nonce().await;
+
+    let worker = worker(&queue).await;
+    assert_eq!(queue.deliver_as_lambda(&worker).await, (3, 0));
+    let refused = payment_record(&ids[2]).await;
+    println!(
+        "the payer's second payment: {:?} {:?}",
+        refused.state, refused.reason
+    );
+    assert_eq!(refused.state, State::Failed, "{refused:?}");
+    assert!(refused.raw_tx.is_none(), "never signed: {refused:?}");
+    let settled = settle_all(&queue, &worker, &ids[..2]).await;
+    assert!(
+        settled.iter().all(|r| r.state == State::Settled),
+        "{settled:?}"
+    );
+    let held = nonces(&settled);
+    assert!(consecutive(&held) && held.len() == 2, "{held:?}");
+    assert!(counter == 0 || held[0] == counter);
+    assert_eq!(
+        table_nonce().await,
+        held[0] + 2,
+        "two nonces taken, not three"
+    );
+    paid_once(&payments, &[0, 1], &before).await;
 }

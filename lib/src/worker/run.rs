@@ -11,11 +11,18 @@
 //! write-ahead, a failed send) goes on message by message, from the record as it then is; so a
 //! run never has to decide a hard case itself.
 
+use std::collections::HashMap;
+
+use alloy::{
+    primitives::{Address, U256},
+    sol_types::SolCall,
+};
 use futures_util::future::join_all;
 
 use super::{decide, next_step, nonce_too_low, GasLimit, Next, Step, WorkError, Worker};
 use crate::{
     clock::unix_now,
+    evm::{abi::IEip3009, CallOutcome},
     lifecycle::Sent,
     queue::{SettlementMessage, Simulated},
     store::{PaymentId, PaymentRecord, Signed, State},
@@ -24,6 +31,9 @@ use crate::{
 /// A message taken into a run: its index in the batch, the record as `/settle` created it, and
 /// `/settle`'s simulation.
 type Picked = (usize, PaymentRecord, Option<Simulated>);
+
+/// A payment of a run that simulated: its index, record, gas limit and the fees to offer.
+type Signable = (usize, PaymentRecord, u64, (u128, u128));
 
 /// What a run did with one of the messages it was given.
 #[derive(Debug)]
@@ -34,8 +44,9 @@ pub(super) enum Ran {
     /// Not taken into the run, or the run lost its write-ahead: the message goes on by itself,
     /// from the copy it carries (nothing was written for it).
     Alone,
-    /// Written ahead but not known to be sent (or sent too late: "nonce too low"): the message
-    /// goes on by itself from the record as it is now, not from its copy.
+    /// Written ahead but not known to be sent (or sent too late: "nonce too low"), or left out for
+    /// its payer's balance: the message goes on by itself from the record as it is now, not from
+    /// its copy, and is simulated again (not with `/settle`'s simulation).
     FromRecord,
 }
 
@@ -60,9 +71,8 @@ impl Worker {
 
     /// The messages that can join a run: new payments, as `/settle` created them, that are due to
     /// be signed, on the first one's network, and signed by a key (a contract wallet's payment
-    /// keeps its per-payer checks before signing, alone). One payment per payer and token: a
-    /// run's simulations all see the chain before any of its transfers, which for different payers
-    /// is the chain each transfer meets; two payments of one payer could both pass and one revert.
+    /// keeps its per-payer checks before signing, alone). A payer's several payments may join:
+    /// [`Worker::covered`] keeps only as many as its balance pays for together.
     fn pick(
         &self,
         lane: &str,
@@ -90,10 +100,7 @@ impl Worker {
                 && !record.signed_by_contract()
                 && picked
                     .first()
-                    .is_none_or(|(_, first, _)| first.network == record.network)
-                && !picked
-                    .iter()
-                    .any(|(_, r, _)| r.asset == record.asset && r.payer == record.payer);
+                    .is_none_or(|(_, first, _)| first.network == record.network);
             match joins {
                 true => picked.push((i, (**record).clone(), message.simulated)),
                 false => alone.push(i),
@@ -134,6 +141,10 @@ impl Worker {
                 _ => outcome.push((i, Ran::Alone)),
             }
         }
+        let (run, uncovered) = self.covered(chain, run).await;
+        // Simulated again alone, not with /settle's simulation, which saw none of this payer's
+        // other payments paid.
+        outcome.extend(uncovered.into_iter().map(|i| (i, Ran::FromRecord)));
         let chain_id = scheme.network().chain_id();
         let signing = run
             .iter()
@@ -211,6 +222,64 @@ impl Worker {
         let sent = join_all(written.iter().map(|w| self.send_written(w))).await;
         outcome.extend(indexes.into_iter().zip(sent));
         outcome
+    }
+
+    /// The run's payments whose payers can pay for them together, and the indexes of the others.
+    /// A run's simulations all see the chain before any of its transfers: for a payer with one
+    /// payment in the run that is the chain its transfer meets (I9), but a payer's several payments
+    /// could each pass and the later ones revert on chain, at the lane's cost. So such a payer's
+    /// token balance is read (one `eth_call` for each, only for them), and its payments join in
+    /// order while the balance covers them all; the rest go alone, after the run, where each is
+    /// simulated again (so a payment the payer can no longer pay fails before taking a nonce). An
+    /// unreadable balance keeps only the payer's first payment.
+    async fn covered(
+        &self,
+        chain: &crate::evm::Chain,
+        run: Vec<Signable>,
+    ) -> (Vec<Signable>, Vec<usize>) {
+        let mut count: HashMap<(Address, Address), usize> = HashMap::new();
+        for (_, record, ..) in &run {
+            *count.entry((record.asset, record.payer)).or_default() += 1;
+        }
+        let repeated: Vec<(Address, Address)> = count
+            .into_iter()
+            .filter(|(_, n)| *n > 1)
+            .map(|(k, _)| k)
+            .collect();
+        if repeated.is_empty() {
+            return (run, Vec::new());
+        }
+        let balances = join_all(repeated.iter().map(|(asset, payer)| async move {
+            let call = IEip3009::balanceOfCall { account: *payer }.abi_encode();
+            let balance = match chain.call(None, *asset, call.into()).await {
+                Ok(CallOutcome::Returned(data)) => {
+                    IEip3009::balanceOfCall::abi_decode_returns(&data).ok()
+                }
+                _ => None,
+            };
+            ((*asset, *payer), balance)
+        }))
+        .await;
+        let mut left: HashMap<(Address, Address), Option<U256>> = balances.into_iter().collect();
+        let (mut kept, mut uncovered) = (Vec::new(), Vec::new());
+        for signable in run {
+            let record = &signable.1;
+            match left.get_mut(&(record.asset, record.payer)) {
+                // Alone in the run: its own simulation stands.
+                None => kept.push(signable),
+                Some(Some(balance)) if *balance >= record.value => {
+                    *balance -= record.value;
+                    kept.push(signable);
+                }
+                Some(unknown @ None) => {
+                    // The first one is as safe as alone; after it, nothing more is known.
+                    *unknown = Some(U256::ZERO);
+                    kept.push(signable);
+                }
+                Some(Some(_)) => uncovered.push(signable.0),
+            }
+        }
+        (kept, uncovered)
     }
 
     /// Sends one written-ahead payment of a run, as [`Worker::write_ahead_and_send`] does for one
