@@ -116,6 +116,27 @@ async fn paid_once(payments: &[PaymentBuilder], paid: &[usize], before: &HashMap
     assert_eq!(balances_of(payments).await, expected, "each paid once");
 }
 
+/// Every record settled, at consecutive lane nonces from the table's `counter` (0: the lane's
+/// first payments, from the chain's count), and the counter stepped past them all: no gap, no
+/// reuse, no nonce taken for a payment that did not join. Returns the nonces.
+async fn settled_in_step(settled: &[PaymentRecord], counter: u64) -> Vec<u64> {
+    assert!(
+        settled.iter().all(|r| r.state == State::Settled),
+        "{settled:?}"
+    );
+    let held = nonces(settled);
+    assert!(
+        consecutive(&held) && held.len() == settled.len(),
+        "{held:?}"
+    );
+    assert!(
+        counter == 0 || held[0] == counter,
+        "{held:?} from {counter}"
+    );
+    assert_eq!(table_nonce().await, held[0] + held.len() as u64, "{held:?}");
+    held
+}
+
 fn consecutive(nonces: &[u64]) -> bool {
     nonces.windows(2).all(|pair| pair[1] == pair[0] + 1)
 }
@@ -242,17 +263,7 @@ async fn a_payment_that_cannot_be_signed_leaves_the_run_and_fails_alone() {
     let settled = settle_all(&queue, &worker, &[ids[0].clone(), ids[2].clone()]).await;
     let held = nonces(&settled);
     println!("refused: {:?}; the others at {held:?}", refused.reason);
-    assert!(
-        settled.iter().all(|r| r.state == State::Settled),
-        "{settled:?}"
-    );
-    assert!(consecutive(&held) && held.len() == 2, "{held:?}");
-    assert!(counter == 0 || held[0] == counter);
-    assert_eq!(
-        table_nonce().await,
-        held[0] + 2,
-        "two nonces taken, not three"
-    );
+    settled_in_step(&settled, counter).await;
     paid_once(&payments, &[0, 2], &before).await;
 }
 
@@ -284,15 +295,8 @@ async fn a_run_that_loses_its_write_ahead_goes_on_one_payment_at_a_time_without_
     );
     let others = [ids[0].clone(), ids[2].clone(), ids[3].clone()];
     let settled = settle_all(&queue, &worker, &others).await;
-    let held = nonces(&settled);
+    let held = settled_in_step(&settled, counter).await;
     println!("after the lost run, one by one at {held:?}");
-    assert!(
-        settled.iter().all(|r| r.state == State::Settled),
-        "{settled:?}"
-    );
-    assert!(consecutive(&held) && held.len() == 3, "{held:?}");
-    assert!(counter == 0 || held[0] == counter);
-    assert_eq!(table_nonce().await, held[0] + 3);
     // The cancelled one paid nothing.
     paid_once(&payments, &[0, 2, 3], &before).await;
 }
@@ -397,17 +401,7 @@ async fn a_payers_payments_beyond_its_balance_leave_the_run_and_never_revert_on_
     assert_eq!(refused.state, State::Failed, "{refused:?}");
     assert!(refused.raw_tx.is_none(), "never signed: {refused:?}");
     let settled = settle_all(&queue, &worker, &ids[..2]).await;
-    assert!(
-        settled.iter().all(|r| r.state == State::Settled),
-        "{settled:?}"
-    );
-    let held = nonces(&settled);
-    assert!(consecutive(&held) && held.len() == 2, "{held:?}");
-    assert!(counter == 0 || held[0] == counter);
-    assert_eq!(
-        table_nonce().await,
-        held[0] + 2,
-        "two nonces taken, not three"
-    );
+    // Two nonces taken, not three.
+    settled_in_step(&settled, counter).await;
     paid_once(&payments, &[0, 1], &before).await;
 }
