@@ -35,6 +35,39 @@ type Picked = (usize, PaymentRecord, Option<Simulated>);
 /// A payment of a run that simulated: its index, record, gas limit and the fees to offer.
 type Signable = (usize, PaymentRecord, u64, (u128, u128));
 
+/// The run's records as written ahead: `signed`, each with its transaction.
+fn written(run: Vec<Signable>, signed: Vec<Signed>) -> Vec<PaymentRecord> {
+    run.into_iter()
+        .zip(signed)
+        .map(|((_, record, ..), signed)| PaymentRecord {
+            raw_tx: Some(signed.raw),
+            tx_hash: Some(signed.hash),
+            lane_nonce: Some(signed.nonce),
+            sender: Some(signed.sender),
+            state: State::Signed,
+            ..record
+        })
+        .collect()
+}
+
+/// Why a run stopped before its sends, for every payment in it.
+#[derive(Debug, Clone, Copy)]
+enum Halt {
+    /// Nothing of the run holds: each payment goes on alone, from its copy.
+    Alone,
+    /// Fault injection stopped the worker here ([`Worker::stop_after`]).
+    Stopped(Step),
+}
+
+impl Halt {
+    fn ran(self) -> Ran {
+        match self {
+            Halt::Alone => Ran::Alone,
+            Halt::Stopped(step) => Ran::Finished(Err(WorkError::Stopped(step))),
+        }
+    }
+}
+
 /// What a run did with one of the messages it was given.
 #[derive(Debug)]
 pub(super) enum Ran {
@@ -110,30 +143,49 @@ impl Worker {
     }
 
     async fn sign_and_send_run(&self, lane: &str, picked: Vec<Picked>) -> Vec<(usize, Ran)> {
-        let all = |ran: fn() -> Ran| picked.iter().map(|(i, ..)| (*i, ran())).collect::<Vec<_>>();
+        let alone = |indexes: &[usize]| indexes.iter().map(|i| (*i, Ran::Alone)).collect();
+        let indexes: Vec<usize> = picked.iter().map(|(i, ..)| *i).collect();
         let Some((_, first, _)) = picked.first() else {
             return Vec::new();
         };
         let (Ok(scheme), Ok(signer)) = (self.scheme(first), self.signer(lane).await) else {
-            return all(|| Ran::Alone);
+            return alone(&indexes);
         };
-        let (chain, network) = (scheme.chain(), first.network.clone());
+        let Some((mut outcome, run, nonce)) = self.prepare(scheme.chain(), &signer, picked).await
+        else {
+            return alone(&indexes);
+        };
+        let indexes: Vec<usize> = run.iter().map(|(i, ..)| *i).collect();
+        match self.sign_and_write(lane, scheme, &signer, run, nonce).await {
+            Ok(written) => {
+                // All at once: a node keeps a later nonce until the earlier ones arrive.
+                let sent = join_all(written.iter().map(|w| self.send_written(w))).await;
+                outcome.extend(indexes.into_iter().zip(sent));
+            }
+            Err(halt) => outcome.extend(indexes.into_iter().map(|i| (i, halt.ran()))),
+        }
+        outcome
+    }
+
+    /// The run's simulations and the lane's next nonce, side by side; the payments that go on
+    /// alone instead, with what becomes of them; `None` when the nonce cannot be had.
+    async fn prepare(
+        &self,
+        chain: &crate::evm::Chain,
+        signer: &crate::signer::LaneSigner,
+        picked: Vec<Picked>,
+    ) -> Option<(Vec<(usize, Ran)>, Vec<Signable>, u64)> {
         let from = signer.address();
-        let (simulations, nonce) = tokio::join!(
-            join_all(
-                picked
-                    .iter()
-                    .map(|(_, r, s)| self.simulate(chain, r, from, *s))
-            ),
-            self.next_nonce(chain, first, from)
-        );
-        let Ok(nonce) = nonce else {
-            return all(|| Ran::Alone);
-        };
+        let (_, first, _) = picked.first()?;
+        let simulations = picked
+            .iter()
+            .map(|(_, r, s)| self.simulate(chain, r, from, *s));
+        let (simulations, nonce) =
+            tokio::join!(join_all(simulations), self.next_nonce(chain, first, from));
+        let nonce = nonce.ok()?;
         // A payment whose simulation says anything but "sign with this gas" is decided alone, by
         // the same code as always (which simulates it again).
-        let mut outcome = Vec::new();
-        let mut run = Vec::new();
+        let (mut outcome, mut run) = (Vec::new(), Vec::new());
         for ((i, record, _), simulation) in picked.into_iter().zip(simulations) {
             let cap = decide::gas_cap(&record.calldata, chain.gas_caps());
             match simulation.map(|(fees, estimate)| (fees, decide::gas_limit(estimate, cap))) {
@@ -145,83 +197,67 @@ impl Worker {
         // Simulated again alone, not with /settle's simulation, which saw none of this payer's
         // other payments paid.
         outcome.extend(uncovered.into_iter().map(|i| (i, Ran::FromRecord)));
+        Some((outcome, run, nonce))
+    }
+
+    /// Signs the run at consecutive nonces from `nonce` and writes it ahead in one transaction
+    /// with the lane's nonce step; the records as written, or why the run stops here.
+    async fn sign_and_write(
+        &self,
+        lane: &str,
+        scheme: &crate::evm::ExactEvm,
+        signer: &crate::signer::LaneSigner,
+        run: Vec<Signable>,
+        nonce: u64,
+    ) -> Result<Vec<PaymentRecord>, Halt> {
         let chain_id = scheme.network().chain_id();
-        let signing = run
-            .iter()
-            .zip(nonce..)
-            .map(|((_, record, gas, fees), nonce)| {
-                signer.sign(decide::transfer_tx(record, chain_id, nonce, *gas, *fees))
-            });
+        let signing = run.iter().zip(nonce..).map(|((_, record, gas, fees), n)| {
+            signer.sign(decide::transfer_tx(record, chain_id, n, *gas, *fees))
+        });
         let signed: Result<Vec<_>, _> = join_all(signing).await.into_iter().collect();
-        let indexes = run.iter().map(|(i, ..)| *i).collect::<Vec<_>>();
-        let every = |ran: &dyn Fn() -> Ran| indexes.iter().map(|i| (*i, ran())).collect::<Vec<_>>();
-        let Ok(signed) = signed else {
-            outcome.extend(every(&|| Ran::Alone));
-            return outcome;
-        };
-        if self.crash_point(Step::Signed).is_err() {
-            outcome.extend(every(&|| {
-                Ran::Finished(Err(WorkError::Stopped(Step::Signed)))
-            }));
-            return outcome;
-        }
+        let signed = signed.map_err(|_| Halt::Alone)?;
+        self.crash_point(Step::Signed)
+            .map_err(|_| Halt::Stopped(Step::Signed))?;
         let signed: Vec<Signed> = signed
             .into_iter()
             .zip(nonce..)
             .map(|(tx, nonce)| Signed {
-                sender: from,
+                sender: signer.address(),
                 nonce,
                 raw: tx.raw,
                 hash: tx.hash,
             })
             .collect();
+        // The record's network, as the nonce step and `next_nonce` name it.
+        let network = run
+            .first()
+            .map(|(_, r, ..)| r.network.clone())
+            .unwrap_or_default();
+        let network = network.as_str();
         // As for one payment: forgotten until the write is known to have stepped the counter.
-        self.nonces.forget(lane, &network);
+        self.nonces.forget(lane, network);
         let pairs: Vec<(&PaymentRecord, &Signed)> = run
             .iter()
             .map(|(_, record, ..)| record)
             .zip(&signed)
             .collect();
-        match self.store.sign_run(&pairs).await {
-            Ok(true) => {}
-            written => {
-                // Lost (a record moved on, or another sender took a nonce) or unknown: each goes
-                // on alone; its write-ahead's condition sorts out what this one may have written.
-                tracing::warn!(lane, payments = run.len(), nonce, outcome = ?written, "a lane's run was not written ahead; its payments go on one by one");
-                outcome.extend(every(&|| Ran::Alone));
-                return outcome;
-            }
+        let stored = self.store.sign_run(&pairs).await;
+        if !matches!(stored, Ok(true)) {
+            // Lost (a record moved on, or another sender took a nonce) or unknown: each goes on
+            // alone; its write-ahead's condition sorts out what this one may have written.
+            tracing::warn!(lane, payments = run.len(), nonce, outcome = ?stored, "a lane's run was not written ahead; its payments go on one by one");
+            return Err(Halt::Alone);
         }
-        let next = nonce + run.len() as u64;
-        self.nonces.set(lane, &network, next);
+        self.nonces.set(lane, network, nonce + run.len() as u64);
         tracing::info!(
             lane,
             payments = run.len(),
             first_nonce = nonce,
             "a lane's run signed and written ahead"
         );
-        if self.crash_point(Step::WrittenAhead).is_err() {
-            outcome.extend(every(&|| {
-                Ran::Finished(Err(WorkError::Stopped(Step::WrittenAhead)))
-            }));
-            return outcome;
-        }
-        let written: Vec<PaymentRecord> = run
-            .into_iter()
-            .zip(signed)
-            .map(|((_, record, ..), signed)| PaymentRecord {
-                raw_tx: Some(signed.raw),
-                tx_hash: Some(signed.hash),
-                lane_nonce: Some(signed.nonce),
-                sender: Some(signed.sender),
-                state: State::Signed,
-                ..record
-            })
-            .collect();
-        // All at once: a node keeps a later nonce until the earlier ones arrive.
-        let sent = join_all(written.iter().map(|w| self.send_written(w))).await;
-        outcome.extend(indexes.into_iter().zip(sent));
-        outcome
+        self.crash_point(Step::WrittenAhead)
+            .map_err(|_| Halt::Stopped(Step::WrittenAhead))?;
+        Ok(written(run, signed))
     }
 
     /// The run's payments whose payers can pay for them together, and the indexes of the others.

@@ -150,15 +150,7 @@ fn nonce_used(nonce: U256, word: U256) -> bool {
 /// balance or allowance, and last the simulation itself, whose revert is named when known.
 pub fn judge(payment: &Permit2Payment, facts: &ChainFacts) -> Result<(), Rejection> {
     let a = &payment.authorization;
-    if facts.proxy_permit2 != Some(PERMIT2) {
-        return Err(Rejection::new(
-            Reason::Permit2ProxyNotDeployed,
-            match facts.proxy_permit2 {
-                None => format!("the x402 exact Permit2 proxy is not deployed at {EXACT_PERMIT2_PROXY} on this chain"),
-                Some(other) => format!("the contract at {EXACT_PERMIT2_PROXY} names {other} as Permit2, not {PERMIT2}"),
-            },
-        ));
-    }
+    proxy_deployed(facts)?;
     if facts
         .nonce_word
         .is_some_and(|word| nonce_used(a.nonce, word))
@@ -206,6 +198,21 @@ pub fn judge(payment: &Permit2Payment, facts: &ChainFacts) -> Result<(), Rejecti
                 "the simulated settlement through the proxy reverted: {}",
                 revert_name(revert)
             ),
+        )),
+    }
+}
+
+/// The exact proxy is there, and uses the canonical Permit2.
+fn proxy_deployed(facts: &ChainFacts) -> Result<(), Rejection> {
+    match facts.proxy_permit2 {
+        Some(permit2) if permit2 == PERMIT2 => Ok(()),
+        None => Err(Rejection::new(
+            Reason::Permit2ProxyNotDeployed,
+            format!("the x402 exact Permit2 proxy is not deployed at {EXACT_PERMIT2_PROXY} on this chain"),
+        )),
+        Some(other) => Err(Rejection::new(
+            Reason::Permit2ProxyNotDeployed,
+            format!("the contract at {EXACT_PERMIT2_PROXY} names {other} as Permit2, not {PERMIT2}"),
         )),
     }
 }
