@@ -158,6 +158,7 @@ impl Request<'_> {
             value: a.value,
             valid_before: u64::try_from(a.valid_before).unwrap_or(u64::MAX),
             calldata: &self.calldata,
+            target: None,
             digest: self.digest,
             lane,
         }

@@ -59,6 +59,7 @@ pub async fn record_payment(payment: &PaymentBuilder, age_ms: u64) -> String {
         value: payment.value,
         valid_before: payment.valid_before,
         calldata: &calldata,
+        target: None,
         digest: checked.digest(NETWORK),
         lane: &lane,
     };
