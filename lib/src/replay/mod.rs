@@ -480,7 +480,7 @@ impl Replayer {
             Ok(used_by) => used_by,
             Err(e) => return error(&record.id, &e),
         };
-        match used_plan(used_by) {
+        match used_plan(record, used_by) {
             UsedPlan::FinishOurs(mined) => {
                 match receipt::finish(chain, &self.store, record, None).await {
                     Ok(Some(finished)) => finished_action(&finished),
