@@ -319,30 +319,8 @@ impl Settler {
             Err(rejection) => return echo.failure(rejection, None).into(),
         };
         // Every check but the time window: a payment with a record is answered from it whatever
-        // the clock says; the window applies only to a payment seen for the first time. A
-        // Permit2 payload (told apart by its shape, as verify does) is settled through the exact
-        // Permit2 proxy, by the same record, queue, lanes and replay.
-        let network = scheme.network().caip2();
-        let checked = match permit2::is_permit2(&payment.payload) {
-            true => scheme.check_permit2_terms(payment).map(|c| {
-                let a = &c.payment.authorization;
-                (
-                    PaymentId::permit2(network, c.payment.asset, a.from, a.nonce),
-                    c.digest(network),
-                    c.settle_calldata(),
-                    Terms::Permit2(c),
-                )
-            }),
-            false => scheme.check_terms(payment).map(|c| {
-                let a = &c.payment.authorization;
-                (
-                    PaymentId::new(network, c.payment.asset, a.from, a.nonce),
-                    c.digest(network),
-                    c.transfer_calldata(),
-                    Terms::Eip3009(c),
-                )
-            }),
-        };
+        // the clock says; the window applies only to a payment seen for the first time.
+        let checked = terms_of(scheme, payment);
         let (id, digest, calldata, terms) = match checked {
             Ok(checked) => checked,
             Err(rejection) => return echo.failure(rejection, None).into(),
@@ -786,6 +764,35 @@ impl Settler {
             }
         }
     }
+}
+
+/// The checks but the time window, by the payload's transfer method, and what the record is
+/// built from: the id, the digest and the settlement's calldata. A Permit2 payload (told apart by
+/// its shape, as verify does) is settled through the exact Permit2 proxy, by the same record,
+/// queue, lanes and replay.
+fn terms_of(
+    scheme: &ExactEvm,
+    payment: &Payment,
+) -> Result<(PaymentId, B256, Bytes, Terms), Rejection> {
+    let network = scheme.network().caip2();
+    if permit2::is_permit2(&payment.payload) {
+        let c = scheme.check_permit2_terms(payment)?;
+        let a = &c.payment.authorization;
+        return Ok((
+            PaymentId::permit2(network, c.payment.asset, a.from, a.nonce),
+            c.digest(network),
+            c.settle_calldata(),
+            Terms::Permit2(c),
+        ));
+    }
+    let c = scheme.check_terms(payment)?;
+    let a = &c.payment.authorization;
+    Ok((
+        PaymentId::new(network, c.payment.asset, a.from, a.nonce),
+        c.digest(network),
+        c.transfer_calldata(),
+        Terms::Eip3009(c),
+    ))
 }
 
 /// What one look at the record does (pure).

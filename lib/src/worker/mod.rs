@@ -312,11 +312,7 @@ impl Worker {
         let (fees, estimate) = simulated?;
         // The simulation before signing: a call that would revert never takes a lane nonce.
         let cap = decide::gas_cap(&record.calldata, chain.gas_caps());
-        let limit = match (record.id.is_permit2(), estimate) {
-            (true, Err(revert)) => self.permit2_refused(chain, &record, revert).await?,
-            (_, estimate) => gas_limit(estimate, cap),
-        };
-        let gas = match limit {
+        let gas = match self.limit(chain, &record, estimate, cap).await? {
             GasLimit::Limit(gas) => gas,
             GasLimit::OverCap { needed, cap } => {
                 let why = format!("the transfer would use {needed} gas, more than this facilitator pays for one settlement on {} ({cap})", record.network);
@@ -333,19 +329,7 @@ impl Worker {
                 };
                 return self.used_before_signing(chain, &record, revert).await;
             }
-            GasLimit::Refused(revert) if record.id.is_permit2() => {
-                let why = format!(
-                    "the settlement through the exact Permit2 proxy would revert: {revert}"
-                );
-                return self
-                    .fail(&record, Reason::Permit2SimulationFailed, why)
-                    .await;
-            }
-            GasLimit::Refused(revert) => {
-                return self
-                    .fail(&record, reason_from_revert(&revert), revert)
-                    .await
-            }
+            GasLimit::Refused(revert) => return self.refuse(&record, revert).await,
         };
         let nonce = nonce?;
         let tx = decide::transfer_tx(&record, scheme.network().chain_id(), nonce, gas, fees);
@@ -382,6 +366,34 @@ impl Worker {
             }
         };
         Ok((fees, estimate))
+    }
+
+    /// The gas limit from the simulation ([`gas_limit`]); a Permit2 payment's revert is read by
+    /// [`Worker::permit2_refused`].
+    async fn limit(
+        &self,
+        chain: &Chain,
+        record: &PaymentRecord,
+        estimate: Result<u64, String>,
+        cap: u64,
+    ) -> Result<GasLimit, WorkError> {
+        match (record.id.is_permit2(), estimate) {
+            (true, Err(revert)) => self.permit2_refused(chain, record, revert).await,
+            (_, estimate) => Ok(gas_limit(estimate, cap)),
+        }
+    }
+
+    /// Fails a payment whose simulation reverted for a reason other than a used authorization;
+    /// no lane nonce is taken.
+    async fn refuse(&self, record: &PaymentRecord, revert: String) -> Result<(), WorkError> {
+        if record.id.is_permit2() {
+            let why =
+                format!("the settlement through the exact Permit2 proxy would revert: {revert}");
+            return self
+                .fail(record, Reason::Permit2SimulationFailed, why)
+                .await;
+        }
+        self.fail(record, reason_from_revert(&revert), revert).await
     }
 
     /// What a Permit2 payment's reverted simulation means. Permit2's and the proxy's custom
