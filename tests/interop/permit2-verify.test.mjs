@@ -1,13 +1,12 @@
-// Permit2 `exact` payments as @x402/evm 2.27's own client signs them, verified by our facilitator
-// through @x402/core's HTTPFacilitatorClient (what a resource server calls), on both front ends.
-// Verify only: our /settle does not settle Permit2 payments yet (docs/protocol-choices.md), so this
-// proves the one thing that can be proved now, that the official client's payloads and ours agree:
-// the typed data, the nonce and deadline formats, the signature, the reasons.
+// Permit2 `exact` payments as @x402/evm 2.27's own client signs them, verified and settled by our
+// facilitator through @x402/core's HTTPFacilitatorClient (what a resource server calls), on both
+// front ends: the official client's payloads and ours agree (the typed data, the nonce and deadline
+// formats, the signature, the reasons), and a settled one moves exactly the price through the proxy.
 
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { HTTPFacilitatorClient } from "@x402/core/server";
-import { PERMIT2_ADDRESS, toClientEvmSigner } from "@x402/evm";
+import { PERMIT2_ADDRESS, toClientEvmSigner, x402ExactPermit2ProxyAddress } from "@x402/evm";
 import { ExactEvmScheme as ExactClient } from "@x402/evm/exact/client";
 import { createPublicClient, createTestClient, createWalletClient, getAddress, http, maxUint256, parseAbi, parseEther } from "viem";
 import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
@@ -19,6 +18,7 @@ const PRICE = 1_000_000n; // atomic units of the permit token (18 decimals)
 const TOKEN_ABI = parseAbi([
   "function approve(address spender, uint256 value) returns (bool)",
   "function mint(address to, uint256 value)",
+  "function balanceOf(address account) view returns (uint256)",
 ]);
 const FRONT_ENDS = [
   { name: "the local server", variable: "X402_BASE_URL" },
@@ -67,7 +67,7 @@ async function pay(payer, accepted) {
 }
 
 for (const frontEnd of FRONT_ENDS) {
-  describe(`Permit2 verify with the official SDK through ${frontEnd.name}`, () => {
+  describe(`Permit2 verify and settle with the official SDK through ${frontEnd.name}`, () => {
     const facilitator = () => new HTTPFacilitatorClient({ url: facilitatorUrl(frontEnd.variable) });
 
     test("a payment from a payer that approved Permit2 is valid", async () => {
@@ -76,6 +76,27 @@ for (const frontEnd of FRONT_ENDS) {
       const answer = await facilitator().verify(await pay(payer, accepted), accepted);
       assert.equal(answer.isValid, true, JSON.stringify(answer));
       assert.equal(getAddress(answer.payer), payer.address);
+    });
+
+    test("a verified payment settles once through the exact proxy, moving exactly the price", async () => {
+      const payer = await newPayer({ approved: true });
+      const accepted = requirements();
+      const payload = await pay(payer, accepted);
+      const balance = (account) => chain.readContract({ address: stack.X402_PERMIT_TOKEN, abi: TOKEN_ABI, functionName: "balanceOf", args: [account] });
+      const before = [await balance(payer.address), await balance(accepted.payTo)];
+      const verified = await facilitator().verify(payload, accepted);
+      assert.equal(verified.isValid, true, JSON.stringify(verified));
+      const settled = await facilitator().settle(payload, accepted);
+      assert.equal(settled.success, true, JSON.stringify(settled));
+      const receipt = await chain.getTransactionReceipt({ hash: settled.transaction });
+      assert.equal(receipt.status, "success");
+      assert.equal(getAddress(receipt.to), getAddress(x402ExactPermit2ProxyAddress));
+      assert.deepEqual([await balance(payer.address), await balance(accepted.payTo)], [before[0] - PRICE, before[1] + PRICE]);
+      // The same payload again is not a second success, and nothing moves.
+      const again = await facilitator().settle(payload, accepted);
+      assert.equal(again.success, false, JSON.stringify(again));
+      assert.equal(again.errorReason, "permit2_invalid_nonce", JSON.stringify(again));
+      assert.deepEqual([await balance(payer.address), await balance(accepted.payTo)], [before[0] - PRICE, before[1] + PRICE]);
     });
 
     test("a payer that never approved Permit2 gets permit2_allowance_required", async () => {

@@ -114,6 +114,7 @@ async fn signed_on_down_network(k: u64, age_ms: u64) -> String {
         value: alloy::primitives::U256::from(1),
         valid_before: now() + 3600,
         calldata: &calldata,
+        target: None,
         digest: B256::repeat_byte(2),
         lane: &config().lane_keys[0],
     };

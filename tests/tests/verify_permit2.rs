@@ -1,7 +1,7 @@
 //! `POST /verify` for `exact` payments through Permit2 (`permit2Authorization` payloads), against
 //! the local stack: anvil with Permit2, the x402 exact Permit2 proxy and the EIP-2612 test token
 //! at their addresses (infra/README.md, "The Permit2 contracts"). Each refusal asserts the
-//! reference's reason string; `/settle` still refuses these payments without sending anything.
+//! reference's reason string. `/settle` of these payments is tested in `settle_permit2.rs`.
 
 // Test helpers panic on set-up failures: that is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -216,21 +216,4 @@ async fn a_malformed_permit2_payload_is_invalid_not_a_crash() {
             "{field}"
         );
     }
-}
-
-#[tokio::test]
-async fn settle_refuses_a_permit2_payment_without_sending_anything() {
-    let s = stack();
-    let payment = Permit2Builder::new(approved_payer().await).sign();
-    let before = token_balance(s.permit_token, payment.from).await;
-    let answer = settle(&payment.body()).await;
-    assert_eq!(answer.status, 200, "{:?}", answer.json);
-    assert_eq!(answer.json["success"], false, "{:?}", answer.json);
-    assert_eq!(answer.json["errorReason"], "unsupported_payload_type");
-    assert_eq!(answer.json["transaction"], "");
-    assert_eq!(answer.json["network"], NETWORK);
-    // Nothing was queued: the payment is still unpaid and still valid.
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    assert_eq!(token_balance(s.permit_token, payment.from).await, before);
-    assert_eq!(reason(&payment).await, None);
 }

@@ -98,10 +98,14 @@ pub const PERMIT2: alloy::primitives::Address =
 pub const EXACT_PERMIT2_PROXY: alloy::primitives::Address =
     alloy::primitives::address!("0x402085c248EeA27D92E8b30b2C58ed07f9E20001");
 
-/// Whether `calldata` is the `v, r, s` overload of `transferWithAuthorization`: a signature by the
-/// payer's own key, which the token checks itself. The `bytes` overload may be a contract wallet's,
-/// whose code the token runs to check it (and anything else is not a transfer of ours).
+/// Whether `calldata` is the `v, r, s` overload of `transferWithAuthorization`, or the exact
+/// Permit2 proxy's `settle`: a signature by the payer's own key, which the token (or Permit2)
+/// checks itself (this facilitator accepts Permit2 payments signed by keys only). The `bytes`
+/// overload may be a contract wallet's, whose code the token runs to check it (and anything else
+/// is not a transfer of ours).
 pub fn signed_by_key(calldata: &[u8]) -> bool {
     use alloy::sol_types::SolCall;
-    calldata.get(..4) == Some(&IEip3009::transferWithAuthorization_0Call::SELECTOR[..])
+    let selector = calldata.get(..4);
+    selector == Some(&IEip3009::transferWithAuthorization_0Call::SELECTOR[..])
+        || selector == Some(&IX402ExactPermit2Proxy::settleCall::SELECTOR[..])
 }

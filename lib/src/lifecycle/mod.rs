@@ -99,7 +99,16 @@ pub enum UsedBy {
 }
 
 /// Finds who used the record's authorization.
+///
+/// A Permit2 nonce leaves no log of its use (Permit2 only flips a bit), so for a Permit2 payment
+/// only the record's own transactions can be named: their receipts are looked for, and a mined
+/// one is `Ours` (`paid` as for EIP-3009). Anything else is `Nobody`: a front-runner that called
+/// the proxy with the same permit is not attributed, and the payment fails with
+/// `permit2_invalid_nonce` (docs/settlement.md, "Permit2").
 pub async fn used_by(chain: &Chain, record: &PaymentRecord) -> Result<UsedBy, LifecycleError> {
+    if record.id.is_permit2() {
+        return used_by_own(chain, record).await;
+    }
     let transfer = record.transfer();
     let found =
         crate::evm::attribution::find_use(chain, &transfer, record.authorization_nonce()).await?;
@@ -114,6 +123,71 @@ pub async fn used_by(chain: &Chain, record: &PaymentRecord) -> Result<UsedBy, Li
             transfer.made_by(&u.receipt),
         ),
     })
+}
+
+/// The first of the record's own transactions that the chain has a receipt for.
+async fn used_by_own(chain: &Chain, record: &PaymentRecord) -> Result<UsedBy, LifecycleError> {
+    let transfer = record.transfer();
+    for hash in record.hashes() {
+        if let Some(receipt) = chain.receipt(hash).await? {
+            let mined = Mined {
+                tx: hash,
+                block: receipt.block_number,
+            };
+            return Ok(UsedBy::Ours {
+                mined,
+                paid: receipt.to == Some(record.target()) && transfer.made_by(&receipt),
+            });
+        }
+    }
+    Ok(UsedBy::Nobody)
+}
+
+/// Whether the record's authorization is used on chain: the token's `authorizationState` for
+/// EIP-3009, Permit2's nonce bitmap for a Permit2 payment (a bit set by a settlement or by the
+/// owner's `invalidateUnorderedNonces`).
+pub async fn authorization_used(chain: &Chain, record: &PaymentRecord) -> Result<bool, String> {
+    use alloy::sol_types::SolCall;
+
+    use crate::evm::abi::{IEip3009, IPermit2, PERMIT2};
+    let nonce = record.authorization_nonce();
+    let (to, data) = match record.id.is_permit2() {
+        true => (
+            PERMIT2,
+            IPermit2::nonceBitmapCall {
+                owner: record.payer,
+                wordPos: alloy::primitives::U256::from_be_bytes(nonce.0) >> 8,
+            }
+            .abi_encode(),
+        ),
+        false => (
+            record.asset,
+            IEip3009::authorizationStateCall {
+                authorizer: record.payer,
+                nonce,
+            }
+            .abi_encode(),
+        ),
+    };
+    let data = match chain
+        .call(None, to, data.into())
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        crate::evm::CallOutcome::Returned(data) => data,
+        crate::evm::CallOutcome::Reverted { message } => {
+            return Err(format!(
+                "reading whether the authorization is used reverted: {message}"
+            ))
+        }
+    };
+    match record.id.is_permit2() {
+        true => IPermit2::nonceBitmapCall::abi_decode_returns(&data)
+            .map(|word| word.bit(usize::from(nonce.0[31])))
+            .map_err(|e| format!("nonceBitmap answered {data}: {e}")),
+        false => IEip3009::authorizationStateCall::abi_decode_returns(&data)
+            .map_err(|e| format!("authorizationState answered {data}: {e}")),
+    }
 }
 
 /// Whose `mined` is (pure).

@@ -97,7 +97,9 @@ pub async fn finish(
         return Ok(None);
     };
     let transfer = record.transfer();
-    let to_token = receipt.to == Some(transfer.asset);
+    // The contract the settlement calls (the token, or the exact Permit2 proxy); the `Transfer`
+    // that proves the payment is the token's either way.
+    let to_token = receipt.to == Some(record.target());
     let other = match to_token && !receipt.status() {
         true => paid_by_other(chain, record).await?,
         false => None,

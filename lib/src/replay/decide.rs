@@ -144,8 +144,14 @@ pub enum UsedPlan {
     Fail(Failure),
 }
 
-pub fn used_plan(used_by: UsedBy) -> UsedPlan {
+pub fn used_plan(record: &PaymentRecord, used_by: UsedBy) -> UsedPlan {
     match used_by {
+        // Permit2 logs nothing on use: only the record's own receipts could have named a user.
+        UsedBy::Nobody if record.id.is_permit2() => UsedPlan::Fail(Failure::new(
+            record.used_reason(),
+            "the Permit2 nonce is used on chain, by no transaction of this payment's: another \
+             settlement of the permit, or the payer invalidated the nonce",
+        )),
         UsedBy::Ours { mined, .. } => UsedPlan::FinishOurs(mined),
         UsedBy::Theirs { mined, paid: true } => UsedPlan::SettleByOther(mined),
         UsedBy::Theirs { mined, paid: false } => UsedPlan::Fail(Failure::new(
@@ -338,28 +344,37 @@ mod tests {
 
     #[test]
     fn used_by_ours_is_finished_from_its_receipt() {
-        let plan = used_plan(UsedBy::Ours {
-            mined: mined(),
-            paid: true,
-        });
+        let plan = used_plan(
+            &record(State::Submitted),
+            UsedBy::Ours {
+                mined: mined(),
+                paid: true,
+            },
+        );
         assert_eq!(plan, UsedPlan::FinishOurs(mined()));
     }
 
     #[test]
     fn used_by_theirs_that_paid_the_payee_settles() {
-        let plan = used_plan(UsedBy::Theirs {
-            mined: mined(),
-            paid: true,
-        });
+        let plan = used_plan(
+            &record(State::Submitted),
+            UsedBy::Theirs {
+                mined: mined(),
+                paid: true,
+            },
+        );
         assert_eq!(plan, UsedPlan::SettleByOther(mined()));
     }
 
     #[test]
     fn used_by_theirs_that_did_not_pay_fails_naming_it() {
-        let plan = used_plan(UsedBy::Theirs {
-            mined: mined(),
-            paid: false,
-        });
+        let plan = used_plan(
+            &record(State::Submitted),
+            UsedBy::Theirs {
+                mined: mined(),
+                paid: false,
+            },
+        );
         assert!(matches!(
             plan,
             UsedPlan::Fail(f) if f.reason == Reason::NonceAlreadyUsed && f.message.contains(&format!("{:#x}", mined().tx))
@@ -369,8 +384,23 @@ mod tests {
     #[test]
     fn used_by_nobody_in_the_lookback_fails() {
         assert!(matches!(
-            used_plan(UsedBy::Nobody),
+            used_plan(&record(State::Submitted), UsedBy::Nobody),
             UsedPlan::Fail(f) if f.reason == Reason::NonceAlreadyUsed
+        ));
+    }
+
+    #[test]
+    fn a_permit2_nonce_used_by_nobody_of_ours_fails_as_permit2_invalid_nonce() {
+        let mut permit2 = record(State::Submitted);
+        permit2.id = crate::store::PaymentId::permit2(
+            &permit2.network,
+            permit2.asset,
+            permit2.payer,
+            alloy::primitives::U256::from(7),
+        );
+        assert!(matches!(
+            used_plan(&permit2, UsedBy::Nobody),
+            UsedPlan::Fail(f) if f.reason == Reason::Permit2InvalidNonce
         ));
     }
 }

@@ -38,13 +38,13 @@ mod sweep;
 
 use std::time::Duration;
 
-use alloy::{primitives::B256, sol_types::SolCall};
+use alloy::primitives::B256;
 use serde::Serialize;
 
 use crate::{
     clock::unix_now,
     config::{Config, ConfigError},
-    evm::{abi::IEip3009, CallOutcome, Chain},
+    evm::Chain,
     facilitator::Facilitator,
     lifecycle::{self, receipt, Sent},
     queue::Queue,
@@ -442,7 +442,7 @@ impl Replayer {
         hash: B256,
         attempt: &str,
     ) -> Action {
-        let used = match authorization_used(chain, record).await {
+        let used = match lifecycle::authorization_used(chain, record).await {
             Ok(used) => used,
             Err(e) => return error(&record.id, &e),
         };
@@ -480,7 +480,7 @@ impl Replayer {
             Ok(used_by) => used_by,
             Err(e) => return error(&record.id, &e),
         };
-        match used_plan(used_by) {
+        match used_plan(record, used_by) {
             UsedPlan::FinishOurs(mined) => {
                 match receipt::finish(chain, &self.store, record, None).await {
                     Ok(Some(finished)) => finished_action(&finished),
@@ -523,23 +523,6 @@ fn moved(id: &PaymentId, outcome: Result<bool, StoreError>, done: Action) -> Act
         Ok(true) => done,
         Ok(false) => Action::MovedOn,
         Err(e) => error(id, &e),
-    }
-}
-
-/// Whether the token has the record's authorization as used (`authorizationState`).
-async fn authorization_used(chain: &Chain, record: &PaymentRecord) -> Result<bool, String> {
-    let call = IEip3009::authorizationStateCall {
-        authorizer: record.payer,
-        nonce: record.authorization_nonce(),
-    };
-    match chain
-        .call(None, record.asset, call.abi_encode().into())
-        .await
-        .map_err(|e| e.to_string())?
-    {
-        CallOutcome::Returned(data) => IEip3009::authorizationStateCall::abi_decode_returns(&data)
-            .map_err(|e| format!("authorizationState answered {data}: {e}")),
-        CallOutcome::Reverted { message } => Err(format!("authorizationState reverted: {message}")),
     }
 }
 

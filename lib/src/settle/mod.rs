@@ -16,7 +16,12 @@ use tracing::instrument;
 use crate::{
     clock::{now_ms, unix_now},
     config::{Config, ConfigError},
-    evm::{attribution, Checked, ExactEvm},
+    evm::{
+        abi::EXACT_PERMIT2_PROXY,
+        attribution,
+        permit2::{self, Permit2Checked},
+        Checked, ExactEvm,
+    },
     facilitator::Facilitator,
     lifecycle::receipt,
     protocol::{
@@ -132,11 +137,61 @@ impl From<SettleResponse> for SettleAnswer {
     }
 }
 
+/// A payment that passed the checks but the time window, by its transfer method.
+enum Terms {
+    Eip3009(Checked),
+    /// An `exact` Permit2 payment, settled through the exact Permit2 proxy.
+    Permit2(Permit2Checked),
+}
+
+impl Terms {
+    /// What the payment moves.
+    fn transfer(&self) -> crate::evm::Transfer {
+        match self {
+            Terms::Eip3009(c) => c.transfer(),
+            Terms::Permit2(c) => c.transfer(),
+        }
+    }
+
+    /// `validBefore`, or the permit's deadline: when the payment can no longer settle.
+    fn valid_before(&self) -> u64 {
+        let until = match self {
+            Terms::Eip3009(c) => c.payment.authorization.valid_before,
+            Terms::Permit2(c) => c.payment.authorization.deadline,
+        };
+        u64::try_from(until).unwrap_or(u64::MAX)
+    }
+
+    /// The contract the settlement calls when it is not the token.
+    fn target(&self) -> Option<alloy::primitives::Address> {
+        match self {
+            Terms::Eip3009(_) => None,
+            Terms::Permit2(_) => Some(EXACT_PERMIT2_PROXY),
+        }
+    }
+
+    fn check_window(&self, scheme: &ExactEvm, now: u64) -> Result<(), Rejection> {
+        match self {
+            Terms::Eip3009(c) => scheme.check_window(c, now),
+            Terms::Permit2(c) => scheme.check_permit2_window(c, now),
+        }
+    }
+
+    /// The reason a used nonce is answered with.
+    fn used_reason(&self) -> Reason {
+        match self {
+            Terms::Eip3009(_) => Reason::NonceAlreadyUsed,
+            Terms::Permit2(_) => Reason::Permit2InvalidNonce,
+        }
+    }
+}
+
 /// One `/settle` request, checked: everything the steps after the checks share.
 struct Request<'a> {
     scheme: &'a ExactEvm,
-    checked: Checked,
-    /// The `transferWithAuthorization` call, encoded once: what a record stores and is compared by.
+    terms: Terms,
+    /// The settlement's call (`transferWithAuthorization`, or the proxy's `settle`), encoded once:
+    /// what a record stores and is compared by.
     calldata: Bytes,
     id: PaymentId,
     digest: B256,
@@ -148,16 +203,17 @@ struct Request<'a> {
 
 impl Request<'_> {
     fn new_payment<'b>(&'b self, lane: &'b str) -> NewPayment<'b> {
-        let a = &self.checked.payment.authorization;
+        let transfer = self.terms.transfer();
         NewPayment {
             id: &self.id,
             network: self.scheme.network().caip2(),
-            asset: self.checked.payment.asset,
-            payer: a.from,
-            pay_to: a.to,
-            value: a.value,
-            valid_before: u64::try_from(a.valid_before).unwrap_or(u64::MAX),
+            asset: transfer.asset,
+            payer: transfer.from,
+            pay_to: transfer.to,
+            value: transfer.value,
+            valid_before: self.terms.valid_before(),
             calldata: &self.calldata,
+            target: self.terms.target(),
             digest: self.digest,
             lane,
         }
@@ -172,7 +228,7 @@ impl Request<'_> {
     /// nonce: the reference's answer to a used authorization, with nothing named.
     fn nonce_used(&self, message: impl Into<String>) -> SettleResponse {
         self.echo
-            .failure(Rejection::new(Reason::NonceAlreadyUsed, message), None)
+            .failure(Rejection::new(self.terms.used_reason(), message), None)
     }
 }
 
@@ -264,22 +320,21 @@ impl Settler {
         };
         // Every check but the time window: a payment with a record is answered from it whatever
         // the clock says; the window applies only to a payment seen for the first time.
-        let checked = match scheme.check_terms(payment) {
+        let checked = terms_of(scheme, payment);
+        let (id, digest, calldata, terms) = match checked {
             Ok(checked) => checked,
             Err(rejection) => return echo.failure(rejection, None).into(),
         };
-        let a = &checked.payment.authorization;
-        let network = scheme.network().caip2();
         let request = Request {
-            id: PaymentId::new(network, checked.payment.asset, a.from, a.nonce),
-            digest: checked.digest(network),
-            calldata: checked.transfer_calldata(),
+            id,
+            digest,
+            calldata,
             claimant: match &identifier {
                 Some(identifier) => Claimant::Identifier(identifier.as_str().to_owned()),
                 None => Claimant::new_request(),
             },
             scheme,
-            checked,
+            terms,
             echo,
             started,
         };
@@ -303,11 +358,12 @@ impl Settler {
         let key = format!(
             "pid#{}#{:#x}#{}",
             request.scheme.network().caip2(),
-            request.checked.payment.pay_to,
+            request.terms.transfer().to,
             identifier.as_str()
         );
-        let expires_at = u64::try_from(request.checked.payment.authorization.valid_before)
-            .unwrap_or(u64::MAX)
+        let expires_at = request
+            .terms
+            .valid_before()
             .saturating_add(crate::store::RETENTION_SECS);
         match self
             .store
@@ -350,8 +406,7 @@ impl Settler {
         };
         let confirmed = self.confirm(r, sender).await;
         // Which refused it: the clock's answer comes first, as the window is checked first.
-        let (rejection, by_chain) = match (r.scheme.check_window(&r.checked, unix_now()), confirmed)
-        {
+        let (rejection, by_chain) = match (r.terms.check_window(r.scheme, unix_now()), confirmed) {
             (Ok(()), Ok(gas)) => {
                 let simulated = gas.map(|gas| Simulated {
                     gas,
@@ -391,8 +446,12 @@ impl Settler {
     /// that used it. If it paid exactly this payment's payee and value, the payee was paid (by a
     /// front-runner): record that and claim it. Otherwise the used-nonce failure, naming it.
     async fn used_elsewhere(&self, r: &Request<'_>, used: Rejection) -> SettleResponse {
-        let transfer = r.checked.transfer();
-        let nonce = r.checked.payment.authorization.nonce;
+        // A Permit2 nonce leaves no log of its use to attribute (docs/settlement.md, "Permit2").
+        let Terms::Eip3009(checked) = &r.terms else {
+            return r.echo.failure(used, None);
+        };
+        let transfer = checked.transfer();
+        let nonce = checked.payment.authorization.nonce;
         let found = match attribution::find_use(r.scheme.chain(), &transfer, nonce).await {
             Ok(found) => found,
             Err(e) => {
@@ -440,11 +499,13 @@ impl Settler {
         let mut wait = Duration::from_millis(20);
         let mut tries = 1;
         loop {
-            match self
-                .facilitator
-                .confirm_as(r.scheme, &r.checked, sender)
-                .await
-            {
+            let confirmed = match &r.terms {
+                Terms::Eip3009(checked) => {
+                    self.facilitator.confirm_as(r.scheme, checked, sender).await
+                }
+                Terms::Permit2(checked) => r.scheme.confirm_permit2_as(checked, sender).await,
+            };
+            match confirmed {
                 Err(rejection)
                     if rejection.reason == Reason::UnexpectedVerifyError
                         && tries < CONFIRM_TRIES
@@ -703,6 +764,35 @@ impl Settler {
             }
         }
     }
+}
+
+/// The checks but the time window, by the payload's transfer method, and what the record is
+/// built from: the id, the digest and the settlement's calldata. A Permit2 payload (told apart by
+/// its shape, as verify does) is settled through the exact Permit2 proxy, by the same record,
+/// queue, lanes and replay.
+fn terms_of(
+    scheme: &ExactEvm,
+    payment: &Payment,
+) -> Result<(PaymentId, B256, Bytes, Terms), Rejection> {
+    let network = scheme.network().caip2();
+    if permit2::is_permit2(&payment.payload) {
+        let c = scheme.check_permit2_terms(payment)?;
+        let a = &c.payment.authorization;
+        return Ok((
+            PaymentId::permit2(network, c.payment.asset, a.from, a.nonce),
+            c.digest(network),
+            c.settle_calldata(),
+            Terms::Permit2(c),
+        ));
+    }
+    let c = scheme.check_terms(payment)?;
+    let a = &c.payment.authorization;
+    Ok((
+        PaymentId::new(network, c.payment.asset, a.from, a.nonce),
+        c.digest(network),
+        c.transfer_calldata(),
+        Terms::Eip3009(c),
+    ))
 }
 
 /// What one look at the record does (pure).

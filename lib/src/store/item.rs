@@ -216,6 +216,7 @@ mod tests {
                 value: U256::from(10_000),
                 valid_before: 100,
                 calldata: &calldata,
+                target: None,
                 digest: B256::repeat_byte(2),
                 lane: "lane-key-0",
             },

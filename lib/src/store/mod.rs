@@ -436,12 +436,23 @@ impl Store {
     /// the transaction was built from (the worker may have built it from the copy the queue
     /// message carries rather than from a read of the record).
     fn write_ahead<'a>(record: &PaymentRecord, signed: &Signed) -> Change<'a> {
+        let mut unchanged = vec![
+            ("lane", AttributeValue::S(record.lane.clone())),
+            ("asset", hex_value(&record.asset)),
+            ("calldata", hex_value(&record.calldata)),
+        ];
+        // The contract the transaction calls is part of what it was built from: a copy naming
+        // another target (or none where the record has one) must not be written ahead.
+        let absent: &'a [&'a str] = match record.target {
+            Some(target) => {
+                unchanged.push(("target", hex_value(&target)));
+                &[]
+            }
+            None => &["target"],
+        };
         let change = Change {
-            unchanged: vec![
-                ("lane", AttributeValue::S(record.lane.clone())),
-                ("asset", hex_value(&record.asset)),
-                ("calldata", hex_value(&record.calldata)),
-            ],
+            unchanged,
+            absent,
             ..Change::new(State::Queued, State::Signed)
         };
         change
@@ -698,6 +709,8 @@ struct Change<'a> {
     /// The transaction hash the record must still hold; it is appended to `replaced`.
     replaced: Option<B256>,
     unchanged: Vec<(&'a str, AttributeValue)>,
+    /// Attributes the record must not have.
+    absent: &'a [&'a str],
     /// Sets `claimed_by`, only if nobody else holds it.
     claim: Option<&'a str>,
 }
@@ -712,6 +725,7 @@ impl<'a> Change<'a> {
             remove: &[],
             replaced: None,
             unchanged: Vec::new(),
+            absent: &[],
             claim: None,
         }
     }
@@ -839,6 +853,10 @@ impl<'a> Change<'a> {
             condition.push_str(&format!(" AND #unchanged{i} = :unchanged{i}"));
             names.insert(format!("#unchanged{i}"), name.to_owned());
             values.insert(format!(":unchanged{i}"), value);
+        }
+        for (i, name) in self.absent.iter().enumerate() {
+            condition.push_str(&format!(" AND attribute_not_exists(#absent{i})"));
+            names.insert(format!("#absent{i}"), (*name).to_owned());
         }
         condition
     }

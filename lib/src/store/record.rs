@@ -45,21 +45,42 @@ impl State {
     }
 }
 
-/// One authorization's id: network, token, payer and EIP-3009 nonce. The same authorization always
-/// has the same id, whoever submits it and however often. Stored as
-/// `<network>#<token>#<payer>#<nonce>`, hex in lowercase.
+/// One authorization's id: network, token, payer and nonce. The same authorization always has the
+/// same id, whoever submits it and however often. Stored as `<network>#<token>#<payer>#<nonce>`,
+/// hex in lowercase, for an EIP-3009 authorization (its `bytes32` nonce), and as
+/// `<network>#<token>#<payer>#<nonce>#permit2` for an `exact` Permit2 payment, whose `uint256`
+/// Permit2 nonce is written as its 32 big-endian bytes. The suffix keeps the two apart: the token
+/// tracks EIP-3009 nonces and Permit2 tracks its own per owner, so the same 32 bytes under both are
+/// two different authorizations, and each must have its own record (docs/settlement.md).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PaymentId {
     text: String,
-    /// The EIP-3009 nonce, the id's last part.
+    /// The nonce, the id's fourth part.
     nonce: B256,
+    /// Whether the nonce is a Permit2 nonce (the payment goes through the exact Permit2 proxy).
+    permit2: bool,
 }
 
+/// The last part of a Permit2 payment's id.
+const PERMIT2_SUFFIX: &str = "permit2";
+
 impl PaymentId {
+    /// An EIP-3009 authorization's id.
     pub fn new(network: &str, asset: Address, payer: Address, nonce: B256) -> Self {
         PaymentId {
             text: format!("{network}#{asset:#x}#{payer:#x}#{nonce:#x}"),
             nonce,
+            permit2: false,
+        }
+    }
+
+    /// An `exact` Permit2 payment's id: its Permit2 nonce, as 32 big-endian bytes, and the suffix.
+    pub fn permit2(network: &str, asset: Address, payer: Address, nonce: U256) -> Self {
+        let nonce = B256::from(nonce);
+        PaymentId {
+            text: format!("{network}#{asset:#x}#{payer:#x}#{nonce:#x}#{PERMIT2_SUFFIX}"),
+            nonce,
+            permit2: true,
         }
     }
 
@@ -67,25 +88,38 @@ impl PaymentId {
     /// or anything else).
     pub fn parse(text: &str) -> Option<Self> {
         let mut parts = text.split('#');
-        let (Some(network), Some(asset), Some(payer), Some(nonce), None) = (
+        let (Some(network), Some(asset), Some(payer), Some(nonce)) = (
             parts.next(),
             parts.next().and_then(crate::evm::hex::address),
             parts.next().and_then(crate::evm::hex::address),
             parts.next().and_then(crate::evm::hex::b256),
-            parts.next(),
         ) else {
             return None;
         };
-        Some(PaymentId::new(network, asset, payer, nonce))
+        match (parts.next(), parts.next()) {
+            (None, _) => Some(PaymentId::new(network, asset, payer, nonce)),
+            (Some(PERMIT2_SUFFIX), None) => Some(PaymentId::permit2(
+                network,
+                asset,
+                payer,
+                U256::from_be_bytes(nonce.0),
+            )),
+            _ => None,
+        }
     }
 
     pub fn as_str(&self) -> &str {
         &self.text
     }
 
-    /// The authorization's EIP-3009 nonce.
+    /// The authorization's nonce: EIP-3009's, or a Permit2 nonce's 32 big-endian bytes.
     pub fn nonce(&self) -> B256 {
         self.nonce
+    }
+
+    /// Whether this is an `exact` Permit2 payment's id.
+    pub fn is_permit2(&self) -> bool {
+        self.permit2
     }
 }
 
@@ -158,9 +192,19 @@ pub struct PaymentRecord {
     #[serde(with = "item::decimal")]
     pub value: U256,
     pub valid_before: u64,
-    /// The `transferWithAuthorization` call.
+    /// The settlement's call: `transferWithAuthorization` (to the token), or the exact Permit2
+    /// proxy's `settle` (to [`PaymentRecord::target`]).
     #[serde(with = "item::hex")]
     pub calldata: Bytes,
+    /// The contract the settlement transaction calls, when it is not `asset`: the exact Permit2
+    /// proxy for a Permit2 payment. Absent for EIP-3009 payments (and in records written before
+    /// it existed), which call the token. Read it through [`PaymentRecord::target`].
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "item::opt_hex"
+    )]
+    pub target: Option<Address>,
     pub lane: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lane_nonce: Option<u64>,
@@ -284,6 +328,8 @@ pub struct NewPayment<'a> {
     pub value: U256,
     pub valid_before: u64,
     pub calldata: &'a Bytes,
+    /// The contract `calldata` calls when it is not `asset` ([`PaymentRecord::target`]).
+    pub target: Option<Address>,
     pub digest: B256,
     pub lane: &'a str,
 }
@@ -302,6 +348,7 @@ impl PaymentRecord {
             value: new.value,
             valid_before: new.valid_before,
             calldata: new.calldata.clone(),
+            target: new.target,
             lane: new.lane.to_owned(),
             lane_nonce: None,
             raw_tx: None,
@@ -367,6 +414,11 @@ impl PaymentRecord {
         }
     }
 
+    /// The contract the settlement transaction calls: `target`, or the token when there is none.
+    pub fn target(&self) -> Address {
+        self.target.unwrap_or(self.asset)
+    }
+
     /// Whether the payment's signature may be a contract wallet's: one the token asks the payer's
     /// code about when the transaction runs, rather than checks itself.
     pub fn signed_by_contract(&self) -> bool {
@@ -378,9 +430,18 @@ impl PaymentRecord {
         self.hashes().any(|h| h == hash)
     }
 
-    /// The EIP-3009 nonce of the authorization.
+    /// The authorization's nonce ([`PaymentId::nonce`]).
     pub fn authorization_nonce(&self) -> B256 {
         self.id.nonce()
+    }
+
+    /// The reason for an authorization found already used: `permit2_invalid_nonce` for a Permit2
+    /// payment, as the reference answers, else `invalid_exact_evm_nonce_already_used`.
+    pub fn used_reason(&self) -> Reason {
+        match self.id.is_permit2() {
+            true => Reason::Permit2InvalidNonce,
+            false => Reason::NonceAlreadyUsed,
+        }
     }
 
     /// The failure a terminal record keeps; for a record without one, what its state says.
@@ -415,6 +476,7 @@ pub(crate) fn sample(state: State) -> PaymentRecord {
             value: U256::from(10_000),
             valid_before: 1_000,
             calldata: &calldata,
+            target: None,
             digest: B256::repeat_byte(2),
             lane: "lane-0",
         },
@@ -458,6 +520,35 @@ mod tests {
         assert_eq!(id().nonce(), B256::repeat_byte(0xab));
         assert_eq!(PaymentId::parse("pid#eip155:84532#0xabc#key"), None);
         assert_eq!(PaymentId::parse(&format!("{}#more", id())), None);
+    }
+
+    #[test]
+    fn a_permit2_id_differs_from_the_eip3009_id_of_the_same_nonce_bytes_and_parses_back() {
+        let eip3009 = id();
+        let permit2 = PaymentId::permit2(
+            "eip155:84532",
+            address!("0x036CbD53842c5426634e7929541eC2318f3dCF7e"),
+            address!("0x70997970C51812dc3A010C7d01b50e0d17dc79C8"),
+            U256::from_be_bytes([0xab; 32]),
+        );
+        assert_ne!(permit2, eip3009);
+        assert_eq!(permit2.as_str(), format!("{eip3009}#permit2"));
+        assert_eq!(permit2.nonce(), eip3009.nonce());
+        assert!(permit2.is_permit2() && !eip3009.is_permit2());
+        assert_eq!(PaymentId::parse(permit2.as_str()), Some(permit2.clone()));
+        assert_eq!(PaymentId::parse(&format!("{permit2}#more")), None);
+        let small = PaymentId::permit2("eip155:84532", Address::ZERO, Address::ZERO, U256::from(7));
+        assert!(small
+            .as_str()
+            .ends_with(&format!("#0x{}07#permit2", "00".repeat(31))));
+    }
+
+    #[test]
+    fn a_record_without_a_target_calls_its_token() {
+        let mut record = sample(State::Queued);
+        assert_eq!(record.target(), record.asset);
+        record.target = Some(crate::evm::abi::EXACT_PERMIT2_PROXY);
+        assert_eq!(record.target(), crate::evm::abi::EXACT_PERMIT2_PROXY);
     }
 
     #[test]

@@ -88,7 +88,8 @@ pub fn gas_cap(calldata: &Bytes, caps: crate::config::GasCaps) -> u64 {
     }
 }
 
-/// The settlement transaction: the record's `transferWithAuthorization` call to its token.
+/// The settlement transaction: the record's call to its target (`transferWithAuthorization` to
+/// the token, or `settle` to the exact Permit2 proxy).
 pub fn transfer_tx(
     record: &PaymentRecord,
     chain_id: u64,
@@ -102,7 +103,7 @@ pub fn transfer_tx(
         gas_limit,
         max_fee_per_gas,
         max_priority_fee_per_gas,
-        to: TxKind::Call(record.asset),
+        to: TxKind::Call(record.target()),
         value: U256::ZERO,
         access_list: Default::default(),
         input: record.calldata.clone(),
@@ -416,6 +417,29 @@ mod tests {
             gas_limit(Err(revert.clone()), 150_000),
             GasLimit::Refused(revert)
         );
+    }
+
+    #[test]
+    fn a_permit2_settlement_gets_the_key_cap() {
+        use crate::{config::GasCaps, evm::abi::IX402ExactPermit2Proxy};
+        use alloy::sol_types::SolCall;
+        let caps = GasCaps {
+            eoa: 1,
+            contract_wallet: 2,
+        };
+        let settle = Bytes::from(IX402ExactPermit2Proxy::settleCall::SELECTOR.to_vec());
+        assert_eq!(gas_cap(&settle, caps), 1);
+    }
+
+    #[test]
+    fn a_permit2_settlement_calls_the_proxy_with_the_stored_calldata() {
+        let proxy = crate::evm::abi::EXACT_PERMIT2_PROXY;
+        let record = PaymentRecord {
+            target: Some(proxy),
+            ..record(State::Queued)
+        };
+        let tx = transfer_tx(&record, 84532, 7, 90_000, (2_000, 100));
+        assert_eq!((tx.to, tx.input), (TxKind::Call(proxy), record.calldata));
     }
 
     #[test]

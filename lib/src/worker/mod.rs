@@ -312,7 +312,7 @@ impl Worker {
         let (fees, estimate) = simulated?;
         // The simulation before signing: a call that would revert never takes a lane nonce.
         let cap = decide::gas_cap(&record.calldata, chain.gas_caps());
-        let gas = match gas_limit(estimate, cap) {
+        let gas = match self.limit(chain, &record, estimate, cap).await? {
             GasLimit::Limit(gas) => gas,
             GasLimit::OverCap { needed, cap } => {
                 let why = format!("the transfer would use {needed} gas, more than this facilitator pays for one settlement on {} ({cap})", record.network);
@@ -329,11 +329,7 @@ impl Worker {
                 };
                 return self.used_before_signing(chain, &record, revert).await;
             }
-            GasLimit::Refused(revert) => {
-                return self
-                    .fail(&record, reason_from_revert(&revert), revert)
-                    .await
-            }
+            GasLimit::Refused(revert) => return self.refuse(&record, revert).await,
         };
         let nonce = nonce?;
         let tx = decide::transfer_tx(&record, scheme.network().chain_id(), nonce, gas, fees);
@@ -365,11 +361,56 @@ impl Worker {
             Some(fresh) => Ok(fresh.gas),
             None => {
                 chain
-                    .estimate_gas(from, record.asset, record.calldata.clone(), fees)
+                    .estimate_gas(from, record.target(), record.calldata.clone(), fees)
                     .await?
             }
         };
         Ok((fees, estimate))
+    }
+
+    /// The gas limit from the simulation ([`gas_limit`]); a Permit2 payment's revert is read by
+    /// [`Worker::permit2_refused`].
+    async fn limit(
+        &self,
+        chain: &Chain,
+        record: &PaymentRecord,
+        estimate: Result<u64, String>,
+        cap: u64,
+    ) -> Result<GasLimit, WorkError> {
+        match (record.id.is_permit2(), estimate) {
+            (true, Err(revert)) => self.permit2_refused(chain, record, revert).await,
+            (_, estimate) => Ok(gas_limit(estimate, cap)),
+        }
+    }
+
+    /// Fails a payment whose simulation reverted for a reason other than a used authorization;
+    /// no lane nonce is taken.
+    async fn refuse(&self, record: &PaymentRecord, revert: String) -> Result<(), WorkError> {
+        if record.id.is_permit2() {
+            let why =
+                format!("the settlement through the exact Permit2 proxy would revert: {revert}");
+            return self
+                .fail(record, Reason::Permit2SimulationFailed, why)
+                .await;
+        }
+        self.fail(record, reason_from_revert(&revert), revert).await
+    }
+
+    /// What a Permit2 payment's reverted simulation means. Permit2's and the proxy's custom
+    /// errors do not reach us as text every node spells alike, so the chain is asked instead: the
+    /// nonce used in Permit2's bitmap is [`GasLimit::UsedBefore`] (attributed as for EIP-3009,
+    /// by the record's own receipts only); anything else refuses the payment.
+    async fn permit2_refused(
+        &self,
+        chain: &Chain,
+        record: &PaymentRecord,
+        revert: String,
+    ) -> Result<GasLimit, WorkError> {
+        match lifecycle::authorization_used(chain, record).await {
+            Ok(true) => Ok(GasLimit::UsedBefore(revert)),
+            Ok(false) => Ok(GasLimit::Refused(revert)),
+            Err(e) => Err(WorkError::Chain(ChainError::Node(e))),
+        }
     }
 
     /// The nonce to sign the record's transaction at: the lanes table's counter, which every
@@ -615,8 +656,9 @@ impl Worker {
         record: &PaymentRecord,
         revert: String,
     ) -> Result<(), WorkError> {
+        let used = record.used_reason();
         let (mined, by_other) = match lifecycle::used_by(chain, record).await? {
-            UsedBy::Nobody => return self.fail(record, Reason::NonceAlreadyUsed, revert).await,
+            UsedBy::Nobody => return self.fail(record, used, revert).await,
             UsedBy::Ours { mined, paid: true } => (mined, false),
             UsedBy::Theirs { mined, paid: true } => (mined, true),
             UsedBy::Ours { mined, .. } | UsedBy::Theirs { mined, .. } => {
@@ -624,7 +666,7 @@ impl Worker {
                     "the authorization was used by transaction {:#x}, which did not make this payment",
                     mined.tx
                 );
-                return self.fail(record, Reason::NonceAlreadyUsed, message).await;
+                return self.fail(record, used, message).await;
             }
         };
         if self

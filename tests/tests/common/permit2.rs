@@ -155,6 +155,15 @@ impl Permit2Builder {
                "paymentRequirements":self.requirements()})
     }
 
+    /// The id of this payment's record (`…#permit2`).
+    pub fn payment_id(&self) -> facilitator::store::PaymentId {
+        facilitator::store::PaymentId::permit2(NETWORK, self.asset, self.from, self.nonce)
+    }
+
+    pub fn record_id(&self) -> String {
+        self.payment_id().to_string()
+    }
+
     /// Calldata of the exact proxy's `settle` for this payment, for tests that use it up on chain.
     pub fn settle_calldata(&self) -> Bytes {
         abi::IExactProxy::settleCall {

@@ -59,10 +59,39 @@ pub async fn record_payment(payment: &PaymentBuilder, age_ms: u64) -> String {
         value: payment.value,
         valid_before: payment.valid_before,
         calldata: &calldata,
+        target: None,
         digest: checked.digest(NETWORK),
         lane: &lane,
     };
     let record = PaymentRecord::queued(&new, now_ms() - age_ms);
+    assert_eq!(store().await.create(&record).await.unwrap(), Created::New);
+    id.to_string()
+}
+
+/// Records a signed Permit2 payment as `/settle` would, on the first lane; not queued.
+pub async fn record_permit2_payment(payment: &Permit2Builder) -> String {
+    let body = serde_json::to_vec(&payment.body()).unwrap();
+    let request = facilitator::protocol::parse_request(&body).unwrap();
+    let facilitator = facilitator::Facilitator::new(&config(), &aws().await);
+    let scheme = facilitator.route(&request).unwrap();
+    let checked = scheme.check_permit2_terms(&request).unwrap();
+    let id = payment.payment_id();
+    let calldata = checked.settle_calldata();
+    let lane = config().lane_keys[0].clone();
+    let new = NewPayment {
+        id: &id,
+        network: NETWORK,
+        asset: payment.asset,
+        payer: payment.from,
+        pay_to: payment.pay_to,
+        value: payment.permitted,
+        valid_before: payment.deadline,
+        calldata: &calldata,
+        target: Some(EXACT_PERMIT2_PROXY),
+        digest: checked.digest(NETWORK),
+        lane: &lane,
+    };
+    let record = PaymentRecord::queued(&new, now_ms());
     assert_eq!(store().await.create(&record).await.unwrap(), Created::New);
     id.to_string()
 }

@@ -137,9 +137,25 @@ pub fn all(
     crate::evm::checks::asset_accepted(payment.asset, accepted)?;
     spender(payment)?;
     recipient(payment)?;
-    deadline(payment, now)?;
-    valid_after(payment, now)?;
+    window(payment, now)?;
     amount(payment)?;
     token(payment)?;
     signer(payment)
+}
+
+/// [`all`] but the time window: what `/settle` checks before it looks for the payment's record
+/// (a payment with a record is answered from it whatever the clock says).
+pub fn terms(payment: &Permit2Payment, accepted: &[Address]) -> Result<EcdsaSignature, Rejection> {
+    crate::evm::checks::asset_accepted(payment.asset, accepted)?;
+    spender(payment)?;
+    recipient(payment)?;
+    amount(payment)?;
+    token(payment)?;
+    signer(payment)
+}
+
+/// The time window: the deadline, then `validAfter`.
+pub fn window(payment: &Permit2Payment, now: u64) -> Result<(), Rejection> {
+    deadline(payment, now)?;
+    valid_after(payment, now)
 }

@@ -3,8 +3,8 @@
 //! whose spender is x402's exact Permit2 proxy and whose witness names the recipient; the
 //! facilitator calls the proxy's `settle`, which asks Permit2 to move exactly the permitted amount.
 //!
-//! Verify only, so far: `/settle` still refuses Permit2 payloads (`unsupported_payload_type`,
-//! docs/protocol-choices.md), and `/supported` advertises nothing new.
+//! `/settle` settles them through the same record, queue, lanes and replay as EIP-3009 payments
+//! (docs/settlement.md, "Permit2"); `/supported` advertises nothing new (the same `exact` kind).
 //!
 //! - [`payload`]: the wire payload typed ([`Permit2Payment`]);
 //! - [`eip712`]: Permit2's domain and the signed message;

@@ -522,3 +522,59 @@ mod judge {
         assert_eq!(ChainFacts::decode(&[0u8; 3]), None);
     }
 }
+
+#[test]
+fn settle_checks_the_terms_without_the_time_window_and_the_window_apart() {
+    let late = Case::new().signed(|a| a["deadline"] = json!((NOW - 1).to_string()));
+    let checked = scheme().check_permit2_terms(&late.payment()).unwrap();
+    assert_eq!(
+        scheme()
+            .check_permit2_window(&checked, NOW)
+            .map_err(|r| r.reason),
+        Err(Reason::Permit2DeadlineExpired)
+    );
+    // The other checks still apply: a field changed after signing.
+    let mut wrong = Case::new();
+    wrong.authorization["deadline"] = json!((NOW + 61).to_string());
+    assert_eq!(
+        scheme()
+            .check_permit2_terms(&wrong.payment())
+            .map_err(|r| r.reason)
+            .err(),
+        Some(Reason::Permit2InvalidSignature)
+    );
+}
+
+#[test]
+fn the_record_digest_binds_the_whole_permit_and_a_second_permit_under_the_nonce_differs() {
+    let digest = |case: &Case| {
+        scheme()
+            .check_permit2_terms(&case.payment())
+            .unwrap()
+            .digest("eip155:84532")
+    };
+    let first = Case::new();
+    assert_eq!(digest(&first), digest(&Case::new()), "stable");
+    let later = Case::new().signed(|a| a["deadline"] = json!((NOW + 120).to_string()));
+    let earlier = Case::new().signed(|a| a["witness"]["validAfter"] = json!((NOW - 1).to_string()));
+    assert_ne!(digest(&first), digest(&later));
+    assert_ne!(digest(&first), digest(&earlier));
+    assert_ne!(digest(&later), digest(&earlier));
+}
+
+#[test]
+fn a_settlement_moves_the_permitted_amount_from_the_payer_to_the_witness_recipient() {
+    let checked = scheme()
+        .check_permit2_terms(&Case::new().payment())
+        .unwrap();
+    let transfer = checked.transfer();
+    assert_eq!(
+        (transfer.asset, transfer.from, transfer.to, transfer.value),
+        (
+            TOKEN,
+            address_of(&key(0x11)),
+            PAYEE,
+            U256::from(10u64).pow(U256::from(18))
+        )
+    );
+}

@@ -2,7 +2,10 @@
 //! [`ExactEvm`]: local checks first ([`ExactEvm::check_permit2`]), then exactly one chain round
 //! trip, the batch of [`super::facts`], whatever the outcome.
 
-use alloy::primitives::Bytes;
+use alloy::{
+    primitives::{keccak256, Address, Bytes, B256},
+    sol_types::SolValue,
+};
 use tracing::instrument;
 
 use super::{
@@ -11,7 +14,11 @@ use super::{
     payload::Permit2Payment,
 };
 use crate::{
-    evm::{abi::MULTICALL3, signature::EcdsaSignature, CallOutcome, ExactEvm},
+    evm::{
+        abi::{EXACT_PERMIT2_PROXY, MULTICALL3},
+        signature::EcdsaSignature,
+        CallOutcome, ExactEvm, Transfer,
+    },
     protocol::{Payment, Reason, Rejection},
 };
 
@@ -27,6 +34,34 @@ impl Permit2Checked {
     /// Calldata of the exact proxy's `settle` that pays this payment.
     pub fn settle_calldata(&self) -> Bytes {
         facts::settle_calldata(&self.payment, &self.signature)
+    }
+
+    /// The payment's identity for a settlement record (DESIGN I2): the network (CAIP-2), the
+    /// payer, the EIP-712 digest of the whole signed permit (token, amount, spender, nonce,
+    /// deadline, witness `to` and `validAfter`, chain) and the signature as sent. The checks
+    /// have made the requirements' asset, `payTo` and amount equal to the permit's, so the
+    /// digest binds them too. A second permit under the same Permit2 nonce has another digest.
+    pub fn digest(&self, network: &str) -> B256 {
+        keccak256(
+            (
+                network.to_owned(),
+                self.payment.authorization.from,
+                super::eip712::signing_digest(&self.payment),
+                self.payment.signature.clone(),
+            )
+                .abi_encode(),
+        )
+    }
+
+    /// What the payment moves when it settles: the token's `Transfer(payer → payTo, amount)`.
+    pub fn transfer(&self) -> Transfer {
+        let a = &self.payment.authorization;
+        Transfer {
+            asset: self.payment.asset,
+            from: a.from,
+            to: a.to,
+            value: a.amount,
+        }
     }
 }
 
@@ -58,6 +93,64 @@ impl ExactEvm {
             .await?;
         facts::judge(&checked.payment, &facts)?;
         Ok(checked)
+    }
+
+    /// [`ExactEvm::check_permit2`] without the time window, for `/settle`.
+    pub fn check_permit2_terms(&self, payment: &Payment) -> Result<Permit2Checked, Rejection> {
+        let typed = Permit2Payment::parse(payment, self.network().chain_id())?;
+        let signature = checks::terms(&typed, self.assets())?;
+        Ok(Permit2Checked {
+            payment: typed,
+            signature,
+        })
+    }
+
+    /// The time window of a payment that passed [`ExactEvm::check_permit2_terms`].
+    pub fn check_permit2_window(
+        &self,
+        checked: &Permit2Checked,
+        now: u64,
+    ) -> Result<(), Rejection> {
+        checks::window(&checked.payment, now)
+    }
+
+    /// The chain's part for a settlement, as [`ExactEvm::confirm_as`] is for EIP-3009: with
+    /// `sender` (a lane's address and its fees), `eth_estimateGas` of the proxy's `settle` as the
+    /// lane will send it, returning its gas; a revert (or no sender) is judged by the batch of
+    /// [`facts`], so the answer names the reason the reference gives (a used nonce is
+    /// `permit2_invalid_nonce`). One request on the happy path.
+    pub async fn confirm_permit2_as(
+        &self,
+        checked: &Permit2Checked,
+        sender: Option<(Address, (u128, u128))>,
+    ) -> Result<Option<u64>, Rejection> {
+        let revert = match sender {
+            None => None,
+            Some((from, fees)) => {
+                let estimate = self
+                    .chain()
+                    .estimate_gas(from, EXACT_PERMIT2_PROXY, checked.settle_calldata(), fees)
+                    .await
+                    .map_err(|e| Rejection::new(Reason::UnexpectedVerifyError, e.to_string()))?;
+                match estimate {
+                    Ok(gas) => return Ok(Some(gas)),
+                    Err(revert) => Some(revert),
+                }
+            }
+        };
+        let facts = self
+            .permit2_facts(&checked.payment, &checked.signature)
+            .await?;
+        facts::judge(&checked.payment, &facts)?;
+        match revert {
+            None => Ok(None),
+            // The batch passed where the estimate reverted (the state moved between the two, or
+            // the lane's call differs): the estimate is the settlement's word.
+            Some(revert) => Err(Rejection::new(
+                Reason::Permit2SimulationFailed,
+                format!("the settlement through the exact Permit2 proxy would revert: {revert}"),
+            )),
+        }
     }
 
     /// The one round trip: Multicall3 `tryAggregate` over [`facts::batch_calldata`].

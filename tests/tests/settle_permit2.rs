@@ -1,0 +1,286 @@
+//! `POST /settle` for `exact` Permit2 payments on the local stack: the same record, queue, KMS
+//! lanes, follower and replay as EIP-3009 payments, with the transaction calling the x402 exact
+//! Permit2 proxy (docs/settlement.md, "Permit2"). Payers are fresh keys that approve Permit2
+//! themselves: the shared payers 0–3 never get a Permit2 allowance (the interop tests rely on it).
+//! Tests here run one at a time: they compare balances and block numbers, and crash a worker.
+
+// Test helpers panic on set-up failures: that is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use alloy::{primitives::U256, signers::local::PrivateKeySigner};
+use common::{replay::*, *};
+use facilitator::{
+    queue::SettlementMessage,
+    store::State,
+    worker::{Step, Worker},
+};
+use serde_json::{json, Value};
+
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A payer that approved Permit2 for everything, as the SDK's docs tell payers to.
+async fn approved_payer() -> PrivateKeySigner {
+    permit2_payer(U256::MAX).await
+}
+
+/// The payer's and the payee's balances of the payment's token.
+async fn permit_balances(payment: &Permit2Builder) -> (U256, U256) {
+    (
+        token_balance(payment.token, payment.from).await,
+        token_balance(payment.token, payment.pay_to).await,
+    )
+}
+
+/// Settles, and when the answer is `settlement_pending` asks again, as the resource servers do.
+async fn settle_to_the_end(body: &Value) -> Value {
+    for _ in 0..5 {
+        let answer = settle(body).await;
+        assert_eq!(answer.status, 200, "{:?}", answer.json);
+        if answer.json["errorReason"] != "settlement_pending" {
+            return answer.json;
+        }
+    }
+    panic!("still pending after five tries: {body}");
+}
+
+/// The answer's success, reason and transaction, for one comparison.
+fn outcome(answer: &Value) -> (Value, Value, Value) {
+    (
+        answer["success"].clone(),
+        answer.get("errorReason").cloned().unwrap_or(Value::Null),
+        answer["transaction"].clone(),
+    )
+}
+
+/// The answer given to a Permit2 payment whose nonce is used (or whose success was answered).
+fn invalid_nonce() -> (Value, Value, Value) {
+    (json!(false), json!("permit2_invalid_nonce"), json!(""))
+}
+
+/// The transaction named by a success: mined, successful, sent by a lane to the exact proxy.
+async fn assert_through_the_proxy(hash: &str) {
+    let mined = receipt(hash.parse().unwrap())
+        .await
+        .unwrap_or_else(|| panic!("{hash} is not mined"));
+    assert!(mined.status(), "{mined:?}");
+    assert_eq!(mined.to, Some(EXACT_PERMIT2_PROXY), "{mined:?}");
+    println!(
+        "{hash}: {} gas through the exact Permit2 proxy",
+        mined.gas_used
+    );
+    // Signed with the estimate and a fifth more: room for that under `maxGas`'s default
+    // (150,000), with no cap in the way (docs/settlement.md, "Permit2").
+    assert!(mined.gas_used * 6 / 5 <= 150_000, "{mined:?}");
+    assert!(
+        stack().lanes.iter().any(|l| l.address == mined.from),
+        "sent by {}, not by a KMS lane",
+        mined.from
+    );
+}
+
+#[tokio::test]
+async fn a_permit2_payment_settles_once_through_the_proxy_and_moves_exactly_the_amount() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let payment = Permit2Builder::new(approved_payer().await).sign();
+    assert_eq!(verify(&payment.body()).await.json["isValid"], true);
+    let before = permit_balances(&payment).await;
+
+    let answer = settle_to_the_end(&payment.body()).await;
+    assert_eq!(answer["success"], true, "{answer}");
+    assert_eq!(answer["network"], NETWORK);
+    assert!(answer["payer"]
+        .as_str()
+        .unwrap()
+        .eq_ignore_ascii_case(&payment.from.to_string()));
+    let hash = answer["transaction"].as_str().unwrap().to_owned();
+    assert_through_the_proxy(&hash).await;
+    moved_once(before, permit_balances(&payment).await, payment.permitted);
+
+    let record = payment_record(&payment.record_id()).await;
+    assert_eq!(record.state, State::Settled);
+    assert_eq!(record.target, Some(EXACT_PERMIT2_PROXY));
+    assert_eq!(format!("{:#x}", record.tx_hash.unwrap()), hash);
+
+    // Settling again is not a second success (DESIGN I2), and nothing moves.
+    let again = settle_to_the_end(&payment.body()).await;
+    assert_eq!(outcome(&again), invalid_nonce(), "{again}");
+    moved_once(before, permit_balances(&payment).await, payment.permitted);
+}
+
+#[tokio::test]
+async fn the_same_permit2_payment_settled_twice_at_once_succeeds_once() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let payment = Permit2Builder::new(approved_payer().await).sign();
+    let before = permit_balances(&payment).await;
+
+    let body = payment.body();
+    let (a, b) = tokio::join!(settle_to_the_end(&body), settle_to_the_end(&body));
+    let successes: Vec<&Value> = [&a, &b]
+        .into_iter()
+        .filter(|answer| answer["success"] == true)
+        .collect();
+    assert_eq!(successes.len(), 1, "{a} {b}");
+    assert_through_the_proxy(successes[0]["transaction"].as_str().unwrap()).await;
+    let other = if a["success"] == true { &b } else { &a };
+    assert_eq!(outcome(other), invalid_nonce(), "{other}");
+    moved_once(before, permit_balances(&payment).await, payment.permitted);
+}
+
+#[tokio::test]
+async fn a_second_permit_under_the_same_nonce_is_never_told_success() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let payer = approved_payer().await;
+
+    // One after the other: the second permit finds the first's record (another digest).
+    let first = Permit2Builder::new(payer.clone()).sign();
+    let second = first.clone().edit(|p| p.deadline += 60).sign();
+    assert_eq!(
+        first.record_id(),
+        second.record_id(),
+        "the same Permit2 nonce"
+    );
+    let before = permit_balances(&first).await;
+    let answer = settle_to_the_end(&first.body()).await;
+    assert_eq!(answer["success"], true, "{answer}");
+    let answer = settle_to_the_end(&second.body()).await;
+    assert_eq!(outcome(&answer), invalid_nonce(), "{answer}");
+    moved_once(before, permit_balances(&first).await, first.permitted);
+
+    // At once: whichever is recorded first is the payment; the other is never told success.
+    let first = Permit2Builder::new(payer).sign();
+    let second = first.clone().edit(|p| p.valid_after -= 1).sign();
+    let before = permit_balances(&first).await;
+    let bodies = (first.body(), second.body());
+    let (a, b) = tokio::join!(settle_to_the_end(&bodies.0), settle_to_the_end(&bodies.1));
+    let successes = [&a, &b]
+        .into_iter()
+        .filter(|answer| answer["success"] == true)
+        .count();
+    assert_eq!(successes, 1, "{a} {b}");
+    let loser = if a["success"] == true { &b } else { &a };
+    assert_eq!(outcome(loser), invalid_nonce(), "{loser}");
+    moved_once(before, permit_balances(&first).await, first.permitted);
+}
+
+#[tokio::test]
+async fn a_permit2_nonce_used_on_chain_is_refused_with_nothing_recorded_or_sent() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let s = stack();
+    let payment = Permit2Builder::new(approved_payer().await).sign();
+    // Someone else settles it through the proxy first (anyone may call the exact proxy).
+    send_from_anvil_account(
+        s.deployer.address,
+        EXACT_PERMIT2_PROXY,
+        payment.settle_calldata(),
+    )
+    .await;
+    let before = permit_balances(&payment).await;
+    let block = block_number().await;
+
+    let answer = settle(&payment.body()).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.json);
+    assert_eq!(outcome(&answer.json), invalid_nonce(), "{:?}", answer.json);
+    // Without an event to attribute the use by, no record is made (docs/settlement.md).
+    assert!(find_payment_record(&payment.record_id()).await.is_none());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(block_number().await, block, "nothing was sent");
+    assert_eq!(permit_balances(&payment).await, before);
+}
+
+#[tokio::test]
+async fn a_payer_without_a_permit2_allowance_is_refused_with_nothing_recorded_or_sent() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    // A fresh payer holding the token, that never approved Permit2.
+    let payment = Permit2Builder::new(permit2_payer(U256::ZERO).await).sign();
+    let (before, block) = (permit_balances(&payment).await, block_number().await);
+    let answer = settle(&payment.body()).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.json);
+    assert_eq!(
+        outcome(&answer.json),
+        (json!(false), json!("permit2_allowance_required"), json!("")),
+        "{:?}",
+        answer.json
+    );
+    assert!(find_payment_record(&payment.record_id()).await.is_none());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(block_number().await, block, "nothing was sent");
+    assert_eq!(permit_balances(&payment).await, before);
+}
+
+// ---- a worker crash at each step, then replay: settled exactly once ----
+
+/// Runs a worker in this process that stops after `step` as if its process died there.
+async fn crash(step: Step, id: &str) {
+    let message = SettlementMessage {
+        id: id.to_owned(),
+        replace: None,
+        created: None,
+        simulated: None,
+    };
+    let outcome = Worker::from_config(&config(), &aws().await)
+        .stop_after(step)
+        .process(&message)
+        .await;
+    assert!(
+        outcome.is_err(),
+        "the worker stopped after {step:?}: {outcome:?}"
+    );
+}
+
+/// Records a Permit2 payment, crashes the worker after `step`, then runs replay until the record
+/// is final: it must be settled once through the proxy, and `/settle` then answers its success.
+async fn crash_then_replay_settles_once(step: Step) {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let payment = Permit2Builder::new(approved_payer().await).sign();
+    let before = permit_balances(&payment).await;
+    let id = record_permit2_payment(&payment).await;
+
+    crash(step, &id).await;
+    let left = payment_record(&id).await;
+    match step {
+        Step::Signed => assert_eq!(left.state, State::Queued, "nothing written: {left:?}"),
+        _ => assert_eq!(left.state, State::Signed, "{left:?}"),
+    }
+
+    let mut record = left;
+    for _ in 0..20 {
+        replay().await;
+        record = payment_record(&id).await;
+        if record.state.is_terminal() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(record.state, State::Settled, "{record:?}");
+    let hash = format!("{:#x}", record.tx_hash.unwrap());
+    assert_through_the_proxy(&hash).await;
+    moved_once(before, permit_balances(&payment).await, payment.permitted);
+
+    // The payer's resource server asks: the record answers, with the same transaction.
+    let answer = settle_to_the_end(&payment.body()).await;
+    assert_eq!(
+        outcome(&answer),
+        (json!(true), Value::Null, json!(hash)),
+        "{answer}"
+    );
+    moved_once(before, permit_balances(&payment).await, payment.permitted);
+}
+
+#[tokio::test]
+async fn crash_after_signing_then_replay_settles_a_permit2_payment_once() {
+    crash_then_replay_settles_once(Step::Signed).await;
+}
+
+#[tokio::test]
+async fn crash_after_the_write_ahead_then_replay_settles_a_permit2_payment_once() {
+    crash_then_replay_settles_once(Step::WrittenAhead).await;
+}
+
+#[tokio::test]
+async fn crash_after_the_broadcast_then_replay_settles_a_permit2_payment_once() {
+    crash_then_replay_settles_once(Step::Broadcast).await;
+}
