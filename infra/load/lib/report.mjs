@@ -337,9 +337,11 @@ export function settleSection({ settle, others = [], networked = [], verify, com
     lines.push("", "### Lanes, with a deployment's network modelled", "",
       "On the bare local stack above, a lane is never what limits throughput: its worker signs and sends a payment in a "
         + "few tens of milliseconds, while moto (one Python process for every KMS, DynamoDB and SQS call) and the 2 CPUs "
-        + "saturate first. In AWS it is the other way round: DynamoDB and KMS scale out, and a lane is bounded by its own "
-        + "sequence of network round trips (read the record, simulate and read the nonce, sign, write ahead, broadcast, "
-        + `mark sent). So ours again, on a fresh stack per lane count, with the counting proxies holding every chain RPC `
+        + "saturate first. In AWS it is the other way round: DynamoDB and KMS scale out, and what a lane can settle is "
+        + "bounded by its sequence of network round trips (simulate and read the nonce, sign, write ahead, broadcast, "
+        + "mark sent); a lane's run takes that sequence once for every new payment one batch brings it (docs/settlement.md, "
+        + "\"A lane's run\"), so with a backlog the lane is no longer the limit, and the settle handler's own round trips, the "
+        + `queue hop and the shared CPUs are. So ours again, on a fresh stack per lane count, with the counting proxies holding every chain RPC `
         + `request ${net.rpcMs} ms (a hosted RPC provider's round trip) and every AWS call ${net.awsMs} ms (a Lambda `
         + "function's round trip to DynamoDB, KMS or SQS in its region) before forwarding it; the settle handler's calls are "
         + "held as well, and the chain floor includes the RPC latency too. The SQS poller's own calls are not held. "
@@ -391,7 +393,7 @@ export function settleSection({ settle, others = [], networked = [], verify, com
         + "mapping; but every lane still shares one moto (each KMS, DynamoDB and SQS call, in one Python process), one "
         + "anvil and the machine's 2 CPUs with the load generator and the settle handler. Throughput grows with lanes "
         + "only until those saturate; in AWS, KMS and DynamoDB scale out and each lane is bounded by its own chain "
-        + "round trips."]
+        + "round trips, once per run of payments rather than once per payment."]
       : []),
     ...notes.map((n) => `- ${n}`),
     SETTLE_END);
