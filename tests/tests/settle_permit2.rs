@@ -284,3 +284,39 @@ async fn crash_after_the_write_ahead_then_replay_settles_a_permit2_payment_once(
 async fn crash_after_the_broadcast_then_replay_settles_a_permit2_payment_once() {
     crash_then_replay_settles_once(Step::Broadcast).await;
 }
+
+/// A Permit2 settlement that would use more gas than the network's cap fails in Permit2's own
+/// words (`permit2_simulation_failed`, as verify would say it), before any lane nonce is taken.
+#[tokio::test]
+async fn a_permit2_settlement_over_the_gas_cap_fails_in_permit2s_words_and_spends_nothing() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    // The proxy call uses about 84 thousand gas here; a cap of 30 000 makes it too costly.
+    let mut config = config();
+    config.networks[0].gas_caps.eoa = 30_000;
+    let payment = Permit2Builder::new(approved_payer().await).sign();
+    let before = permit_balances(&payment).await;
+    let id = record_permit2_payment(&payment).await;
+    let (lanes, block) = (lanes_table().await, block_number().await);
+
+    let message = SettlementMessage {
+        id: id.clone(),
+        replace: None,
+        created: None,
+        simulated: None,
+    };
+    Worker::from_config(&config, &aws().await)
+        .process(&message)
+        .await
+        .unwrap();
+    let failed = payment_record(&id).await;
+    println!("over the cap: {:?} {:?}", failed.reason, failed.message);
+    assert_eq!(failed.state, State::Failed, "{failed:?}");
+    assert_eq!(
+        failed.reason,
+        Some(facilitator::protocol::Reason::Permit2SimulationFailed)
+    );
+    assert!(failed.raw_tx.is_none(), "nothing was signed");
+    assert_eq!(lanes_table().await, lanes, "no lane nonce was taken");
+    assert_eq!(block_number().await, block, "nothing was sent");
+    assert_eq!(permit_balances(&payment).await, before);
+}

@@ -316,7 +316,12 @@ impl Worker {
             GasLimit::Limit(gas) => gas,
             GasLimit::OverCap { needed, cap } => {
                 let why = format!("the transfer would use {needed} gas, more than this facilitator pays for one settlement on {} ({cap})", record.network);
-                return self.fail(&record, Reason::SimulationFailed, why).await;
+                // In the payment method's own words, as verify would have said it.
+                let reason = match record.id.is_permit2() {
+                    true => Reason::Permit2SimulationFailed,
+                    false => Reason::SimulationFailed,
+                };
+                return self.fail(&record, reason, why).await;
             }
             GasLimit::UsedBefore(revert) => {
                 let record = match read {
