@@ -6,46 +6,24 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { HTTPFacilitatorClient } from "@x402/core/server";
-import { PERMIT2_ADDRESS, toClientEvmSigner, x402ExactPermit2ProxyAddress } from "@x402/evm";
+import { toClientEvmSigner, x402ExactPermit2ProxyAddress } from "@x402/evm";
 import { ExactEvmScheme as ExactClient } from "@x402/evm/exact/client";
-import { createPublicClient, createTestClient, createWalletClient, getAddress, http, maxUint256, parseAbi, parseEther } from "viem";
-import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
-import { baseSepolia } from "viem/chains";
+import { getAddress } from "viem";
+import { PermitChain } from "./lib/permit2.mjs";
 import { facilitatorUrl, loadStack } from "./lib/stack.mjs";
 
 const stack = loadStack();
 const PRICE = 1_000_000n; // atomic units of the permit token (18 decimals)
-const TOKEN_ABI = parseAbi([
-  "function approve(address spender, uint256 value) returns (bool)",
-  "function mint(address to, uint256 value)",
-  "function balanceOf(address account) view returns (uint256)",
-]);
 const FRONT_ENDS = [
   { name: "the local server", variable: "X402_BASE_URL" },
   { name: "the Lambda functions", variable: "X402_LAMBDA_ROUTE_URL" },
 ];
 
-const transport = http(stack.ANVIL_URL);
-const chain = createPublicClient({ chain: baseSepolia, transport });
-const anvil = createTestClient({ chain: baseSepolia, mode: "anvil", transport });
-const tokenOwner = createWalletClient({ account: privateKeyToAccount(stack.deployer.privateKey), chain: baseSepolia, transport });
-
-async function mined(hash) {
-  const receipt = await chain.waitForTransactionReceipt({ hash });
-  assert.equal(receipt.status, "success", `transaction ${hash} reverted`);
-}
+const permitChain = new PermitChain(stack);
+const chain = permitChain.public;
 
 /** A fresh payer holding 10 prices of the permit token; with `approved`, it has approved Permit2. */
-async function newPayer({ approved }) {
-  const account = privateKeyToAccount(generatePrivateKey());
-  await mined(await tokenOwner.writeContract({ address: stack.X402_PERMIT_TOKEN, abi: TOKEN_ABI, functionName: "mint", args: [account.address, 10n * PRICE] }));
-  if (approved) {
-    await anvil.setBalance({ address: account.address, value: parseEther("1") });
-    const wallet = createWalletClient({ account, chain: baseSepolia, transport });
-    await mined(await wallet.writeContract({ address: stack.X402_PERMIT_TOKEN, abi: TOKEN_ABI, functionName: "approve", args: [PERMIT2_ADDRESS, maxUint256] }));
-  }
-  return account;
-}
+const newPayer = ({ approved }) => permitChain.newPayer({ amount: 10n * PRICE, approved });
 
 function requirements() {
   return {
@@ -82,7 +60,7 @@ for (const frontEnd of FRONT_ENDS) {
       const payer = await newPayer({ approved: true });
       const accepted = requirements();
       const payload = await pay(payer, accepted);
-      const balance = (account) => chain.readContract({ address: stack.X402_PERMIT_TOKEN, abi: TOKEN_ABI, functionName: "balanceOf", args: [account] });
+      const balance = (account) => permitChain.balanceOf(account);
       const before = [await balance(payer.address), await balance(accepted.payTo)];
       const verified = await facilitator().verify(payload, accepted);
       assert.equal(verified.isValid, true, JSON.stringify(verified));

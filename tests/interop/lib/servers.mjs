@@ -21,15 +21,17 @@ export const ROUTE = "/report";
 
 /**
  * x402 v2: @x402/express with `facilitator` (HTTPFacilitatorClient at `facilitatorUrl` unless given),
- * network eip155:84532. `handler.beforeAnswer(request)`, when set, runs inside the paid route: after
- * the payment was verified, before the SDK settles it.
+ * network eip155:84532. `price` is the route config's price: PRICE unless given (an AssetAmount,
+ * `{ amount, asset, extra }`, names another token or asks for Permit2 with extra.assetTransferMethod).
+ * `handler.beforeAnswer(request)`, when set, runs inside the paid route: after the payment was
+ * verified, before the SDK settles it.
  */
-export async function startV2ResourceServer({ facilitatorUrl, facilitator = new HTTPFacilitatorClient({ url: facilitatorUrl }), payTo, port, handler = {} }) {
+export async function startV2ResourceServer({ facilitatorUrl, facilitator = new HTTPFacilitatorClient({ url: facilitatorUrl }), payTo, port, price = PRICE, handler = {} }) {
   const resourceServer = new x402ResourceServer(facilitator).register("eip155:84532", new ExactEvmScheme());
   const app = express();
   app.use(
     paymentMiddleware(
-      { [`GET ${ROUTE}`]: { accepts: { scheme: "exact", price: PRICE, network: "eip155:84532", payTo }, description: "interop test report" } },
+      { [`GET ${ROUTE}`]: { accepts: { scheme: "exact", price, network: "eip155:84532", payTo }, description: "interop test report" } },
       resourceServer,
     ),
   );
