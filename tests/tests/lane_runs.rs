@@ -405,3 +405,41 @@ async fn a_payers_payments_beyond_its_balance_leave_the_run_and_never_revert_on_
     settled_in_step(&settled, counter).await;
     paid_once(&payments, &[0, 1], &before).await;
 }
+
+/// The same payment's message twice in one batch (a repeated send under another deduplication
+/// id), beside another payment: the repeat goes alone, the payment is signed once, at one nonce,
+/// and both settle once.
+#[tokio::test]
+async fn a_repeated_message_in_a_batch_signs_its_payment_once() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let queue = OwnQueue::create("run-repeat", 10).await;
+    let payments: Vec<PaymentBuilder> = (0..2).map(|p| PaymentBuilder::new(p).sign()).collect();
+    let before = balances_of(&payments).await;
+    let ids = queue_payments(&queue, &payments).await;
+    let record = payment_record(&ids[0]).await;
+    let repeat = facilitator::queue::SettlementMessage {
+        id: ids[0].clone(),
+        replace: None,
+        created: Some(Box::new(record.clone())),
+        simulated: None,
+    };
+    queue
+        .sqs
+        .send_message()
+        .queue_url(&queue.url)
+        .message_body(serde_json::to_string(&repeat).unwrap())
+        .message_group_id(&record.lane)
+        .message_deduplication_id("a-repeated-send")
+        .send()
+        .await
+        .unwrap();
+    let counter = table_nonce().await;
+
+    let worker = worker(&queue).await;
+    assert_eq!(queue.deliver_as_lambda(&worker).await, (3, 0));
+    let settled = settle_all(&queue, &worker, &ids).await;
+    let held = settled_in_step(&settled, counter).await;
+    println!("two payments, three messages: lane nonces {held:?}");
+    assert!(settled.iter().all(|r| r.replaced.is_empty()), "{settled:?}");
+    paid_once(&payments, &[0, 1], &before).await;
+}

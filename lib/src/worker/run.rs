@@ -133,7 +133,10 @@ impl Worker {
                 && !record.signed_by_contract()
                 && picked
                     .first()
-                    .is_none_or(|(_, first, _)| first.network == record.network);
+                    .is_none_or(|(_, first, _)| first.network == record.network)
+                // A second message for the same payment (a repeated send) goes alone: one
+                // transaction may not change an item twice.
+                && !picked.iter().any(|(_, r, _)| r.id == record.id);
             match joins {
                 true => picked.push((i, (**record).clone(), message.simulated)),
                 false => alone.push(i),
