@@ -4,7 +4,7 @@
 
 use alloy::primitives::{Address, U256};
 
-use super::{eip712, payload::Permit2Payment};
+use super::{eip712, payload::Permit2Payment, sponsoring};
 use crate::{
     evm::{
         abi::EXACT_PERMIT2_PROXY,
@@ -128,7 +128,7 @@ pub fn signer(payment: &Permit2Payment) -> Result<EcdsaSignature, Rejection> {
 }
 
 /// Every local check, in the reference's order, with the accepted-asset check of the EIP-3009
-/// path ahead of them. Returns the signature, split for the proxy's call.
+/// path ahead of them and the `eip2612GasSponsoring` extension's after them. Returns the signature, split for the proxy's call.
 pub fn all(
     payment: &Permit2Payment,
     accepted: &[Address],
@@ -137,10 +137,13 @@ pub fn all(
     crate::evm::checks::asset_accepted(payment.asset, accepted)?;
     spender(payment)?;
     recipient(payment)?;
-    window(payment, now)?;
+    deadline(payment, now)?;
+    valid_after(payment, now)?;
     amount(payment)?;
     token(payment)?;
-    signer(payment)
+    let signature = signer(payment)?;
+    sponsoring::check(payment, Some(now))?;
+    Ok(signature)
 }
 
 /// [`all`] but the time window: what `/settle` checks before it looks for the payment's record
@@ -151,11 +154,15 @@ pub fn terms(payment: &Permit2Payment, accepted: &[Address]) -> Result<EcdsaSign
     recipient(payment)?;
     amount(payment)?;
     token(payment)?;
-    signer(payment)
+    let signature = signer(payment)?;
+    sponsoring::check(payment, None)?;
+    Ok(signature)
 }
 
-/// The time window: the deadline, then `validAfter`.
+/// The time window: the deadline, then `validAfter`, then the deadline of the
+/// `eip2612GasSponsoring` permit, if any.
 pub fn window(payment: &Permit2Payment, now: u64) -> Result<(), Rejection> {
     deadline(payment, now)?;
-    valid_after(payment, now)
+    valid_after(payment, now)?;
+    sponsoring::deadline(payment, now)
 }
