@@ -7,7 +7,7 @@ use alloy::primitives::{Address, U256};
 use super::{eip712, payload::Permit2Payment, sponsoring};
 use crate::{
     evm::{
-        abi::EXACT_PERMIT2_PROXY,
+        abi::{EXACT_PERMIT2_PROXY, PERMIT2},
         checks::EXPIRY_BUFFER_SECS,
         signature::{self, EcdsaSignature, SignatureKind},
     },
@@ -142,7 +142,7 @@ pub fn all(
     amount(payment)?;
     token(payment)?;
     let signature = signer(payment)?;
-    sponsoring::check(payment, Some(now))?;
+    self::sponsoring(payment, Some(now))?;
     Ok(signature)
 }
 
@@ -155,7 +155,7 @@ pub fn terms(payment: &Permit2Payment, accepted: &[Address]) -> Result<EcdsaSign
     amount(payment)?;
     token(payment)?;
     let signature = signer(payment)?;
-    sponsoring::check(payment, None)?;
+    self::sponsoring(payment, None)?;
     Ok(signature)
 }
 
@@ -164,5 +164,91 @@ pub fn terms(payment: &Permit2Payment, accepted: &[Address]) -> Result<EcdsaSign
 pub fn window(payment: &Permit2Payment, now: u64) -> Result<(), Rejection> {
     deadline(payment, now)?;
     valid_after(payment, now)?;
-    sponsoring::deadline(payment, now)
+    sponsoring_deadline(payment, now)
+}
+
+/// Every check of the `eip2612GasSponsoring` extension ([`sponsoring`](super::sponsoring)), in the reference's order; `now` (unix seconds) is `None` at
+/// `/settle`, which checks the deadline with the time window ([`deadline`]). Nothing to check
+/// when the payment carries no extension.
+pub fn sponsoring(payment: &Permit2Payment, now: Option<u64>) -> Result<(), Rejection> {
+    let permit = match &payment.sponsoring {
+        None => return Ok(()),
+        Some(Err(why)) => {
+            return Err(Rejection::new(
+                Reason::InvalidEip2612ExtensionFormat,
+                why.clone(),
+            ))
+        }
+        Some(Ok(permit)) => permit,
+    };
+    let refuse = |reason, what: String| Err(Rejection::new(reason, what));
+    let payer = payment.authorization.from;
+    if permit.from != payer {
+        let what = format!(
+            "the EIP-2612 permit's owner is {}, not the payer {payer}",
+            permit.from
+        );
+        return refuse(Reason::Eip2612FromMismatch, what);
+    }
+    if permit.asset != payment.asset {
+        let what = format!(
+            "the EIP-2612 permit is for {}, not the asset {}",
+            permit.asset, payment.asset
+        );
+        return refuse(Reason::Eip2612AssetMismatch, what);
+    }
+    if permit.spender != PERMIT2 {
+        let what = format!(
+            "the EIP-2612 permit's spender is {}, not Permit2 ({PERMIT2})",
+            permit.spender
+        );
+        return refuse(Reason::Eip2612SpenderNotPermit2, what);
+    }
+    if let Some(now) = now {
+        sponsoring_deadline(payment, now)?;
+    }
+    sponsoring_after_deadline(payment, permit)
+}
+
+/// What the proxy would refuse, and the signature's shape.
+fn sponsoring_after_deadline(
+    payment: &Permit2Payment,
+    permit: &sponsoring::Eip2612Permit,
+) -> Result<(), Rejection> {
+    let permitted = payment.authorization.amount;
+    if permit.amount != permitted {
+        return Err(Rejection::new(
+            Reason::Permit2612AmountMismatch,
+            format!("the EIP-2612 permit's value is {}, but the exact Permit2 proxy takes only the permitted amount {permitted}", permit.amount),
+        ));
+    }
+    if permit.signature.len() != 65 {
+        return Err(Rejection::new(
+            Reason::InvalidEip2612ExtensionFormat,
+            format!(
+                "the EIP-2612 permit's signature is {} bytes, not 65 (r, s, v)",
+                permit.signature.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The EIP-2612 permit's deadline must leave [`EXPIRY_BUFFER_SECS`] from `now`, as the Permit2
+/// deadline must.
+pub fn sponsoring_deadline(payment: &Permit2Payment, now: u64) -> Result<(), Rejection> {
+    let Some(Ok(permit)) = &payment.sponsoring else {
+        return Ok(());
+    };
+    let earliest = U256::from(now) + U256::from(EXPIRY_BUFFER_SECS);
+    if permit.deadline >= earliest {
+        return Ok(());
+    }
+    Err(Rejection::new(
+        Reason::Eip2612DeadlineExpired,
+        format!(
+            "the EIP-2612 permit's deadline {} is not at least {EXPIRY_BUFFER_SECS} s after now ({now})",
+            permit.deadline
+        ),
+    ))
 }

@@ -4,7 +4,8 @@
 //! facilitator then calls the exact proxy's `settleWithPermit`, which submits that permit and makes
 //! the Permit2 transfer in one transaction, instead of `settle`.
 //!
-//! Typed here at the edge ([`read`]) and checked by [`check`] with the reference's reasons and in
+//! Typed here at the edge ([`read`]) and checked by [`super::checks::sponsoring`] with the
+//! reference's reasons and in
 //! its order (`@x402/evm` 2.27, `validateEip2612PermitForPayment`): format, owner, token, spender,
 //! deadline; then, ahead of the chain, what the proxy itself would refuse (the permit's value must
 //! be the permitted amount) and the signature's shape. Whether the permit's signature is good is
@@ -14,15 +15,7 @@
 use alloy::primitives::{Address, Bytes, B256, U256};
 use serde_json::Value;
 
-use super::payload::Permit2Payment;
-use crate::{
-    evm::{
-        abi::{IX402ExactPermit2Proxy::EIP2612Permit, PERMIT2},
-        checks::EXPIRY_BUFFER_SECS,
-        hex,
-    },
-    protocol::{Reason, Rejection},
-};
+use crate::evm::{abi::IX402ExactPermit2Proxy::EIP2612Permit, hex};
 
 /// The extension's key in `paymentPayload.extensions`, and in `/supported`'s list.
 pub const EXTENSION: &str = "eip2612GasSponsoring";
@@ -114,87 +107,4 @@ fn typed(info: &Value) -> Result<Eip2612Permit, String> {
         deadline: uint("deadline")?,
         signature: hex::bytes(text("signature")).ok_or_else(|| bad("signature", "0x hex"))?,
     })
-}
-
-/// Every check of the extension, in the reference's order; `now` (unix seconds) is `None` at
-/// `/settle`, which checks the deadline with the time window ([`deadline`]). Nothing to check
-/// when the payment carries no extension.
-pub fn check(payment: &Permit2Payment, now: Option<u64>) -> Result<(), Rejection> {
-    let permit = match &payment.sponsoring {
-        None => return Ok(()),
-        Some(Err(why)) => {
-            return Err(Rejection::new(
-                Reason::InvalidEip2612ExtensionFormat,
-                why.clone(),
-            ))
-        }
-        Some(Ok(permit)) => permit,
-    };
-    let refuse = |reason, what: String| Err(Rejection::new(reason, what));
-    let payer = payment.authorization.from;
-    if permit.from != payer {
-        let what = format!(
-            "the EIP-2612 permit's owner is {}, not the payer {payer}",
-            permit.from
-        );
-        return refuse(Reason::Eip2612FromMismatch, what);
-    }
-    if permit.asset != payment.asset {
-        let what = format!(
-            "the EIP-2612 permit is for {}, not the asset {}",
-            permit.asset, payment.asset
-        );
-        return refuse(Reason::Eip2612AssetMismatch, what);
-    }
-    if permit.spender != PERMIT2 {
-        let what = format!(
-            "the EIP-2612 permit's spender is {}, not Permit2 ({PERMIT2})",
-            permit.spender
-        );
-        return refuse(Reason::Eip2612SpenderNotPermit2, what);
-    }
-    if let Some(now) = now {
-        deadline(payment, now)?;
-    }
-    terms_after_deadline(payment, permit)
-}
-
-/// What the proxy would refuse, and the signature's shape.
-fn terms_after_deadline(payment: &Permit2Payment, permit: &Eip2612Permit) -> Result<(), Rejection> {
-    let permitted = payment.authorization.amount;
-    if permit.amount != permitted {
-        return Err(Rejection::new(
-            Reason::Permit2612AmountMismatch,
-            format!("the EIP-2612 permit's value is {}, but the exact Permit2 proxy takes only the permitted amount {permitted}", permit.amount),
-        ));
-    }
-    if permit.signature.len() != 65 {
-        return Err(Rejection::new(
-            Reason::InvalidEip2612ExtensionFormat,
-            format!(
-                "the EIP-2612 permit's signature is {} bytes, not 65 (r, s, v)",
-                permit.signature.len()
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// The EIP-2612 permit's deadline must leave [`EXPIRY_BUFFER_SECS`] from `now`, as the Permit2
-/// deadline must.
-pub fn deadline(payment: &Permit2Payment, now: u64) -> Result<(), Rejection> {
-    let Some(Ok(permit)) = &payment.sponsoring else {
-        return Ok(());
-    };
-    let earliest = U256::from(now) + U256::from(EXPIRY_BUFFER_SECS);
-    if permit.deadline >= earliest {
-        return Ok(());
-    }
-    Err(Rejection::new(
-        Reason::Eip2612DeadlineExpired,
-        format!(
-            "the EIP-2612 permit's deadline {} is not at least {EXPIRY_BUFFER_SECS} s after now ({now})",
-            permit.deadline
-        ),
-    ))
 }
