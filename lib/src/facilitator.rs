@@ -225,8 +225,13 @@ impl Facilitator {
         }
         Ok(SupportedResponse {
             kinds,
-            // Settle honours payment identifiers (docs/protocol-choices.md).
-            extensions: vec![crate::protocol::payment_identifier::EXTENSION.to_owned()],
+            // Settle honours payment identifiers, and every network's `exact` Permit2 payments
+            // honour EIP-2612 gas sponsoring (docs/protocol-choices.md). The list is the
+            // deployment's, not a network's: the reference's `/supported` has one list too.
+            extensions: vec![
+                crate::protocol::payment_identifier::EXTENSION.to_owned(),
+                permit2::sponsoring::EXTENSION.to_owned(),
+            ],
             signers: BTreeMap::from([("eip155:*".to_owned(), signers)]),
         })
     }

@@ -10,10 +10,10 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { x402Client } from "@x402/core/client";
 import { decodePaymentRequiredHeader, decodePaymentResponseHeader } from "@x402/core/http";
-import { toClientEvmSigner, x402ExactPermit2ProxyAddress } from "@x402/evm";
+import { toClientEvmSigner, x402ExactPermit2ProxyABI, x402ExactPermit2ProxyAddress } from "@x402/evm";
 import { registerExactEvmScheme } from "@x402/evm/exact/client";
 import { wrapFetchWithPayment } from "@x402/fetch";
-import { getAddress } from "viem";
+import { decodeFunctionData, getAddress } from "viem";
 import { PermitChain } from "./lib/permit2.mjs";
 import { startV2ResourceServer } from "./lib/servers.mjs";
 import { facilitatorUrl, loadStack, resourcePort } from "./lib/stack.mjs";
@@ -104,6 +104,49 @@ for (const frontEnd of FRONT_ENDS) {
       assert.equal(required.error, "permit2_allowance_required", JSON.stringify(required));
       assert.equal(await chain.balanceOf(payer.address), FUNDED);
       assert.equal(await chain.balanceOf(payTo), payeeBefore);
+    });
+  });
+
+  // A route that declares eip2612GasSponsoring in its 402 (the route config's `extensions`, as
+  // @x402/extensions' declaration would put it): @x402/evm 2.27's exact client then reads the
+  // payer's Permit2 allowance and, finding it short, signs the token's EIP-2612 permit for Permit2
+  // into the payload's extensions; our facilitator settles through the proxy's settleWithPermit.
+  describe(`x402 v2 SDKs paying with Permit2 and eip2612GasSponsoring through ${frontEnd.name}`, () => {
+    let server;
+    let payTo;
+    before(async () => {
+      payTo = getAddress(`0x${Buffer.from(crypto.getRandomValues(new Uint8Array(20))).toString("hex")}`);
+      const extensions = { eip2612GasSponsoring: { info: { description: "EIP-2612 permits for Permit2 are submitted by the facilitator", version: "1" } } };
+      server = await startV2ResourceServer({ facilitatorUrl: facilitatorUrl(frontEnd.variable), payTo, port: resourcePort(frontEnd.port + 2), price: permit2Price(), extensions });
+    });
+    after(() => server?.close());
+
+    test("a payer that never approved Permit2 pays through settleWithPermit, and exactly the price moves", async () => {
+      const payer = await chain.newPayer({ amount: FUNDED, approved: false });
+      const payeeBefore = await chain.balanceOf(payTo);
+
+      const response = await payingFetch(payer)(server.url);
+      assert.equal(response.status, 200, await response.clone().text());
+      const settled = decodePaymentResponseHeader(response.headers.get("PAYMENT-RESPONSE"));
+      assert.equal(settled.success, true, JSON.stringify(settled));
+      const transaction = await chain.public.getTransaction({ hash: settled.transaction });
+      assert.equal(getAddress(transaction.to), getAddress(x402ExactPermit2ProxyAddress));
+      assert.equal(decodeFunctionData({ abi: x402ExactPermit2ProxyABI, data: transaction.input }).functionName, "settleWithPermit");
+      const receipt = await chain.public.getTransactionReceipt({ hash: settled.transaction });
+      assert.equal(receipt.status, "success");
+      assert.equal(await chain.balanceOf(payer.address), FUNDED - PRICE);
+      assert.equal(await chain.balanceOf(payTo), payeeBefore + PRICE);
+    });
+
+    test("an approved payer on the same route pays through settle, as before", async () => {
+      const payer = await chain.newPayer({ amount: FUNDED, approved: true });
+      const response = await payingFetch(payer)(server.url);
+      assert.equal(response.status, 200, await response.clone().text());
+      const settled = decodePaymentResponseHeader(response.headers.get("PAYMENT-RESPONSE"));
+      assert.equal(settled.success, true, JSON.stringify(settled));
+      const transaction = await chain.public.getTransaction({ hash: settled.transaction });
+      assert.equal(decodeFunctionData({ abi: x402ExactPermit2ProxyABI, data: transaction.input }).functionName, "settle");
+      assert.equal(await chain.balanceOf(payer.address), FUNDED - PRICE);
     });
   });
 }

@@ -63,6 +63,11 @@ fn invalid_nonce() -> (Value, Value, Value) {
 
 /// The transaction named by a success: mined, successful, sent by a lane to the exact proxy.
 async fn assert_through_the_proxy(hash: &str) {
+    assert_through_the_proxy_within(hash, 150_000).await
+}
+
+/// [`assert_through_the_proxy`], signed within `cap` (a `settleWithPermit` gets the larger cap).
+async fn assert_through_the_proxy_within(hash: &str, cap: u64) {
     let mined = receipt(hash.parse().unwrap())
         .await
         .unwrap_or_else(|| panic!("{hash} is not mined"));
@@ -74,7 +79,7 @@ async fn assert_through_the_proxy(hash: &str) {
     );
     // Signed with the estimate and a fifth more: room for that under `maxGas`'s default
     // (150,000), with no cap in the way (docs/settlement.md, "Permit2").
-    assert!(mined.gas_used * 6 / 5 <= 150_000, "{mined:?}");
+    assert!(mined.gas_used * 6 / 5 <= cap, "{mined:?}");
     assert!(
         stack().lanes.iter().any(|l| l.address == mined.from),
         "sent by {}, not by a KMS lane",
@@ -319,4 +324,82 @@ async fn a_permit2_settlement_over_the_gas_cap_fails_in_permit2s_words_and_spend
     assert_eq!(lanes_table().await, lanes, "no lane nonce was taken");
     assert_eq!(block_number().await, block, "nothing was sent");
     assert_eq!(permit_balances(&payment).await, before);
+}
+
+// ---- the eip2612GasSponsoring extension ----
+
+#[tokio::test]
+async fn a_payer_without_an_allowance_settles_once_with_a_sponsoring_permit() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let payment = Permit2Builder::new(permit2_payer(U256::ZERO).await)
+        .sign()
+        .sponsored(|_| {});
+    assert_eq!(verify(&payment.body()).await.json["isValid"], true);
+    let before = permit_balances(&payment).await;
+
+    let answer = settle_to_the_end(&payment.body()).await;
+    assert_eq!(answer["success"], true, "{answer}");
+    let hash = answer["transaction"].as_str().unwrap().to_owned();
+    assert_through_the_proxy_within(&hash, 300_000).await;
+    moved_once(before, permit_balances(&payment).await, payment.permitted);
+    // The permit gave Permit2 exactly the amount, and the transfer used all of it.
+    assert_eq!(permit2_allowance(payment.from).await, U256::ZERO);
+
+    let record = payment_record(&payment.record_id()).await;
+    assert_eq!(record.state, State::Settled);
+    assert_eq!(record.target, Some(EXACT_PERMIT2_PROXY));
+    assert_eq!(
+        record.calldata[..4],
+        alloy::primitives::keccak256(
+            "settleWithPermit((uint256,uint256,bytes32,bytes32,uint8),((address,uint256),uint256,uint256),address,(address,uint256),bytes)"
+        )[..4],
+        "the proxy's settleWithPermit"
+    );
+
+    // Again, with the same permit or without it: never a second success, nothing moves.
+    let again = settle_to_the_end(&payment.body()).await;
+    assert_eq!(outcome(&again), invalid_nonce(), "{again}");
+    let mut bare = payment.clone();
+    bare.sponsor = None;
+    let again = settle_to_the_end(&bare.body()).await;
+    assert_eq!(outcome(&again), invalid_nonce(), "{again}");
+    moved_once(before, permit_balances(&payment).await, payment.permitted);
+}
+
+#[tokio::test]
+async fn a_bad_sponsoring_permit_is_refused_with_nothing_recorded_or_sent() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let payer = permit2_payer(U256::ZERO).await;
+    let stranger = alloy::primitives::Address::repeat_byte(0x77);
+    let cases: [(&str, SponsorEdit); 3] = [
+        (
+            "eip2612_spender_not_permit2",
+            Box::new(|s| s.spender = EXACT_PERMIT2_PROXY),
+        ),
+        (
+            "eip2612_deadline_expired",
+            Box::new(|s| s.deadline = now() - 1),
+        ),
+        (
+            "eip2612_from_mismatch",
+            Box::new(move |s| s.from = stranger),
+        ),
+    ];
+    for (expected, edit) in cases {
+        let payment = Permit2Builder::new(payer.clone()).sign().sponsored(edit);
+        let (before, block) = (permit_balances(&payment).await, block_number().await);
+        let answer = settle(&payment.body()).await;
+        assert_eq!(answer.status, 200, "{:?}", answer.json);
+        assert_eq!(
+            outcome(&answer.json),
+            (json!(false), json!(expected), json!("")),
+            "{:?}",
+            answer.json
+        );
+        assert!(find_payment_record(&payment.record_id()).await.is_none());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(block_number().await, block, "nothing was sent");
+        assert_eq!(permit_balances(&payment).await, before);
+        assert_eq!(permit2_allowance(payment.from).await, U256::ZERO);
+    }
 }

@@ -453,7 +453,7 @@ async fn supported_lists_exactly_what_is_configured() {
                 {"x402Version": 2, "scheme": "exact", "network": "eip155:84532"},
                 {"x402Version": 1, "scheme": "exact", "network": "base-sepolia"},
             ],
-            "extensions": ["payment-identifier"],
+            "extensions": ["payment-identifier", "eip2612GasSponsoring"],
             "signers": {"eip155:*": lanes},
         })
     );

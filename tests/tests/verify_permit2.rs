@@ -217,3 +217,86 @@ async fn a_malformed_permit2_payload_is_invalid_not_a_crash() {
         );
     }
 }
+
+// ---- the eip2612GasSponsoring extension ----
+
+#[tokio::test]
+async fn a_payer_without_an_allowance_with_a_sponsoring_permit_is_valid() {
+    let payer = permit2_payer(U256::ZERO).await;
+    let payment = Permit2Builder::new(payer).sign();
+    assert_eq!(
+        reason(&payment).await.as_deref(),
+        Some("permit2_allowance_required")
+    );
+    let sponsored = payment.sponsored(|_| {});
+    assert_eq!(reason(&sponsored).await, None);
+    // Verification wrote nothing: the allowance is still none.
+    assert_eq!(permit2_allowance(sponsored.from).await, U256::ZERO);
+}
+
+#[tokio::test]
+async fn a_sponsoring_permit_is_refused_in_the_references_words() {
+    let payer = permit2_payer(U256::ZERO).await;
+    let payment = Permit2Builder::new(payer).sign();
+    let stranger = alloy::primitives::Address::repeat_byte(0x77);
+    let cases: [(&str, SponsorEdit); 5] = [
+        (
+            "eip2612_spender_not_permit2",
+            Box::new(|s| s.spender = EXACT_PERMIT2_PROXY),
+        ),
+        (
+            "eip2612_deadline_expired",
+            Box::new(|s| s.deadline = now() - 1),
+        ),
+        (
+            "eip2612_from_mismatch",
+            Box::new(move |s| s.from = stranger),
+        ),
+        (
+            "eip2612_asset_mismatch",
+            Box::new(move |s| s.asset = stranger),
+        ),
+        (
+            "permit2_2612_amount_mismatch",
+            Box::new(|s| s.amount = U256::MAX),
+        ),
+    ];
+    for (expected, edit) in cases {
+        let refused = payment.clone().sponsored(edit);
+        assert_eq!(reason(&refused).await.as_deref(), Some(expected));
+    }
+    // A permit the token would reject (signed by another key) gives no allowance: the simulated
+    // settleWithPermit fails, and the diagnosis is the allowance, as the reference's.
+    let mut forged = payment.clone().sponsored(|_| {});
+    let other = alloy::signers::local::PrivateKeySigner::random();
+    forged.sponsor = forged.sponsor.map(|s| s.sign(&other));
+    assert_eq!(
+        reason(&forged).await.as_deref(),
+        Some("permit2_allowance_required")
+    );
+    // A malformed extension is its format's fault; one without its fields is ignored.
+    let mut body = payment.clone().sponsored(|_| {}).body();
+    body["paymentPayload"]["extensions"]["eip2612GasSponsoring"]["info"]["signature"] =
+        "0x12".into();
+    let answer = verify(&body).await;
+    assert_eq!(
+        answer.json["invalidReason"], "invalid_eip2612_extension_format",
+        "{:?}",
+        answer.json
+    );
+    body["paymentPayload"]["extensions"]["eip2612GasSponsoring"]["info"]["amount"] = "ten".into();
+    let answer = verify(&body).await;
+    assert_eq!(
+        answer.json["invalidReason"], "invalid_eip2612_extension_format",
+        "{:?}",
+        answer.json
+    );
+    body["paymentPayload"]["extensions"]["eip2612GasSponsoring"]["info"] =
+        serde_json::json!({"description": "as the server declared it", "version": "1"});
+    let answer = verify(&body).await;
+    assert_eq!(
+        answer.json["invalidReason"], "permit2_allowance_required",
+        "{:?}",
+        answer.json
+    );
+}

@@ -74,7 +74,9 @@ sol! {
         struct TokenPermissions { address token; uint256 amount; }
         struct PermitTransferFrom { TokenPermissions permitted; uint256 nonce; uint256 deadline; }
         struct Witness { address to; uint256 validAfter; }
+        struct EIP2612Permit { uint256 value; uint256 deadline; bytes32 r; bytes32 s; uint8 v; }
         function settle(PermitTransferFrom permit, address owner, Witness witness, bytes signature) external;
+        function settleWithPermit(EIP2612Permit permit2612, PermitTransferFrom permit, address owner, Witness witness, bytes signature) external;
         function PERMIT2() external view returns (address);
         error InvalidAmount();
         error InvalidOwner();
@@ -99,7 +101,7 @@ pub const EXACT_PERMIT2_PROXY: alloy::primitives::Address =
     alloy::primitives::address!("0x402085c248EeA27D92E8b30b2C58ed07f9E20001");
 
 /// Whether `calldata` is the `v, r, s` overload of `transferWithAuthorization`, or the exact
-/// Permit2 proxy's `settle`: a signature by the payer's own key, which the token (or Permit2)
+/// Permit2 proxy's `settle` or `settleWithPermit` (whose EIP-2612 permit is the payer key's too): a signature by the payer's own key, which the token (or Permit2)
 /// checks itself (this facilitator accepts Permit2 payments signed by keys only). The `bytes`
 /// overload may be a contract wallet's, whose code the token runs to check it (and anything else
 /// is not a transfer of ours).
@@ -108,4 +110,5 @@ pub fn signed_by_key(calldata: &[u8]) -> bool {
     let selector = calldata.get(..4);
     selector == Some(&IEip3009::transferWithAuthorization_0Call::SELECTOR[..])
         || selector == Some(&IX402ExactPermit2Proxy::settleCall::SELECTOR[..])
+        || selector == Some(&IX402ExactPermit2Proxy::settleWithPermitCall::SELECTOR[..])
 }

@@ -54,6 +54,13 @@ pub enum Reason {
     Permit2InvalidNonce,
     Permit2ProxyNotDeployed,
     Permit2SimulationFailed,
+    // EVM exact, Permit2 with the eip2612GasSponsoring extension.
+    InvalidEip2612ExtensionFormat,
+    Eip2612FromMismatch,
+    Eip2612AssetMismatch,
+    Eip2612SpenderNotPermit2,
+    Eip2612DeadlineExpired,
+    Permit2612AmountMismatch,
     // The payment-identifier extension (no SDK defines these; docs/protocol-choices.md).
     InvalidPaymentIdentifier,
     PaymentIdentifierRequired,
@@ -105,6 +112,12 @@ impl Reason {
             Reason::Permit2InvalidNonce => "permit2_invalid_nonce",
             Reason::Permit2ProxyNotDeployed => "permit2_proxy_not_deployed",
             Reason::Permit2SimulationFailed => "permit2_simulation_failed",
+            Reason::InvalidEip2612ExtensionFormat => "invalid_eip2612_extension_format",
+            Reason::Eip2612FromMismatch => "eip2612_from_mismatch",
+            Reason::Eip2612AssetMismatch => "eip2612_asset_mismatch",
+            Reason::Eip2612SpenderNotPermit2 => "eip2612_spender_not_permit2",
+            Reason::Eip2612DeadlineExpired => "eip2612_deadline_expired",
+            Reason::Permit2612AmountMismatch => "permit2_2612_amount_mismatch",
             Reason::InvalidPaymentIdentifier => "invalid_payment_identifier",
             Reason::PaymentIdentifierRequired => "payment_identifier_required",
             Reason::PaymentIdentifierConflict => "payment_identifier_conflict",
@@ -114,7 +127,7 @@ impl Reason {
 
 impl Reason {
     /// Every reason, for reading one back from storage.
-    pub const ALL: [Reason; 44] = [
+    pub const ALL: [Reason; 50] = [
         Reason::InvalidPayload,
         Reason::InvalidPaymentRequirements,
         Reason::InvalidX402Version,
@@ -156,6 +169,12 @@ impl Reason {
         Reason::Permit2InvalidNonce,
         Reason::Permit2ProxyNotDeployed,
         Reason::Permit2SimulationFailed,
+        Reason::InvalidEip2612ExtensionFormat,
+        Reason::Eip2612FromMismatch,
+        Reason::Eip2612AssetMismatch,
+        Reason::Eip2612SpenderNotPermit2,
+        Reason::Eip2612DeadlineExpired,
+        Reason::Permit2612AmountMismatch,
         Reason::InvalidPaymentIdentifier,
         Reason::PaymentIdentifierRequired,
         Reason::PaymentIdentifierConflict,

@@ -79,9 +79,15 @@ pub fn gas_limit(estimate: Result<u64, String>, cap: u64) -> GasLimit {
 
 /// The gas cap for a settlement's calldata: the `bytes` overload of `transferWithAuthorization`
 /// carries a contract wallet's signature (or one that only a contract could judge), the `v, r, s`
-/// overload a key's.
+/// overload a key's. The exact Permit2 proxy's `settleWithPermit` (the `eip2612GasSponsoring`
+/// extension) is a key's signature too, but also submits the payer's EIP-2612 permit, which takes
+/// it past the key's cap (about 180,000 gas estimated on the local stack): it gets the larger cap.
 pub fn gas_cap(calldata: &Bytes, caps: crate::config::GasCaps) -> u64 {
-    if crate::evm::abi::signed_by_key(calldata) {
+    use alloy::sol_types::SolCall;
+    let sponsored = crate::evm::abi::IX402ExactPermit2Proxy::settleWithPermitCall::SELECTOR;
+    if calldata.get(..4) == Some(&sponsored[..]) {
+        caps.contract_wallet
+    } else if crate::evm::abi::signed_by_key(calldata) {
         caps.eoa
     } else {
         caps.contract_wallet
@@ -429,6 +435,12 @@ mod tests {
         };
         let settle = Bytes::from(IX402ExactPermit2Proxy::settleCall::SELECTOR.to_vec());
         assert_eq!(gas_cap(&settle, caps), 1);
+        let sponsored = IX402ExactPermit2Proxy::settleWithPermitCall::SELECTOR.to_vec();
+        assert_eq!(
+            gas_cap(&sponsored.into(), caps),
+            2,
+            "it also submits a permit"
+        );
     }
 
     #[test]

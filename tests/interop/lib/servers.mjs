@@ -26,12 +26,12 @@ export const ROUTE = "/report";
  * `handler.beforeAnswer(request)`, when set, runs inside the paid route: after the payment was
  * verified, before the SDK settles it.
  */
-export async function startV2ResourceServer({ facilitatorUrl, facilitator = new HTTPFacilitatorClient({ url: facilitatorUrl }), payTo, port, price = PRICE, handler = {} }) {
+export async function startV2ResourceServer({ facilitatorUrl, facilitator = new HTTPFacilitatorClient({ url: facilitatorUrl }), payTo, port, price = PRICE, handler = {}, extensions }) {
   const resourceServer = new x402ResourceServer(facilitator).register("eip155:84532", new ExactEvmScheme());
   const app = express();
   app.use(
     paymentMiddleware(
-      { [`GET ${ROUTE}`]: { accepts: { scheme: "exact", price, network: "eip155:84532", payTo }, description: "interop test report" } },
+      { [`GET ${ROUTE}`]: { accepts: { scheme: "exact", price, network: "eip155:84532", payTo }, description: "interop test report", ...(extensions && { extensions }) } },
       resourceServer,
     ),
   );

@@ -43,6 +43,8 @@ pub mod abi {
             function settle(PermitTransferFrom permit, address owner, ProxyWitness witness, bytes signature) external;
         }
 
+        struct Permit { address owner; address spender; uint256 value; uint256 nonce; uint256 deadline; }
+
         function approve(address spender, uint256 value) external returns (bool);
         function mint(address to, uint256 value) external;
         function allowance(address owner, address spender) external view returns (uint256);
@@ -70,6 +72,54 @@ pub struct Permit2Builder {
     pub amount: String,
     pub pay_to: Address,
     pub signature: Option<Bytes>,
+    /// The `eip2612GasSponsoring` extension's permit, sent when set ([`Permit2Builder::sponsored`]).
+    pub sponsor: Option<Sponsor>,
+}
+
+/// An EIP-2612 permit of the test token for the `eip2612GasSponsoring` extension; every field
+/// changeable before [`Sponsor::sign`].
+#[derive(Debug, Clone)]
+pub struct Sponsor {
+    pub from: Address,
+    pub asset: Address,
+    pub spender: Address,
+    pub amount: U256,
+    /// The owner's token nonce (0 for a fresh payer).
+    pub nonce: U256,
+    pub deadline: u64,
+    pub signature: Option<Bytes>,
+}
+
+impl Sponsor {
+    /// Signs the token's `Permit` with `signer` (domain: the test token's name and version).
+    pub fn sign(mut self, signer: &PrivateKeySigner) -> Self {
+        let domain = eip712_domain! {
+            name: "Permit Token",
+            version: "1",
+            chain_id: CHAIN_ID,
+            verifying_contract: stack().permit_token,
+        };
+        let message = abi::Permit {
+            owner: self.from,
+            spender: self.spender,
+            value: self.amount,
+            nonce: self.nonce,
+            deadline: U256::from(self.deadline),
+        };
+        let signature = signer
+            .sign_hash_sync(&message.eip712_signing_hash(&domain))
+            .unwrap();
+        self.signature = Some(signature.as_bytes().into());
+        self
+    }
+
+    pub fn extensions(&self) -> Value {
+        json!({"eip2612GasSponsoring":{"info":{
+            "from":self.from,"asset":self.asset,"spender":self.spender,
+            "amount":self.amount.to_string(),"nonce":self.nonce.to_string(),
+            "deadline":self.deadline.to_string(),
+            "signature":self.signature.clone().expect("call sign() first"),"version":"1"}}})
+    }
 }
 
 impl Permit2Builder {
@@ -91,7 +141,26 @@ impl Permit2Builder {
             amount: one_permit_token().to_string(),
             pay_to: s.payee.address,
             signature: None,
+            sponsor: None,
         }
+    }
+
+    /// The payment with a signed `eip2612GasSponsoring` permit, as the SDK's client makes it for
+    /// a payer without a Permit2 allowance: owner the payer, spender Permit2, value the permitted
+    /// amount, the Permit2 deadline; `edit` changes it before it is signed.
+    pub fn sponsored(mut self, edit: impl FnOnce(&mut Sponsor)) -> Self {
+        let mut sponsor = Sponsor {
+            from: self.from,
+            asset: self.token,
+            spender: PERMIT2,
+            amount: self.permitted,
+            nonce: U256::ZERO,
+            deadline: self.deadline,
+            signature: None,
+        };
+        edit(&mut sponsor);
+        self.sponsor = Some(sponsor.sign(&self.signer));
+        self
     }
 
     /// A payment from test payer `payer` (which has not approved Permit2).
@@ -148,11 +217,15 @@ impl Permit2Builder {
     /// The `/verify` (and `/settle`) body, as the official v2 client and a resource server send it.
     pub fn body(&self) -> Value {
         let signature = self.signature.clone().expect("call sign() first");
-        json!({"x402Version":2,
+        let mut body = json!({"x402Version":2,
                "paymentPayload":{"x402Version":2,"resource":{"url":"https://api.example.com/premium"},
                   "accepted":self.requirements(),
                   "payload":{"signature":signature,"permit2Authorization":self.authorization()}},
-               "paymentRequirements":self.requirements()})
+               "paymentRequirements":self.requirements()});
+        if let Some(sponsor) = &self.sponsor {
+            body["paymentPayload"]["extensions"] = sponsor.extensions();
+        }
+        body
     }
 
     /// The id of this payment's record (`…#permit2`).
@@ -224,3 +297,25 @@ pub async fn permit2_payer(allowance: U256) -> PrivateKeySigner {
     }
     payer
 }
+
+/// The token's `allowance(owner, Permit2)` at the latest block.
+pub async fn permit2_allowance(owner: Address) -> U256 {
+    use alloy::{eips::BlockId, providers::Provider, rpc::types::TransactionRequest};
+    let call = TransactionRequest::default()
+        .to(stack().permit_token)
+        .input(
+            Bytes::from(
+                abi::allowanceCall {
+                    owner,
+                    spender: PERMIT2,
+                }
+                .abi_encode(),
+            )
+            .into(),
+        );
+    let out = anvil().call(call).block(BlockId::latest()).await.unwrap();
+    abi::allowanceCall::abi_decode_returns(&out).unwrap()
+}
+
+/// A change to a sponsoring permit before it is signed, for tables of refusals.
+pub type SponsorEdit = Box<dyn FnOnce(&mut Sponsor)>;

@@ -4,10 +4,10 @@
 
 use alloy::primitives::{Address, U256};
 
-use super::{eip712, payload::Permit2Payment};
+use super::{eip712, payload::Permit2Payment, sponsoring};
 use crate::{
     evm::{
-        abi::EXACT_PERMIT2_PROXY,
+        abi::{EXACT_PERMIT2_PROXY, PERMIT2},
         checks::EXPIRY_BUFFER_SECS,
         signature::{self, EcdsaSignature, SignatureKind},
     },
@@ -128,7 +128,7 @@ pub fn signer(payment: &Permit2Payment) -> Result<EcdsaSignature, Rejection> {
 }
 
 /// Every local check, in the reference's order, with the accepted-asset check of the EIP-3009
-/// path ahead of them. Returns the signature, split for the proxy's call.
+/// path ahead of them and the `eip2612GasSponsoring` extension's after them. Returns the signature, split for the proxy's call.
 pub fn all(
     payment: &Permit2Payment,
     accepted: &[Address],
@@ -137,10 +137,13 @@ pub fn all(
     crate::evm::checks::asset_accepted(payment.asset, accepted)?;
     spender(payment)?;
     recipient(payment)?;
-    window(payment, now)?;
+    deadline(payment, now)?;
+    valid_after(payment, now)?;
     amount(payment)?;
     token(payment)?;
-    signer(payment)
+    let signature = signer(payment)?;
+    self::sponsoring(payment, Some(now))?;
+    Ok(signature)
 }
 
 /// [`all`] but the time window: what `/settle` checks before it looks for the payment's record
@@ -151,11 +154,101 @@ pub fn terms(payment: &Permit2Payment, accepted: &[Address]) -> Result<EcdsaSign
     recipient(payment)?;
     amount(payment)?;
     token(payment)?;
-    signer(payment)
+    let signature = signer(payment)?;
+    self::sponsoring(payment, None)?;
+    Ok(signature)
 }
 
-/// The time window: the deadline, then `validAfter`.
+/// The time window: the deadline, then `validAfter`, then the deadline of the
+/// `eip2612GasSponsoring` permit, if any.
 pub fn window(payment: &Permit2Payment, now: u64) -> Result<(), Rejection> {
     deadline(payment, now)?;
-    valid_after(payment, now)
+    valid_after(payment, now)?;
+    sponsoring_deadline(payment, now)
+}
+
+/// Every check of the `eip2612GasSponsoring` extension ([`sponsoring`](super::sponsoring)), in the reference's order; `now` (unix seconds) is `None` at
+/// `/settle`, which checks the deadline with the time window ([`deadline`]). Nothing to check
+/// when the payment carries no extension.
+pub fn sponsoring(payment: &Permit2Payment, now: Option<u64>) -> Result<(), Rejection> {
+    let permit = match &payment.sponsoring {
+        None => return Ok(()),
+        Some(Err(why)) => {
+            return Err(Rejection::new(
+                Reason::InvalidEip2612ExtensionFormat,
+                why.clone(),
+            ))
+        }
+        Some(Ok(permit)) => permit,
+    };
+    let refuse = |reason, what: String| Err(Rejection::new(reason, what));
+    let payer = payment.authorization.from;
+    if permit.from != payer {
+        let what = format!(
+            "the EIP-2612 permit's owner is {}, not the payer {payer}",
+            permit.from
+        );
+        return refuse(Reason::Eip2612FromMismatch, what);
+    }
+    if permit.asset != payment.asset {
+        let what = format!(
+            "the EIP-2612 permit is for {}, not the asset {}",
+            permit.asset, payment.asset
+        );
+        return refuse(Reason::Eip2612AssetMismatch, what);
+    }
+    if permit.spender != PERMIT2 {
+        let what = format!(
+            "the EIP-2612 permit's spender is {}, not Permit2 ({PERMIT2})",
+            permit.spender
+        );
+        return refuse(Reason::Eip2612SpenderNotPermit2, what);
+    }
+    if let Some(now) = now {
+        sponsoring_deadline(payment, now)?;
+    }
+    sponsoring_after_deadline(payment, permit)
+}
+
+/// What the proxy would refuse, and the signature's shape.
+fn sponsoring_after_deadline(
+    payment: &Permit2Payment,
+    permit: &sponsoring::Eip2612Permit,
+) -> Result<(), Rejection> {
+    let permitted = payment.authorization.amount;
+    if permit.amount != permitted {
+        return Err(Rejection::new(
+            Reason::Permit2612AmountMismatch,
+            format!("the EIP-2612 permit's value is {}, but the exact Permit2 proxy takes only the permitted amount {permitted}", permit.amount),
+        ));
+    }
+    if permit.signature.len() != 65 {
+        return Err(Rejection::new(
+            Reason::InvalidEip2612ExtensionFormat,
+            format!(
+                "the EIP-2612 permit's signature is {} bytes, not 65 (r, s, v)",
+                permit.signature.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The EIP-2612 permit's deadline must leave [`EXPIRY_BUFFER_SECS`] from `now`, as the Permit2
+/// deadline must.
+pub fn sponsoring_deadline(payment: &Permit2Payment, now: u64) -> Result<(), Rejection> {
+    let Some(Ok(permit)) = &payment.sponsoring else {
+        return Ok(());
+    };
+    let earliest = U256::from(now) + U256::from(EXPIRY_BUFFER_SECS);
+    if permit.deadline >= earliest {
+        return Ok(());
+    }
+    Err(Rejection::new(
+        Reason::Eip2612DeadlineExpired,
+        format!(
+            "the EIP-2612 permit's deadline {} is not at least {EXPIRY_BUFFER_SECS} s after now ({now})",
+            permit.deadline
+        ),
+    ))
 }

@@ -3,7 +3,8 @@
 //! One `eth_call` to Multicall3's `tryAggregate` (without `requireSuccess`) carries, in this order:
 //! the proxy's `PERMIT2()` (is the proxy there, and wired to Permit2?), the payer's token balance,
 //! the payer's allowance to Permit2, the Permit2 nonce bitmap word that holds the payment's nonce,
-//! and last the proxy's `settle` itself, as the settlement would call it. The reads come first
+//! and last the proxy's `settle` itself, as the settlement would call it (`settleWithPermit` for a
+//! payment with an `eip2612GasSponsoring` permit, see [`settle_calldata`]). The reads come first
 //! because the simulated `settle` changes state for whatever follows it in the same call. Going
 //! through Multicall3 makes the proxy see Multicall3 as its caller; the exact proxy does not care
 //! who calls it (the upto proxy does, so this batch is for `exact` only).
@@ -36,26 +37,44 @@ pub fn proxy_signature(sig: &EcdsaSignature) -> Bytes {
     bytes.into()
 }
 
-/// Calldata of the exact proxy's `settle(permit, owner, witness, signature)` for this payment.
+/// Calldata of the exact proxy's call that pays this payment: `settle(permit, owner, witness,
+/// signature)`, or `settleWithPermit(permit2612, …the same)` when the payment carries an
+/// `eip2612GasSponsoring` permit (whatever the payer's allowance: the calldata is fixed by the
+/// request alone, and the proxy goes on with the transfer when the token rejects a permit it no
+/// longer needs).
 pub fn settle_calldata(payment: &Permit2Payment, sig: &EcdsaSignature) -> Bytes {
+    use IX402ExactPermit2Proxy as Proxy;
     let a = &payment.authorization;
-    IX402ExactPermit2Proxy::settleCall {
-        permit: IX402ExactPermit2Proxy::PermitTransferFrom {
-            permitted: IX402ExactPermit2Proxy::TokenPermissions {
-                token: a.token,
-                amount: a.amount,
-            },
-            nonce: a.nonce,
-            deadline: a.deadline,
+    let permit = Proxy::PermitTransferFrom {
+        permitted: Proxy::TokenPermissions {
+            token: a.token,
+            amount: a.amount,
         },
-        owner: a.from,
-        witness: IX402ExactPermit2Proxy::Witness {
-            to: a.to,
-            validAfter: a.valid_after,
-        },
-        signature: proxy_signature(sig),
+        nonce: a.nonce,
+        deadline: a.deadline,
+    };
+    let witness = Proxy::Witness {
+        to: a.to,
+        validAfter: a.valid_after,
+    };
+    let signature = proxy_signature(sig);
+    match payment.sponsor() {
+        None => Proxy::settleCall {
+            permit,
+            owner: a.from,
+            witness,
+            signature,
+        }
+        .abi_encode(),
+        Some(sponsor) => Proxy::settleWithPermitCall {
+            permit2612: sponsor.proxy_permit(),
+            permit,
+            owner: a.from,
+            witness,
+            signature,
+        }
+        .abi_encode(),
     }
-    .abi_encode()
     .into()
 }
 
@@ -144,7 +163,8 @@ fn nonce_used(nonce: U256, word: U256) -> bool {
 }
 
 /// The verdict on a payment that passed every local check, from the chain's answers, in this
-/// order: the proxy missing, the nonce used, the balance short, Permit2's allowance short (the
+/// order: the proxy missing, the nonce used, the balance short, Permit2's allowance short (unless
+/// an `eip2612GasSponsoring` permit made the simulated settlement pass; the
 /// reference's diagnosis order, with the nonce, which it leaves to the simulation, named first:
 /// a used nonce can never settle, whatever the payer funds or approves), a token that answers no
 /// balance or allowance, and last the simulation itself, whose revert is named when known.
@@ -172,7 +192,13 @@ pub fn judge(payment: &Permit2Payment, facts: &ChainFacts) -> Result<(), Rejecti
             ),
         ));
     }
-    if let Some(allowance) = facts.allowance.filter(|x| *x < payment.amount) {
+    // With an EIP-2612 permit the allowance is given in the settlement itself: short now, it is
+    // enough if the simulated `settleWithPermit` passed (the permit did its work).
+    let sponsored = payment.sponsor().is_some() && facts.settle.is_ok();
+    if let Some(allowance) = facts
+        .allowance
+        .filter(|x| *x < payment.amount && !sponsored)
+    {
         return Err(Rejection::new(
             Reason::Permit2AllowanceRequired,
             format!(

@@ -4,10 +4,13 @@
 //! facilitator calls the proxy's `settle`, which asks Permit2 to move exactly the permitted amount.
 //!
 //! `/settle` settles them through the same record, queue, lanes and replay as EIP-3009 payments
-//! (docs/settlement.md, "Permit2"); `/supported` advertises nothing new (the same `exact` kind).
+//! (docs/settlement.md, "Permit2"); `/supported` advertises the same `exact` kind, and lists the
+//! `eip2612GasSponsoring` extension.
 //!
 //! - [`payload`]: the wire payload typed ([`Permit2Payment`]);
 //! - [`eip712`]: Permit2's domain and the signed message;
+//! - [`sponsoring`]: the `eip2612GasSponsoring` extension (a payer without a Permit2 allowance
+//!   sends an EIP-2612 permit; the settlement is the proxy's `settleWithPermit`);
 //! - [`checks`]: the local checks, one function each;
 //! - [`facts`]: the one batched chain read and the pure verdict on it;
 //! - [`verify`]: the two composed on [`crate::evm::ExactEvm`].
@@ -16,6 +19,7 @@ pub mod checks;
 pub mod eip712;
 pub mod facts;
 pub mod payload;
+pub mod sponsoring;
 pub mod verify;
 
 pub use payload::{is_permit2, Permit2Authorization, Permit2Payment};

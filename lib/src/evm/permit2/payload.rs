@@ -9,6 +9,7 @@ use alloy::primitives::{Address, Bytes, U256};
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::sponsoring::{self, Eip2612Permit};
 use crate::{
     evm::{
         hex,
@@ -89,6 +90,9 @@ pub struct Permit2Payment {
     pub amount: U256,
     pub authorization: Permit2Authorization,
     pub signature: Bytes,
+    /// The `eip2612GasSponsoring` extension's permit, if the payload carries one
+    /// ([`super::sponsoring::read`]); `Err` says which field is malformed.
+    pub sponsoring: Option<Result<Eip2612Permit, String>>,
 }
 
 impl Permit2Payment {
@@ -134,7 +138,14 @@ impl Permit2Payment {
                 valid_after: a.witness.valid_after.0,
             },
             signature: wire.signature,
+            sponsoring: sponsoring::read(payment.extensions.as_ref()),
         })
+    }
+
+    /// The EIP-2612 permit the payment is settled with (`settleWithPermit`), if it carries a
+    /// well-formed one.
+    pub fn sponsor(&self) -> Option<&Eip2612Permit> {
+        self.sponsoring.as_ref().and_then(|s| s.as_ref().ok())
     }
 }
 

@@ -578,3 +578,142 @@ fn a_settlement_moves_the_permitted_amount_from_the_payer_to_the_witness_recipie
         )
     );
 }
+
+mod sponsoring {
+    //! The `eip2612GasSponsoring` extension: typing, checks, the simulated call, the verdict and
+    //! the digest.
+    use super::*;
+    use crate::evm::permit2::{sponsoring::read, Permit2Checked};
+
+    fn info() -> Value {
+        json!({"from":address_of(&key(0x11)),"asset":TOKEN,"spender":PERMIT2,
+               "amount":"1000000000000000000","nonce":"0","deadline":(NOW + 60).to_string(),
+               "signature":format!("0x{}1b", "ab".repeat(64)),"version":"1"})
+    }
+
+    /// The case's payment with `info` as its extension.
+    fn with(info: Value) -> Payment {
+        let mut body: Value = serde_json::from_slice(&Case::new().body()).unwrap();
+        body["paymentPayload"]["extensions"] = json!({"eip2612GasSponsoring":{"info":info}});
+        parse_request(&serde_json::to_vec(&body).unwrap()).unwrap()
+    }
+
+    fn reason(info: Value) -> Option<Reason> {
+        scheme()
+            .check_permit2(&with(info), NOW)
+            .err()
+            .map(|r| r.reason)
+    }
+
+    fn edited(edit: impl FnOnce(&mut Value)) -> Value {
+        let mut info = info();
+        edit(&mut info);
+        info
+    }
+
+    #[test]
+    fn an_info_without_every_field_is_ignored_as_the_reference_does() {
+        assert_eq!(read(None), None);
+        let declared = json!({"eip2612GasSponsoring":{"info":{"description":"x","version":"1"}}});
+        assert_eq!(read(Some(&declared)), None);
+        assert_eq!(reason(json!({"version":"1"})), None);
+    }
+
+    #[test]
+    fn each_check_answers_the_references_reason() {
+        assert_eq!(reason(info()), None);
+        let cases = [
+            (
+                edited(|i| i["amount"] = "1e18".into()),
+                Reason::InvalidEip2612ExtensionFormat,
+            ),
+            (
+                edited(|i| i["version"] = "v1".into()),
+                Reason::InvalidEip2612ExtensionFormat,
+            ),
+            (
+                edited(|i| i["from"] = json!(PAYEE)),
+                Reason::Eip2612FromMismatch,
+            ),
+            (
+                edited(|i| i["asset"] = json!(PAYEE)),
+                Reason::Eip2612AssetMismatch,
+            ),
+            (
+                edited(|i| i["spender"] = json!(EXACT_PERMIT2_PROXY)),
+                Reason::Eip2612SpenderNotPermit2,
+            ),
+            (
+                edited(|i| i["deadline"] = (NOW + 5).to_string().into()),
+                Reason::Eip2612DeadlineExpired,
+            ),
+            (
+                edited(|i| i["amount"] = "1".into()),
+                Reason::Permit2612AmountMismatch,
+            ),
+            (
+                edited(|i| i["signature"] = "0xabcd".into()),
+                Reason::InvalidEip2612ExtensionFormat,
+            ),
+        ];
+        for (info, expected) in cases {
+            assert_eq!(reason(info.clone()), Some(expected), "{info}");
+        }
+    }
+
+    #[test]
+    fn the_settlement_and_its_simulation_are_settle_with_permit() {
+        let checked = scheme().check_permit2(&with(info()), NOW).unwrap();
+        let calldata = checked.settle_calldata();
+        let call = IX402ExactPermit2Proxy::settleWithPermitCall::abi_decode(&calldata).unwrap();
+        assert_eq!(call.permit2612.value, checked.payment.authorization.amount);
+        assert_eq!(call.permit2612.v, 27);
+        let batch = facts::batch_calldata(&checked.payment, &checked.signature);
+        let calls = IMulticall3::tryAggregateCall::abi_decode(&batch)
+            .unwrap()
+            .calls;
+        assert_eq!(calls.last().unwrap().callData, calldata);
+    }
+
+    #[test]
+    fn a_short_allowance_passes_only_when_the_permit_made_the_simulation_pass() {
+        let payment = Permit2Payment::parse(&with(info()), CHAIN_ID).unwrap();
+        let mut facts = super::judge_fine();
+        facts.allowance = Some(U256::ZERO);
+        assert_eq!(facts::judge(&payment, &facts), Ok(()));
+        facts.settle = Err(Bytes::new());
+        let verdict = facts::judge(&payment, &facts).unwrap_err().reason;
+        assert_eq!(verdict, Reason::Permit2AllowanceRequired);
+    }
+
+    #[test]
+    fn the_digest_covers_the_permit() {
+        let digest = |payment: Payment| {
+            let c: Permit2Checked = scheme().check_permit2(&payment, NOW).unwrap();
+            c.digest("eip155:84532")
+        };
+        let bare = digest(Case::new().payment());
+        let sponsored = digest(with(info()));
+        let other = digest(with(edited(|i| {
+            i["deadline"] = (NOW + 61).to_string().into()
+        })));
+        let same_on_chain = digest(with(edited(|i| i["nonce"] = "7".into())));
+        assert_ne!(bare, sponsored);
+        assert_ne!(sponsored, other);
+        assert_eq!(
+            sponsored, same_on_chain,
+            "info.nonce never reaches the chain"
+        );
+    }
+}
+
+/// [`judge`]'s "a payer that can pay", for other modules.
+fn judge_fine() -> ChainFacts {
+    ChainFacts {
+        proxy_permit2: Some(PERMIT2),
+        balance: Some(U256::from(10u64).pow(U256::from(20))),
+        allowance: Some(U256::MAX),
+        nonce_word: Some(U256::ZERO),
+        settle: Ok(()),
+    }
+}

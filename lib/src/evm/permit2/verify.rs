@@ -31,7 +31,7 @@ pub struct Permit2Checked {
 }
 
 impl Permit2Checked {
-    /// Calldata of the exact proxy's `settle` that pays this payment.
+    /// Calldata of the exact proxy's `settle` (or `settleWithPermit`) that pays this payment.
     pub fn settle_calldata(&self) -> Bytes {
         facts::settle_calldata(&self.payment, &self.signature)
     }
@@ -41,16 +41,20 @@ impl Permit2Checked {
     /// deadline, witness `to` and `validAfter`, chain) and the signature as sent. The checks
     /// have made the requirements' asset, `payTo` and amount equal to the permit's, so the
     /// digest binds them too. A second permit under the same Permit2 nonce has another digest.
+    /// With an `eip2612GasSponsoring` permit, its value, deadline and signature as sent follow (the
+    /// checks have made its owner, token and spender the payer, the asset and Permit2): another
+    /// sponsoring permit, or none, is another request. Without one the digest is as before.
     pub fn digest(&self, network: &str) -> B256 {
-        keccak256(
-            (
-                network.to_owned(),
-                self.payment.authorization.from,
-                super::eip712::signing_digest(&self.payment),
-                self.payment.signature.clone(),
-            )
-                .abi_encode(),
-        )
+        let base = (
+            network.to_owned(),
+            self.payment.authorization.from,
+            super::eip712::signing_digest(&self.payment),
+            self.payment.signature.clone(),
+        );
+        keccak256(match self.payment.sponsor() {
+            None => base.abi_encode(),
+            Some(p) => (base, p.amount, p.deadline, p.signature.clone()).abi_encode(),
+        })
     }
 
     /// What the payment moves when it settles: the token's `Transfer(payer → payTo, amount)`.
