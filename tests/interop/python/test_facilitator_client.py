@@ -87,7 +87,8 @@ class Supported(unittest.TestCase):
             supported = client.get_supported()
         kinds = {(k.x402_version, k.scheme, k.network) for k in supported.kinds}
         self.assertEqual(kinds, {(2, "exact", "eip155:84532"), (1, "exact", "base-sepolia")})
-        self.assertEqual(supported.extensions, ["payment-identifier"])
+        # payment-identifier for every payment; eip2612GasSponsoring for Permit2 payments.
+        self.assertEqual(sorted(supported.extensions), ["eip2612GasSponsoring", "payment-identifier"])
         lanes = sorted(lane["address"].lower() for lane in STACK["lanes"])
         self.assertEqual(sorted(a.lower() for a in supported.signers["eip155:*"]), lanes)
 
