@@ -1,10 +1,10 @@
 //! A lane's run: the new payments one batch brings for a lane, signed at consecutive nonces,
-//! written ahead in one DynamoDB transaction and sent together (docs/settlement.md, "A lane's
+//! written ahead in one DynamoDB transaction and sent in nonce order (docs/settlement.md, "A lane's
 //! run").
 //!
 //! One at a time, a lane's payments wait on each other's simulation, `Sign`, write-ahead and send:
-//! four round trips each, so a backlog of ten waits forty. A run makes that four for all ten:
-//! the simulations, the `Sign`s and the sends go side by side, and one `TransactWriteItems` moves
+//! four round trips each, so a backlog of ten waits forty. A run makes that three for all ten and
+//! the sends: the simulations and the `Sign`s go side by side, and one `TransactWriteItems` moves
 //! every record to `signed` together with the lane's nonce step (I3, I4 as for one payment: the
 //! step's condition says no transaction holds any of the run's nonces yet, and the write is all
 //! or nothing). Everything the run does not finish (a payment that would not simulate, a lost
@@ -161,9 +161,13 @@ impl Worker {
         let indexes: Vec<usize> = run.iter().map(|(i, ..)| *i).collect();
         match self.sign_and_write(lane, scheme, &signer, run, nonce).await {
             Ok(written) => {
-                // All at once: a node keeps a later nonce until the earlier ones arrive.
-                let sent = join_all(written.iter().map(|w| self.send_written(w))).await;
-                outcome.extend(indexes.into_iter().zip(sent));
+                // One after another, in nonce order. Sent all at once, a later nonce can reach the
+                // node first and wait in its pool for the earlier one; anvil's automining then
+                // left it unmined until some other transaction came, and a payment pending
+                // (seen in settle.rs's fifty payments and in the load harness).
+                for (index, record) in indexes.into_iter().zip(&written) {
+                    outcome.push((index, self.send_written(record).await));
+                }
             }
             Err(halt) => outcome.extend(indexes.into_iter().map(|i| (i, halt.ran()))),
         }
