@@ -161,10 +161,9 @@ impl Worker {
         let indexes: Vec<usize> = run.iter().map(|(i, ..)| *i).collect();
         match self.sign_and_write(lane, scheme, &signer, run, nonce).await {
             Ok(written) => {
-                // One after another, in nonce order. Sent all at once, a later nonce can reach the
-                // node first and wait in its pool for the earlier one; anvil's automining then
-                // left it unmined until some other transaction came, and a payment pending
-                // (seen in settle.rs's fifty payments and in the load harness).
+                // One after another, in nonce order: sent all at once, a later nonce could reach
+                // a node before the earlier one and wait in its pool (or, behind a provider that
+                // balances requests over nodes, reach another node).
                 for (index, record) in indexes.into_iter().zip(&written) {
                     outcome.push((index, self.send_written(record).await));
                 }
