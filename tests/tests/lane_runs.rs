@@ -46,6 +46,7 @@ async fn queue_payments(queue: &OwnQueue, payments: &[PaymentBuilder]) -> Vec<St
 async fn worker(queue: &OwnQueue) -> Worker {
     let mut config = config();
     config.settle_queue_url = Some(queue.url.clone());
+    config.lane_runs = true;
     Worker::from_config(&config, &aws().await)
 }
 

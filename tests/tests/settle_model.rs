@@ -128,6 +128,7 @@ impl Path {
         config.replay_min_age = Duration::ZERO;
         // One lane: a case's payments then share it, and a worker batch often holds a run.
         config.lane_keys.truncate(1);
+        config.lane_runs = true;
         let settler = Settler::new(
             Facilitator::new(&config, &aws),
             store().await,

@@ -47,6 +47,9 @@ pub const REPLAY_BUMP_AFTER_VAR: &str = "X402_REPLAY_BUMP_AFTER_MS";
 pub const LOGS_LOOKBACK_VAR: &str = "X402_LOGS_LOOKBACK_BLOCKS";
 /// `on` (the default) or `off`: whether payers that are contract wallets (ERC-1271) are accepted.
 pub const CONTRACT_WALLETS_VAR: &str = "X402_CONTRACT_WALLETS";
+/// `on` or `off` (the default): whether the worker signs a lane's new payments of one batch as a run
+/// (docs/settlement.md, "A lane's run").
+pub const LANE_RUNS_VAR: &str = "X402_LANE_RUNS";
 /// The attempts the worker makes at a payment before it gives up on it (docs/settlement.md).
 pub const WORKER_MAX_ATTEMPTS_VAR: &str = "X402_WORKER_MAX_ATTEMPTS";
 /// How many of a contract-wallet payer's settlements may revert on chain before its contract-wallet
@@ -129,6 +132,8 @@ pub struct Config {
     pub worker_max_attempts: u32,
     /// Whether contract-wallet payers (ERC-1271 signatures) are accepted.
     pub contract_wallets: bool,
+    /// Whether the worker signs a lane's new payments of one batch as a run.
+    pub lane_runs: bool,
     /// When a contract-wallet payer whose settlements revert on chain is refused.
     pub payer_reverts: RevertPolicy,
     /// The rate limit of an API key that has none of its own (`None`: not limited).
@@ -277,6 +282,7 @@ impl Config {
                 "a number of blocks (0 for the whole chain)",
             )?,
             contract_wallets: vars.switch(CONTRACT_WALLETS_VAR, true)?,
+            lane_runs: vars.switch(LANE_RUNS_VAR, false)?,
             payer_reverts: revert_policy(&vars)?,
             key_limit: key_limit(&vars)?,
             lane_activation_wei: native_amount(

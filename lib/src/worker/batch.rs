@@ -156,8 +156,9 @@ impl Worker {
         failures
     }
 
-    /// The lane's new payments signed together as a run ([`Worker::run`]), when the batch brings
-    /// the lane more than one and there is time to start; what became of each, by its index.
+    /// The lane's new payments signed together as a run ([`Worker::run`]), when runs are on
+    /// (`X402_LANE_RUNS`), the batch brings the lane more than one and there is time to start;
+    /// what became of each, by its index.
     async fn run_first(
         &self,
         lane: &str,
@@ -165,7 +166,7 @@ impl Worker {
         deadline: Instant,
     ) -> HashMap<usize, Ran> {
         let left = deadline.saturating_duration_since(Instant::now());
-        if messages.len() < 2 || !decide::may_start(left) {
+        if !self.lane_runs || messages.len() < 2 || !decide::may_start(left) {
             return HashMap::new();
         }
         let fresh: Vec<(usize, SettlementMessage)> = messages

@@ -125,6 +125,8 @@ pub struct Worker {
     submits: std::sync::Mutex<tokio::task::JoinSet<()>>,
     /// How old /settle's simulation may be for its gas to be signed with (`X402_SIMULATION_REUSE_MS`).
     simulation_reuse: Duration,
+    /// Whether a lane's new payments of one batch are signed as a run (`X402_LANE_RUNS`).
+    lane_runs: bool,
 }
 
 impl Worker {
@@ -149,8 +151,9 @@ impl Worker {
             sweep_addresses: Vec::new(),
             nonces: nonces::LaneNonces::default(),
             submits: Default::default(),
-            // Until configured: always simulate again.
+            // Until configured: always simulate again, one payment at a time.
             simulation_reuse: Duration::ZERO,
+            lane_runs: false,
         }
     }
 
@@ -179,6 +182,7 @@ impl Worker {
         );
         worker.sweep_addresses = config.sweep_addresses.clone();
         worker.simulation_reuse = config.simulation_reuse;
+        worker.lane_runs = config.lane_runs;
         worker
     }
 
