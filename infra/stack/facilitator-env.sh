@@ -25,6 +25,11 @@ set +a
     X402_PAYMENTS_TABLE X402_LANES_TABLE X402_SETTLE_QUEUE_URL X402_SWEEP_ADDRESSES RUST_LOG; do
     printf '%s=%s\n' "$var" "${!var}"
   done
+  # Switches a deployment may set, passed on when the caller set them (the load harness and the
+  # stall hunt turn a lane's run on this way).
+  for var in X402_LANE_RUNS; do
+    if [[ -n "${!var:-}" ]]; then printf '%s=%s\n' "$var" "${!var}"; fi
+  done
   # Single quotes keep the JSON's double quotes and commas as they are.
   printf "X402_NETWORKS='%s'\n" "$X402_NETWORKS"
 } >"$X402_STACK_DIR/facilitator.env"

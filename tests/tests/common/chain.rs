@@ -70,7 +70,14 @@ pub async fn send_unlocked(tx: TransactionRequest) -> B256 {
 
 /// Sends a transaction from one of anvil's unlocked accounts and waits for it to be mined;
 /// returns its hash.
+///
+/// One at a time per test binary: the tests of a binary run side by side and several send from
+/// the same account (the deployer mints and front-runs for all of them); two sends in flight
+/// would be given the same account nonce by anvil, and the second is refused as "replacement
+/// transaction underpriced" (CI saw it in verify_permit2.rs).
 pub async fn send_from_anvil_account(from: Address, to: Address, data: Bytes) -> B256 {
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _turn = ONE_AT_A_TIME.lock().await;
     let tx = TransactionRequest::default()
         .from(from)
         .to(to)

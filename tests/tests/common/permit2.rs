@@ -264,9 +264,6 @@ impl Permit2Builder {
 /// approved Permit2 for `allowance` (none when zero) through a transaction of its own, sent with
 /// anvil's impersonation.
 pub async fn permit2_payer(allowance: U256) -> PrivateKeySigner {
-    // The token's owner mints for every test of a binary: one of its transactions at a time, or
-    // two take the same account nonce ("replacement transaction underpriced").
-    static OWNER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let s = stack();
     let payer = PrivateKeySigner::random();
     let address = payer.address();
@@ -274,10 +271,7 @@ pub async fn permit2_payer(allowance: U256) -> PrivateKeySigner {
         to: address,
         value: one_permit_token() * U256::from(1000),
     };
-    {
-        let _owner = OWNER.lock().await;
-        send_from_anvil_account(s.deployer.address, s.permit_token, mint.abi_encode().into()).await;
-    }
+    send_from_anvil_account(s.deployer.address, s.permit_token, mint.abi_encode().into()).await;
     if allowance > U256::ZERO {
         let anvil = anvil();
         anvil
