@@ -19,6 +19,7 @@
 #   LOAD_NET_LANES (1 2 4), LOAD_NET_CONCURRENCY (8,32), LOAD_NET_RPC_MS (40), LOAD_NET_AWS_MS (15)
 #                                             ours settling again per lane count with a deployment's network modelled:
 #                                             every chain RPC request and AWS call held that long by the counting proxies ("" skips)
+#   X402_LANE_RUNS (unset: off)              passed on to ours as deployed (docs/configuration.md); on to measure a lane's runs
 #   LOAD_BIN_DIR ($CARGO_TARGET_DIR or target, /release)   where the built binaries are: release, what
 #                                             deploys (a .../debug directory measures debug builds, and the report says so)
 #   LOAD_BUILD (1)                            0 measures the binaries as they are, without building first
@@ -28,7 +29,7 @@
 #   LOAD_MOTO_PORT (25000), LOAD_LAMBDA_PORT (29000), LOAD_LOCAL_PORT (24020), LOAD_REFERENCE_PORT (24021),
 #   LOAD_AWS_COUNTER_PORT (25001; the worker's is the next one), LOAD_SETTLE_LAMBDA_PORT (29001)
 # Results: $LOAD_STACK_DIR/results/{load-verify,load-settle,load-settle-lanes-N,load-settle-net-lanes-N,coldstart}.json; logs in
-# $LOAD_STACK_DIR/logs (with the SQS poller's per-batch trace, sqs-poller-trace.jsonl, unless X402_POLLER_TRACE names another file).
+# $LOAD_STACK_DIR/phase-logs/<phase>, one directory per fresh stack (with the SQS poller's per-batch trace, sqs-poller-trace.jsonl, unless X402_POLLER_TRACE names another file).
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$REPO"
@@ -101,8 +102,22 @@ stop_settle_worker() {
   bash infra/lambda/lambda-emulator.sh stop
 }
 
-# A fresh stack with $1 lanes, and ours on it: the local server, the worker and its poller.
+# Each stack's logs, kept before the next fresh stack starts over them, in
+# $X402_STACK_DIR/phase-logs/<phase>: a stall seen in one phase can then still be read after the run.
+PHASE=""
+keep_logs() {
+  if [[ -n "$PHASE" && -d "$LOGS" ]]; then
+    mkdir -p "$X402_STACK_DIR/phase-logs"
+    rm -rf "$X402_STACK_DIR/phase-logs/$PHASE"
+    cp -r "$LOGS" "$X402_STACK_DIR/phase-logs/$PHASE"
+  fi
+  PHASE="$1"
+}
+
+# A fresh stack with $1 lanes, and ours on it: the local server, the worker and its poller; $2
+# names the phase, for its logs.
 fresh_stack_with_lanes() {
+  keep_logs "$2"
   stop_pid load-aws-counter
   bash infra/stack/stack.sh down >/dev/null
   export X402_LANES="$1"
@@ -182,6 +197,7 @@ mkdir -p "$RESULTS"
 if [[ "$X402_POLLER_TRACE" == "$LOGS/sqs-poller-trace.jsonl" ]]; then : >"$X402_POLLER_TRACE"; fi # this run's only
 start_aws_counter
 
+PHASE="verify-settle-coldstart"
 step "facilitators: ours on :$LOCAL_PORT, the reference on :$REFERENCE_PORT"
 start_local_server
 REFERENCE_LISTEN="127.0.0.1:$REFERENCE_PORT" node "$LOAD/reference/server.mjs" >"$LOGS/load-reference.log" 2>&1 &
@@ -219,7 +235,7 @@ stop_pid load-lambda-emulator
 OTHER_SETTLES=()
 for lanes in ${LOAD_SETTLE_OTHER_LANES-1 4}; do
   step "settle under load, ours, on a fresh stack with $lanes lane(s)"
-  fresh_stack_with_lanes "$lanes"
+  fresh_stack_with_lanes "$lanes" "settle-lanes-$lanes"
   run_settle "$RESULTS/load-settle-lanes-$lanes.json" --target "ours=http://127.0.0.1:$LOCAL_PORT"
   stop_ours
   OTHER_SETTLES+=(--settle-other "$RESULTS/load-settle-lanes-$lanes.json")
@@ -232,12 +248,14 @@ done
 NET_SETTLES=()
 for lanes in ${LOAD_NET_LANES-1 2 4}; do
   step "settle under load, ours, $lanes lane(s), network modelled (+${LOAD_NET_RPC_MS:-40} ms per RPC, +${LOAD_NET_AWS_MS:-15} ms per AWS call)"
-  fresh_stack_with_lanes "$lanes"
+  fresh_stack_with_lanes "$lanes" "settle-net-lanes-$lanes"
   LOAD_SETTLE_CONCURRENCY="${LOAD_NET_CONCURRENCY:-8,32}" run_settle "$RESULTS/load-settle-net-lanes-$lanes.json" \
     --target "ours=http://127.0.0.1:$LOCAL_PORT" --rpc-latency-ms "${LOAD_NET_RPC_MS:-40}" --aws-latency-ms "${LOAD_NET_AWS_MS:-15}"
   stop_ours
   NET_SETTLES+=(--settle-net "$RESULTS/load-settle-net-lanes-$lanes.json")
 done
+
+keep_logs ""
 
 if [[ "${LOAD_RENDER:-1}" != 1 ]]; then
   echo "load: LOAD_RENDER=${LOAD_RENDER}: docs/benchmarks.md left as it is; JSON in $RESULTS" >&2

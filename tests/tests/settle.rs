@@ -67,7 +67,50 @@ async fn settle_to_the_end_at(base: &str, body: &Value) -> Value {
             return answer.json;
         }
     }
-    panic!("still pending after five tries: {body}");
+    panic!(
+        "still pending after five tries: {body}\n{}",
+        why_pending(body).await
+    );
+}
+
+/// What the stack says of a payment `/settle` keeps calling pending: its record (state, lane,
+/// nonce, hash), whether the node has its transaction, and its lane's nonces on the chain and in
+/// the table. So that a failure in CI says where the payment stopped, not only that it did.
+async fn why_pending(body: &Value) -> String {
+    let authorization = &body["paymentPayload"]["payload"]["authorization"];
+    let field = |v: &Value| v.as_str().unwrap_or_default().to_ascii_lowercase();
+    let id = format!(
+        "{}#{}#{}#{}",
+        field(&body["paymentRequirements"]["network"]),
+        field(&body["paymentRequirements"]["asset"]),
+        field(&authorization["from"]),
+        field(&authorization["nonce"]),
+    );
+    let Some(record) = find_payment_record(&id).await else {
+        return format!("no record {id}");
+    };
+    let mut said = format!(
+        "record {id}: {:?} on lane {} at nonce {:?}, tx {:?}, replaced {:?}, updated_at {}",
+        record.state,
+        record.lane,
+        record.lane_nonce,
+        record.tx_hash,
+        record.replaced,
+        record.updated_at
+    );
+    if let Some(hash) = record.tx_hash {
+        let known = transaction(hash).await.is_some();
+        let mined = receipt(hash).await.is_some();
+        said += &format!("; the node knows the tx: {known}, mined: {mined}");
+    }
+    if let Some(sender) = record.sender {
+        said += &format!(
+            "; the lane's chain nonce {} (pending {})",
+            chain_nonce(sender, BlockId::latest()).await,
+            chain_nonce(sender, BlockId::pending()).await
+        );
+    }
+    said + &format!("; the table's nonces {:?}", table_nonces().await)
 }
 
 #[tokio::test]
