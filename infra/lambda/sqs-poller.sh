@@ -67,10 +67,11 @@ start() {
   "$REPO/.local/venv/bin/python" -u "$REPO/infra/lambda/sqs_poller.py" --queue-url "$queue" --function "$fn" \
     --invoke-url "http://127.0.0.1:${LAMBDA_PORT:-9000}" "$@" </dev/null >"$log" 2>&1 &
   echo $! >"$pidfile"
-  # Ready once it has read the queue's attributes and logged "polling" (up to 30 s: once, on a busy
-  # machine, 10 s passed with nothing logged yet); a bad queue, function or
-  # emulator address makes it exit at once.
-  for _ in $(seq 300); do
+  # Ready once it has read the queue's attributes and logged "polling". A bad queue, function or
+  # emulator address makes it exit at once, so the wait only ever covers a slow start: up to 120 s,
+  # as on a loaded machine Python's start alone once passed 30 s (and 10 s before that), and a
+  # stack that gave up on a poller still starting failed the whole test run.
+  for _ in $(seq 1200); do
     grep -q '^sqs-poller: polling' "$log" && { echo "sqs-poller: $fn <- $queue (log: $log)"; return 0; }
     running "$pidfile" || break
     sleep 0.1
