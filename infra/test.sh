@@ -26,8 +26,28 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 step() { printf '\n== %s\n' "$*"; }
 
+# What the stack's background processes said, when the run fails: the SQS poller's batches and the
+# worker's warnings are where a payment that stayed pending shows why, and CI keeps only this output.
+show_stack_logs() {
+  local log
+  for log in "$X402_STACK_DIR"/logs/sqs-poller-*.log; do
+    [[ -f "$log" ]] || continue
+    echo "-- $log: its failed batches and errors, then its last lines" >&2
+    grep -E 'failed|error|WARNING' "$log" | grep -v ', 0 failed, ' | tail -20 | cut -c1-600 >&2
+    tail -5 "$log" >&2
+  done
+  for log in "$X402_STACK_DIR"/logs/lambda-settle-worker*.log "$X402_STACK_DIR"/logs/*local-server*.log; do
+    [[ -f "$log" ]] || continue
+    echo "-- $log: its last warnings and errors" >&2
+    # Less the emulator's own deadline warning, which every invocation under cargo-lambda logs.
+    grep -E 'WARN|ERROR' "$log" | grep -v 'deadline has passed at its start' | tail -20 | cut -c1-600 >&2
+  done
+}
+
 cleanup() {
+  local rc=$?
   set +e
+  ((rc == 0)) || show_stack_logs
   [[ -f "$X402_STACK_DIR/run/local-server.pid" ]] && kill "$(cat "$X402_STACK_DIR/run/local-server.pid")" 2>/dev/null
   rm -f "$X402_STACK_DIR/run/local-server.pid"
   [[ -f "$X402_STACK_DIR/run/lambda-route.pid" ]] && kill "$(cat "$X402_STACK_DIR/run/lambda-route.pid")" 2>/dev/null

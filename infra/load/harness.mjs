@@ -1,6 +1,6 @@
 // Drives facilitators at their base URLs with pre-signed payments and measures them:
 // POST /verify at each concurrency (throughput, p50/p90/p99 latency, errors, chain RPC requests per
-// verify from the counting proxy) and GET /supported. Every phase is bounded by a request count and
+// verify from the counting proxy), for EIP-3009 and then for `exact` Permit2 payments, and GET /supported. Every phase is bounded by a request count and
 // a time limit. Targets are measured one after the other, phase by phase, against the same chain.
 //
 //   node infra/load/harness.mjs --stack .local/load-stack/stack.json \
@@ -16,7 +16,7 @@ import { parseArgs } from "node:util";
 import { cpuSeconds } from "./lib/cpu.mjs";
 import { drive } from "./lib/drive.mjs";
 import { machine } from "./lib/machine.mjs";
-import { signVerifyBodies } from "./lib/payments.mjs";
+import { permit2Payers, signPermit2VerifyBodies, signVerifyBodies } from "./lib/payments.mjs";
 import { verifyTable, ratios } from "./lib/report.mjs";
 import { readSettledAwsCounts, resetAwsCounts } from "./lib/aws-counter.mjs";
 import { readRpcCounts, resetRpcCounts } from "./lib/rpc-counter.mjs";
@@ -33,6 +33,8 @@ const { values: opts } = parseArgs({
     seconds: { type: "string", default: "10" }, // per target and phase, at most
     warmup: { type: "string", default: "20" },
     "supported-concurrency": { type: "string", default: "8" },
+    // Permit2 `exact` verify phases, at the same concurrency levels; 0 leaves them out.
+    "permit2-requests": { type: "string", default: "1000" },
     // The processes whose CPU time is reported per request: a facilitator's (name=pid) and the chain side's.
     pid: { type: "string", multiple: true, default: [] },
     "chain-pids": { type: "string", default: "" },
@@ -105,6 +107,27 @@ for (const concurrency of levels) {
     results.push(await measure(target, verifyScenario(take(maxRequests)), concurrency, { maxRequests, maxSeconds }));
   }
 }
+// Permit2 `exact` payments: verify checks more (the allowance and the permit's witness) and
+// simulates the proxy's call instead of the token's.
+const permit2Requests = Number(opts["permit2-requests"]);
+const PERMIT2_PAYERS = 4;
+if (permit2Requests > 0) {
+  const permit2Count = targets.length * (warmup + levels.length * permit2Requests);
+  const permit2Start = performance.now();
+  const permit2Bodies = await signPermit2VerifyBodies(stack, permit2Count, await permit2Payers(stack, PERMIT2_PAYERS));
+  console.error(`signed ${permit2Count} distinct Permit2 payments in ${((performance.now() - permit2Start) / 1000).toFixed(1)} s`);
+  let usedPermit2 = 0;
+  const takePermit2 = (n) => permit2Bodies.slice(usedPermit2, (usedPermit2 += n));
+  for (const target of targets) {
+    await drive(target.url, verifyScenario(takePermit2(warmup), "verify-permit2"), { concurrency: 1, maxRequests: warmup, maxSeconds });
+  }
+  for (const concurrency of levels) {
+    for (const target of targets) {
+      results.push(await measure(target, verifyScenario(takePermit2(permit2Requests), "verify-permit2"), concurrency,
+        { maxRequests: permit2Requests, maxSeconds }));
+    }
+  }
+}
 const supportedConcurrency = Number(opts["supported-concurrency"]);
 for (const target of targets) {
   results.push(await measure(target, supportedScenario(), supportedConcurrency,
@@ -115,7 +138,8 @@ const report = {
   date: new Date().toISOString(),
   machine: startedOn,
   settings: { concurrency: levels, maxRequestsPerPhase: maxRequests, maxSecondsPerPhase: maxSeconds, warmup,
-    supportedConcurrency, signedPayments: signCount },
+    supportedConcurrency, signedPayments: signCount,
+    permit2RequestsPerPhase: permit2Requests, permit2Payers: permit2Requests > 0 ? PERMIT2_PAYERS : 0 },
   targets,
   results,
   ratios: targets.length >= 2 ? ratios(results, targets[0].name, targets[1].name) : [],

@@ -13,6 +13,7 @@
 # Takes about 10 minutes once built and installed. Only 127.0.0.1 is ever driven. Env (defaults):
 #   LOAD_REQUESTS (3000), LOAD_SECONDS (10)   per facilitator and phase, whichever is reached first
 #   LOAD_CONCURRENCY (1,8,32)                 verify concurrency levels; /supported runs at 8
+#   LOAD_PERMIT2_REQUESTS (1000)              per verify phase of `exact` Permit2 payments, at the same levels (0 skips them)
 #   LOAD_SETTLE_REQUESTS (200), LOAD_SETTLE_SECONDS (20), LOAD_SETTLE_CONCURRENCY (1,8,32)   the same for settle
 #   LOAD_SETTLE_POLL_MS (250), LOAD_SETTLE_DEADLINE_MS (25000)   our settle handler's X402_SETTLE_POLL_MS/_DEADLINE_MS
 #   LOAD_LANES (2), LOAD_SETTLE_OTHER_LANES (1 4)   the main stack's lanes; lane counts ours settles again with ("" skips)
@@ -212,6 +213,7 @@ timeout 900 node "$LOAD/harness.mjs" --stack "$X402_STACK_DIR/stack.json" \
   --pid "ours=$(cat "$RUN/load-local-server.pid")" --pid "reference=$(cat "$RUN/load-reference.pid")" \
   --chain-pids "$(cat "$RUN/anvil.pid"),$(cat "$RUN/rpc-proxy.pid")" --aws-counter "http://127.0.0.1:$AWS_COUNTER_PORT" \
   --requests "${LOAD_REQUESTS:-3000}" --seconds "${LOAD_SECONDS:-10}" --concurrency "${LOAD_CONCURRENCY:-1,8,32}" \
+  --permit2-requests "${LOAD_PERMIT2_REQUESTS:-1000}" \
   --out "$RESULTS/load-verify.json"
 
 step "settle under load ($X402_LANES lanes), ours and the reference"

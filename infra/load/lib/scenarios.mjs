@@ -2,16 +2,25 @@
 // from, and what counts as a correct answer; the driver (drive.mjs) and the report know nothing
 // more. Settle's own counts (KMS Sign, DynamoDB and SQS calls per settlement) are read by settle.mjs.
 
-/** POST /verify with pre-signed bodies, each used once; correct = 200 and isValid true. */
-export function verifyScenario(bodies) {
+/** How a scenario is named in the report's tables. */
+export function routeLabel(scenario) {
+  return { "verify": "POST /verify", "verify-permit2": "POST /verify (Permit2)", "supported": "GET /supported" }[scenario]
+    ?? scenario;
+}
+
+/**
+ * POST /verify with pre-signed bodies, each used once; correct = 200 and isValid true. `name`
+ * tells the kinds of payment apart in the report ("verify": EIP-3009, "verify-permit2").
+ */
+export function verifyScenario(bodies, name = "verify") {
   let next = 0;
   return {
-    name: "verify",
+    name,
     method: "POST",
     path: "/verify",
     countsRpc: true,
     body() {
-      if (next >= bodies.length) throw new Error("verify: ran out of pre-signed bodies; sign more");
+      if (next >= bodies.length) throw new Error(`${name}: ran out of pre-signed bodies; sign more`);
       return bodies[next++];
     },
     check(status, json) {
