@@ -178,6 +178,9 @@ pub struct NetworkConfig {
     /// The most gas one settlement may use: for a payer's own key, and for a contract wallet,
     /// whose code runs inside the transfer (`maxGas`, `maxGasContractWallet`).
     pub gas_caps: GasCaps,
+    /// `uptoFacilitator`: the lane address advertised for `upto` payments on this network, which
+    /// payers bind into their witness and whose lane alone settles them; `None`: no `upto` here.
+    pub upto_facilitator: Option<Address>,
 }
 
 /// The most gas one settlement may use, by kind of payer.
@@ -228,6 +231,8 @@ struct NetworkEntry {
     max_gas: Option<u64>,
     #[serde(default)]
     max_gas_contract_wallet: Option<u64>,
+    #[serde(default)]
+    upto_facilitator: Option<String>,
 }
 
 impl Config {
@@ -523,12 +528,21 @@ fn network_entry(entry: NetworkEntry) -> Result<NetworkConfig, ConfigError> {
                 .map_err(|_| err(format!("{name}: asset {a:?} is not an address")))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let upto_facilitator = match &entry.upto_facilitator {
+        None => None,
+        Some(a) => Some(a.parse::<Address>().map_err(|_| {
+            err(format!(
+                "{name}: uptoFacilitator {a:?} is not an address (one of the lanes')"
+            ))
+        })?),
+    };
     Ok(NetworkConfig {
         network,
         rpc,
         assets,
         max_fee_per_gas,
         gas_caps,
+        upto_facilitator,
     })
 }
 
