@@ -184,24 +184,6 @@ async fn a_payer_without_a_permit2_allowance_is_refused_with_nothing_recorded_or
 
 // ---- a worker crash at each step, then replay: settled exactly once ----
 
-/// Runs a worker in this process that stops after `step` as if its process died there.
-async fn crash(step: Step, id: &str) {
-    let message = SettlementMessage {
-        id: id.to_owned(),
-        replace: None,
-        created: None,
-        simulated: None,
-    };
-    let outcome = Worker::from_config(&config(), &aws().await)
-        .stop_after(step)
-        .process(&message)
-        .await;
-    assert!(
-        outcome.is_err(),
-        "the worker stopped after {step:?}: {outcome:?}"
-    );
-}
-
 /// Records a Permit2 payment, crashes the worker after `step`, then runs replay until the record
 /// is final: it must be settled once through the proxy, and `/settle` then answers its success.
 async fn crash_then_replay_settles_once(step: Step) {
@@ -210,7 +192,7 @@ async fn crash_then_replay_settles_once(step: Step) {
     let before = permit_balances(&payment).await;
     let id = record_permit2_payment(&payment).await;
 
-    crash(step, &id).await;
+    crash_worker_after(step, &id).await;
     let left = payment_record(&id).await;
     match step {
         Step::Signed => assert_eq!(left.state, State::Queued, "nothing written: {left:?}"),

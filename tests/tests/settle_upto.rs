@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use alloy::primitives::U256;
 use common::{replay::*, *};
-use facilitator::store::State;
+use facilitator::{store::State, worker::Step};
 use serde_json::{json, Value};
 
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -256,4 +256,49 @@ async fn a_permit2_nonce_used_elsewhere_is_refused_with_nothing_recorded_or_sent
         "{answer}"
     );
     nothing_happened(&payment, before, block).await;
+}
+
+/// Records an `upto` payment charged a third of its maximum, crashes the worker after `step`, then
+/// runs replay until the record is final: settled once, for the charge, by the witness's lane;
+/// `/settle` then answers from the record with the same transaction and the charge.
+async fn crash_then_replay_settles_the_charge_once(step: Step) {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let payment = Permit2Builder::upto(approved_payer().await)
+        .sign()
+        .charging(a_third());
+    let before = permit_balances(&payment).await;
+    let id = record_permit2_payment(&payment).await;
+    crash_worker_after(step, &id).await;
+    assert_eq!(payment_record(&id).await.state, State::Signed);
+    let mut record = payment_record(&id).await;
+    for _ in 0..20 {
+        replay().await;
+        record = payment_record(&id).await;
+        if record.state.is_terminal() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(record.state, State::Settled, "{record:?}");
+    let hash = format!("{:#x}", record.tx_hash.unwrap());
+    assert_settled_by_the_upto_lane(&hash).await;
+    moved_once(before, permit_balances(&payment).await, a_third());
+    let answer = settle_to_the_end(&payment.body()).await;
+    assert_eq!(
+        outcome(&answer),
+        (json!(true), Value::Null, json!(hash)),
+        "{answer}"
+    );
+    assert_eq!(answer["amount"], a_third().to_string());
+    moved_once(before, permit_balances(&payment).await, a_third());
+}
+
+#[tokio::test]
+async fn crash_after_the_write_ahead_then_replay_settles_an_upto_charge_once() {
+    crash_then_replay_settles_the_charge_once(Step::WrittenAhead).await;
+}
+
+#[tokio::test]
+async fn crash_after_the_broadcast_then_replay_settles_an_upto_charge_once() {
+    crash_then_replay_settles_the_charge_once(Step::Broadcast).await;
 }
