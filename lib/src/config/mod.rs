@@ -700,6 +700,23 @@ mod tests {
     }
 
     #[test]
+    fn upto_is_served_only_where_a_network_names_its_signer() {
+        let default = Config::from_lookup(lookup(&[(NETWORKS_VAR, NETS)])).unwrap();
+        assert_eq!(default.networks[0].upto_facilitator, None);
+        let upto = r#"[{"network":"eip155:1","rpcUrl":"http://x","assets":["0x036CbD53842c5426634e7929541eC2318f3dCF7e"],"uptoFacilitator":"0x8E872a02C297bF522313d36e9d00fC6b2FF4Ff13"}]"#;
+        let c = Config::from_lookup(lookup(&[(NETWORKS_VAR, upto)])).unwrap();
+        assert_eq!(
+            c.networks[0].upto_facilitator,
+            Some(alloy::primitives::address!(
+                "0x8E872a02C297bF522313d36e9d00fC6b2FF4Ff13"
+            ))
+        );
+        let bad = upto.replace("0x8E872a02C297bF522313d36e9d00fC6b2FF4Ff13", "lane-1");
+        let e = Config::from_lookup(lookup(&[(NETWORKS_VAR, bad.as_str())])).unwrap_err();
+        assert!(e.problem.contains("uptoFacilitator"), "{}", e.problem);
+    }
+
+    #[test]
     fn gas_caps_have_defaults_and_a_floor() {
         let default = Config::from_lookup(lookup(&[(NETWORKS_VAR, NETS)])).unwrap();
         assert_eq!(default.networks[0].gas_caps, GasCaps::default());
