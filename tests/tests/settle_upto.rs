@@ -14,7 +14,10 @@ use std::time::Duration;
 
 use alloy::primitives::U256;
 use common::{replay::*, *};
-use facilitator::{store::State, worker::Step};
+use facilitator::{
+    store::{LaneState, State},
+    worker::Step,
+};
 use serde_json::{json, Value};
 
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -301,4 +304,52 @@ async fn crash_after_the_write_ahead_then_replay_settles_an_upto_charge_once() {
 #[tokio::test]
 async fn crash_after_the_broadcast_then_replay_settles_an_upto_charge_once() {
     crash_then_replay_settles_the_charge_once(Step::Broadcast).await;
+}
+
+/// Only the lane the witness names can settle an upto payment: while that lane is draining, a
+/// new upto payment is refused with nothing recorded or sent, not put on another lane (whose call
+/// the upto proxy would refuse); active again, it settles there.
+#[tokio::test]
+async fn an_upto_payment_waits_for_no_other_lane_than_its_own() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (_server, base) = start_local_server(&[("X402_LANE_STATE_TTL_MS", "0")]).await;
+    let upto_lane = stack()
+        .lanes
+        .iter()
+        .find(|l| l.address == upto_facilitator())
+        .unwrap()
+        .key_id
+        .clone();
+    let store = store().await;
+    let payment = Permit2Builder::upto(approved_payer().await)
+        .sign()
+        .charging(a_third());
+    let (before, block) = (permit_balances(&payment).await, block_number().await);
+    assert!(store
+        .set_lane_state(&upto_lane, &[LaneState::Active], LaneState::Draining)
+        .await
+        .unwrap());
+    let answer = post_json(&base, "/settle", &payment.body()).await.json;
+    assert!(store
+        .set_lane_state(&upto_lane, &[LaneState::Draining], LaneState::Active)
+        .await
+        .unwrap());
+    assert_eq!(
+        outcome(&answer),
+        refused("unexpected_settle_error"),
+        "{answer}"
+    );
+    assert!(
+        answer["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("not active"),
+        "{answer}"
+    );
+    nothing_happened(&payment, before, block).await;
+
+    let answer = post_json(&base, "/settle", &payment.body()).await.json;
+    assert_eq!(answer["success"], true, "{answer}");
+    assert_settled_by_the_upto_lane(answer["transaction"].as_str().unwrap()).await;
+    moved_once(before, permit_balances(&payment).await, a_third());
 }
