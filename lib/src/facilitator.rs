@@ -21,8 +21,11 @@ use crate::{
     store::Store,
 };
 
-/// The only scheme served so far.
+/// The scheme every network serves.
 pub const EXACT: &str = "exact";
+
+/// The usage-based scheme, served on the networks that name an upto signer (`uptoFacilitator`).
+pub const UPTO: &str = "upto";
 
 /// Everything a request handler needs, built once per Lambda instance.
 #[derive(Debug)]
@@ -50,6 +53,7 @@ impl Facilitator {
                     .with_gas_caps(n.gas_caps);
                 ExactEvm::new(n.network.clone(), n.assets.clone(), chain)
                     .with_contract_wallets(config.contract_wallets)
+                    .with_upto(n.upto_facilitator)
             })
             .collect();
         let lanes = Lanes::new(config.lane_keys.clone(), aws_sdk_kms::Client::new(aws));
@@ -61,31 +65,37 @@ impl Facilitator {
         }
     }
 
-    /// Finds the scheme for this payment's (version, scheme, network).
+    /// Finds the scheme for this payment's (version, scheme, network): `exact` on every network,
+    /// `upto` (x402 v2 only, as the reference) where the network names an upto signer.
     pub fn route(&self, payment: &Payment) -> Result<&ExactEvm, Rejection> {
         let requirements = &payment.requirements;
-        if requirements.scheme != EXACT {
-            return Err(Rejection::new(
+        let unsupported = || {
+            Rejection::new(
                 Reason::UnsupportedScheme,
                 format!(
-                    "scheme {:?} is not supported; this facilitator serves \"exact\"",
-                    truncate(&requirements.scheme)
+                    "scheme {:?} is not supported on {:?} for x402 v{}; see /supported",
+                    truncate(&requirements.scheme),
+                    truncate(&requirements.network),
+                    u8::from(payment.version)
                 ),
-            ));
+            )
+        };
+        if requirements.scheme != EXACT && requirements.scheme != UPTO {
+            return Err(unsupported());
         }
-        self.networks
+        let network = self
+            .networks
             .iter()
-            .find(|n| n.network().is_named(payment.version, &requirements.network))
-            .ok_or_else(|| {
-                Rejection::new(
-                    Reason::InvalidNetwork,
-                    format!(
-                        "network {:?} is not served for x402 v{}; see /supported",
-                        truncate(&requirements.network),
-                        u8::from(payment.version)
-                    ),
-                )
-            })
+            .find(|n| n.network().is_named(payment.version, &requirements.network));
+        if requirements.scheme == UPTO {
+            let served = network.filter(|n| n.upto().is_some());
+            return match served {
+                Some(n) if payment.version == X402Version::V2 => Ok(n),
+                _ if network.is_none() => Err(invalid_network(payment)),
+                _ => Err(unsupported()),
+            };
+        }
+        network.ok_or_else(|| invalid_network(payment))
     }
 
     /// The scheme serving a network, by its CAIP-2 id.
@@ -127,15 +137,16 @@ impl Facilitator {
     }
 
     /// Every check of [`ExactEvm::check`], then [`Facilitator::confirm`]; the payer on success.
-    /// A Permit2 payload (told apart by its shape, as the reference does) goes to
-    /// [`ExactEvm::verify_permit2`] instead: its payers sign with their own keys, so no
-    /// contract-wallet standing is asked.
+    /// A Permit2 payload (told apart by its shape, as the reference does), and every `upto`
+    /// payment (Permit2 only), goes to [`ExactEvm::verify_permit2`] instead: its payers sign with
+    /// their own keys, so no contract-wallet standing is asked.
     async fn verify_with(
         &self,
         scheme: &ExactEvm,
         payment: &Payment,
     ) -> Result<alloy::primitives::Address, Rejection> {
-        if permit2::is_permit2(&payment.payload) {
+        let upto = payment.requirements.scheme == UPTO;
+        if upto || permit2::is_permit2(&payment.payload) {
             let checked = scheme.verify_permit2(payment, unix_now()).await?;
             return Ok(checked.payment.authorization.from);
         }
@@ -199,30 +210,35 @@ impl Facilitator {
     }
 
     /// What this deployment serves: every configured network, under v2 (CAIP-2) and, where the
-    /// chain had a v1 name, under v1 too; and the lanes' addresses as signers.
+    /// chain had a v1 name, under v1 too; `upto` under v2 where the network names an upto signer
+    /// that is one of the lanes; and the lanes' addresses as signers.
     pub async fn supported(&self) -> Result<SupportedResponse, LaneError> {
-        let mut kinds = Vec::with_capacity(self.networks.len() * 2);
+        let lanes = self.lane_addresses().await?;
+        let mut kinds = Vec::with_capacity(self.networks.len() * 3);
         for n in &self.networks {
-            kinds.push(kind(X402Version::V2, n.network().caip2()));
+            kinds.push(kind(X402Version::V2, EXACT, n.network().caip2(), None));
             if let Some(name) = n.network().v1_name() {
-                kinds.push(kind(X402Version::V1, name));
+                kinds.push(kind(X402Version::V1, EXACT, name, None));
             }
-        }
-        // The lanes whose address is known; a key KMS cannot read is left out (and logged), unless
-        // no lane's address can be had at all.
-        let (mut signers, mut unreadable) = (Vec::new(), None);
-        for address in self.lanes.addresses().await {
-            match address {
-                Ok(address) => signers.push(address.to_checksum(None)),
-                Err(e) => {
-                    tracing::warn!(error = %e, "a lane's address is unknown; /supported leaves it out");
-                    unreadable.get_or_insert(e);
+            match n.upto() {
+                // Advertised only as a lane's: any other address could never settle (the upto
+                // proxy lets only the witness's facilitator call it).
+                Some(upto) if lanes.contains(&upto) => {
+                    let extra = serde_json::json!({ "facilitatorAddress": upto.to_checksum(None) });
+                    kinds.push(kind(
+                        X402Version::V2,
+                        UPTO,
+                        n.network().caip2(),
+                        Some(extra),
+                    ));
                 }
+                Some(upto) => {
+                    tracing::error!(network = n.network().caip2(), %upto, "uptoFacilitator is not the address of any lane whose key is readable; /supported leaves upto out")
+                }
+                None => {}
             }
         }
-        if let (true, Some(e)) = (signers.is_empty(), unreadable) {
-            return Err(e);
-        }
+        let signers = lanes.iter().map(|a| a.to_checksum(None)).collect();
         Ok(SupportedResponse {
             kinds,
             // Settle honours payment identifiers, and every network's `exact` Permit2 payments
@@ -235,15 +251,50 @@ impl Facilitator {
             signers: BTreeMap::from([("eip155:*".to_owned(), signers)]),
         })
     }
+
+    /// The lanes whose address is known; a key KMS cannot read is left out (and logged), unless
+    /// no lane's address can be had at all.
+    async fn lane_addresses(&self) -> Result<Vec<alloy::primitives::Address>, LaneError> {
+        let (mut known, mut unreadable) = (Vec::new(), None);
+        for address in self.lanes.addresses().await {
+            match address {
+                Ok(address) => known.push(address),
+                Err(e) => {
+                    tracing::warn!(error = %e, "a lane's address is unknown; /supported leaves it out");
+                    unreadable.get_or_insert(e);
+                }
+            }
+        }
+        match (known.is_empty(), unreadable) {
+            (true, Some(e)) => Err(e),
+            _ => Ok(known),
+        }
+    }
 }
 
-fn kind(version: X402Version, network: &str) -> SupportedKind {
+fn kind(
+    version: X402Version,
+    scheme: &str,
+    network: &str,
+    extra: Option<serde_json::Value>,
+) -> SupportedKind {
     SupportedKind {
         x402_version: version,
-        scheme: EXACT.to_owned(),
+        scheme: scheme.to_owned(),
         network: network.to_owned(),
-        extra: None,
+        extra,
     }
+}
+
+fn invalid_network(payment: &Payment) -> Rejection {
+    Rejection::new(
+        Reason::InvalidNetwork,
+        format!(
+            "network {:?} is not served for x402 v{}; see /supported",
+            truncate(&payment.requirements.network),
+            u8::from(payment.version)
+        ),
+    )
 }
 
 fn truncate(s: &str) -> String {

@@ -25,7 +25,7 @@ trap 'rm -f "$OUT"' EXIT
 # node's TAP reporter ends with `# pass N` and `# fail N`. One file at a time: the tests' set-up
 # transactions come from one account, and two processes would race for its nonce.
 set +e
-(cd "$HERE" && node --test --test-reporter=tap --test-concurrency=1 v2.test.mjs v1.test.mjs permit2-verify.test.mjs permit2-express.test.mjs) 2>&1 | tee "$OUT"
+(cd "$HERE" && node --test --test-reporter=tap --test-concurrency=1 v2.test.mjs v1.test.mjs permit2-verify.test.mjs permit2-express.test.mjs upto-express.test.mjs) 2>&1 | tee "$OUT"
 node_rc=${PIPESTATUS[0]}
 set -e
 passed="$(sed -n 's/^# pass \([0-9]*\)$/\1/p' "$OUT")"

@@ -92,6 +92,24 @@ async fn rpc_requests_per_permit2_verify() {
     );
 }
 
+/// An `upto` payment costs two `eth_call`s, sent at the same time (one round trip of latency):
+/// the batch of reads, and the upto proxy's `settle` from the facilitator's address, which the
+/// upto proxy requires of its caller and Multicall3 cannot be (docs/protocol-choices.md, "upto").
+#[tokio::test]
+async fn rpc_requests_per_upto_verify() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let payer = permit2_payer(alloy::primitives::U256::MAX).await;
+    let warm = Permit2Builder::upto(payer.clone()).sign();
+    assert_eq!(verify(&warm.body()).await.json["isValid"], true);
+
+    reset_rpc_counts().await;
+    let payment = Permit2Builder::upto(payer).sign();
+    let answer = verify(&payment.body()).await;
+    assert_eq!(answer.json["isValid"], true, "{:?}", answer.json);
+    let counts = rpc_counts().await;
+    assert_eq!(counts["methods"], json!({"eth_call": 2}), "{counts}");
+}
+
 /// A settlement on a lane already in use: one simulation (/settle's `eth_estimateGas` from the
 /// lane, whose gas the worker signs with), the broadcast and the receipt lookups. The lane's nonce
 /// comes from the lanes table, not from `eth_getTransactionCount`; fees come from a cache in each

@@ -11,7 +11,7 @@ mod common;
 
 use std::time::Duration;
 
-use alloy::{primitives::U256, signers::local::PrivateKeySigner};
+use alloy::primitives::U256;
 use common::{replay::*, *};
 use facilitator::{
     queue::SettlementMessage,
@@ -21,40 +21,6 @@ use facilitator::{
 use serde_json::{json, Value};
 
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// A payer that approved Permit2 for everything, as the SDK's docs tell payers to.
-async fn approved_payer() -> PrivateKeySigner {
-    permit2_payer(U256::MAX).await
-}
-
-/// The payer's and the payee's balances of the payment's token.
-async fn permit_balances(payment: &Permit2Builder) -> (U256, U256) {
-    (
-        token_balance(payment.token, payment.from).await,
-        token_balance(payment.token, payment.pay_to).await,
-    )
-}
-
-/// Settles, and when the answer is `settlement_pending` asks again, as the resource servers do.
-async fn settle_to_the_end(body: &Value) -> Value {
-    for _ in 0..5 {
-        let answer = settle(body).await;
-        assert_eq!(answer.status, 200, "{:?}", answer.json);
-        if answer.json["errorReason"] != "settlement_pending" {
-            return answer.json;
-        }
-    }
-    panic!("still pending after five tries: {body}");
-}
-
-/// The answer's success, reason and transaction, for one comparison.
-fn outcome(answer: &Value) -> (Value, Value, Value) {
-    (
-        answer["success"].clone(),
-        answer.get("errorReason").cloned().unwrap_or(Value::Null),
-        answer["transaction"].clone(),
-    )
-}
 
 /// The answer given to a Permit2 payment whose nonce is used (or whose success was answered).
 fn invalid_nonce() -> (Value, Value, Value) {
@@ -218,24 +184,6 @@ async fn a_payer_without_a_permit2_allowance_is_refused_with_nothing_recorded_or
 
 // ---- a worker crash at each step, then replay: settled exactly once ----
 
-/// Runs a worker in this process that stops after `step` as if its process died there.
-async fn crash(step: Step, id: &str) {
-    let message = SettlementMessage {
-        id: id.to_owned(),
-        replace: None,
-        created: None,
-        simulated: None,
-    };
-    let outcome = Worker::from_config(&config(), &aws().await)
-        .stop_after(step)
-        .process(&message)
-        .await;
-    assert!(
-        outcome.is_err(),
-        "the worker stopped after {step:?}: {outcome:?}"
-    );
-}
-
 /// Records a Permit2 payment, crashes the worker after `step`, then runs replay until the record
 /// is final: it must be settled once through the proxy, and `/settle` then answers its success.
 async fn crash_then_replay_settles_once(step: Step) {
@@ -244,7 +192,7 @@ async fn crash_then_replay_settles_once(step: Step) {
     let before = permit_balances(&payment).await;
     let id = record_permit2_payment(&payment).await;
 
-    crash(step, &id).await;
+    crash_worker_after(step, &id).await;
     let left = payment_record(&id).await;
     match step {
         Step::Signed => assert_eq!(left.state, State::Queued, "nothing written: {left:?}"),

@@ -148,8 +148,13 @@ fn bad_inputs() -> Vec<Bad> {
         ),
         bad(
             "unknown scheme",
-            &ok().edit(|p| p.scheme = "upto".into()).sign(),
+            &ok().edit(|p| p.scheme = "deferred".into()).sign(),
             "unsupported_scheme",
+        ),
+        bad(
+            "upto with an EIP-3009 payload (upto is Permit2 only)",
+            &ok().edit(|p| p.scheme = "upto".into()).sign(),
+            "unsupported_payload_type",
         ),
         bad(
             "payer without balance",
@@ -452,6 +457,9 @@ async fn supported_lists_exactly_what_is_configured() {
             "kinds": [
                 {"x402Version": 2, "scheme": "exact", "network": "eip155:84532"},
                 {"x402Version": 1, "scheme": "exact", "network": "base-sepolia"},
+                // Settled by the lane infra/stack/facilitator-env.sh names: the stack's last.
+                {"x402Version": 2, "scheme": "upto", "network": "eip155:84532",
+                 "extra": {"facilitatorAddress": lanes.last().unwrap()}},
             ],
             "extensions": ["payment-identifier", "eip2612GasSponsoring"],
             "signers": {"eip155:*": lanes},

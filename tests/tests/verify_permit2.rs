@@ -10,17 +10,6 @@ mod common;
 
 use alloy::primitives::U256;
 use common::*;
-use serde_json::Value;
-
-fn same_address(a: &Value, b: alloy::primitives::Address) -> bool {
-    a.as_str()
-        .is_some_and(|s| s.eq_ignore_ascii_case(&b.to_string()))
-}
-
-/// A payer that approved Permit2 for everything it holds, as the SDK's docs tell payers to.
-async fn approved_payer() -> alloy::signers::local::PrivateKeySigner {
-    permit2_payer(U256::MAX).await
-}
 
 /// Verifies `payment` on the local server and returns the answer's reason (`None` when valid),
 /// after checking the envelope every answer about a well-formed payment has.

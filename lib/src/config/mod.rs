@@ -178,6 +178,9 @@ pub struct NetworkConfig {
     /// The most gas one settlement may use: for a payer's own key, and for a contract wallet,
     /// whose code runs inside the transfer (`maxGas`, `maxGasContractWallet`).
     pub gas_caps: GasCaps,
+    /// `uptoFacilitator`: the lane address advertised for `upto` payments on this network, which
+    /// payers bind into their witness and whose lane alone settles them; `None`: no `upto` here.
+    pub upto_facilitator: Option<Address>,
 }
 
 /// The most gas one settlement may use, by kind of payer.
@@ -228,6 +231,8 @@ struct NetworkEntry {
     max_gas: Option<u64>,
     #[serde(default)]
     max_gas_contract_wallet: Option<u64>,
+    #[serde(default)]
+    upto_facilitator: Option<String>,
 }
 
 impl Config {
@@ -523,12 +528,21 @@ fn network_entry(entry: NetworkEntry) -> Result<NetworkConfig, ConfigError> {
                 .map_err(|_| err(format!("{name}: asset {a:?} is not an address")))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let upto_facilitator = match &entry.upto_facilitator {
+        None => None,
+        Some(a) => Some(a.parse::<Address>().map_err(|_| {
+            err(format!(
+                "{name}: uptoFacilitator {a:?} is not an address (one of the lanes')"
+            ))
+        })?),
+    };
     Ok(NetworkConfig {
         network,
         rpc,
         assets,
         max_fee_per_gas,
         gas_caps,
+        upto_facilitator,
     })
 }
 
@@ -683,6 +697,23 @@ mod tests {
             let e = Config::from_lookup(lookup(&[(NETWORKS_VAR, raw.as_str())])).unwrap_err();
             assert!(e.problem.contains("maxFeePerGas"), "{bad}: {}", e.problem);
         }
+    }
+
+    #[test]
+    fn upto_is_served_only_where_a_network_names_its_signer() {
+        let default = Config::from_lookup(lookup(&[(NETWORKS_VAR, NETS)])).unwrap();
+        assert_eq!(default.networks[0].upto_facilitator, None);
+        let upto = r#"[{"network":"eip155:1","rpcUrl":"http://x","assets":["0x036CbD53842c5426634e7929541eC2318f3dCF7e"],"uptoFacilitator":"0x8E872a02C297bF522313d36e9d00fC6b2FF4Ff13"}]"#;
+        let c = Config::from_lookup(lookup(&[(NETWORKS_VAR, upto)])).unwrap();
+        assert_eq!(
+            c.networks[0].upto_facilitator,
+            Some(alloy::primitives::address!(
+                "0x8E872a02C297bF522313d36e9d00fC6b2FF4Ff13"
+            ))
+        );
+        let bad = upto.replace("0x8E872a02C297bF522313d36e9d00fC6b2FF4Ff13", "lane-1");
+        let e = Config::from_lookup(lookup(&[(NETWORKS_VAR, bad.as_str())])).unwrap_err();
+        assert!(e.problem.contains("uptoFacilitator"), "{}", e.problem);
     }
 
     #[test]

@@ -85,6 +85,28 @@ sol! {
         error Permit2612AmountMismatch();
         error ReentrancyGuardReentrantCall();
     }
+
+    /// x402's upto Permit2 proxy: like the exact one, but the payer signs a maximum and the
+    /// facilitator (the witness's `facilitator`, who alone may call it) names the amount, at most
+    /// that maximum.
+    #[derive(Debug)]
+    interface IX402UptoPermit2Proxy {
+        struct TokenPermissions { address token; uint256 amount; }
+        struct PermitTransferFrom { TokenPermissions permitted; uint256 nonce; uint256 deadline; }
+        struct Witness { address to; address facilitator; uint256 validAfter; }
+        struct EIP2612Permit { uint256 value; uint256 deadline; bytes32 r; bytes32 s; uint8 v; }
+        function settle(PermitTransferFrom permit, uint256 amount, address owner, Witness witness, bytes signature) external;
+        function settleWithPermit(EIP2612Permit permit2612, PermitTransferFrom permit, uint256 amount, address owner, Witness witness, bytes signature) external;
+        function PERMIT2() external view returns (address);
+        error InvalidAmount();
+        error InvalidOwner();
+        error InvalidDestination();
+        error PaymentTooEarly();
+        error Permit2612AmountMismatch();
+        error AmountExceedsPermitted();
+        error UnauthorizedFacilitator();
+        error ReentrancyGuardReentrantCall();
+    }
 }
 
 /// Multicall3's address, the same on every chain that has it (the local stack places it there).
@@ -100,8 +122,13 @@ pub const PERMIT2: alloy::primitives::Address =
 pub const EXACT_PERMIT2_PROXY: alloy::primitives::Address =
     alloy::primitives::address!("0x402085c248EeA27D92E8b30b2C58ed07f9E20001");
 
+/// x402's upto Permit2 proxy, at its canonical address: the only spender an `upto` payment may
+/// name.
+pub const UPTO_PERMIT2_PROXY: alloy::primitives::Address =
+    alloy::primitives::address!("0x4020A4f3b7b90ccA423B9fabCc0CE57C6C240002");
+
 /// Whether `calldata` is the `v, r, s` overload of `transferWithAuthorization`, or the exact
-/// Permit2 proxy's `settle` or `settleWithPermit` (whose EIP-2612 permit is the payer key's too): a signature by the payer's own key, which the token (or Permit2)
+/// or upto Permit2 proxy's `settle` or `settleWithPermit` (whose EIP-2612 permit is the payer key's too): a signature by the payer's own key, which the token (or Permit2)
 /// checks itself (this facilitator accepts Permit2 payments signed by keys only). The `bytes`
 /// overload may be a contract wallet's, whose code the token runs to check it (and anything else
 /// is not a transfer of ours).
@@ -111,4 +138,6 @@ pub fn signed_by_key(calldata: &[u8]) -> bool {
     selector == Some(&IEip3009::transferWithAuthorization_0Call::SELECTOR[..])
         || selector == Some(&IX402ExactPermit2Proxy::settleCall::SELECTOR[..])
         || selector == Some(&IX402ExactPermit2Proxy::settleWithPermitCall::SELECTOR[..])
+        || selector == Some(&IX402UptoPermit2Proxy::settleCall::SELECTOR[..])
+        || selector == Some(&IX402UptoPermit2Proxy::settleWithPermitCall::SELECTOR[..])
 }

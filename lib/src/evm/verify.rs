@@ -27,6 +27,9 @@ pub struct ExactEvm {
     chain: Chain,
     /// Whether payers whose signature only their contract can judge (ERC-1271) are accepted.
     contract_wallets: bool,
+    /// The signer advertised for `upto` on this network (`uptoFacilitator`); `None`: `upto` is
+    /// not served here.
+    upto: Option<Address>,
 }
 
 /// A payment that passed every local check and is ready for the chain.
@@ -113,7 +116,19 @@ impl ExactEvm {
             assets,
             chain,
             contract_wallets: true,
+            upto: None,
         }
+    }
+
+    /// Serves `upto` on this network, settled by the lane whose address is `facilitator`.
+    pub fn with_upto(mut self, facilitator: Option<Address>) -> Self {
+        self.upto = facilitator;
+        self
+    }
+
+    /// The signer advertised for `upto` here, if `upto` is served.
+    pub fn upto(&self) -> Option<Address> {
+        self.upto
     }
 
     /// Accepts (the default) or refuses contract-wallet payers (`X402_CONTRACT_WALLETS`).

@@ -48,6 +48,7 @@ impl PaymentRoute {
                 payer,
                 transaction: String::new(),
                 network: network.unwrap_or_default(),
+                amount: None,
             }),
         };
         body.unwrap_or_default()

@@ -52,6 +52,10 @@ pub struct SettleResponse {
     pub payer: Option<String>,
     pub transaction: String,
     pub network: String,
+    /// The amount charged, in the token's atomic units: `upto` answers carry it on success (the
+    /// actual charge, `"0"` when nothing was settled); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amount: Option<String>,
 }
 
 /// One (version, scheme, network) this deployment serves.

@@ -61,6 +61,13 @@ pub enum Reason {
     Eip2612SpenderNotPermit2,
     Eip2612DeadlineExpired,
     Permit2612AmountMismatch,
+    // EVM upto (the upto Permit2 proxy; its Permit2 checks share the reasons above).
+    UptoInvalidScheme,
+    UptoNetworkMismatch,
+    UptoFacilitatorMismatch,
+    UptoSettlementExceedsAmount,
+    UptoAmountExceedsPermitted,
+    UptoUnauthorizedFacilitator,
     // The payment-identifier extension (no SDK defines these; docs/protocol-choices.md).
     InvalidPaymentIdentifier,
     PaymentIdentifierRequired,
@@ -68,7 +75,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    /// The wire string.
+    /// The wire string: one arm per reason, so longer than 60 lines as the reference's list is.
     pub const fn as_str(self) -> &'static str {
         match self {
             Reason::InvalidPayload => "invalid_payload",
@@ -118,6 +125,14 @@ impl Reason {
             Reason::Eip2612SpenderNotPermit2 => "eip2612_spender_not_permit2",
             Reason::Eip2612DeadlineExpired => "eip2612_deadline_expired",
             Reason::Permit2612AmountMismatch => "permit2_2612_amount_mismatch",
+            Reason::UptoInvalidScheme => "invalid_upto_evm_scheme",
+            Reason::UptoNetworkMismatch => "invalid_upto_evm_network_mismatch",
+            Reason::UptoFacilitatorMismatch => "upto_facilitator_mismatch",
+            Reason::UptoSettlementExceedsAmount => {
+                "invalid_upto_evm_payload_settlement_exceeds_amount"
+            }
+            Reason::UptoAmountExceedsPermitted => "upto_amount_exceeds_permitted",
+            Reason::UptoUnauthorizedFacilitator => "upto_unauthorized_facilitator",
             Reason::InvalidPaymentIdentifier => "invalid_payment_identifier",
             Reason::PaymentIdentifierRequired => "payment_identifier_required",
             Reason::PaymentIdentifierConflict => "payment_identifier_conflict",
@@ -127,7 +142,7 @@ impl Reason {
 
 impl Reason {
     /// Every reason, for reading one back from storage.
-    pub const ALL: [Reason; 50] = [
+    pub const ALL: [Reason; 56] = [
         Reason::InvalidPayload,
         Reason::InvalidPaymentRequirements,
         Reason::InvalidX402Version,
@@ -175,6 +190,12 @@ impl Reason {
         Reason::Eip2612SpenderNotPermit2,
         Reason::Eip2612DeadlineExpired,
         Reason::Permit2612AmountMismatch,
+        Reason::UptoInvalidScheme,
+        Reason::UptoNetworkMismatch,
+        Reason::UptoFacilitatorMismatch,
+        Reason::UptoSettlementExceedsAmount,
+        Reason::UptoAmountExceedsPermitted,
+        Reason::UptoUnauthorizedFacilitator,
         Reason::InvalidPaymentIdentifier,
         Reason::PaymentIdentifierRequired,
         Reason::PaymentIdentifierConflict,

@@ -76,6 +76,7 @@ fn responses_match_the_reference_shapes() {
         payer: Some(PAYER.into()),
         transaction: "0xabc".into(),
         network: "eip155:84532".into(),
+        amount: None,
     };
     assert_eq!(
         serde_json::to_value(settle).unwrap(),

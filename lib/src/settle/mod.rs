@@ -6,6 +6,7 @@
 
 mod pace;
 mod routing;
+mod upto;
 
 use std::time::{Duration, Instant};
 
@@ -17,7 +18,6 @@ use crate::{
     clock::{now_ms, unix_now},
     config::{Config, ConfigError},
     evm::{
-        abi::EXACT_PERMIT2_PROXY,
         attribution,
         permit2::{self, Permit2Checked},
         Checked, ExactEvm,
@@ -68,6 +68,10 @@ const NO_ACTIVE_LANE: &str = "no signer lane is active: each new lane waits unti
     gas (replay activates it), and a draining or retired one takes no new payments; fund a lane \
     (GET /supported lists them) or activate one with infra/lanes.py";
 
+/// What `/settle` answers when the lane an `upto` payment names is not active.
+const NO_UPTO_LANE: &str = "the lane whose address this upto payment's witness names (its \
+    facilitator) is not active: only that lane may settle it; activate it (infra/lanes.py)";
+
 /// Tunables of the settle function.
 #[derive(Debug, Clone, Copy)]
 pub struct Timing {
@@ -94,6 +98,8 @@ pub struct Settler {
 struct Echo {
     network: String,
     payer: Option<String>,
+    /// An `upto` payment's charge, which its success carries.
+    amount: Option<String>,
 }
 
 impl Echo {
@@ -105,7 +111,14 @@ impl Echo {
             payer: self.payer.clone(),
             transaction: transaction.unwrap_or_default(),
             network: self.network.clone(),
+            amount: None,
         }
+    }
+
+    /// An `upto` payment's echo carries its charge, for its success to say.
+    fn charging(self, terms: &Terms) -> Self {
+        let amount = terms.is_upto().then(|| terms.transfer().value.to_string());
+        Echo { amount, ..self }
     }
 
     fn success(&self, transaction: String) -> SettleResponse {
@@ -116,6 +129,7 @@ impl Echo {
             payer: self.payer.clone(),
             transaction,
             network: self.network.clone(),
+            amount: self.amount.clone(),
         }
     }
 }
@@ -137,14 +151,22 @@ impl From<SettleResponse> for SettleAnswer {
     }
 }
 
-/// A payment that passed the checks but the time window, by its transfer method.
+/// A payment that passed the checks but the time window, by its transfer method. One lives per
+/// request, on the stack of `/settle`: the two variants' sizes differ by a few hundred bytes,
+/// which boxing either would not make worth a heap allocation.
+#[allow(clippy::large_enum_variant)]
 enum Terms {
     Eip3009(Checked),
-    /// An `exact` Permit2 payment, settled through the exact Permit2 proxy.
+    /// A Permit2 payment, settled through the exact Permit2 proxy, or the upto one for `upto`.
     Permit2(Permit2Checked),
 }
 
 impl Terms {
+    /// Whether this is an `upto` payment (whose charge the answer carries).
+    fn is_upto(&self) -> bool {
+        matches!(self, Terms::Permit2(c) if c.payment.is_upto())
+    }
+
     /// What the payment moves.
     fn transfer(&self) -> crate::evm::Transfer {
         match self {
@@ -166,7 +188,7 @@ impl Terms {
     fn target(&self) -> Option<alloy::primitives::Address> {
         match self {
             Terms::Eip3009(_) => None,
-            Terms::Permit2(_) => Some(EXACT_PERMIT2_PROXY),
+            Terms::Permit2(c) => Some(c.payment.proxy()),
         }
     }
 
@@ -293,6 +315,7 @@ impl Settler {
         let echo = Echo {
             network: payment.accepted_network.clone(),
             payer: payer_hint(&payment.payload),
+            amount: None,
         };
         if self.routes.configured().is_empty() {
             return echo
@@ -334,8 +357,8 @@ impl Settler {
                 None => Claimant::new_request(),
             },
             scheme,
+            echo: echo.charging(&terms),
             terms,
-            echo,
             started,
         };
         if let Some(identifier) = &identifier {
@@ -395,11 +418,10 @@ impl Settler {
         // authorization is used on chain, and its window may have passed).
         // The lane first: the simulation runs from it, as the worker will send the transfer, and
         // the worker signs with the gas it found instead of simulating again.
-        let lane = self
-            .routes
-            .active()
-            .await
-            .map(|active| (!active.is_empty()).then(|| lane_for(&r.id, &active).to_owned()));
+        if r.terms.is_upto() && r.terms.transfer().value.is_zero() {
+            return self.settle_zero(r).await;
+        }
+        let lane = self.lane_of(r).await;
         let sender = match &lane {
             Ok(Some(lane)) => self.sender(r.scheme, lane).await,
             _ => None,
@@ -431,9 +453,31 @@ impl Settler {
         }
     }
 
+    /// The lane a new payment goes to: one of the active lanes, fixed by its id; for an `upto`
+    /// payment, the active lane whose address its witness names (the only caller the upto proxy
+    /// accepts). `None`: no active lane can take it.
+    async fn lane_of(&self, r: &Request<'_>) -> Result<Option<String>, crate::store::StoreError> {
+        let active = self.routes.active().await?;
+        match &r.terms {
+            Terms::Permit2(c) if c.payment.is_upto() => {
+                let named = c.payment.authorization.facilitator.unwrap_or_default();
+                Ok(self.lane_named(named, &active).await)
+            }
+            _ => Ok((!active.is_empty()).then(|| lane_for(&r.id, &active).to_owned())),
+        }
+    }
+
     /// A request that found a record: answered from it only if it is the same payment. Another
-    /// authorization under the same (payer, nonce) gets the used-nonce failure and changes nothing.
+    /// authorization under the same (payer, nonce), or the same `upto` permit charged another
+    /// amount, gets the used-nonce failure and changes nothing.
     async fn answer_from(&self, r: &Request<'_>, record: PaymentRecord) -> SettleResponse {
+        if r.terms.is_upto() && record.value != r.terms.transfer().value {
+            return r.nonce_used(format!(
+                "a payment with this Permit2 nonce was already submitted here charging {}, not {}; a permit settles once",
+                record.value,
+                r.terms.transfer().value
+            ));
+        }
         if !record.is_payment(r.digest, &r.calldata) {
             return r.nonce_used(
                 "another payment with this authorization nonce was already submitted here; this one cannot be settled",
@@ -560,6 +604,7 @@ impl Settler {
             Ok(None) => {
                 return match self.store.get(&r.id).await {
                     Ok(Some(record)) => self.answer_from(r, record).await,
+                    Ok(None) if r.terms.is_upto() => r.unexpected(NO_UPTO_LANE),
                     Ok(None) => r.unexpected(NO_ACTIVE_LANE),
                     Err(e) => r.unexpected(e.to_string()),
                 }
@@ -769,13 +814,15 @@ impl Settler {
 /// The checks but the time window, by the payload's transfer method, and what the record is
 /// built from: the id, the digest and the settlement's calldata. A Permit2 payload (told apart by
 /// its shape, as verify does) is settled through the exact Permit2 proxy, by the same record,
-/// queue, lanes and replay.
+/// queue, lanes and replay; an `upto` one (Permit2 only) through the upto proxy, under the same id
+/// (Permit2 has one nonce space per owner, whichever proxy spends it).
 fn terms_of(
     scheme: &ExactEvm,
     payment: &Payment,
 ) -> Result<(PaymentId, B256, Bytes, Terms), Rejection> {
     let network = scheme.network().caip2();
-    if permit2::is_permit2(&payment.payload) {
+    let upto = payment.requirements.scheme == crate::facilitator::UPTO;
+    if upto || permit2::is_permit2(&payment.payload) {
         let c = scheme.check_permit2_terms(payment)?;
         let a = &c.payment.authorization;
         return Ok((

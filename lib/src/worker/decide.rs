@@ -79,13 +79,18 @@ pub fn gas_limit(estimate: Result<u64, String>, cap: u64) -> GasLimit {
 
 /// The gas cap for a settlement's calldata: the `bytes` overload of `transferWithAuthorization`
 /// carries a contract wallet's signature (or one that only a contract could judge), the `v, r, s`
-/// overload a key's. The exact Permit2 proxy's `settleWithPermit` (the `eip2612GasSponsoring`
+/// overload a key's. The exact (or upto) Permit2 proxy's `settleWithPermit` (the `eip2612GasSponsoring`
 /// extension) is a key's signature too, but also submits the payer's EIP-2612 permit, which takes
 /// it past the key's cap (about 180,000 gas estimated on the local stack): it gets the larger cap.
 pub fn gas_cap(calldata: &Bytes, caps: crate::config::GasCaps) -> u64 {
+    use crate::evm::abi::{IX402ExactPermit2Proxy as Exact, IX402UptoPermit2Proxy as Upto};
     use alloy::sol_types::SolCall;
-    let sponsored = crate::evm::abi::IX402ExactPermit2Proxy::settleWithPermitCall::SELECTOR;
-    if calldata.get(..4) == Some(&sponsored[..]) {
+    let selector = calldata.get(..4);
+    let sponsored = [
+        &Exact::settleWithPermitCall::SELECTOR[..],
+        &Upto::settleWithPermitCall::SELECTOR[..],
+    ];
+    if selector.is_some_and(|s| sponsored.contains(&s)) {
         caps.contract_wallet
     } else if crate::evm::abi::signed_by_key(calldata) {
         caps.eoa

@@ -396,8 +396,7 @@ impl Worker {
     /// no lane nonce is taken.
     async fn refuse(&self, record: &PaymentRecord, revert: String) -> Result<(), WorkError> {
         if record.id.is_permit2() {
-            let why =
-                format!("the settlement through the exact Permit2 proxy would revert: {revert}");
+            let why = format!("the settlement through the Permit2 proxy would revert: {revert}");
             return self
                 .fail(record, Reason::Permit2SimulationFailed, why)
                 .await;

@@ -11,7 +11,8 @@ import { join } from "node:path";
 import express from "express";
 import { HTTPFacilitatorClient } from "@x402/core/server";
 import { ExactEvmScheme } from "@x402/evm/exact/server";
-import { paymentMiddleware, x402ResourceServer } from "@x402/express";
+import { UptoEvmScheme } from "@x402/evm/upto/server";
+import { paymentMiddleware, setSettlementOverrides, x402ResourceServer } from "@x402/express";
 import { paymentMiddleware as paymentMiddlewareV1 } from "x402-express";
 
 /** What GET /report costs, in the SDKs' money notation, and in the token's atomic units (6 decimals). */
@@ -37,6 +38,22 @@ export async function startV2ResourceServer({ facilitatorUrl, facilitator = new 
   );
   app.get(ROUTE, async (request, response) => {
     await handler.beforeAnswer?.(request);
+    response.json({ report: "paid content" });
+  });
+  return listen(app, port);
+}
+
+/**
+ * x402 v2 `upto`: @x402/express with @x402/evm's upto server scheme, which takes the facilitator's
+ * address from our /supported; the route asks for at most `price` (an AssetAmount) and, as a
+ * usage-billing route does, tells the middleware to settle only `charge` (atomic units).
+ */
+export async function startV2UptoResourceServer({ facilitatorUrl, payTo, port, price, charge }) {
+  const resourceServer = new x402ResourceServer(new HTTPFacilitatorClient({ url: facilitatorUrl })).register("eip155:84532", new UptoEvmScheme());
+  const app = express();
+  app.use(paymentMiddleware({ [`GET ${ROUTE}`]: { accepts: { scheme: "upto", price, network: "eip155:84532", payTo }, description: "interop test report, billed by use" } }, resourceServer));
+  app.get(ROUTE, (_request, response) => {
+    setSettlementOverrides(response, { amount: charge.toString() });
     response.json({ report: "paid content" });
   });
   return listen(app, port);

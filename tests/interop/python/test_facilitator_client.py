@@ -86,7 +86,10 @@ class Supported(unittest.TestCase):
         with facilitator() as client:
             supported = client.get_supported()
         kinds = {(k.x402_version, k.scheme, k.network) for k in supported.kinds}
-        self.assertEqual(kinds, {(2, "exact", "eip155:84532"), (1, "exact", "base-sepolia")})
+        self.assertEqual(kinds, {(2, "exact", "eip155:84532"), (1, "exact", "base-sepolia"), (2, "upto", "eip155:84532")})
+        # upto names the lane that settles it (the stack's last), as infra/stack/facilitator-env.sh configures.
+        upto = next(k for k in supported.kinds if k.scheme == "upto")
+        self.assertEqual(upto.extra["facilitatorAddress"].lower(), STACK["lanes"][-1]["address"].lower())
         # payment-identifier for every payment; eip2612GasSponsoring for Permit2 payments.
         self.assertEqual(sorted(supported.extensions), ["eip2612GasSponsoring", "payment-identifier"])
         lanes = sorted(lane["address"].lower() for lane in STACK["lanes"])

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use super::{
     chain::{anvil, send_from_anvil_account},
     payment::random_nonce,
-    stack::{now, stack, CHAIN_ID, NETWORK},
+    stack::{config, now, stack, CHAIN_ID, NETWORK},
 };
 
 pub const PERMIT2: Address = address!("0x000000000022D473030F116dDEE9F6B43aC78BA3");
@@ -36,6 +36,15 @@ pub mod abi {
             Witness witness;
         }
 
+        /// The upto proxy's types, under other names than the exact proxy's (EIP-712 hashes by
+        /// the struct names, so the signed ones are in [`upto`](super::upto)).
+        interface IUptoProxy {
+            struct Permitted { address token; uint256 amount; }
+            struct PermitTransferFrom { Permitted permitted; uint256 nonce; uint256 deadline; }
+            struct ProxyWitness { address to; address facilitator; uint256 validAfter; }
+            function settle(PermitTransferFrom permit, uint256 amount, address owner, ProxyWitness witness, bytes signature) external;
+        }
+
         interface IExactProxy {
             struct Permitted { address token; uint256 amount; }
             struct PermitTransferFrom { Permitted permitted; uint256 nonce; uint256 deadline; }
@@ -49,6 +58,29 @@ pub mod abi {
         function mint(address to, uint256 value) external;
         function allowance(address owner, address spender) external view returns (uint256);
     }
+}
+
+/// What an `upto` payer signs: Permit2's message with the upto proxy's witness.
+pub mod upto {
+    #![allow(missing_docs)]
+    alloy::sol! {
+        struct TokenPermissions { address token; uint256 amount; }
+        struct Witness { address to; address facilitator; uint256 validAfter; }
+        struct PermitWitnessTransferFrom {
+            TokenPermissions permitted;
+            address spender;
+            uint256 nonce;
+            uint256 deadline;
+            Witness witness;
+        }
+    }
+}
+
+/// The signer this facilitator advertises for `upto` on the stack's network (`uptoFacilitator`).
+pub fn upto_facilitator() -> Address {
+    config().networks[0]
+        .upto_facilitator
+        .expect("the stack's network serves upto (infra/stack/facilitator-env.sh)")
 }
 
 /// One token of the test token (18 decimals).
@@ -74,6 +106,11 @@ pub struct Permit2Builder {
     pub signature: Option<Bytes>,
     /// The `eip2612GasSponsoring` extension's permit, sent when set ([`Permit2Builder::sponsored`]).
     pub sponsor: Option<Sponsor>,
+    /// An `upto` payment's witness `facilitator` ([`Permit2Builder::upto`]); `None`: `exact`.
+    pub facilitator: Option<Address>,
+    /// An `upto` payment's charge, which `/settle`'s requirements carry as their `amount`
+    /// ([`Permit2Builder::settle_body`]).
+    pub charge: Option<U256>,
 }
 
 /// An EIP-2612 permit of the test token for the `eip2612GasSponsoring` extension; every field
@@ -142,6 +179,30 @@ impl Permit2Builder {
             pay_to: s.payee.address,
             signature: None,
             sponsor: None,
+            facilitator: None,
+            charge: None,
+        }
+    }
+
+    /// An `upto` payment of at most 1 token, signed for the upto proxy and this facilitator's
+    /// advertised upto signer.
+    pub fn upto(signer: PrivateKeySigner) -> Self {
+        let mut payment = Self::new(signer);
+        payment.spender = UPTO_PERMIT2_PROXY;
+        payment.facilitator = Some(upto_facilitator());
+        payment
+    }
+
+    /// The same payment to be settled for `charge`.
+    pub fn charging(mut self, charge: U256) -> Self {
+        self.charge = Some(charge);
+        self
+    }
+
+    fn scheme(&self) -> &'static str {
+        match self.facilitator {
+            Some(_) => "upto",
+            None => "exact",
         }
     }
 
@@ -181,6 +242,25 @@ impl Permit2Builder {
             chain_id: CHAIN_ID,
             verifying_contract: PERMIT2,
         };
+        if let Some(facilitator) = self.facilitator {
+            let message = upto::PermitWitnessTransferFrom {
+                permitted: upto::TokenPermissions {
+                    token: self.token,
+                    amount: self.permitted,
+                },
+                spender: self.spender,
+                nonce: self.nonce,
+                deadline: U256::from(self.deadline),
+                witness: upto::Witness {
+                    to: self.to,
+                    facilitator,
+                    validAfter: U256::from(self.valid_after),
+                },
+            };
+            let hash = message.eip712_signing_hash(&domain);
+            self.signature = Some(self.signer.sign_hash_sync(&hash).unwrap().as_bytes().into());
+            return self;
+        }
         let message = abi::PermitWitnessTransferFrom {
             permitted: abi::TokenPermissions {
                 token: self.token,
@@ -203,15 +283,19 @@ impl Permit2Builder {
     }
 
     pub fn requirements(&self) -> Value {
-        json!({"scheme":"exact","network":NETWORK,"amount":self.amount,"asset":self.asset,
+        json!({"scheme":self.scheme(),"network":NETWORK,"amount":self.amount,"asset":self.asset,
                "payTo":self.pay_to,"maxTimeoutSeconds":300,
                "extra":{"assetTransferMethod":"permit2","name":"Permit Token","version":"1"}})
     }
 
     pub fn authorization(&self) -> Value {
+        let mut witness = json!({"to":self.to,"validAfter":self.valid_after.to_string()});
+        if let Some(facilitator) = self.facilitator {
+            witness["facilitator"] = json!(facilitator);
+        }
         json!({"from":self.from,"permitted":{"token":self.token,"amount":self.permitted.to_string()},
                "spender":self.spender,"nonce":self.nonce.to_string(),"deadline":self.deadline.to_string(),
-               "witness":{"to":self.to,"validAfter":self.valid_after.to_string()}})
+               "witness":witness})
     }
 
     /// The `/verify` (and `/settle`) body, as the official v2 client and a resource server send it.
@@ -225,6 +309,10 @@ impl Permit2Builder {
         if let Some(sponsor) = &self.sponsor {
             body["paymentPayload"]["extensions"] = sponsor.extensions();
         }
+        if let Some(charge) = self.charge {
+            // The resource server overwrites the amount with the actual charge at /settle.
+            body["paymentRequirements"]["amount"] = json!(charge.to_string());
+        }
         body
     }
 
@@ -235,6 +323,31 @@ impl Permit2Builder {
 
     pub fn record_id(&self) -> String {
         self.payment_id().to_string()
+    }
+
+    /// Calldata of the upto proxy's `settle` charging `amount`, for tests that send it themselves.
+    pub fn upto_settle_calldata(&self, amount: U256) -> Bytes {
+        use abi::IUptoProxy as P;
+        P::settleCall {
+            permit: P::PermitTransferFrom {
+                permitted: P::Permitted {
+                    token: self.token,
+                    amount: self.permitted,
+                },
+                nonce: self.nonce,
+                deadline: U256::from(self.deadline),
+            },
+            amount,
+            owner: self.from,
+            witness: P::ProxyWitness {
+                to: self.to,
+                facilitator: self.facilitator.unwrap_or_default(),
+                validAfter: U256::from(self.valid_after),
+            },
+            signature: self.signature.clone().expect("signed"),
+        }
+        .abi_encode()
+        .into()
     }
 
     /// Calldata of the exact proxy's `settle` for this payment, for tests that use it up on chain.
@@ -309,6 +422,61 @@ pub async fn permit2_allowance(owner: Address) -> U256 {
         );
     let out = anvil().call(call).block(BlockId::latest()).await.unwrap();
     abi::allowanceCall::abi_decode_returns(&out).unwrap()
+}
+
+/// Uses up `payment`'s Permit2 nonce on chain with another payment of its payer's: an `exact` one
+/// under the same nonce, settled through the exact proxy by the deployer (anyone may call it).
+/// Permit2 has one nonce space per owner, whichever proxy spends it.
+pub async fn use_up_nonce_with_exact(payment: &Permit2Builder) {
+    let exact = Permit2Builder::new(payment.signer.clone())
+        .edit(|p| p.nonce = payment.nonce)
+        .sign();
+    send_from_anvil_account(
+        stack().deployer.address,
+        EXACT_PERMIT2_PROXY,
+        exact.settle_calldata(),
+    )
+    .await;
+}
+
+/// A fresh payer that approved Permit2 for everything, as the SDK's docs tell payers to.
+pub async fn approved_payer() -> PrivateKeySigner {
+    permit2_payer(U256::MAX).await
+}
+
+/// The payer's and the payee's balances of the payment's token.
+pub async fn permit_balances(payment: &Permit2Builder) -> (U256, U256) {
+    (
+        super::chain::token_balance(payment.token, payment.from).await,
+        super::chain::token_balance(payment.token, payment.pay_to).await,
+    )
+}
+
+/// Settles, and when the answer is `settlement_pending` asks again, as the resource servers do.
+pub async fn settle_to_the_end(body: &Value) -> Value {
+    for _ in 0..5 {
+        let answer = super::http::settle(body).await;
+        assert_eq!(answer.status, 200, "{:?}", answer.json);
+        if answer.json["errorReason"] != "settlement_pending" {
+            return answer.json;
+        }
+    }
+    panic!("still pending after five tries: {body}");
+}
+
+/// A settle answer's success, reason and transaction, for one comparison.
+pub fn outcome(answer: &Value) -> (Value, Value, Value) {
+    (
+        answer["success"].clone(),
+        answer.get("errorReason").cloned().unwrap_or(Value::Null),
+        answer["transaction"].clone(),
+    )
+}
+
+/// Whether a JSON string is `b`, whatever the case of its hex digits.
+pub fn same_address(a: &Value, b: Address) -> bool {
+    a.as_str()
+        .is_some_and(|s| s.eq_ignore_ascii_case(&b.to_string()))
 }
 
 /// A change to a sponsoring permit before it is signed, for tables of refusals.

@@ -68,7 +68,8 @@ pub async fn record_payment(payment: &PaymentBuilder, age_ms: u64) -> String {
     id.to_string()
 }
 
-/// Records a signed Permit2 payment as `/settle` would, on the first lane; not queued.
+/// Records a signed Permit2 payment as `/settle` would, not queued: an `exact` one on the first
+/// lane, an `upto` one (charged `payment.charge`) on the lane its witness names.
 pub async fn record_permit2_payment(payment: &Permit2Builder) -> String {
     let body = serde_json::to_vec(&payment.body()).unwrap();
     let request = facilitator::protocol::parse_request(&body).unwrap();
@@ -77,23 +78,50 @@ pub async fn record_permit2_payment(payment: &Permit2Builder) -> String {
     let checked = scheme.check_permit2_terms(&request).unwrap();
     let id = payment.payment_id();
     let calldata = checked.settle_calldata();
-    let lane = config().lane_keys[0].clone();
+    let lane = match payment.facilitator {
+        None => config().lane_keys[0].clone(),
+        Some(named) => stack()
+            .lanes
+            .iter()
+            .find(|l| l.address == named)
+            .expect("the witness names a lane")
+            .key_id
+            .clone(),
+    };
     let new = NewPayment {
         id: &id,
         network: NETWORK,
         asset: payment.asset,
         payer: payment.from,
         pay_to: payment.pay_to,
-        value: payment.permitted,
+        value: checked.transfer().value,
         valid_before: payment.deadline,
         calldata: &calldata,
-        target: Some(EXACT_PERMIT2_PROXY),
+        target: Some(checked.payment.proxy()),
         digest: checked.digest(NETWORK),
         lane: &lane,
     };
     let record = PaymentRecord::queued(&new, now_ms());
     assert_eq!(store().await.create(&record).await.unwrap(), Created::New);
     id.to_string()
+}
+
+/// Runs a worker in this process that stops after `step` as if its process died there.
+pub async fn crash_worker_after(step: facilitator::worker::Step, id: &str) {
+    let message = facilitator::queue::SettlementMessage {
+        id: id.to_owned(),
+        replace: None,
+        created: None,
+        simulated: None,
+    };
+    let outcome = facilitator::worker::Worker::from_config(&config(), &aws().await)
+        .stop_after(step)
+        .process(&message)
+        .await;
+    assert!(
+        outcome.is_err(),
+        "the worker stopped after {step:?}: {outcome:?}"
+    );
 }
 
 pub async fn balances(payment: &PaymentBuilder) -> (U256, U256) {

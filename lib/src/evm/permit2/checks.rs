@@ -1,30 +1,69 @@
-//! The local checks of an `exact` Permit2 payment, one small function each, in the reference's
-//! order (x402-protocol.md §7.2): spender, recipient, deadline, validAfter, amount, token,
-//! signature. Each returns the reference's reason string; none touches the chain.
+//! The local checks of a Permit2 payment (`exact`, or `upto`), one small function each, in the
+//! reference's order (x402-protocol.md §7.2): spender, recipient, (for `upto`: facilitator),
+//! deadline, validAfter, amount, token, signature. Each returns the reference's reason string;
+//! none touches the chain.
 
 use alloy::primitives::{Address, U256};
 
 use super::{eip712, payload::Permit2Payment, sponsoring};
 use crate::{
     evm::{
-        abi::{EXACT_PERMIT2_PROXY, PERMIT2},
+        abi::PERMIT2,
         checks::EXPIRY_BUFFER_SECS,
         signature::{self, EcdsaSignature, SignatureKind},
     },
     protocol::{Reason, Rejection},
 };
 
-/// The signed spender must be x402's exact Permit2 proxy at its canonical address: only that
-/// contract forces the recipient and amount the payer signed; any other spender could move the
-/// permitted tokens anywhere.
+/// The signed spender must be x402's Permit2 proxy for the payment's scheme (exact or upto) at
+/// its canonical address: only that contract forces the recipient and amount the payer signed;
+/// any other spender could move the permitted tokens anywhere.
 pub fn spender(payment: &Permit2Payment) -> Result<(), Rejection> {
-    let spender = payment.authorization.spender;
-    if spender == EXACT_PERMIT2_PROXY {
+    let (spender, proxy) = (payment.authorization.spender, payment.proxy());
+    if spender == proxy {
         return Ok(());
     }
     Err(Rejection::new(
         Reason::Permit2InvalidSpender,
-        format!("permit2Authorization.spender is {spender}, not the x402 exact Permit2 proxy {EXACT_PERMIT2_PROXY}"),
+        format!("permit2Authorization.spender is {spender}, not the x402 Permit2 proxy {proxy} of this scheme"),
+    ))
+}
+
+/// An `upto` witness's `facilitator`, the only address the upto proxy lets settle it, must be
+/// the signer this network advertises for `upto` (`ours`; `None` when `upto` is not configured).
+/// Nothing to check for `exact`.
+pub fn facilitator(payment: &Permit2Payment, ours: Option<Address>) -> Result<(), Rejection> {
+    let Some(named) = payment.authorization.facilitator else {
+        return Ok(());
+    };
+    if Some(named) == ours {
+        return Ok(());
+    }
+    let ours = ours.map_or("none (upto is not configured here)".to_owned(), |a| {
+        a.to_string()
+    });
+    Err(Rejection::new(
+        Reason::UptoFacilitatorMismatch,
+        format!("permit2Authorization.witness.facilitator is {named}, but this facilitator's upto signer on this network is {ours}"),
+    ))
+}
+
+/// What `/settle` may charge an `upto` payment: `amount` is the actual charge, at most the signed
+/// maximum (zero allowed). An `exact` payment's amount must equal what is permitted ([`amount`]).
+pub fn charge(payment: &Permit2Payment) -> Result<(), Rejection> {
+    if !payment.is_upto() {
+        return amount(payment);
+    }
+    let maximum = payment.authorization.amount;
+    if payment.amount <= maximum {
+        return Ok(());
+    }
+    Err(Rejection::new(
+        Reason::UptoSettlementExceedsAmount,
+        format!(
+            "the settlement amount {} is more than the {maximum} the payer authorized",
+            payment.amount
+        ),
     ))
 }
 
@@ -129,14 +168,17 @@ pub fn signer(payment: &Permit2Payment) -> Result<EcdsaSignature, Rejection> {
 
 /// Every local check, in the reference's order, with the accepted-asset check of the EIP-3009
 /// path ahead of them and the `eip2612GasSponsoring` extension's after them. Returns the signature, split for the proxy's call.
+/// `upto` is the signer this network advertises for `upto` payments.
 pub fn all(
     payment: &Permit2Payment,
     accepted: &[Address],
+    upto: Option<Address>,
     now: u64,
 ) -> Result<EcdsaSignature, Rejection> {
     crate::evm::checks::asset_accepted(payment.asset, accepted)?;
     spender(payment)?;
     recipient(payment)?;
+    facilitator(payment, upto)?;
     deadline(payment, now)?;
     valid_after(payment, now)?;
     amount(payment)?;
@@ -147,12 +189,18 @@ pub fn all(
 }
 
 /// [`all`] but the time window: what `/settle` checks before it looks for the payment's record
-/// (a payment with a record is answered from it whatever the clock says).
-pub fn terms(payment: &Permit2Payment, accepted: &[Address]) -> Result<EcdsaSignature, Rejection> {
+/// (a payment with a record is answered from it whatever the clock says). An `upto` payment's
+/// amount is the charge, checked against the signed maximum ([`charge`]).
+pub fn terms(
+    payment: &Permit2Payment,
+    accepted: &[Address],
+    upto: Option<Address>,
+) -> Result<EcdsaSignature, Rejection> {
     crate::evm::checks::asset_accepted(payment.asset, accepted)?;
     spender(payment)?;
     recipient(payment)?;
-    amount(payment)?;
+    facilitator(payment, upto)?;
+    charge(payment)?;
     token(payment)?;
     let signature = signer(payment)?;
     self::sponsoring(payment, None)?;

@@ -7,7 +7,9 @@
 //! payment with an `eip2612GasSponsoring` permit, see [`settle_calldata`]). The reads come first
 //! because the simulated `settle` changes state for whatever follows it in the same call. Going
 //! through Multicall3 makes the proxy see Multicall3 as its caller; the exact proxy does not care
-//! who calls it (the upto proxy does, so this batch is for `exact` only).
+//! who calls it. The upto proxy does (only the witness's facilitator may call it), so for an `upto`
+//! payment the batch holds the four reads only, and the settlement is simulated by a second
+//! `eth_call` from the facilitator's address, sent at the same time ([`upto_simulation`]).
 //!
 //! [`judge`] turns the answers into a verdict without I/O, so each rule is unit-tested alone.
 
@@ -20,7 +22,7 @@ use super::payload::Permit2Payment;
 use crate::{
     evm::{
         abi::{
-            IErc20, IMulticall3, IPermit2, IX402ExactPermit2Proxy, EXACT_PERMIT2_PROXY, PERMIT2,
+            IErc20, IMulticall3, IPermit2, IX402ExactPermit2Proxy, IX402UptoPermit2Proxy, PERMIT2,
         },
         signature::EcdsaSignature,
     },
@@ -37,13 +39,17 @@ pub fn proxy_signature(sig: &EcdsaSignature) -> Bytes {
     bytes.into()
 }
 
-/// Calldata of the exact proxy's call that pays this payment: `settle(permit, owner, witness,
-/// signature)`, or `settleWithPermit(permit2612, …the same)` when the payment carries an
+/// Calldata of the proxy's call that pays this payment: the exact proxy's `settle(permit, owner,
+/// witness, signature)`, or `settleWithPermit(permit2612, …the same)` when the payment carries an
 /// `eip2612GasSponsoring` permit (whatever the payer's allowance: the calldata is fixed by the
 /// request alone, and the proxy goes on with the transfer when the token rejects a permit it no
-/// longer needs).
+/// longer needs). An `upto` payment calls the upto proxy's, with the amount to charge
+/// ([`upto_calldata`]).
 pub fn settle_calldata(payment: &Permit2Payment, sig: &EcdsaSignature) -> Bytes {
     use IX402ExactPermit2Proxy as Proxy;
+    if payment.is_upto() {
+        return upto_calldata(payment, sig);
+    }
     let a = &payment.authorization;
     let permit = Proxy::PermitTransferFrom {
         permitted: Proxy::TokenPermissions {
@@ -78,42 +84,105 @@ pub fn settle_calldata(payment: &Permit2Payment, sig: &EcdsaSignature) -> Bytes 
     .into()
 }
 
-/// The one Multicall3 call that reads every fact (see the module's doc for the order).
+/// The upto proxy's `settle(permit, amount, owner, witness, signature)` (or `settleWithPermit`),
+/// charging `payment.amount`: the requirements' amount, the maximum at `/verify` and the actual
+/// charge at `/settle`.
+fn upto_calldata(payment: &Permit2Payment, sig: &EcdsaSignature) -> Bytes {
+    use IX402UptoPermit2Proxy as Proxy;
+    let a = &payment.authorization;
+    let permit = Proxy::PermitTransferFrom {
+        permitted: Proxy::TokenPermissions {
+            token: a.token,
+            amount: a.amount,
+        },
+        nonce: a.nonce,
+        deadline: a.deadline,
+    };
+    let witness = Proxy::Witness {
+        to: a.to,
+        facilitator: a.facilitator.unwrap_or_default(),
+        validAfter: a.valid_after,
+    };
+    let signature = proxy_signature(sig);
+    match payment.sponsor() {
+        None => Proxy::settleCall {
+            permit,
+            amount: payment.amount,
+            owner: a.from,
+            witness,
+            signature,
+        }
+        .abi_encode(),
+        Some(sponsor) => {
+            let p = sponsor.proxy_permit();
+            Proxy::settleWithPermitCall {
+                permit2612: Proxy::EIP2612Permit {
+                    value: p.value,
+                    deadline: p.deadline,
+                    r: p.r,
+                    s: p.s,
+                    v: p.v,
+                },
+                permit,
+                amount: payment.amount,
+                owner: a.from,
+                witness,
+                signature,
+            }
+            .abi_encode()
+        }
+    }
+    .into()
+}
+
+/// The second `eth_call` of an `upto` payment's checks: the settlement, from the facilitator the
+/// witness names (the upto proxy refuses any other caller): `(from, to, calldata)`.
+pub fn upto_simulation(
+    payment: &Permit2Payment,
+    sig: &EcdsaSignature,
+) -> Option<(Address, Address, Bytes)> {
+    let facilitator = payment.authorization.facilitator?;
+    Some((facilitator, payment.proxy(), settle_calldata(payment, sig)))
+}
+
+/// The one Multicall3 call that reads every fact (see the module's doc for the order); for an
+/// `upto` payment, the reads without the settlement.
 pub fn batch_calldata(payment: &Permit2Payment, sig: &EcdsaSignature) -> Bytes {
     let a = &payment.authorization;
+    let proxy = payment.proxy();
     let call = |target: Address, data: Vec<u8>| IMulticall3::Call {
         target,
         callData: data.into(),
     };
+    let mut calls = vec![
+        call(proxy, IX402ExactPermit2Proxy::PERMIT2Call {}.abi_encode()),
+        call(
+            a.token,
+            IErc20::balanceOfCall { account: a.from }.abi_encode(),
+        ),
+        call(
+            a.token,
+            IErc20::allowanceCall {
+                owner: a.from,
+                spender: PERMIT2,
+            }
+            .abi_encode(),
+        ),
+        call(
+            PERMIT2,
+            IPermit2::nonceBitmapCall {
+                owner: a.from,
+                wordPos: a.nonce >> 8,
+            }
+            .abi_encode(),
+        ),
+    ];
+    if !payment.is_upto() {
+        calls.push(call(proxy, settle_calldata(payment, sig).to_vec()));
+    }
     IMulticall3::tryAggregateCall {
         requireSuccess: false,
-        calls: vec![
-            call(
-                EXACT_PERMIT2_PROXY,
-                IX402ExactPermit2Proxy::PERMIT2Call {}.abi_encode(),
-            ),
-            call(
-                a.token,
-                IErc20::balanceOfCall { account: a.from }.abi_encode(),
-            ),
-            call(
-                a.token,
-                IErc20::allowanceCall {
-                    owner: a.from,
-                    spender: PERMIT2,
-                }
-                .abi_encode(),
-            ),
-            call(
-                PERMIT2,
-                IPermit2::nonceBitmapCall {
-                    owner: a.from,
-                    wordPos: a.nonce >> 8,
-                }
-                .abi_encode(),
-            ),
-            call(EXACT_PERMIT2_PROXY, settle_calldata(payment, sig).to_vec()),
-        ],
+        calls,
     }
     .abi_encode()
     .into()
@@ -130,15 +199,27 @@ pub struct ChainFacts {
     pub allowance: Option<U256>,
     /// `Permit2.nonceBitmap(payer, nonce >> 8)`.
     pub nonce_word: Option<U256>,
-    /// The simulated `settle`: `Ok` or the revert data.
-    pub settle: Result<(), Bytes>,
+    /// The simulated `settle`: `Ok`, or its revert named ([`revert_name`]).
+    pub settle: Result<(), String>,
 }
 
 impl ChainFacts {
-    /// Decodes Multicall3's answer to [`batch_calldata`]; `None` if it is not five results.
-    pub fn decode(returned: &[u8]) -> Option<ChainFacts> {
+    /// Decodes Multicall3's answer to [`batch_calldata`]; `None` if it is not five results. For an
+    /// `upto` payment (four results) the simulation's outcome is `simulated`, from its own call.
+    pub fn decode(returned: &[u8], simulated: Option<Result<(), String>>) -> Option<ChainFacts> {
         let results = IMulticall3::tryAggregateCall::abi_decode_returns(returned).ok()?;
-        let [proxy, balance, allowance, nonce_word, settle] = results.as_slice() else {
+        let (reads, settle) = match (results.as_slice(), simulated) {
+            ([reads @ .., settle], None) if reads.len() == 4 => (
+                reads,
+                match settle.success {
+                    true => Ok(()),
+                    false => Err(revert_name(&settle.returnData)),
+                },
+            ),
+            (reads, Some(simulated)) if reads.len() == 4 => (reads, simulated),
+            _ => return None,
+        };
+        let [proxy, balance, allowance, nonce_word] = reads else {
             return None;
         };
         let ok = |r: &IMulticall3::Result| r.success.then(|| r.returnData.clone());
@@ -148,10 +229,7 @@ impl ChainFacts {
             balance: uint(balance),
             allowance: uint(allowance),
             nonce_word: uint(nonce_word),
-            settle: match settle.success {
-                true => Ok(()),
-                false => Err(settle.returnData.clone()),
-            },
+            settle,
         })
     }
 }
@@ -170,7 +248,7 @@ fn nonce_used(nonce: U256, word: U256) -> bool {
 /// balance or allowance, and last the simulation itself, whose revert is named when known.
 pub fn judge(payment: &Permit2Payment, facts: &ChainFacts) -> Result<(), Rejection> {
     let a = &payment.authorization;
-    proxy_deployed(facts)?;
+    proxy_deployed(payment, facts)?;
     if facts
         .nonce_word
         .is_some_and(|word| nonce_used(a.nonce, word))
@@ -220,25 +298,25 @@ pub fn judge(payment: &Permit2Payment, facts: &ChainFacts) -> Result<(), Rejecti
         Ok(()) => Ok(()),
         Err(revert) => Err(Rejection::new(
             Reason::Permit2SimulationFailed,
-            format!(
-                "the simulated settlement through the proxy reverted: {}",
-                revert_name(revert)
-            ),
+            format!("the simulated settlement through the proxy reverted: {revert}"),
         )),
     }
 }
 
-/// The exact proxy is there, and uses the canonical Permit2.
-fn proxy_deployed(facts: &ChainFacts) -> Result<(), Rejection> {
+/// The payment's proxy (exact or upto) is there, and uses the canonical Permit2.
+fn proxy_deployed(payment: &Permit2Payment, facts: &ChainFacts) -> Result<(), Rejection> {
+    let proxy = payment.proxy();
     match facts.proxy_permit2 {
         Some(permit2) if permit2 == PERMIT2 => Ok(()),
         None => Err(Rejection::new(
             Reason::Permit2ProxyNotDeployed,
-            format!("the x402 exact Permit2 proxy is not deployed at {EXACT_PERMIT2_PROXY} on this chain"),
+            format!(
+                "the x402 Permit2 proxy the payment names is not deployed at {proxy} on this chain"
+            ),
         )),
         Some(other) => Err(Rejection::new(
             Reason::Permit2ProxyNotDeployed,
-            format!("the contract at {EXACT_PERMIT2_PROXY} names {other} as Permit2, not {PERMIT2}"),
+            format!("the contract at {proxy} names {other} as Permit2, not {PERMIT2}"),
         )),
     }
 }
@@ -246,7 +324,10 @@ fn proxy_deployed(facts: &ChainFacts) -> Result<(), Rejection> {
 /// The name of a revert from the proxy or Permit2, or its raw data when it is neither's.
 pub fn revert_name(data: &[u8]) -> String {
     if let Ok(e) = IX402ExactPermit2Proxy::IX402ExactPermit2ProxyErrors::abi_decode(data) {
-        return format!("{e:?} (x402 exact Permit2 proxy)");
+        return format!("{e:?} (x402 Permit2 proxy)");
+    }
+    if let Ok(e) = IX402UptoPermit2Proxy::IX402UptoPermit2ProxyErrors::abi_decode(data) {
+        return format!("{e:?} (x402 upto Permit2 proxy)");
     }
     if let Ok(e) = IPermit2::IPermit2Errors::abi_decode(data) {
         return format!("{e:?} (Permit2)");

@@ -1,4 +1,4 @@
-//! The `exact` scheme's Permit2 method (`assetTransferMethod: "permit2"`), for tokens without
+//! Permit2 payments: the `exact` scheme's Permit2 method (`assetTransferMethod: "permit2"`), for tokens without
 //! EIP-3009: the payer approves Uniswap's Permit2 once, then signs a `PermitWitnessTransferFrom`
 //! whose spender is x402's exact Permit2 proxy and whose witness names the recipient; the
 //! facilitator calls the proxy's `settle`, which asks Permit2 to move exactly the permitted amount.
@@ -14,6 +14,11 @@
 //! - [`checks`]: the local checks, one function each;
 //! - [`facts`]: the one batched chain read and the pure verdict on it;
 //! - [`verify`]: the two composed on [`crate::evm::ExactEvm`].
+//!
+//! The `upto` scheme (EVM) is Permit2 only and shares all of it: its payer signs a maximum for
+//! x402's upto proxy, with a witness that also names the facilitator allowed to settle; `/settle`
+//! names the charge, at most that maximum ([`Permit2Payment::parse_upto`], [`checks::facilitator`],
+//! [`checks::charge`]; docs/protocol-choices.md, "upto").
 
 pub mod checks;
 pub mod eip712;
@@ -27,3 +32,5 @@ pub use verify::Permit2Checked;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod upto_tests;

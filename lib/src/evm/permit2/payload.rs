@@ -58,10 +58,18 @@ struct PermittedWire {
 struct WitnessWire {
     #[serde(deserialize_with = "hex::de_address")]
     to: Address,
+    /// Only in an `upto` payment's witness: who alone may settle it.
+    #[serde(default, deserialize_with = "de_some_address")]
+    facilitator: Option<Address>,
     valid_after: DecimalU256,
 }
 
-/// What the payer signed: Permit2's `PermitWitnessTransferFrom` with the exact proxy's witness.
+fn de_some_address<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Address>, D::Error> {
+    hex::de_address(d).map(Some)
+}
+
+/// What the payer signed: Permit2's `PermitWitnessTransferFrom` with the exact proxy's witness,
+/// or the upto proxy's (which adds `facilitator`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Permit2Authorization {
     /// The payer (Permit2's `owner`); not part of the signed message, the signature names it.
@@ -78,15 +86,21 @@ pub struct Permit2Authorization {
     pub to: Address,
     /// `witness.validAfter`: the proxy refuses to pay before it (inclusive).
     pub valid_after: U256,
+    /// `witness.facilitator`, for an `upto` payment (`None` for `exact`): the only address the
+    /// upto proxy lets settle it.
+    pub facilitator: Option<Address>,
 }
 
-/// A fully typed `exact` Permit2 payment on one EVM chain.
+/// A fully typed Permit2 payment on one EVM chain: `exact`, or `upto` when the witness names a
+/// facilitator.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Permit2Payment {
     pub chain_id: u64,
     /// `paymentRequirements.asset`.
     pub asset: Address,
     pub pay_to: Address,
+    /// `paymentRequirements.amount`: for `exact`, the price, which must equal the permitted amount;
+    /// for `upto`, the signed maximum at `/verify` and the actual charge at `/settle`.
     pub amount: U256,
     pub authorization: Permit2Authorization,
     pub signature: Bytes,
@@ -118,6 +132,44 @@ impl Permit2Payment {
                 format!("payload (Permit2: {{signature, permit2Authorization}}): {e}"),
             )
         })?;
+        let mut typed = Self::typed(payment, chain_id, wire)?;
+        // An `exact` witness has no facilitator; one written anyway is not what the payer signed.
+        typed.authorization.facilitator = None;
+        Ok(typed)
+    }
+
+    /// [`Permit2Payment::parse`] for an `upto` payment, with the reference's upto reasons: a
+    /// payload that is not a Permit2 one whose witness names a facilitator is
+    /// `unsupported_payload_type`, a scheme other than `upto` `invalid_upto_evm_scheme`, another
+    /// network `invalid_upto_evm_network_mismatch`.
+    pub fn parse_upto(payment: &Payment, chain_id: u64) -> Result<Self, Rejection> {
+        let not_upto = |what: String| {
+            Rejection::new(
+                Reason::UnsupportedPayloadType,
+                format!("not an upto Permit2 payload ({{signature, permit2Authorization}} whose witness names a facilitator): {what}"),
+            )
+        };
+        let wire =
+            Permit2Wire::deserialize(&payment.payload).map_err(|e| not_upto(e.to_string()))?;
+        if wire.permit2_authorization.witness.facilitator.is_none() {
+            return Err(not_upto("witness.facilitator is missing".into()));
+        }
+        if payment.accepted_scheme != "upto" || payment.requirements.scheme != "upto" {
+            return Err(Rejection::new(
+                Reason::UptoInvalidScheme,
+                format!(
+                    "the payload says scheme {:?} and the requirements {:?}; both must be \"upto\"",
+                    truncate(&payment.accepted_scheme),
+                    truncate(&payment.requirements.scheme)
+                ),
+            ));
+        }
+        same_network(payment)
+            .map_err(|e| Rejection::new(Reason::UptoNetworkMismatch, e.message))?;
+        Self::typed(payment, chain_id, wire)
+    }
+
+    fn typed(payment: &Payment, chain_id: u64, wire: Permit2Wire) -> Result<Self, Rejection> {
         let requirements = &payment.requirements;
         let asset = parse_address(&requirements.asset, "paymentRequirements.asset")?;
         let pay_to = parse_address(&requirements.pay_to, "paymentRequirements.payTo")?;
@@ -136,10 +188,24 @@ impl Permit2Payment {
                 deadline: a.deadline.0,
                 to: a.witness.to,
                 valid_after: a.witness.valid_after.0,
+                facilitator: a.witness.facilitator,
             },
             signature: wire.signature,
             sponsoring: sponsoring::read(payment.extensions.as_ref()),
         })
+    }
+
+    /// Whether this is an `upto` payment (its witness names a facilitator).
+    pub fn is_upto(&self) -> bool {
+        self.authorization.facilitator.is_some()
+    }
+
+    /// The proxy the payer signed for and the settlement calls: the exact or the upto one.
+    pub fn proxy(&self) -> Address {
+        match self.is_upto() {
+            true => crate::evm::abi::UPTO_PERMIT2_PROXY,
+            false => crate::evm::abi::EXACT_PERMIT2_PROXY,
+        }
     }
 
     /// The EIP-2612 permit the payment is settled with (`settleWithPermit`), if it carries a

@@ -419,7 +419,7 @@ mod judge {
         let bit = (nonce & U256::from(0xff)).to::<usize>();
         let used = ChainFacts {
             nonce_word: Some(U256::from(1) << bit),
-            settle: Err(IPermit2::InvalidNonce {}.abi_encode().into()),
+            settle: Err(facts::revert_name(&IPermit2::InvalidNonce {}.abi_encode())),
             ..fine()
         };
         assert_eq!(reason(used), Some(Reason::Permit2InvalidNonce));
@@ -436,7 +436,7 @@ mod judge {
         let facts = ChainFacts {
             balance: Some(U256::from(1)),
             allowance: Some(U256::ZERO),
-            settle: Err(Bytes::new()),
+            settle: Err(facts::revert_name(&[])),
             ..fine()
         };
         assert_eq!(reason(facts), Some(Reason::Permit2InsufficientBalance));
@@ -446,9 +446,9 @@ mod judge {
     fn a_short_allowance_is_allowance_required() {
         let facts = ChainFacts {
             allowance: Some(payment().amount - U256::from(1)),
-            settle: Err(alloy::sol_types::Revert::from("TRANSFER_FROM_FAILED")
-                .abi_encode()
-                .into()),
+            settle: Err(facts::revert_name(
+                &alloy::sol_types::Revert::from("TRANSFER_FROM_FAILED").abi_encode(),
+            )),
             ..fine()
         };
         assert_eq!(reason(facts), Some(Reason::Permit2AllowanceRequired));
@@ -472,7 +472,7 @@ mod judge {
     #[test]
     fn any_other_revert_is_simulation_failed_and_named() {
         let facts = ChainFacts {
-            settle: Err(IPermit2::InvalidSigner {}.abi_encode().into()),
+            settle: Err(facts::revert_name(&IPermit2::InvalidSigner {}.abi_encode())),
             ..fine()
         };
         let rejection = facts::judge(&payment(), &facts).unwrap_err();
@@ -503,7 +503,7 @@ mod judge {
             },
         ];
         let encoded = IMulticall3::tryAggregateCall::abi_encode_returns(&answer);
-        let facts = ChainFacts::decode(&encoded).unwrap();
+        let facts = ChainFacts::decode(&encoded, None).unwrap();
         assert_eq!(facts.proxy_permit2, Some(PERMIT2));
         assert_eq!(
             (facts.balance, facts.allowance, facts.nonce_word),
@@ -513,13 +513,20 @@ mod judge {
                 Some(U256::from(9))
             )
         );
-        assert!(facts::revert_name(facts.settle.as_ref().unwrap_err()).contains("PaymentTooEarly"));
+        assert!(facts
+            .settle
+            .as_ref()
+            .unwrap_err()
+            .contains("PaymentTooEarly"));
         // An undeployed proxy answers PERMIT2() with no data: not an address.
         let mut answer = answer;
         answer[0] = ok(Vec::new());
         let encoded = IMulticall3::tryAggregateCall::abi_encode_returns(&answer);
-        assert_eq!(ChainFacts::decode(&encoded).unwrap().proxy_permit2, None);
-        assert_eq!(ChainFacts::decode(&[0u8; 3]), None);
+        assert_eq!(
+            ChainFacts::decode(&encoded, None).unwrap().proxy_permit2,
+            None
+        );
+        assert_eq!(ChainFacts::decode(&[0u8; 3], None), None);
     }
 }
 
@@ -681,7 +688,7 @@ mod sponsoring {
         let mut facts = super::judge_fine();
         facts.allowance = Some(U256::ZERO);
         assert_eq!(facts::judge(&payment, &facts), Ok(()));
-        facts.settle = Err(Bytes::new());
+        facts.settle = Err(facts::revert_name(&[]));
         let verdict = facts::judge(&payment, &facts).unwrap_err().reason;
         assert_eq!(verdict, Reason::Permit2AllowanceRequired);
     }

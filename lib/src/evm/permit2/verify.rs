@@ -1,6 +1,8 @@
-//! Verification of `exact` Permit2 payments on one EVM network, beside the EIP-3009 path of
-//! [`ExactEvm`]: local checks first ([`ExactEvm::check_permit2`]), then exactly one chain round
-//! trip, the batch of [`super::facts`], whatever the outcome.
+//! Verification of Permit2 payments (`exact`, and `upto`) on one EVM network, beside the EIP-3009
+//! path of [`ExactEvm`]: local checks first ([`ExactEvm::check_permit2`]), then exactly one chain
+//! round trip, the batch of [`super::facts`], whatever the outcome (for `upto`, two `eth_call`s
+//! sent at once: the upto proxy answers only its facilitator, so its simulation cannot go
+//! through Multicall3).
 
 use alloy::{
     primitives::{keccak256, Address, Bytes, B256},
@@ -14,11 +16,7 @@ use super::{
     payload::Permit2Payment,
 };
 use crate::{
-    evm::{
-        abi::{EXACT_PERMIT2_PROXY, MULTICALL3},
-        signature::EcdsaSignature,
-        CallOutcome, ExactEvm, Transfer,
-    },
+    evm::{abi::MULTICALL3, signature::EcdsaSignature, CallOutcome, ExactEvm, Transfer},
     protocol::{Payment, Reason, Rejection},
 };
 
@@ -44,6 +42,9 @@ impl Permit2Checked {
     /// With an `eip2612GasSponsoring` permit, its value, deadline and signature as sent follow (the
     /// checks have made its owner, token and spender the payer, the asset and Permit2): another
     /// sponsoring permit, or none, is another request. Without one the digest is as before.
+    /// An `upto` payment's digest also binds the amount charged (its signed permit, witness
+    /// facilitator included, is in the EIP-712 digest): the same permit settled for another
+    /// amount is another request, never answered from this one's record.
     pub fn digest(&self, network: &str) -> B256 {
         let base = (
             network.to_owned(),
@@ -51,20 +52,30 @@ impl Permit2Checked {
             super::eip712::signing_digest(&self.payment),
             self.payment.signature.clone(),
         );
-        keccak256(match self.payment.sponsor() {
-            None => base.abi_encode(),
-            Some(p) => (base, p.amount, p.deadline, p.signature.clone()).abi_encode(),
+        let sponsored = self
+            .payment
+            .sponsor()
+            .map(|p| (p.amount, p.deadline, p.signature.clone()));
+        keccak256(match (sponsored, self.payment.is_upto()) {
+            (None, false) => base.abi_encode(),
+            (Some(p), false) => (base, p.0, p.1, p.2).abi_encode(),
+            (sponsored, true) => {
+                let p = sponsored.unwrap_or_default();
+                ("upto", base, self.payment.amount, p.0, p.1, p.2).abi_encode()
+            }
         })
     }
 
-    /// What the payment moves when it settles: the token's `Transfer(payer → payTo, amount)`.
+    /// What the payment moves when it settles: the token's `Transfer(payer → payTo, amount)`,
+    /// `amount` being the requirements' (for `exact` the checks made it the permitted amount; for
+    /// `upto` at `/settle`, the charge).
     pub fn transfer(&self) -> Transfer {
         let a = &self.payment.authorization;
         Transfer {
             asset: self.payment.asset,
             from: a.from,
             to: a.to,
-            value: a.amount,
+            value: self.payment.amount,
         }
     }
 }
@@ -74,8 +85,8 @@ impl ExactEvm {
     /// accepted asset, then spender, recipient, deadline, validAfter, amount, token and signature
     /// (x402-protocol.md §7.2). `now` is unix seconds.
     pub fn check_permit2(&self, payment: &Payment, now: u64) -> Result<Permit2Checked, Rejection> {
-        let typed = Permit2Payment::parse(payment, self.network().chain_id())?;
-        let signature = checks::all(&typed, self.assets(), now)?;
+        let typed = self.parse_permit2(payment)?;
+        let signature = checks::all(&typed, self.assets(), self.upto(), now)?;
         Ok(Permit2Checked {
             payment: typed,
             signature,
@@ -101,12 +112,22 @@ impl ExactEvm {
 
     /// [`ExactEvm::check_permit2`] without the time window, for `/settle`.
     pub fn check_permit2_terms(&self, payment: &Payment) -> Result<Permit2Checked, Rejection> {
-        let typed = Permit2Payment::parse(payment, self.network().chain_id())?;
-        let signature = checks::terms(&typed, self.assets())?;
+        let typed = self.parse_permit2(payment)?;
+        let signature = checks::terms(&typed, self.assets(), self.upto())?;
         Ok(Permit2Checked {
             payment: typed,
             signature,
         })
+    }
+
+    /// Types a Permit2 payment by the requirements' scheme: `upto` ([`Permit2Payment::parse_upto`])
+    /// or `exact`.
+    fn parse_permit2(&self, payment: &Payment) -> Result<Permit2Payment, Rejection> {
+        let chain_id = self.network().chain_id();
+        match payment.requirements.scheme.as_str() {
+            "upto" => Permit2Payment::parse_upto(payment, chain_id),
+            _ => Permit2Payment::parse(payment, chain_id),
+        }
     }
 
     /// The time window of a payment that passed [`ExactEvm::check_permit2_terms`].
@@ -131,9 +152,10 @@ impl ExactEvm {
         let revert = match sender {
             None => None,
             Some((from, fees)) => {
+                let proxy = checked.payment.proxy();
                 let estimate = self
                     .chain()
-                    .estimate_gas(from, EXACT_PERMIT2_PROXY, checked.settle_calldata(), fees)
+                    .estimate_gas(from, proxy, checked.settle_calldata(), fees)
                     .await
                     .map_err(|e| Rejection::new(Reason::UnexpectedVerifyError, e.to_string()))?;
                 match estimate {
@@ -152,30 +174,45 @@ impl ExactEvm {
             // the lane's call differs): the estimate is the settlement's word.
             Some(revert) => Err(Rejection::new(
                 Reason::Permit2SimulationFailed,
-                format!("the settlement through the exact Permit2 proxy would revert: {revert}"),
+                format!("the settlement through the Permit2 proxy would revert: {revert}"),
             )),
         }
     }
 
-    /// The one round trip: Multicall3 `tryAggregate` over [`facts::batch_calldata`].
+    /// The one round trip: Multicall3 `tryAggregate` over [`facts::batch_calldata`], and for an
+    /// `upto` payment the settlement's simulation from its facilitator, sent at the same time.
     async fn permit2_facts(
         &self,
         payment: &Permit2Payment,
         signature: &EcdsaSignature,
     ) -> Result<ChainFacts, Rejection> {
-        let outcome = self
+        let batch = self
             .chain()
-            .call(None, MULTICALL3, facts::batch_calldata(payment, signature))
-            .await
-            .map_err(|e| Rejection::new(Reason::UnexpectedVerifyError, e.to_string()))?;
+            .call(None, MULTICALL3, facts::batch_calldata(payment, signature));
+        let (outcome, simulated) = match facts::upto_simulation(payment, signature) {
+            None => (batch.await, None),
+            Some((from, to, data)) => {
+                let (outcome, simulated) =
+                    tokio::join!(batch, self.chain().call(Some(from), to, data));
+                (outcome, Some(simulated))
+            }
+        };
+        let failed = |e: crate::evm::ChainError| {
+            Rejection::new(Reason::UnexpectedVerifyError, e.to_string())
+        };
+        let simulated = match simulated.transpose().map_err(failed)? {
+            None => None,
+            Some(CallOutcome::Returned(_)) => Some(Ok(())),
+            Some(CallOutcome::Reverted { message }) => Some(Err(message)),
+        };
         let unreadable = |what: String| {
             Rejection::new(
                 Reason::UnexpectedVerifyError,
                 format!("the Permit2 checks through Multicall3 ({MULTICALL3}) {what}"),
             )
         };
-        match outcome {
-            CallOutcome::Returned(data) => ChainFacts::decode(&data).ok_or_else(|| {
+        match outcome.map_err(failed)? {
+            CallOutcome::Returned(data) => ChainFacts::decode(&data, simulated).ok_or_else(|| {
                 unreadable("answered something undecodable: is Multicall3 deployed?".into())
             }),
             CallOutcome::Reverted { message } => Err(unreadable(format!("reverted: {message}"))),
