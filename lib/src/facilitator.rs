@@ -9,10 +9,7 @@ use std::collections::BTreeMap;
 use crate::{
     clock::unix_now,
     config::Config,
-    evm::{
-        checks::{self, Signer},
-        permit2, Chain, Checked, ExactEvm,
-    },
+    evm::{checks, permit2, Chain, Checked, ExactEvm},
     protocol::{
         payer_hint, Payment, Reason, Rejection, SupportedKind, SupportedResponse, VerifyResponse,
         X402Version,
@@ -54,6 +51,7 @@ impl Facilitator {
                 ExactEvm::new(n.network.clone(), n.assets.clone(), chain)
                     .with_contract_wallets(config.contract_wallets)
                     .with_upto(n.upto_facilitator)
+                    .with_erc6492_factories(n.erc6492_factories.clone())
             })
             .collect();
         let lanes = Lanes::new(config.lane_keys.clone(), aws_sdk_kms::Client::new(aws));
@@ -182,7 +180,7 @@ impl Facilitator {
     /// A payer signing with its own key is never refused here: its transfer's outcome is the
     /// token's, which the simulation covers. A contract wallet is, while its run of reverts lasts.
     async fn payer_admitted(&self, scheme: &ExactEvm, checked: &Checked) -> Result<(), Rejection> {
-        if !matches!(checked.signer, Signer::Contract { .. }) {
+        if !checked.signer.is_contract() {
             return Ok(());
         }
         let payer = checked.payment.authorization.from;

@@ -181,6 +181,9 @@ pub struct NetworkConfig {
     /// `uptoFacilitator`: the lane address advertised for `upto` payments on this network, which
     /// payers bind into their witness and whose lane alone settles them; `None`: no `upto` here.
     pub upto_facilitator: Option<Address>,
+    /// `eip6492AllowedFactories`: the factories through which a payer's ERC-6492 wallet may be
+    /// deployed when its payment settles; empty (the default): none, as in the reference.
+    pub erc6492_factories: Vec<Address>,
 }
 
 /// The most gas one settlement may use, by kind of payer.
@@ -191,6 +194,9 @@ pub struct GasCaps {
     pub eoa: u64,
     /// A contract wallet's signature, which the token checks by calling the wallet (ERC-1271).
     pub contract_wallet: u64,
+    /// An ERC-6492 wallet's first payment: the factory deploys the wallet, then the token asks
+    /// it, in one transaction through Multicall3.
+    pub wallet_deployment: u64,
 }
 
 impl Default for GasCaps {
@@ -198,6 +204,7 @@ impl Default for GasCaps {
         GasCaps {
             eoa: 150_000,
             contract_wallet: 300_000,
+            wallet_deployment: 500_000,
         }
     }
 }
@@ -232,7 +239,11 @@ struct NetworkEntry {
     #[serde(default)]
     max_gas_contract_wallet: Option<u64>,
     #[serde(default)]
+    max_gas_wallet_deployment: Option<u64>,
+    #[serde(default)]
     upto_facilitator: Option<String>,
+    #[serde(default)]
+    eip6492_allowed_factories: Vec<String>,
 }
 
 impl Config {
@@ -536,6 +547,8 @@ fn network_entry(entry: NetworkEntry) -> Result<NetworkConfig, ConfigError> {
             ))
         })?),
     };
+    let erc6492_factories =
+        erc6492_factories(name, &entry.eip6492_allowed_factories).map_err(err)?;
     Ok(NetworkConfig {
         network,
         rpc,
@@ -543,7 +556,30 @@ fn network_entry(entry: NetworkEntry) -> Result<NetworkConfig, ConfigError> {
         max_fee_per_gas,
         gas_caps,
         upto_facilitator,
+        erc6492_factories,
     })
+}
+
+/// `eip6492AllowedFactories`: distinct addresses, none of them zero (an ERC-6492 wrapper naming
+/// the zero address carries no deployment).
+fn erc6492_factories(name: &str, raw: &[String]) -> Result<Vec<Address>, String> {
+    let mut factories: Vec<Address> = Vec::with_capacity(raw.len());
+    for a in raw {
+        let factory = a
+            .parse::<Address>()
+            .ok()
+            .filter(|f| !f.is_zero())
+            .ok_or_else(|| {
+                format!("{name}: eip6492AllowedFactories entry {a:?} is not a non-zero address")
+            })?;
+        if factories.contains(&factory) {
+            return Err(format!(
+                "{name}: eip6492AllowedFactories lists {factory} twice"
+            ));
+        }
+        factories.push(factory);
+    }
+    Ok(factories)
 }
 
 /// The entry's RPC source: exactly one of `rpcUrl` (one URL), `rpcUrls` (several, tried in order)
@@ -592,10 +628,20 @@ fn spending_limits(entry: &NetworkEntry) -> Result<(u128, GasCaps), ConfigError>
         contract_wallet: entry
             .max_gas_contract_wallet
             .unwrap_or(defaults.contract_wallet),
+        wallet_deployment: entry
+            .max_gas_wallet_deployment
+            .unwrap_or(defaults.wallet_deployment),
     };
-    if gas_caps.eoa < 21_000 || gas_caps.contract_wallet < 21_000 {
+    if [
+        gas_caps.eoa,
+        gas_caps.contract_wallet,
+        gas_caps.wallet_deployment,
+    ]
+    .iter()
+    .any(|cap| *cap < 21_000)
+    {
         return Err(err(format!(
-            "{name}: maxGas and maxGasContractWallet must be at least 21000 (a transaction's own cost)"
+            "{name}: maxGas, maxGasContractWallet and maxGasWalletDeployment must be at least 21000 (a transaction's own cost)"
         )));
     }
     Ok((max_fee_per_gas, gas_caps))
@@ -717,6 +763,34 @@ mod tests {
     }
 
     #[test]
+    fn erc6492_factories_are_none_unless_listed() {
+        let default = Config::from_lookup(lookup(&[(NETWORKS_VAR, NETS)])).unwrap();
+        assert!(default.networks[0].erc6492_factories.is_empty());
+        let f = "0x0000000000000000000000000000000000006492";
+        let listed = format!(
+            r#"[{{"network":"eip155:1","rpcUrl":"http://x","assets":["0x036CbD53842c5426634e7929541eC2318f3dCF7e"],"eip6492AllowedFactories":["{f}"],"maxGasWalletDeployment":400000}}]"#
+        );
+        let c = Config::from_lookup(lookup(&[(NETWORKS_VAR, listed.as_str())])).unwrap();
+        assert_eq!(
+            c.networks[0].erc6492_factories,
+            vec![f.parse::<Address>().unwrap()]
+        );
+        assert_eq!(c.networks[0].gas_caps.wallet_deployment, 400_000);
+        for (bad, says) in [
+            (format!(r#""{f}","{f}""#), "twice"),
+            (
+                r#""0x0000000000000000000000000000000000000000""#.into(),
+                "non-zero",
+            ),
+            (r#""factory""#.into(), "non-zero"),
+        ] {
+            let raw = listed.replace(&format!(r#""{f}""#), &bad);
+            let e = Config::from_lookup(lookup(&[(NETWORKS_VAR, raw.as_str())])).unwrap_err();
+            assert!(e.problem.contains(says), "{bad}: {}", e.problem);
+        }
+    }
+
+    #[test]
     fn gas_caps_have_defaults_and_a_floor() {
         let default = Config::from_lookup(lookup(&[(NETWORKS_VAR, NETS)])).unwrap();
         assert_eq!(default.networks[0].gas_caps, GasCaps::default());
@@ -726,7 +800,8 @@ mod tests {
             c.networks[0].gas_caps,
             GasCaps {
                 eoa: 100_000,
-                contract_wallet: 200_000
+                contract_wallet: 200_000,
+                wallet_deployment: 500_000
             }
         );
         let too_low = capped.replace("100000", "20000");

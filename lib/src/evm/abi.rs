@@ -24,12 +24,15 @@ sol! {
         event AuthorizationUsed(address indexed authorizer, bytes32 indexed nonce);
     }
 
-    /// The subset of Multicall3 used to batch diagnostic reads into one `eth_call`.
+    /// The subset of Multicall3 used to batch diagnostic reads into one `eth_call`, and to deploy
+    /// an ERC-6492 wallet and settle its payment in one transaction (`aggregate3`).
     #[derive(Debug)]
     interface IMulticall3 {
         struct Call { address target; bytes callData; }
+        struct Call3 { address target; bool allowFailure; bytes callData; }
         struct Result { bool success; bytes returnData; }
         function tryAggregate(bool requireSuccess, Call[] calls) external payable returns (Result[] returnData);
+        function aggregate3(Call3[] calls) external payable returns (Result[] returnData);
     }
 }
 

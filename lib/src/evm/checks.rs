@@ -6,7 +6,7 @@ use alloy::primitives::{Address, Bytes, U256};
 use super::{
     eip712,
     payload::ExactPayment,
-    signature::{self, EcdsaSignature, SignatureKind},
+    signature::{self, EcdsaSignature, SignatureKind, Wrapped6492},
 };
 use crate::protocol::{Reason, Rejection};
 
@@ -97,6 +97,20 @@ pub enum Signer {
         signature: Bytes,
         hint: ContractHint,
     },
+    /// ERC-6492 wrapped, naming a factory on this network's allow-list
+    /// (`eip6492AllowedFactories`): the wallet may not exist yet. The simulation and the
+    /// settlement call the factory first (through Multicall3, its failure allowed, so a wallet
+    /// deployed meanwhile does not stop the transfer), then the `bytes` overload with the inner
+    /// signature, which the deployed wallet judges (ERC-1271).
+    Counterfactual(Wrapped6492),
+}
+
+impl Signer {
+    /// Whether the payer's own contract judges the signature (ERC-1271, deployed or not yet):
+    /// its code runs when the settlement is mined.
+    pub fn is_contract(&self) -> bool {
+        !matches!(self, Signer::Eoa(_))
+    }
 }
 
 /// Why a signature was handed to ERC-1271, which decides what to answer when the payer has no code.
@@ -104,16 +118,18 @@ pub enum Signer {
 pub enum ContractHint {
     /// Not 65 bytes: a smart-wallet signature.
     SmartWallet,
-    /// ERC-6492 wrapped: fine only if the wallet is already deployed (we deploy none).
-    Counterfactual,
+    /// ERC-6492 wrapped, naming a factory not on the allow-list: fine only if the wallet is
+    /// already deployed, since we deploy wallets only through allowed factories. Holds the factory.
+    Counterfactual(Address),
     /// 65 bytes that recover to someone else: a wallet owner's signature, or simply a wrong one.
     RecoveredOther(Address),
 }
 
 /// Checks the signature as far as it can be checked without the chain: an ECDSA signature that
 /// recovers to the payer is settled here; anything else can only be judged by the payer's contract,
-/// if it has one (the token itself asks a signer with code through ERC-1271).
-pub fn signer(payment: &ExactPayment) -> Result<Signer, Rejection> {
+/// if it has one (the token itself asks a signer with code through ERC-1271), or will have one
+/// once a factory in `factories` (the network's ERC-6492 allow-list) has deployed it.
+pub fn signer(payment: &ExactPayment, factories: &[Address]) -> Result<Signer, Rejection> {
     let contract = |signature: Bytes, hint| Ok(Signer::Contract { signature, hint });
     match signature::classify(&payment.signature)? {
         SignatureKind::Ecdsa(sig) => {
@@ -129,7 +145,12 @@ pub fn signer(payment: &ExactPayment) -> Result<Signer, Rejection> {
                 ),
             }
         }
-        SignatureKind::Erc6492(inner) => contract(inner, ContractHint::Counterfactual),
+        SignatureKind::Erc6492(wrapped) if factories.contains(&wrapped.factory) => {
+            Ok(Signer::Counterfactual(wrapped))
+        }
+        SignatureKind::Erc6492(wrapped) => {
+            contract(wrapped.inner, ContractHint::Counterfactual(wrapped.factory))
+        }
         SignatureKind::SmartWallet => {
             contract(payment.signature.clone(), ContractHint::SmartWallet)
         }
@@ -145,18 +166,18 @@ pub fn contract_wallets_allowed(
     signer: &Signer,
     allowed: bool,
 ) -> Result<(), Rejection> {
-    let Signer::Contract { hint, .. } = signer else {
-        return Ok(());
-    };
-    if allowed {
+    if allowed || !signer.is_contract() {
         return Ok(());
     }
     let from = payment.authorization.from;
-    let what = match hint {
-        ContractHint::RecoveredOther(signer) => {
+    let what = match signer {
+        Signer::Contract {
+            hint: ContractHint::RecoveredOther(signer),
+            ..
+        } => {
             format!("the signature recovers to {signer}, not to authorization.from {from}")
         }
-        ContractHint::SmartWallet | ContractHint::Counterfactual => format!(
+        _ => format!(
             "a {}-byte signature is a smart wallet's",
             payment.signature.len()
         ),
@@ -191,9 +212,9 @@ pub fn no_contract_at_payer(payment: &ExactPayment, hint: ContractHint) -> Rejec
                 "the signature recovers to {signer}, not to authorization.from {from} (wrong key, wrong EIP-712 domain, or a field changed after signing)"
             ),
         ),
-        ContractHint::Counterfactual => Rejection::new(
+        ContractHint::Counterfactual(factory) => Rejection::new(
             Reason::Eip6492FactoryNotAllowed,
-            format!("{from} is not deployed and this facilitator deploys no wallets: no ERC-6492 factory is allowed"),
+            format!("{from} is not deployed, and the factory {factory} its ERC-6492 signature names is not on this network's allow-list (eip6492AllowedFactories): this facilitator deploys wallets only through factories its operator chose"),
         ),
         ContractHint::SmartWallet => Rejection::new(
             Reason::UndeployedSmartWallet,

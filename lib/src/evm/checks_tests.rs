@@ -4,7 +4,7 @@ use alloy::primitives::{address, Address, Bytes, B256, U256};
 use secp256k1::SecretKey;
 use serde_json::{json, Value};
 
-use alloy::sol_types::SolValue;
+use alloy::sol_types::{SolCall, SolValue};
 
 use crate::{
     evm::{
@@ -235,9 +235,40 @@ fn smart_wallet_and_6492_signatures_are_left_to_erc1271() {
         case.signer(),
         Signer::Contract {
             signature: inner,
-            hint: ContractHint::Counterfactual
+            hint: ContractHint::Counterfactual(OTHER_TOKEN)
         }
     );
+}
+
+#[test]
+fn a_6492_signature_naming_an_allowed_factory_is_counterfactual() {
+    use crate::evm::signature::Wrapped6492;
+    let mut case = Case::new();
+    let inner = Bytes::from(vec![9u8; 65]);
+    let factory = Address::repeat_byte(0xfa);
+    let mut wrapped = (factory, Bytes::from(vec![1u8]), inner.clone()).abi_encode_params();
+    wrapped.extend_from_slice(&[0x64, 0x92].repeat(16));
+    case.signature = Bytes::from(wrapped).to_string();
+    let allowing = scheme().with_erc6492_factories(vec![factory]);
+    let checked = allowing.check(&case.payment(), NOW).unwrap();
+    assert_eq!(
+        checked.signer,
+        Signer::Counterfactual(Wrapped6492 {
+            factory,
+            factory_calldata: Bytes::from(vec![1u8]),
+            inner,
+        })
+    );
+    // Settled through Multicall3: the factory's call, then the bytes overload to the token.
+    assert_eq!(checked.settle_target(), Some(crate::evm::abi::MULTICALL3));
+    let batch =
+        crate::evm::abi::IMulticall3::aggregate3Call::abi_decode(&checked.settle_calldata())
+            .unwrap();
+    assert_eq!(batch.calls[0].target, factory);
+    assert_eq!(batch.calls[1].callData, checked.transfer_calldata());
+    assert_eq!(&checked.transfer_calldata()[..4], &[0xcf, 0x09, 0x29, 0x95]);
+    // Without the factory on the list, the same payment is today's: judged only if deployed.
+    assert!(matches!(case.signer(), Signer::Contract { .. }));
 }
 
 #[test]

@@ -6,6 +6,7 @@ pub mod answers;
 pub mod attribution;
 pub mod chain;
 pub mod checks;
+pub mod counterfactual;
 pub mod eip712;
 mod failover;
 pub mod hex;

@@ -43,10 +43,21 @@ pub struct EcdsaSignature {
 pub enum SignatureKind {
     /// 65 bytes: an ECDSA signature (by an EOA, or by a wallet owner for ERC-1271).
     Ecdsa(EcdsaSignature),
-    /// Wrapped for a counterfactual wallet (ERC-6492); holds the inner signature.
-    Erc6492(Bytes),
+    /// Wrapped for a counterfactual wallet (ERC-6492).
+    Erc6492(Wrapped6492),
     /// Any other length: only a smart wallet (ERC-1271) can judge it.
     SmartWallet,
+}
+
+/// What an ERC-6492 wrapper carries: how to deploy the wallet, and the signature it will judge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wrapped6492 {
+    /// The contract that deploys the wallet.
+    pub factory: Address,
+    /// The call to the factory that deploys it.
+    pub factory_calldata: Bytes,
+    /// The signature the deployed wallet judges (ERC-1271).
+    pub inner: Bytes,
 }
 
 /// Classifies a signature by its shape. A 65-byte signature with an impossible `v` or a high `s` is
@@ -56,7 +67,13 @@ pub fn classify(signature: &[u8]) -> Result<SignatureKind, Rejection> {
         // abi.encode(address factory, bytes factoryCalldata, bytes innerSignature) ‖ magic
         let wrapped = &signature[..signature.len() - 32];
         return <(Address, Bytes, Bytes)>::abi_decode_params(wrapped)
-            .map(|(_, _, inner)| SignatureKind::Erc6492(inner))
+            .map(|(factory, factory_calldata, inner)| {
+                SignatureKind::Erc6492(Wrapped6492 {
+                    factory,
+                    factory_calldata,
+                    inner,
+                })
+            })
             .map_err(|_| {
                 Rejection::new(
                     Reason::InvalidExactEvmSignature,
@@ -138,7 +155,14 @@ mod tests {
         )
             .abi_encode_params();
         wrapped.extend_from_slice(&ERC6492_MAGIC);
-        assert_eq!(classify(&wrapped).unwrap(), SignatureKind::Erc6492(inner));
+        assert_eq!(
+            classify(&wrapped).unwrap(),
+            SignatureKind::Erc6492(Wrapped6492 {
+                factory: Address::repeat_byte(1),
+                factory_calldata: Bytes::from(vec![1u8, 2]),
+                inner
+            })
+        );
         let mut garbage = vec![0xffu8; 40];
         garbage.extend_from_slice(&ERC6492_MAGIC);
         assert_eq!(

@@ -15,6 +15,7 @@ use super::{
     abi::{IEip3009, IMulticall3, MULTICALL3},
     chain::{CallOutcome, Chain},
     checks::{self, ContractHint, Signer},
+    counterfactual,
     payload::ExactPayment,
 };
 use crate::protocol::{EvmNetwork, Payment, Reason, Rejection};
@@ -30,6 +31,9 @@ pub struct ExactEvm {
     /// The signer advertised for `upto` on this network (`uptoFacilitator`); `None`: `upto` is
     /// not served here.
     upto: Option<Address>,
+    /// The ERC-6492 factories through which a payer's wallet may be deployed when its payment
+    /// settles (`eip6492AllowedFactories`); empty: none.
+    factories: Vec<Address>,
 }
 
 /// A payment that passed every local check and is ready for the chain.
@@ -94,7 +98,10 @@ impl Checked {
             }
             .abi_encode()
             .into(),
-            Signer::Contract { signature, .. } => IEip3009::transferWithAuthorization_1Call {
+            Signer::Contract { signature, .. }
+            | Signer::Counterfactual(super::signature::Wrapped6492 {
+                inner: signature, ..
+            }) => IEip3009::transferWithAuthorization_1Call {
                 from: a.from,
                 to: a.to,
                 value: a.value,
@@ -107,6 +114,31 @@ impl Checked {
             .into(),
         }
     }
+
+    /// The contract the settlement calls when it is not the token: Multicall3, for a wallet an
+    /// allowed factory may still have to deploy ([`counterfactual`]).
+    pub fn settle_target(&self) -> Option<Address> {
+        match self.signer {
+            Signer::Counterfactual(_) => Some(MULTICALL3),
+            Signer::Eoa(_) | Signer::Contract { .. } => None,
+        }
+    }
+
+    /// The settlement's calldata, sent to [`Checked::settle_target`] or the token: the transfer,
+    /// preceded by the wallet's deployment for an allowed ERC-6492 factory. It depends on the
+    /// payment alone (not on whether the wallet exists yet), so every `/settle` of one payment
+    /// builds the same record.
+    pub fn settle_calldata(&self) -> Bytes {
+        match &self.signer {
+            Signer::Counterfactual(deployment) => counterfactual::deploy_then_transfer(
+                deployment,
+                self.payment.asset,
+                self.transfer_calldata(),
+                false,
+            ),
+            Signer::Eoa(_) | Signer::Contract { .. } => self.transfer_calldata(),
+        }
+    }
 }
 
 impl ExactEvm {
@@ -117,7 +149,14 @@ impl ExactEvm {
             chain,
             contract_wallets: true,
             upto: None,
+            factories: Vec::new(),
         }
+    }
+
+    /// Allows ERC-6492 wallets to be deployed through these factories (`eip6492AllowedFactories`).
+    pub fn with_erc6492_factories(mut self, factories: Vec<Address>) -> Self {
+        self.factories = factories;
+        self
     }
 
     /// Serves `upto` on this network, settled by the lane whose address is `facilitator`.
@@ -156,7 +195,7 @@ impl ExactEvm {
         checks::amount(&exact)?;
         checks::valid_before(&exact, now)?;
         checks::valid_after(&exact, now)?;
-        let signer = checks::signer(&exact)?;
+        let signer = checks::signer(&exact, &self.factories)?;
         Ok(Checked {
             payment: exact,
             signer,
@@ -171,7 +210,7 @@ impl ExactEvm {
         checks::asset_accepted(exact.asset, &self.assets)?;
         checks::recipient(&exact)?;
         checks::amount(&exact)?;
-        let signer = checks::signer(&exact)?;
+        let signer = checks::signer(&exact, &self.factories)?;
         Ok(Checked {
             payment: exact,
             signer,
@@ -209,7 +248,7 @@ impl ExactEvm {
     async fn contract_payer(&self, checked: &Checked) -> Result<(), Rejection> {
         checks::contract_wallets_allowed(&checked.payment, &checked.signer, self.contract_wallets)?;
         if let Signer::Contract {
-            hint: hint @ (ContractHint::Counterfactual | ContractHint::RecoveredOther(_)),
+            hint: hint @ (ContractHint::Counterfactual(_) | ContractHint::RecoveredOther(_)),
             ..
         } = checked.signer
         {
@@ -233,14 +272,10 @@ impl ExactEvm {
             return self.confirm(checked).await.map(|()| None);
         };
         self.contract_payer(checked).await?;
+        let target = checked.settle_target().unwrap_or(checked.payment.asset);
         let estimate = self
             .chain
-            .estimate_gas(
-                from,
-                checked.payment.asset,
-                checked.transfer_calldata(),
-                fees,
-            )
+            .estimate_gas(from, target, checked.settle_calldata(), fees)
             .await
             .map_err(|e| Rejection::new(Reason::UnexpectedVerifyError, e.to_string()))?;
         match estimate {
@@ -263,12 +298,35 @@ impl ExactEvm {
     }
 
     /// Simulates the transfer with `eth_call`. A revert is diagnosed into the most specific reason.
+    /// A wallet an allowed factory may still have to deploy is deployed first in the same call
+    /// ([`counterfactual`]): still one request.
     pub async fn simulate(&self, checked: &Checked) -> Result<(), Rejection> {
-        let outcome = self
-            .chain
-            .call(None, checked.payment.asset, checked.transfer_calldata())
-            .await
-            .map_err(|e| Rejection::new(Reason::UnexpectedVerifyError, e.to_string()))?;
+        let unexpected =
+            |e: super::ChainError| Rejection::new(Reason::UnexpectedVerifyError, e.to_string());
+        let outcome = match &checked.signer {
+            Signer::Counterfactual(deployment) => {
+                let batch = counterfactual::deploy_then_transfer(
+                    deployment,
+                    checked.payment.asset,
+                    checked.transfer_calldata(),
+                    true,
+                );
+                match self
+                    .chain
+                    .call(None, MULTICALL3, batch)
+                    .await
+                    .map_err(unexpected)?
+                {
+                    CallOutcome::Returned(data) => counterfactual::transfer_outcome(&data),
+                    reverted => reverted,
+                }
+            }
+            Signer::Eoa(_) | Signer::Contract { .. } => self
+                .chain
+                .call(None, checked.payment.asset, checked.transfer_calldata())
+                .await
+                .map_err(unexpected)?,
+        };
         let CallOutcome::Reverted { message } = outcome else {
             return Ok(());
         };

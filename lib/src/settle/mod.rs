@@ -187,7 +187,7 @@ impl Terms {
     /// The contract the settlement calls when it is not the token.
     fn target(&self) -> Option<alloy::primitives::Address> {
         match self {
-            Terms::Eip3009(_) => None,
+            Terms::Eip3009(c) => c.settle_target(),
             Terms::Permit2(c) => Some(c.payment.proxy()),
         }
     }
@@ -837,7 +837,7 @@ fn terms_of(
     Ok((
         PaymentId::new(network, c.payment.asset, a.from, a.nonce),
         c.digest(network),
-        c.transfer_calldata(),
+        c.settle_calldata(),
         Terms::Eip3009(c),
     ))
 }

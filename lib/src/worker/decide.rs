@@ -90,7 +90,10 @@ pub fn gas_cap(calldata: &Bytes, caps: crate::config::GasCaps) -> u64 {
         &Exact::settleWithPermitCall::SELECTOR[..],
         &Upto::settleWithPermitCall::SELECTOR[..],
     ];
-    if selector.is_some_and(|s| sponsored.contains(&s)) {
+    if selector == Some(&crate::evm::abi::IMulticall3::aggregate3Call::SELECTOR[..]) {
+        // An ERC-6492 wallet deployed by its factory, then asked by the token (evm::counterfactual).
+        caps.wallet_deployment
+    } else if selector.is_some_and(|s| sponsored.contains(&s)) {
         caps.contract_wallet
     } else if crate::evm::abi::signed_by_key(calldata) {
         caps.eoa
@@ -400,6 +403,7 @@ mod tests {
         let caps = GasCaps {
             eoa: 1,
             contract_wallet: 2,
+            wallet_deployment: 3,
         };
         let key = Bytes::from(IEip3009::transferWithAuthorization_0Call::SELECTOR.to_vec());
         let wallet = Bytes::from(IEip3009::transferWithAuthorization_1Call::SELECTOR.to_vec());
@@ -410,6 +414,19 @@ mod tests {
             2,
             "anything else: the larger, still a cap"
         );
+    }
+
+    #[test]
+    fn a_wallets_deployment_and_first_payment_gets_the_deployment_cap() {
+        use crate::{config::GasCaps, evm::abi::IMulticall3};
+        use alloy::sol_types::SolCall;
+        let caps = GasCaps {
+            eoa: 1,
+            contract_wallet: 2,
+            wallet_deployment: 3,
+        };
+        let deploy = Bytes::from(IMulticall3::aggregate3Call::SELECTOR.to_vec());
+        assert_eq!(gas_cap(&deploy, caps), 3);
     }
 
     #[test]
@@ -437,6 +454,7 @@ mod tests {
         let caps = GasCaps {
             eoa: 1,
             contract_wallet: 2,
+            wallet_deployment: 3,
         };
         let settle = Bytes::from(IX402ExactPermit2Proxy::settleCall::SELECTOR.to_vec());
         assert_eq!(gas_cap(&settle, caps), 1);
