@@ -5,9 +5,10 @@ leaves what exists in place.
 
 In order:
 1. compiles infra/stack/contracts with solc-js (compile.mjs, a cached build step) into .local/contracts;
-2. on anvil, through plain JSON-RPC: Multicall3, Permit2, the two x402 Permit2 proxies and the three
-   test tokens placed with anvil_setCode (no deployment transactions, so the addresses are the real
-   ones), the tokens initialised and the payers funded from anvil's unlocked accounts;
+2. on anvil, through plain JSON-RPC: Multicall3, Permit2, the two x402 Permit2 proxies, the ERC-6492
+   test wallets' factory and the three test tokens placed with anvil_setCode (no deployment
+   transactions, so the addresses are the real ones), the tokens initialised and the payers funded
+   from anvil's unlocked accounts;
 3. in moto's KMS, one key per signer lane (ECC_SECG_P256K1, SIGN_VERIFY) under alias/x402-lane-<i>,
    checked to sign digests as real KMS does: each lane signs a fixed digest with `MessageType=DIGEST`
    and the signature must recover, through the chain's own ecrecover, to the lane's address.
@@ -56,6 +57,8 @@ EXACT_PERMIT2_PROXY = "0x402085c248EeA27D92E8b30b2C58ed07f9E20001"
 UPTO_PERMIT2_PROXY = "0x4020A4f3b7b90ccA423B9fabCc0CE57C6C240002"
 # An ERC-20 with EIP-2612 and no EIP-3009, which x402 pays only through Permit2; a made-up address.
 PERMIT_TOKEN = "0x2612261226122612261226122612261226122612"
+# The ERC-6492 test wallets' factory, on the facilitator's allow-list (facilitator-env.sh).
+ERC6492_FACTORY = "0x6492000000000000000000000000000000006492"
 ECRECOVER = "0x" + "00" * 19 + "01"
 ANVIL_MNEMONIC = "test test test test test test test test test test test junk"
 PAYER_INDICES = [1, 2, 3, 4]
@@ -398,6 +401,8 @@ def main():
     anvil.rpc("anvil_setCode", PERMIT2, runtime_code("Permit2"))
     anvil.rpc("anvil_setCode", EXACT_PERMIT2_PROXY, runtime_code("X402ExactPermit2Proxy"))
     anvil.rpc("anvil_setCode", UPTO_PERMIT2_PROXY, runtime_code("X402UptoPermit2Proxy"))
+    # Stateless too: it deploys TestSmartWallets with CREATE2 (the creation code is in its own).
+    anvil.rpc("anvil_setCode", ERC6492_FACTORY, runtime_code("TestSmartWalletFactory"))
     payer_addresses = [p["address"] for p in payers]
     owner = deployer["address"]
     place_token(anvil, "EIP3009Token", USDC, "USDC", "2", 6, 1_000_000 * 10**6, owner, payer_addresses)
@@ -429,6 +434,7 @@ def main():
         "X402_EXACT_PERMIT2_PROXY": EXACT_PERMIT2_PROXY,
         "X402_UPTO_PERMIT2_PROXY": UPTO_PERMIT2_PROXY,
         "X402_PERMIT_TOKEN": PERMIT_TOKEN,
+        "X402_ERC6492_FACTORY": ERC6492_FACTORY,
         "X402_PERMIT_TOKEN_NAME": decode_string(anvil.call(PERMIT_TOKEN, "name()")),
         "X402_PERMIT_TOKEN_VERSION": decode_string(anvil.call(PERMIT_TOKEN, "version()")),
         "X402_PERMIT_TOKEN_DECIMALS": str(int.from_bytes(anvil.call(PERMIT_TOKEN, "decimals()"), "big")),

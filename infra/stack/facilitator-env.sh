@@ -16,8 +16,9 @@ set -a
 . "$X402_STACK_DIR/stack.env"
 # The EIP-3009 test USDC, and the EIP-2612 test token, which is paid through Permit2. `upto` is
 # served, settled by the last lane (not the first, so that routing by the witness's address is
-# what puts a payment on it).
-X402_NETWORKS="[{\"network\":\"$X402_NETWORK\",\"rpcUrl\":\"$RPC_URL\",\"assets\":[\"$X402_TOKEN\",\"$X402_PERMIT_TOKEN\"],\"uptoFacilitator\":\"${X402_LANE_ADDRESSES##*,}\"}]"
+# what puts a payment on it). The test wallets' ERC-6492 factory is allowed, so a wallet not yet
+# deployed can pay (the wallet is deployed when its payment settles).
+X402_NETWORKS="[{\"network\":\"$X402_NETWORK\",\"rpcUrl\":\"$RPC_URL\",\"assets\":[\"$X402_TOKEN\",\"$X402_PERMIT_TOKEN\"],\"uptoFacilitator\":\"${X402_LANE_ADDRESSES##*,}\",\"eip6492AllowedFactories\":[\"$X402_ERC6492_FACTORY\"]}]"
 RUST_LOG="${RUST_LOG:-info}"
 # Where a retired lane's gas may be swept on the local stack: an address nobody holds a key for.
 X402_SWEEP_ADDRESSES="${X402_SWEEP_ADDRESSES:-0x5ee1000000000000000000000000000000005ee1}"

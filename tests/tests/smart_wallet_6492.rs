@@ -1,0 +1,281 @@
+//! Payers whose wallet does not exist yet (ERC-6492), against the project's CREATE2 factory of
+//! test wallets, which the stack puts on the network's allow-list (`eip6492AllowedFactories`):
+//! verify simulates the deployment and the transfer in one `eth_call`; settle deploys the wallet
+//! and pays in one lane transaction through Multicall3. A factory not on the list is refused
+//! before anything is sent.
+
+// Test helpers panic on set-up failures: that is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use alloy::{
+    eips::BlockId,
+    primitives::{Address, Bytes, B256, U256},
+    providers::{ext::AnvilApi, Provider},
+    signers::local::PrivateKeySigner,
+    sol,
+    sol_types::{SolCall, SolValue},
+};
+use common::*;
+use serde_json::{json, Value};
+
+/// The tests here count RPC requests and blocks: they must not run at the same time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+sol! {
+    function deploy(address owner, bytes32 salt) external returns (address wallet);
+    function walletAddress(address owner, bytes32 salt) external view returns (address);
+    function mint(address to, uint256 amount) external;
+}
+
+/// The factory the stack allows (infra/stack/facilitator-env.sh).
+fn allowed_factory() -> Address {
+    config().networks[0].erc6492_factories[0]
+}
+
+/// The same factory's code at a fresh address that is on no list.
+async fn unlisted_factory() -> Address {
+    let code = anvil().get_code_at(allowed_factory()).await.unwrap();
+    let factory = Address::from_slice(&random_nonce()[12..]);
+    anvil().anvil_set_code(factory, code).await.unwrap();
+    factory
+}
+
+/// A wallet that `factory` would deploy for a fresh owner, funded while it has no code yet (tokens
+/// can be held by an address before its contract exists).
+struct Counterfactual {
+    owner: PrivateKeySigner,
+    factory: Address,
+    salt: B256,
+    wallet: Address,
+}
+
+impl Counterfactual {
+    async fn new(factory: Address) -> Self {
+        let owner = PrivateKeySigner::random();
+        let salt = random_nonce();
+        let call = walletAddressCall {
+            owner: owner.address(),
+            salt,
+        };
+        let tx = alloy::rpc::types::TransactionRequest::default()
+            .to(factory)
+            .input(Bytes::from(call.abi_encode()).into());
+        let answer = anvil().call(tx).await.unwrap();
+        let wallet = walletAddressCall::abi_decode_returns(&answer).unwrap();
+        let s = stack();
+        let amount = U256::from(10_000_000u64);
+        send_from_anvil_account(
+            s.deployer.address,
+            s.token,
+            mintCall { to: wallet, amount }.abi_encode().into(),
+        )
+        .await;
+        assert!(code_at(wallet).await.is_empty(), "not deployed yet");
+        Counterfactual {
+            owner,
+            factory,
+            salt,
+            wallet,
+        }
+    }
+
+    fn deploy_calldata(&self) -> Bytes {
+        deployCall {
+            owner: self.owner.address(),
+            salt: self.salt,
+        }
+        .abi_encode()
+        .into()
+    }
+
+    /// A payment from the wallet, signed by its owner and wrapped as ERC-6492 with the factory call.
+    fn payment(&self) -> PaymentBuilder {
+        let wallet = self.wallet;
+        let signed = PaymentBuilder::with_signer(self.owner.clone())
+            .edit(|p| p.from = wallet)
+            .sign();
+        let mut wrapped = (
+            self.factory,
+            self.deploy_calldata(),
+            signed.signature.clone().unwrap(),
+        )
+            .abi_encode_params();
+        wrapped.extend_from_slice(&[0x64, 0x92].repeat(16));
+        signed.edit(|p| p.signature = Some(wrapped.into()))
+    }
+
+    /// Deploys the wallet through its factory, as anyone may.
+    async fn deploy_now(&self) {
+        send_from_anvil_account(
+            stack().deployer.address,
+            self.factory,
+            self.deploy_calldata(),
+        )
+        .await;
+        assert!(!code_at(self.wallet).await.is_empty(), "deployed");
+    }
+}
+
+async fn code_at(address: Address) -> Bytes {
+    anvil().get_code_at(address).await.unwrap()
+}
+
+async fn verified(payment: &PaymentBuilder) -> Value {
+    let answer = verify(&payment.body()).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.json);
+    if answer.json["isValid"] == true {
+        return json!("valid");
+    }
+    answer.json["invalidReason"].clone()
+}
+
+async fn lane_nonces() -> Vec<u64> {
+    let mut nonces = Vec::new();
+    for lane in &stack().lanes {
+        nonces.push(chain_nonce(lane.address, BlockId::pending()).await);
+    }
+    nonces
+}
+
+#[tokio::test]
+async fn an_undeployed_wallet_from_an_allowed_factory_verifies_in_one_call() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let wallet = Counterfactual::new(allowed_factory()).await;
+    let payment = wallet.payment();
+
+    reset_rpc_counts().await;
+    assert_eq!(verified(&payment).await, "valid");
+    assert_eq!(
+        rpc_counts().await["methods"],
+        json!({"eth_call": 1}),
+        "the deployment and the transfer are simulated in one Multicall3 eth_call"
+    );
+    assert!(
+        code_at(wallet.wallet).await.is_empty(),
+        "verify deploys nothing"
+    );
+
+    // The wallet judges the inner signature: someone else's key is refused.
+    let stranger = Counterfactual {
+        owner: PrivateKeySigner::random(),
+        ..wallet
+    };
+    assert_eq!(
+        verified(&stranger.payment()).await,
+        "invalid_exact_evm_transaction_simulation_failed",
+        "a signature by a key that does not own the wallet the call deploys"
+    );
+}
+
+#[tokio::test]
+async fn a_factory_not_on_the_list_is_refused_and_nothing_is_sent() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let wallet = Counterfactual::new(unlisted_factory().await).await;
+    let payment = wallet.payment();
+    assert_eq!(verified(&payment).await, "eip6492_factory_not_allowed");
+
+    let (block, nonces) = (block_number().await, lane_nonces().await);
+    let answer = settle(&payment.body()).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.json);
+    assert_eq!(
+        (
+            answer.json["success"].clone(),
+            answer.json["errorReason"].clone(),
+            answer.json["transaction"].clone()
+        ),
+        (
+            json!(false),
+            json!("eip6492_factory_not_allowed"),
+            json!("")
+        ),
+        "{:?}",
+        answer.json
+    );
+    assert!(find_payment_record(&payment.record_id()).await.is_none());
+    assert_eq!(block_number().await, block, "no transaction was sent");
+    assert_eq!(lane_nonces().await, nonces, "no lane nonce was consumed");
+    assert!(code_at(wallet.wallet).await.is_empty());
+}
+
+#[tokio::test]
+async fn settle_deploys_the_wallet_and_pays_exactly_once() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let s = stack();
+    let wallet = Counterfactual::new(allowed_factory()).await;
+    let payment = wallet.payment();
+    let before = (
+        token_balance(s.token, wallet.wallet).await,
+        token_balance(s.token, s.payee.address).await,
+    );
+
+    let answer = settle_to_the_end(&payment.body()).await;
+    assert_eq!(answer["success"], true, "{answer}");
+    let hash: B256 = answer["transaction"].as_str().unwrap().parse().unwrap();
+    let mined = receipt(hash).await.expect("mined");
+    assert!(mined.status());
+    assert_eq!(
+        mined.to,
+        Some(facilitator::evm::abi::MULTICALL3),
+        "one lane transaction: Multicall3's aggregate3"
+    );
+    assert!(
+        !code_at(wallet.wallet).await.is_empty(),
+        "the factory deployed the wallet"
+    );
+    let price = U256::from(1_000_000u64);
+    let after = (
+        token_balance(s.token, wallet.wallet).await,
+        token_balance(s.token, s.payee.address).await,
+    );
+    assert_eq!(after, (before.0 - price, before.1 + price));
+    let gas_cap = config().networks[0].gas_caps.wallet_deployment;
+    let limit = alloy::consensus::Transaction::gas_limit(&transaction(hash).await.unwrap());
+    assert!(limit <= gas_cap, "gas limit {limit} over the cap {gas_cap}");
+    println!(
+        "deployment and first payment: {} gas used, limit {limit}, cap {gas_cap}",
+        mined.gas_used
+    );
+
+    // Settling again is not a second success, and moves nothing.
+    let again = settle_to_the_end(&payment.body()).await;
+    assert_eq!(
+        (
+            again["success"].clone(),
+            again["errorReason"].clone(),
+            again["transaction"].clone()
+        ),
+        (
+            json!(false),
+            json!("invalid_exact_evm_nonce_already_used"),
+            json!("")
+        ),
+        "{again}"
+    );
+    assert_eq!(
+        (
+            token_balance(s.token, wallet.wallet).await,
+            token_balance(s.token, s.payee.address).await,
+        ),
+        after
+    );
+}
+
+#[tokio::test]
+async fn a_payment_whose_wallet_was_deployed_meanwhile_still_settles() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let s = stack();
+    let wallet = Counterfactual::new(allowed_factory()).await;
+    let payment = wallet.payment();
+    assert_eq!(verified(&payment).await, "valid");
+    wallet.deploy_now().await;
+    let before = token_balance(s.token, wallet.wallet).await;
+
+    let answer = settle_to_the_end(&payment.body()).await;
+    assert_eq!(answer["success"], true, "{answer}");
+    assert_eq!(
+        token_balance(s.token, wallet.wallet).await,
+        before - U256::from(1_000_000u64)
+    );
+}
