@@ -278,4 +278,9 @@ async fn a_payment_whose_wallet_was_deployed_meanwhile_still_settles() {
         token_balance(s.token, wallet.wallet).await,
         before - U256::from(1_000_000u64)
     );
+    let hash: B256 = answer["transaction"].as_str().unwrap().parse().unwrap();
+    println!(
+        "payment of a wallet already deployed, through the factory: {} gas used",
+        receipt(hash).await.expect("mined").gas_used
+    );
 }
