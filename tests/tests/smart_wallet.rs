@@ -23,7 +23,6 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 
 sol! {
     function initialize(address owner) external;
-    function mint(address to, uint256 amount) external;
 }
 
 /// Places the project's ERC-1271 test wallet, owned by `owner`, at a fresh address and funds it.
@@ -46,13 +45,7 @@ async fn place_wallet(owner: Address) -> Address {
         initializeCall { owner }.abi_encode().into(),
     )
     .await;
-    let amount = U256::from(10_000_000u64);
-    send_from_anvil_account(
-        s.deployer.address,
-        s.token,
-        mintCall { to: wallet, amount }.abi_encode().into(),
-    )
-    .await;
+    mint_usdc(wallet, U256::from(10_000_000u64)).await;
     wallet
 }
 

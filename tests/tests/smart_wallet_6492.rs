@@ -24,9 +24,11 @@ use serde_json::{json, Value};
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 sol! {
+    function transferWithAuthorization(
+        address from, address to, uint256 value, uint256 validAfter, uint256 validBefore,
+        bytes32 nonce, bytes signature) external;
     function deploy(address owner, bytes32 salt) external returns (address wallet);
     function walletAddress(address owner, bytes32 salt) external view returns (address);
-    function mint(address to, uint256 amount) external;
 }
 
 /// The factory the stack allows (infra/stack/facilitator-env.sh).
@@ -64,14 +66,7 @@ impl Counterfactual {
             .input(Bytes::from(call.abi_encode()).into());
         let answer = anvil().call(tx).await.unwrap();
         let wallet = walletAddressCall::abi_decode_returns(&answer).unwrap();
-        let s = stack();
-        let amount = U256::from(10_000_000u64);
-        send_from_anvil_account(
-            s.deployer.address,
-            s.token,
-            mintCall { to: wallet, amount }.abi_encode().into(),
-        )
-        .await;
+        mint_usdc(wallet, U256::from(10_000_000u64)).await;
         assert!(code_at(wallet).await.is_empty(), "not deployed yet");
         Counterfactual {
             owner,
@@ -283,4 +278,94 @@ async fn a_payment_whose_wallet_was_deployed_meanwhile_still_settles() {
         "payment of a wallet already deployed, through the factory: {} gas used",
         receipt(hash).await.expect("mined").gas_used
     );
+}
+
+/// Deploys `wallet` and executes `payment`'s authorization directly at the token, with the inner
+/// signature, as anyone holding the payment header could; returns that transaction.
+async fn front_run(wallet: &Counterfactual, payment: &PaymentBuilder) -> B256 {
+    let inner = PaymentBuilder::with_signer(wallet.owner.clone())
+        .edit(|p| {
+            p.from = payment.from;
+            p.nonce = payment.nonce;
+            p.valid_after = payment.valid_after;
+            p.valid_before = payment.valid_before;
+        })
+        .sign();
+    wallet.deploy_now().await;
+    let foreign = send_from_anvil_account(
+        stack().deployer.address,
+        stack().token,
+        transferWithAuthorizationCall {
+            from: payment.from,
+            to: payment.to,
+            value: payment.value,
+            validAfter: U256::from(payment.valid_after),
+            validBefore: U256::from(payment.valid_before),
+            nonce: payment.nonce,
+            signature: inner.signature.clone().unwrap(),
+        }
+        .abi_encode()
+        .into(),
+    )
+    .await;
+    assert!(receipt(foreign).await.expect("mined").status());
+    foreign
+}
+
+/// Somebody deploys the wallet and executes the payer's authorization (its inner signature) before
+/// we do. The payee was paid: `/settle` answers success with that transaction, as for any EIP-3009
+/// payment, and sends nothing.
+#[tokio::test]
+async fn a_front_run_wallet_payment_is_a_success_with_the_front_runners_transaction() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let s = stack();
+    let wallet = Counterfactual::new(allowed_factory()).await;
+    let payment = wallet.payment();
+    let foreign = front_run(&wallet, &payment).await;
+    let (block, nonces) = (block_number().await, lane_nonces().await);
+    let paid = token_balance(s.token, wallet.wallet).await;
+
+    let answer = settle_to_the_end(&payment.body()).await;
+    assert_eq!(
+        (answer["success"].clone(), answer["transaction"].clone()),
+        (json!(true), json!(foreign)),
+        "{answer}"
+    );
+    assert_eq!(block_number().await, block, "we sent nothing");
+    assert_eq!(lane_nonces().await, nonces);
+    assert_eq!(token_balance(s.token, wallet.wallet).await, paid);
+}
+
+/// The same front-run between `/settle`'s queueing and the worker's simulation: Multicall3's batch
+/// reverts with Multicall3's own message, so the worker asks the token whether the authorization is
+/// used, and attributes it rather than failing the payment.
+#[tokio::test]
+async fn a_wallet_payment_front_run_before_the_worker_signs_is_attributed_not_failed() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let wallet = Counterfactual::new(allowed_factory()).await;
+    let payment = wallet.payment();
+    let id = common::replay::record_payment(&payment, 0).await;
+    assert_eq!(
+        payment_record(&id).await.target(),
+        facilitator::evm::abi::MULTICALL3
+    );
+    let foreign = front_run(&wallet, &payment).await;
+    let (block, nonces) = (block_number().await, lane_nonces().await);
+
+    let worker = facilitator::worker::Worker::from_config(&config(), &aws().await);
+    let message = facilitator::queue::SettlementMessage {
+        id: id.clone(),
+        replace: None,
+        created: None,
+        simulated: None,
+    };
+    worker.process(&message).await.unwrap();
+    let record = payment_record(&id).await;
+    assert_eq!(
+        (record.state, record.settled_by_other, record.tx_hash),
+        (facilitator::store::State::Settled, true, Some(foreign)),
+        "{record:?}"
+    );
+    assert_eq!(block_number().await, block, "we sent nothing");
+    assert_eq!(lane_nonces().await, nonces);
 }

@@ -377,8 +377,9 @@ impl Worker {
         Ok((fees, estimate))
     }
 
-    /// The gas limit from the simulation ([`gas_limit`]); a Permit2 payment's revert is read by
-    /// [`Worker::permit2_refused`].
+    /// The gas limit from the simulation ([`gas_limit`]); a Permit2 payment's or an ERC-6492 batch's
+    /// revert is read by
+    /// [`Worker::used_or_refused`].
     async fn limit(
         &self,
         chain: &Chain,
@@ -386,8 +387,12 @@ impl Worker {
         estimate: Result<u64, String>,
         cap: u64,
     ) -> Result<GasLimit, WorkError> {
-        match (record.id.is_permit2(), estimate) {
-            (true, Err(revert)) => self.permit2_refused(chain, record, revert).await,
+        // A revert's text tells a used EIP-3009 authorization only when the token's own message
+        // reaches us: not through Permit2, nor through the Multicall3 batch that deploys an
+        // ERC-6492 wallet (Multicall3 reverts with its own message). Those ask the chain.
+        let batched = record.target() == crate::evm::abi::MULTICALL3;
+        match (record.id.is_permit2() || batched, estimate) {
+            (true, Err(revert)) => self.used_or_refused(chain, record, revert).await,
             (_, estimate) => Ok(gas_limit(estimate, cap)),
         }
     }
@@ -404,11 +409,13 @@ impl Worker {
         self.fail(record, reason_from_revert(&revert), revert).await
     }
 
-    /// What a Permit2 payment's reverted simulation means. Permit2's and the proxy's custom
-    /// errors do not reach us as text every node spells alike, so the chain is asked instead: the
-    /// nonce used in Permit2's bitmap is [`GasLimit::UsedBefore`] (attributed as for EIP-3009,
-    /// by the record's own receipts only); anything else refuses the payment.
-    async fn permit2_refused(
+    /// What a Permit2 payment's (or a batched ERC-6492 payment's) reverted simulation means.
+    /// Permit2's and the proxy's custom errors do not reach us as text every node spells alike,
+    /// and Multicall3 replaces the token's message with its own, so the chain is asked instead: the
+    /// nonce used (in Permit2's bitmap, or the token's `authorizationState`) is
+    /// [`GasLimit::UsedBefore`] (attributed as for EIP-3009; for Permit2 by the record's own
+    /// receipts only); anything else refuses the payment.
+    async fn used_or_refused(
         &self,
         chain: &Chain,
         record: &PaymentRecord,

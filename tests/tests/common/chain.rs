@@ -94,6 +94,21 @@ pub async fn send_from_anvil_account(from: Address, to: Address, data: Bytes) ->
     hash
 }
 
+alloy::sol! {
+    function mint(address to, uint256 amount) external;
+}
+
+/// Mints `amount` of the stack's test USDC to `to` (its owner, the deployer, may), code or not.
+pub async fn mint_usdc(to: Address, amount: U256) {
+    let s = stack();
+    send_from_anvil_account(
+        s.deployer.address,
+        s.token,
+        mintCall { to, amount }.abi_encode().into(),
+    )
+    .await;
+}
+
 /// Mines one block with whatever is in the pool.
 pub async fn mine() {
     anvil().evm_mine(None).await.unwrap();

@@ -48,7 +48,9 @@ pub async fn record_payment(payment: &PaymentBuilder, age_ms: u64) -> String {
     let scheme = facilitator.route(&request).unwrap();
     let checked = scheme.check_terms(&request).unwrap();
     let id = PaymentId::new(NETWORK, payment.asset, payment.from, payment.nonce);
-    let calldata = checked.transfer_calldata();
+    // As /settle builds it: an ERC-6492 wallet's payment from an allowed factory goes through
+    // Multicall3, any other to the token.
+    let calldata = checked.settle_calldata();
     let lane = config().lane_keys[0].clone();
     let new = NewPayment {
         id: &id,
@@ -59,7 +61,7 @@ pub async fn record_payment(payment: &PaymentBuilder, age_ms: u64) -> String {
         value: payment.value,
         valid_before: payment.valid_before,
         calldata: &calldata,
-        target: None,
+        target: checked.settle_target(),
         digest: checked.digest(NETWORK),
         lane: &lane,
     };
