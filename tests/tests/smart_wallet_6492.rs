@@ -369,3 +369,19 @@ async fn a_wallet_payment_front_run_before_the_worker_signs_is_attributed_not_fa
     assert_eq!(block_number().await, block, "we sent nothing");
     assert_eq!(lane_nonces().await, nonces);
 }
+
+/// A wrapper whose factory is the zero address carries no deployment: a wallet must be there, and
+/// an address without code gets the reference's undeployed-wallet reason, whatever the list says.
+#[tokio::test]
+async fn a_wrapper_naming_no_factory_needs_a_deployed_wallet() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let wallet = Counterfactual::new(allowed_factory()).await;
+    let no_factory = Counterfactual {
+        factory: Address::ZERO,
+        ..wallet
+    };
+    assert_eq!(
+        verified(&no_factory.payment()).await,
+        "invalid_exact_evm_payload_undeployed_smart_wallet"
+    );
+}

@@ -148,6 +148,11 @@ pub fn signer(payment: &ExactPayment, factories: &[Address]) -> Result<Signer, R
         SignatureKind::Erc6492(wrapped) if factories.contains(&wrapped.factory) => {
             Ok(Signer::Counterfactual(wrapped))
         }
+        // No factory named: nothing to deploy, so a wallet must be there already (the reference
+        // reads a zero factory as no deployment information too).
+        SignatureKind::Erc6492(wrapped) if wrapped.factory.is_zero() => {
+            contract(wrapped.inner, ContractHint::SmartWallet)
+        }
         SignatureKind::Erc6492(wrapped) => {
             contract(wrapped.inner, ContractHint::Counterfactual(wrapped.factory))
         }

@@ -272,6 +272,22 @@ fn a_6492_signature_naming_an_allowed_factory_is_counterfactual() {
 }
 
 #[test]
+fn a_6492_signature_naming_no_factory_needs_a_deployed_wallet() {
+    let mut case = Case::new();
+    let inner = Bytes::from(vec![9u8; 65]);
+    let mut wrapped = (Address::ZERO, Bytes::new(), inner.clone()).abi_encode_params();
+    wrapped.extend_from_slice(&[0x64, 0x92].repeat(16));
+    case.signature = Bytes::from(wrapped).to_string();
+    assert_eq!(
+        case.signer(),
+        Signer::Contract {
+            signature: inner,
+            hint: ContractHint::SmartWallet
+        }
+    );
+}
+
+#[test]
 fn the_payers_own_signature_is_an_eoa_signature() {
     assert!(matches!(Case::new().signer(), Signer::Eoa(_)));
 }
