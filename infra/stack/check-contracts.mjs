@@ -1,5 +1,5 @@
 // Checks the test contracts against the behaviour the facilitator relies on (EIP-3009 as USDC
-// implements it, ERC-1271 signers, Multicall3), on a running stack:
+// implements it, ERC-1271 signers, the ERC-6492 wallet factory, Multicall3), on a running stack:
 //
 //   node infra/stack/check-contracts.mjs [path/to/stack.json]   (default: $X402_STACK_DIR/stack.json)
 //
@@ -20,6 +20,7 @@ import {
   http,
   parseSignature,
   publicActions,
+  serializeErc6492Signature,
   walletActions,
 } from 'viem';
 import { mnemonicToAccount } from 'viem/accounts';
@@ -32,6 +33,7 @@ const artifact = (name) => JSON.parse(readFileSync(join(contractsDir, `${name}.j
 const token = artifact('EIP3009Token');
 const wallet = artifact('TestSmartWallet');
 const multicall = artifact('Multicall3');
+const factory = artifact('TestSmartWalletFactory');
 
 const SCRATCH_TOKEN = getAddress('0x00000000000000000000000000000000c4ec3009');
 const SCRATCH_WALLET = getAddress('0x00000000000000000000000000000000c4ec1271');
@@ -214,6 +216,26 @@ await check('Multicall3 batches calls and reports failures per call', async () =
   // cacheTime 0: viem otherwise answers a block number it read up to 4 s ago, before this file's
   // own transactions were mined (seen once as a failed check on a fresh clone).
   assert(number === (await anvil.getBlockNumber({ cacheTime: 0 })), 'getBlockNumber differs from eth_blockNumber');
+});
+
+await check("ERC-6492: viem verifies a wrapped signature of the factory's wallet before it exists, and the factory deploys it there", async () => {
+  const salt = nonce();
+  const at = stack.X402_ERC6492_FACTORY;
+  const predicted = await anvil.readContract({ address: at, abi: factory.abi, functionName: 'walletAddress', args: [payer.address, salt] });
+  assert(!(await anvil.getCode({ address: predicted })), 'the wallet exists before its deployment');
+  const signed = await authorize(payer, 'TransferWithAuthorization', { from: predicted });
+  const data = encodeFunctionData({ abi: factory.abi, functionName: 'deploy', args: [payer.address, salt] });
+  const wrapped = serializeErc6492Signature({ address: at, data, signature: signed.signature });
+  const types = { TransferWithAuthorization: authorizationFields };
+  const typed = { domain, types, primaryType: 'TransferWithAuthorization', message: signed.message };
+  assert(await anvil.verifyTypedData({ address: predicted, ...typed, signature: wrapped }), "viem's ERC-6492 check refused the owner's signature");
+  const strangers = await authorize(payee, 'TransferWithAuthorization', { from: predicted });
+  const wrappedStranger = serializeErc6492Signature({ address: at, data, signature: strangers.signature });
+  assert(!(await anvil.verifyTypedData({ address: predicted, ...typed, message: strangers.message, signature: wrappedStranger })), "viem's ERC-6492 check accepted a stranger's signature");
+  await send(owner, at, factory.abi, 'deploy', [payer.address, salt]);
+  const walletOwner = await anvil.readContract({ address: predicted, abi: wallet.abi, functionName: 'owner' });
+  assert(walletOwner === payer.address, `the deployed wallet is owned by ${walletOwner}`);
+  await send(owner, at, factory.abi, 'deploy', [payer.address, salt]); // again: returns the wallet, no revert
 });
 
 console.log(failures === 0 ? 'all contract checks passed' : `${failures} contract check(s) failed`);
