@@ -205,8 +205,21 @@ async fn settle_deploys_the_wallet_and_pays_exactly_once() {
         token_balance(s.token, s.payee.address).await,
     );
 
+    reset_rpc_counts().await;
     let answer = settle_to_the_end(&payment.body()).await;
     assert_eq!(answer["success"], true, "{answer}");
+    let counts = rpc_counts().await;
+    let count = |m: &str| counts["methods"][m].as_u64().unwrap_or(0);
+    assert_eq!(
+        (
+            count("eth_getCode"),
+            count("eth_call"),
+            count("eth_estimateGas"),
+            count("eth_sendRawTransaction")
+        ),
+        (0, 0, 1, 1),
+        "the calls of any payment: one simulation (of the whole batch, from the lane), one broadcast: {counts}"
+    );
     let hash: B256 = answer["transaction"].as_str().unwrap().parse().unwrap();
     let mined = receipt(hash).await.expect("mined");
     assert!(mined.status());
