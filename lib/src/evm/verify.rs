@@ -226,9 +226,11 @@ impl ExactEvm {
     /// Full verification: the local checks, then the simulation, then a diagnosis if it failed.
     /// Reads the chain; writes nothing anywhere (DESIGN I1).
     ///
-    /// An EOA payment costs one `eth_call`. A signature only a contract can judge costs one
-    /// `eth_getCode` more when it cannot be a wallet's otherwise (wrapped for an undeployed wallet,
-    /// or recovering to someone else), so that a plain wrong signature is still named as such.
+    /// An EOA payment costs one `eth_call`, and so does an ERC-6492 wallet's from an allowed factory
+    /// (deployment and transfer simulated in one Multicall3 batch). A signature only a contract can
+    /// judge costs one `eth_getCode` more when it cannot be a wallet's otherwise (wrapped for a
+    /// factory not allowed, or recovering to someone else), so that a plain wrong signature is
+    /// still named as such.
     #[instrument(skip_all, fields(network = %self.network.caip2()))]
     pub async fn verify(&self, payment: &Payment, now: u64) -> Result<Checked, Rejection> {
         let checked = self.check(payment, now)?;
