@@ -130,17 +130,13 @@ pub const EXACT_PERMIT2_PROXY: alloy::primitives::Address =
 pub const UPTO_PERMIT2_PROXY: alloy::primitives::Address =
     alloy::primitives::address!("0x4020A4f3b7b90ccA423B9fabCc0CE57C6C240002");
 
-/// Whether `calldata` is the `v, r, s` overload of `transferWithAuthorization`, or the exact
-/// or upto Permit2 proxy's `settle` or `settleWithPermit` (whose EIP-2612 permit is the payer key's too): a signature by the payer's own key, which the token (or Permit2)
-/// checks itself (this facilitator accepts Permit2 payments signed by keys only). The `bytes`
-/// overload may be a contract wallet's, whose code the token runs to check it (and anything else
-/// is not a transfer of ours).
+/// Whether `calldata` is the `v, r, s` overload of `transferWithAuthorization`: a signature by the
+/// payer's own key, which the token checks itself. The `bytes` overload may be a contract
+/// wallet's, whose code the token runs to check it (and anything else is not a transfer of ours).
+/// A Permit2 proxy's settlement can be either; `evm::permit2::signer::signed_by_key` tells them
+/// apart, and answers for every settlement.
 pub fn signed_by_key(calldata: &[u8]) -> bool {
     use alloy::sol_types::SolCall;
     let selector = calldata.get(..4);
     selector == Some(&IEip3009::transferWithAuthorization_0Call::SELECTOR[..])
-        || selector == Some(&IX402ExactPermit2Proxy::settleCall::SELECTOR[..])
-        || selector == Some(&IX402ExactPermit2Proxy::settleWithPermitCall::SELECTOR[..])
-        || selector == Some(&IX402UptoPermit2Proxy::settleCall::SELECTOR[..])
-        || selector == Some(&IX402UptoPermit2Proxy::settleWithPermitCall::SELECTOR[..])
 }

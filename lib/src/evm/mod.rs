@@ -15,7 +15,7 @@ pub mod permit2;
 mod rpc;
 pub mod signature;
 #[cfg(test)]
-mod test_keys;
+pub(crate) mod test_keys;
 pub mod verify;
 
 pub use attribution::Transfer;

@@ -60,10 +60,15 @@ pub struct Wrapped6492 {
     pub inner: Bytes,
 }
 
+/// Whether `signature` ends with ERC-6492's magic suffix (a wrapper, decodable or not).
+pub fn is_erc6492(signature: &[u8]) -> bool {
+    signature.len() >= 32 && signature[signature.len() - 32..] == ERC6492_MAGIC
+}
+
 /// Classifies a signature by its shape. A 65-byte signature with an impossible `v` or a high `s` is
 /// refused here, because no token would accept it.
 pub fn classify(signature: &[u8]) -> Result<SignatureKind, Rejection> {
-    if signature.len() >= 32 && signature[signature.len() - 32..] == ERC6492_MAGIC {
+    if is_erc6492(signature) {
         // abi.encode(address factory, bytes factoryCalldata, bytes innerSignature) ‖ magic
         let wrapped = &signature[..signature.len() - 32];
         return <(Address, Bytes, Bytes)>::abi_decode_params(wrapped)

@@ -419,10 +419,21 @@ impl PaymentRecord {
         self.target.unwrap_or(self.asset)
     }
 
-    /// Whether the payment's signature may be a contract wallet's: one the token asks the payer's
-    /// code about when the transaction runs, rather than checks itself.
+    /// Whether the payment's signature may be a contract wallet's: one the token (or Permit2) asks
+    /// the payer's code about when the transaction runs, rather than checks itself. A record whose
+    /// network does not parse is taken for a wallet's (the larger cap, the stricter attribution).
     pub fn signed_by_contract(&self) -> bool {
-        !crate::evm::abi::signed_by_key(&self.calldata)
+        let Some(chain_id) = self.chain_id() else {
+            return true;
+        };
+        !crate::evm::permit2::signer::signed_by_key(&self.calldata, chain_id)
+    }
+
+    /// The EVM chain id of the record's network; `None` if `network` is no `eip155:` id.
+    pub fn chain_id(&self) -> Option<u64> {
+        crate::protocol::EvmNetwork::from_caip2(&self.network)
+            .ok()
+            .map(|n| n.chain_id())
     }
 
     /// Whether `hash` is one of this payment's own transactions.

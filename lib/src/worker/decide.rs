@@ -77,12 +77,15 @@ pub fn gas_limit(estimate: Result<u64, String>, cap: u64) -> GasLimit {
     }
 }
 
-/// The gas cap for a settlement's calldata: the `bytes` overload of `transferWithAuthorization`
-/// carries a contract wallet's signature (or one that only a contract could judge), the `v, r, s`
-/// overload a key's. The exact (or upto) Permit2 proxy's `settleWithPermit` (the `eip2612GasSponsoring`
-/// extension) is a key's signature too, but also submits the payer's EIP-2612 permit, which takes
-/// it past the key's cap (about 180,000 gas estimated on the local stack): it gets the larger cap.
-pub fn gas_cap(calldata: &Bytes, caps: crate::config::GasCaps) -> u64 {
+/// The gas cap for a settlement's calldata on chain `chain_id`: the `bytes` overload of
+/// `transferWithAuthorization` carries a contract wallet's signature (or one that only a contract
+/// could judge), the `v, r, s` overload a key's; a Permit2 proxy's settlement is a key's when its
+/// signature recovers to the permit's owner, else a contract wallet's, whose `isValidSignature`
+/// Permit2 runs inside the transfer ([`crate::evm::permit2::signer::signed_by_key`]). The exact
+/// (or upto) Permit2 proxy's `settleWithPermit` (the `eip2612GasSponsoring` extension) also
+/// submits the payer's EIP-2612 permit, which takes it past the key's cap (about 180,000 gas
+/// estimated on the local stack): it gets the larger cap.
+pub fn gas_cap(calldata: &Bytes, chain_id: u64, caps: crate::config::GasCaps) -> u64 {
     use crate::evm::abi::{IX402ExactPermit2Proxy as Exact, IX402UptoPermit2Proxy as Upto};
     use alloy::sol_types::SolCall;
     let selector = calldata.get(..4);
@@ -95,7 +98,7 @@ pub fn gas_cap(calldata: &Bytes, caps: crate::config::GasCaps) -> u64 {
         caps.wallet_deployment
     } else if selector.is_some_and(|s| sponsored.contains(&s)) {
         caps.contract_wallet
-    } else if crate::evm::abi::signed_by_key(calldata) {
+    } else if crate::evm::permit2::signer::signed_by_key(calldata, chain_id) {
         caps.eoa
     } else {
         caps.contract_wallet
@@ -407,10 +410,10 @@ mod tests {
         };
         let key = Bytes::from(IEip3009::transferWithAuthorization_0Call::SELECTOR.to_vec());
         let wallet = Bytes::from(IEip3009::transferWithAuthorization_1Call::SELECTOR.to_vec());
-        assert_eq!(gas_cap(&key, caps), 1);
-        assert_eq!(gas_cap(&wallet, caps), 2);
+        assert_eq!(gas_cap(&key, 1, caps), 1);
+        assert_eq!(gas_cap(&wallet, 1, caps), 2);
         assert_eq!(
-            gas_cap(&Bytes::new(), caps),
+            gas_cap(&Bytes::new(), 1, caps),
             2,
             "anything else: the larger, still a cap"
         );
@@ -426,7 +429,7 @@ mod tests {
             wallet_deployment: 3,
         };
         let deploy = Bytes::from(IMulticall3::aggregate3Call::SELECTOR.to_vec());
-        assert_eq!(gas_cap(&deploy, caps), 3);
+        assert_eq!(gas_cap(&deploy, 1, caps), 3);
     }
 
     #[test]
@@ -447,20 +450,67 @@ mod tests {
         );
     }
 
+    /// The exact proxy's `settle` of a permit on chain 1 whose signature is `key`'s.
+    fn permit2_settle(owner: alloy::primitives::Address, key: u8) -> Bytes {
+        use crate::evm::{
+            abi::{IX402ExactPermit2Proxy as Proxy, EXACT_PERMIT2_PROXY},
+            permit2::eip712,
+            test_keys,
+        };
+        use alloy::sol_types::{SolCall, SolStruct};
+        let (token, amount, nonce, deadline) = (owner, U256::from(1u8), U256::from(7u8), U256::MAX);
+        let digest = eip712::PermitWitnessTransferFrom {
+            permitted: eip712::TokenPermissions { token, amount },
+            spender: EXACT_PERMIT2_PROXY,
+            nonce,
+            deadline,
+            witness: eip712::Witness {
+                to: owner,
+                validAfter: U256::ZERO,
+            },
+        }
+        .eip712_signing_hash(&eip712::domain(1));
+        Proxy::settleCall {
+            permit: Proxy::PermitTransferFrom {
+                permitted: Proxy::TokenPermissions { token, amount },
+                nonce,
+                deadline,
+            },
+            owner,
+            witness: Proxy::Witness {
+                to: owner,
+                validAfter: U256::ZERO,
+            },
+            signature: test_keys::sign_digest(digest, &test_keys::key(key)),
+        }
+        .abi_encode()
+        .into()
+    }
+
     #[test]
-    fn a_permit2_settlement_gets_the_key_cap() {
-        use crate::{config::GasCaps, evm::abi::IX402ExactPermit2Proxy};
+    fn a_permit2_settlement_gets_the_key_cap_if_the_owners_key_signed_it() {
+        use crate::{config::GasCaps, evm::abi::IX402ExactPermit2Proxy, evm::test_keys};
         use alloy::sol_types::SolCall;
         let caps = GasCaps {
             eoa: 1,
             contract_wallet: 2,
             wallet_deployment: 3,
         };
-        let settle = Bytes::from(IX402ExactPermit2Proxy::settleCall::SELECTOR.to_vec());
-        assert_eq!(gas_cap(&settle, caps), 1);
+        let owner = test_keys::address_of(&test_keys::key(0x11));
+        assert_eq!(gas_cap(&permit2_settle(owner, 0x11), 1, caps), 1);
+        assert_eq!(
+            gas_cap(&permit2_settle(owner, 0x22), 1, caps),
+            2,
+            "another key's signature: a contract wallet's, run by Permit2"
+        );
+        assert_eq!(
+            gas_cap(&permit2_settle(owner, 0x11), 8453, caps),
+            2,
+            "over another chain it is nobody's key"
+        );
         let sponsored = IX402ExactPermit2Proxy::settleWithPermitCall::SELECTOR.to_vec();
         assert_eq!(
-            gas_cap(&sponsored.into(), caps),
+            gas_cap(&sponsored.into(), 1, caps),
             2,
             "it also submits a permit"
         );

@@ -315,7 +315,11 @@ impl Worker {
         );
         let (fees, estimate) = simulated?;
         // The simulation before signing: a call that would revert never takes a lane nonce.
-        let cap = decide::gas_cap(&record.calldata, chain.gas_caps());
+        let cap = decide::gas_cap(
+            &record.calldata,
+            scheme.network().chain_id(),
+            chain.gas_caps(),
+        );
         let gas = match self.limit(chain, &record, estimate, cap).await? {
             GasLimit::Limit(gas) => gas,
             GasLimit::OverCap { needed, cap } => {

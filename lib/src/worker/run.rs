@@ -193,7 +193,11 @@ impl Worker {
         // the same code as always (which simulates it again).
         let (mut outcome, mut run) = (Vec::new(), Vec::new());
         for ((i, record, _), simulation) in picked.into_iter().zip(simulations) {
-            let cap = decide::gas_cap(&record.calldata, chain.gas_caps());
+            let cap = decide::gas_cap(
+                &record.calldata,
+                record.chain_id().unwrap_or_default(),
+                chain.gas_caps(),
+            );
             match simulation.map(|(fees, estimate)| (fees, decide::gas_limit(estimate, cap))) {
                 Ok((fees, GasLimit::Limit(gas))) => run.push((i, record, gas, fees)),
                 _ => outcome.push((i, Ran::Alone)),

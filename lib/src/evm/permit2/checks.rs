@@ -3,14 +3,14 @@
 //! deadline, validAfter, amount, token, signature. Each returns the reference's reason string;
 //! none touches the chain.
 
-use alloy::primitives::{Address, U256};
+use alloy::primitives::{Address, Bytes, U256};
 
 use super::{eip712, payload::Permit2Payment, sponsoring};
 use crate::{
     evm::{
         abi::PERMIT2,
         checks::EXPIRY_BUFFER_SECS,
-        signature::{self, EcdsaSignature, SignatureKind},
+        signature::{self, SignatureKind},
     },
     protocol::{Reason, Rejection},
 };
@@ -138,43 +138,50 @@ pub fn token(payment: &Permit2Payment) -> Result<(), Rejection> {
     ))
 }
 
-/// The signature must be the payer's own key's, over Permit2's typed data: 65 bytes that recover
-/// to `from`. Signatures only a contract could judge (ERC-1271, ERC-6492) are refused for Permit2
-/// payments for now (docs/protocol-choices.md), with the reason the reference gives a signature
-/// that does not verify.
-pub fn signer(payment: &Permit2Payment) -> Result<EcdsaSignature, Rejection> {
+/// The signature, as the proxy will pass it to Permit2. A 65-byte signature that recovers to
+/// `from` is the payer key's, sent with `v` as 27 or 28. Anything else may be a deployed contract
+/// wallet's (ERC-1271): Permit2 asks `from`'s code through `isValidSignature` when `from` has
+/// code, and runs `ecrecover` when it has none, so the simulation in the one chain round trip
+/// decides ([`super::facts::judge`] names its signature reverts `invalid_permit2_signature`, an
+/// EOA's wrong signature included), as the reference lets it. ERC-6492-wrapped signatures (a
+/// wallet not deployed yet) are refused here: Permit2 cannot deploy it.
+pub fn signer(payment: &Permit2Payment) -> Result<Bytes, Rejection> {
     let from = payment.authorization.from;
-    let refused = |what: String| Err(Rejection::new(Reason::Permit2InvalidSignature, what));
-    let kind = match signature::classify(&payment.signature) {
-        Ok(kind) => kind,
-        Err(rejection) => return refused(rejection.message),
-    };
-    match kind {
-        SignatureKind::Ecdsa(sig) => {
-            match signature::recover(&eip712::signing_digest(payment), &sig) {
-                Some(signer) if signer == from => Ok(sig),
-                Some(signer) => refused(format!(
-                    "the Permit2 signature recovers to {signer}, not to permit2Authorization.from {from} (wrong key, wrong chain, or a field changed after signing)"
-                )),
-                None => refused("the Permit2 signature recovers to no address".into()),
-            }
+    let raw = &payment.signature;
+    match signature::classify(raw) {
+        Ok(SignatureKind::Ecdsa(sig))
+            if signature::recover(&eip712::signing_digest(payment), &sig) == Some(from) =>
+        {
+            Ok(super::facts::proxy_signature(&sig))
         }
-        SignatureKind::Erc6492(_) | SignatureKind::SmartWallet => refused(format!(
-            "a {}-byte signature is a contract wallet's; this facilitator accepts Permit2 payments signed by the payer's own key (65 bytes) only",
-            payment.signature.len()
+        Ok(SignatureKind::Erc6492(_)) => Err(erc6492_refused(raw.len())),
+        Err(_) if signature::is_erc6492(raw) => Err(erc6492_refused(raw.len())),
+        _ if raw.is_empty() => Err(Rejection::new(
+            Reason::Permit2InvalidSignature,
+            "the Permit2 signature is empty",
         )),
+        _ => Ok(raw.clone()),
     }
 }
 
+/// An ERC-6492 wrapper: the wallet it names is not deployed, and Permit2 (unlike an EIP-3009
+/// token asked through this facilitator's deploying call) would find no code to ask.
+fn erc6492_refused(len: usize) -> Rejection {
+    Rejection::new(
+        Reason::Permit2InvalidSignature,
+        format!("a {len}-byte ERC-6492 signature is an undeployed wallet's; this facilitator accepts Permit2 payments from keys and deployed contract wallets only"),
+    )
+}
+
 /// Every local check, in the reference's order, with the accepted-asset check of the EIP-3009
-/// path ahead of them and the `eip2612GasSponsoring` extension's after them. Returns the signature, split for the proxy's call.
+/// path ahead of them and the `eip2612GasSponsoring` extension's after them. Returns the signature as the proxy takes it ([`signer`]).
 /// `upto` is the signer this network advertises for `upto` payments.
 pub fn all(
     payment: &Permit2Payment,
     accepted: &[Address],
     upto: Option<Address>,
     now: u64,
-) -> Result<EcdsaSignature, Rejection> {
+) -> Result<Bytes, Rejection> {
     crate::evm::checks::asset_accepted(payment.asset, accepted)?;
     spender(payment)?;
     recipient(payment)?;
@@ -195,7 +202,7 @@ pub fn terms(
     payment: &Permit2Payment,
     accepted: &[Address],
     upto: Option<Address>,
-) -> Result<EcdsaSignature, Rejection> {
+) -> Result<Bytes, Rejection> {
     crate::evm::checks::asset_accepted(payment.asset, accepted)?;
     spender(payment)?;
     recipient(payment)?;

@@ -45,7 +45,7 @@ pub fn proxy_signature(sig: &EcdsaSignature) -> Bytes {
 /// request alone, and the proxy goes on with the transfer when the token rejects a permit it no
 /// longer needs). An `upto` payment calls the upto proxy's, with the amount to charge
 /// ([`upto_calldata`]).
-pub fn settle_calldata(payment: &Permit2Payment, sig: &EcdsaSignature) -> Bytes {
+pub fn settle_calldata(payment: &Permit2Payment, sig: &Bytes) -> Bytes {
     use IX402ExactPermit2Proxy as Proxy;
     if payment.is_upto() {
         return upto_calldata(payment, sig);
@@ -63,7 +63,7 @@ pub fn settle_calldata(payment: &Permit2Payment, sig: &EcdsaSignature) -> Bytes 
         to: a.to,
         validAfter: a.valid_after,
     };
-    let signature = proxy_signature(sig);
+    let signature = sig.clone();
     match payment.sponsor() {
         None => Proxy::settleCall {
             permit,
@@ -87,7 +87,7 @@ pub fn settle_calldata(payment: &Permit2Payment, sig: &EcdsaSignature) -> Bytes 
 /// The upto proxy's `settle(permit, amount, owner, witness, signature)` (or `settleWithPermit`),
 /// charging `payment.amount`: the requirements' amount, the maximum at `/verify` and the actual
 /// charge at `/settle`.
-fn upto_calldata(payment: &Permit2Payment, sig: &EcdsaSignature) -> Bytes {
+fn upto_calldata(payment: &Permit2Payment, sig: &Bytes) -> Bytes {
     use IX402UptoPermit2Proxy as Proxy;
     let a = &payment.authorization;
     let permit = Proxy::PermitTransferFrom {
@@ -103,7 +103,7 @@ fn upto_calldata(payment: &Permit2Payment, sig: &EcdsaSignature) -> Bytes {
         facilitator: a.facilitator.unwrap_or_default(),
         validAfter: a.valid_after,
     };
-    let signature = proxy_signature(sig);
+    let signature = sig.clone();
     match payment.sponsor() {
         None => Proxy::settleCall {
             permit,
@@ -137,17 +137,14 @@ fn upto_calldata(payment: &Permit2Payment, sig: &EcdsaSignature) -> Bytes {
 
 /// The second `eth_call` of an `upto` payment's checks: the settlement, from the facilitator the
 /// witness names (the upto proxy refuses any other caller): `(from, to, calldata)`.
-pub fn upto_simulation(
-    payment: &Permit2Payment,
-    sig: &EcdsaSignature,
-) -> Option<(Address, Address, Bytes)> {
+pub fn upto_simulation(payment: &Permit2Payment, sig: &Bytes) -> Option<(Address, Address, Bytes)> {
     let facilitator = payment.authorization.facilitator?;
     Some((facilitator, payment.proxy(), settle_calldata(payment, sig)))
 }
 
 /// The one Multicall3 call that reads every fact (see the module's doc for the order); for an
 /// `upto` payment, the reads without the settlement.
-pub fn batch_calldata(payment: &Permit2Payment, sig: &EcdsaSignature) -> Bytes {
+pub fn batch_calldata(payment: &Permit2Payment, sig: &Bytes) -> Bytes {
     let a = &payment.authorization;
     let proxy = payment.proxy();
     let call = |target: Address, data: Vec<u8>| IMulticall3::Call {
@@ -249,6 +246,7 @@ fn nonce_used(nonce: U256, word: U256) -> bool {
 pub fn judge(payment: &Permit2Payment, facts: &ChainFacts) -> Result<(), Rejection> {
     let a = &payment.authorization;
     proxy_deployed(payment, facts)?;
+    signature_accepted(facts)?;
     if facts
         .nonce_word
         .is_some_and(|word| nonce_used(a.nonce, word))
@@ -301,6 +299,43 @@ pub fn judge(payment: &Permit2Payment, facts: &ChainFacts) -> Result<(), Rejecti
             format!("the simulated settlement through the proxy reverted: {revert}"),
         )),
     }
+}
+
+/// Permit2 refused the signature in the simulated settlement: `ecrecover` gave another signer
+/// (an EOA payer, or a payer whose code Permit2 did not find), or the payer's contract wallet
+/// answered `isValidSignature` with anything but its magic value. Permit2 checks the signature
+/// after the nonce and before moving anything, so this comes before balance and allowance: what
+/// the reference's local check says of a wrong key's signature, whatever the payer holds.
+fn signature_accepted(facts: &ChainFacts) -> Result<(), Rejection> {
+    match &facts.settle {
+        Err(revert) if is_signature_revert(revert) => Err(Rejection::new(
+            Reason::Permit2InvalidSignature,
+            format!("Permit2 refused the payer's signature in the simulated settlement: {revert}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Whether a revert, as [`revert_name`] names it or as a node reports it (its raw data in hex),
+/// is one of Permit2's signature errors (the same in canonical Permit2 and the local stand-in).
+pub fn is_signature_revert(revert: &str) -> bool {
+    use IPermit2::{
+        InvalidContractSignature, InvalidSignature, InvalidSignatureLength, InvalidSigner,
+    };
+    let errors: [(&str, [u8; 4]); 4] = [
+        ("InvalidSignatureLength", InvalidSignatureLength::SELECTOR),
+        ("InvalidSignature", InvalidSignature::SELECTOR),
+        ("InvalidSigner", InvalidSigner::SELECTOR),
+        (
+            "InvalidContractSignature",
+            InvalidContractSignature::SELECTOR,
+        ),
+    ];
+    let lower = revert.to_ascii_lowercase();
+    errors.iter().any(|(name, selector)| {
+        revert.starts_with(&format!("{name}({name}")) && revert.ends_with("(Permit2)")
+            || lower.contains(&alloy::primitives::hex::encode(selector))
+    })
 }
 
 /// The payment's proxy (exact or upto) is there, and uses the canonical Permit2.

@@ -12,6 +12,7 @@
 //! - [`sponsoring`]: the `eip2612GasSponsoring` extension (a payer without a Permit2 allowance
 //!   sends an EIP-2612 permit; the settlement is the proxy's `settleWithPermit`);
 //! - [`checks`]: the local checks, one function each;
+//! - [`signer`]: whether a stored settlement's signature is the payer key's or a contract wallet's;
 //! - [`facts`]: the one batched chain read and the pure verdict on it;
 //! - [`verify`]: the two composed on [`crate::evm::ExactEvm`].
 //!
@@ -24,6 +25,7 @@ pub mod checks;
 pub mod eip712;
 pub mod facts;
 pub mod payload;
+pub mod signer;
 pub mod sponsoring;
 pub mod verify;
 

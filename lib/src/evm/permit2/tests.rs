@@ -288,9 +288,11 @@ fn the_margins_are_the_references() {
 }
 
 #[test]
-fn a_field_changed_after_signing_is_an_invalid_signature() {
-    // Every field but `from` is signed; each change must break the signature. Those that other
-    // checks would catch first are changed in both the authorization and the requirements.
+fn a_field_changed_after_signing_leaves_the_signature_to_permit2() {
+    // Every field but `from` is signed; each change makes the signature recover to another
+    // address. A contract wallet's signature does the same, so the local checks pass it on as
+    // sent, and Permit2's own check in the simulation decides (its `InvalidSigner` is
+    // `invalid_permit2_signature`, see `judge::a_signature_revert_is_an_invalid_signature`).
     let mut nonce = Case::new();
     nonce.authorization["nonce"] = json!("1");
     let mut deadline = Case::new();
@@ -305,32 +307,59 @@ fn a_field_changed_after_signing_is_an_invalid_signature() {
         ("validAfter", valid_after),
         ("from", from),
     ] {
-        assert_eq!(
-            case.reason(),
-            Some(Reason::Permit2InvalidSignature),
-            "{name}"
+        let typed = case.typed();
+        let sent: Bytes = case.signature.parse().unwrap();
+        assert_eq!(checks::signer(&typed).unwrap(), sent, "{name}");
+        let calldata = facts::settle_calldata(&typed, &sent);
+        assert!(
+            !super::signer::signed_by_key(&calldata, CHAIN_ID),
+            "{name}: not the owner key's"
         );
     }
 }
 
 #[test]
-fn a_signature_over_another_chain_is_invalid() {
+fn the_owners_key_signature_reads_as_a_keys_in_the_settlement() {
     let case = Case::new();
-    let mut typed = case.typed();
-    typed.chain_id = 8453;
-    assert_eq!(
-        checks::signer(&typed).unwrap_err().reason,
-        Reason::Permit2InvalidSignature
+    let typed = case.typed();
+    let calldata = facts::settle_calldata(&typed, &checks::signer(&typed).unwrap());
+    assert!(super::signer::signed_by_key(&calldata, CHAIN_ID));
+    assert!(
+        !super::signer::signed_by_key(&calldata, 8453),
+        "over another chain it recovers to someone else"
     );
 }
 
 #[test]
-fn contract_wallet_signatures_are_refused_for_now() {
+fn contract_wallet_signatures_go_to_the_chain_as_sent() {
     for (name, signature) in [
         ("64-byte EIP-2098", format!("0x{}", "11".repeat(64))),
         ("smart wallet", format!("0x{}", "11".repeat(100))),
-        ("empty", "0x".to_owned()),
         ("v out of range", format!("0x{}1d", "11".repeat(64))),
+    ] {
+        let mut case = Case::new();
+        case.signature = signature.clone();
+        assert_eq!(case.reason(), None, "{name}");
+        let sent: Bytes = signature.parse().unwrap();
+        assert_eq!(checks::signer(&case.typed()).unwrap(), sent, "{name}");
+    }
+}
+
+#[test]
+fn empty_and_erc6492_signatures_are_refused_locally() {
+    let inner = Bytes::from(vec![0x11; 65]);
+    let factory = address!("0x6492649264926492649264926492649264926492");
+    let mut wrapped = (factory, Bytes::from(vec![1, 2, 3]), inner).abi_encode_params();
+    wrapped.extend_from_slice(&[0x64, 0x92].repeat(16));
+    let mut undecodable = vec![0u8; 10];
+    undecodable.extend_from_slice(&[0x64, 0x92].repeat(16));
+    for (name, signature) in [
+        ("empty", "0x".to_owned()),
+        ("ERC-6492", Bytes::from(wrapped).to_string()),
+        (
+            "ERC-6492, undecodable",
+            Bytes::from(undecodable).to_string(),
+        ),
     ] {
         let mut case = Case::new();
         case.signature = signature;
@@ -350,8 +379,7 @@ fn v_0_or_1_is_normalised_for_the_proxy() {
     case.signature = Bytes::from(raw).to_string();
     let typed = case.typed();
     let sig = checks::signer(&typed).unwrap();
-    assert!(matches!(sig.v, 27 | 28));
-    assert_eq!(facts::proxy_signature(&sig)[64], sig.v);
+    assert!(matches!(sig[64], 27 | 28));
 }
 
 #[test]
@@ -470,15 +498,46 @@ mod judge {
     }
 
     #[test]
+    fn a_signature_revert_is_an_invalid_signature() {
+        let errors = [
+            IPermit2::InvalidSigner {}.abi_encode(),
+            IPermit2::InvalidSignature {}.abi_encode(),
+            IPermit2::InvalidSignatureLength {}.abi_encode(),
+            IPermit2::InvalidContractSignature {}.abi_encode(),
+        ];
+        for data in errors {
+            // Before balance and allowance: Permit2 checks the signature before moving anything.
+            let named = ChainFacts {
+                settle: Err(facts::revert_name(&data)),
+                balance: Some(U256::ZERO),
+                ..fine()
+            };
+            assert_eq!(reason(named), Some(Reason::Permit2InvalidSignature));
+            // As a node reports the upto simulation's revert: its data in hex.
+            let hex = alloy::primitives::hex::encode(&data);
+            let reported = ChainFacts {
+                settle: Err(format!("execution reverted: custom error 0x{hex}")),
+                ..fine()
+            };
+            assert_eq!(reason(reported), Some(Reason::Permit2InvalidSignature));
+        }
+    }
+
+    #[test]
     fn any_other_revert_is_simulation_failed_and_named() {
         let facts = ChainFacts {
-            settle: Err(facts::revert_name(&IPermit2::InvalidSigner {}.abi_encode())),
+            settle: Err(facts::revert_name(
+                &IPermit2::InvalidAmount {
+                    maxAmount: U256::from(1u8),
+                }
+                .abi_encode(),
+            )),
             ..fine()
         };
         let rejection = facts::judge(&payment(), &facts).unwrap_err();
         assert_eq!(rejection.reason, Reason::Permit2SimulationFailed);
         assert!(
-            rejection.message.contains("InvalidSigner"),
+            rejection.message.contains("InvalidAmount"),
             "{}",
             rejection.message
         );
@@ -540,9 +599,11 @@ fn settle_checks_the_terms_without_the_time_window_and_the_window_apart() {
             .map_err(|r| r.reason),
         Err(Reason::Permit2DeadlineExpired)
     );
-    // The other checks still apply: a field changed after signing.
+    // The other checks still apply: an ERC-6492 signature (an undeployed wallet's).
     let mut wrong = Case::new();
-    wrong.authorization["deadline"] = json!((NOW + 61).to_string());
+    let mut wrapped = vec![0u8; 10];
+    wrapped.extend_from_slice(&[0x64, 0x92].repeat(16));
+    wrong.signature = Bytes::from(wrapped).to_string();
     assert_eq!(
         scheme()
             .check_permit2_terms(&wrong.payment())

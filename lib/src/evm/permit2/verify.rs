@@ -16,7 +16,7 @@ use super::{
     payload::Permit2Payment,
 };
 use crate::{
-    evm::{abi::MULTICALL3, signature::EcdsaSignature, CallOutcome, ExactEvm, Transfer},
+    evm::{abi::MULTICALL3, CallOutcome, ExactEvm, Transfer},
     protocol::{Payment, Reason, Rejection},
 };
 
@@ -24,8 +24,9 @@ use crate::{
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Permit2Checked {
     pub payment: Permit2Payment,
-    /// The payer's own signature (Permit2 payers are EOAs here), split and normalised.
-    pub signature: EcdsaSignature,
+    /// The signature as the proxy passes it to Permit2: the payer key's with `v` normalised, or a
+    /// deployed contract wallet's as sent ([`super::checks::signer`]).
+    pub signature: Bytes,
 }
 
 impl Permit2Checked {
@@ -184,7 +185,7 @@ impl ExactEvm {
     async fn permit2_facts(
         &self,
         payment: &Permit2Payment,
-        signature: &EcdsaSignature,
+        signature: &Bytes,
     ) -> Result<ChainFacts, Rejection> {
         let batch = self
             .chain()
