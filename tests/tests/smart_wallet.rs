@@ -11,8 +11,7 @@ use alloy::{
     primitives::{Address, Bytes, B256, U256},
     providers::ext::AnvilApi,
     signers::local::PrivateKeySigner,
-    sol,
-    sol_types::{SolCall, SolValue},
+    sol_types::SolValue,
 };
 use common::*;
 use facilitator::store::State;
@@ -21,30 +20,9 @@ use serde_json::{json, Value};
 /// The tests here count RPC requests: they must not run at the same time.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-sol! {
-    function initialize(address owner) external;
-}
-
 /// Places the project's ERC-1271 test wallet, owned by `owner`, at a fresh address and funds it.
 async fn place_wallet(owner: Address) -> Address {
-    let s = stack();
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../.local/contracts/TestSmartWallet.json"
-    );
-    let artifact: Value = serde_json::from_str(
-        &std::fs::read_to_string(path).expect("the stack compiled the contracts"),
-    )
-    .unwrap();
-    let wallet = Address::from_slice(&random_nonce()[12..]);
-    let code: Bytes = serde_json::from_value(artifact["deployedBytecode"].clone()).unwrap();
-    anvil().anvil_set_code(wallet, code).await.unwrap();
-    send_from_anvil_account(
-        s.deployer.address,
-        wallet,
-        initializeCall { owner }.abi_encode().into(),
-    )
-    .await;
+    let wallet = place_test_wallet(owner).await;
     mint_usdc(wallet, U256::from(10_000_000u64)).await;
     wallet
 }

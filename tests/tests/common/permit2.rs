@@ -386,23 +386,27 @@ pub async fn permit2_payer(allowance: U256) -> PrivateKeySigner {
     };
     send_from_anvil_account(s.deployer.address, s.permit_token, mint.abi_encode().into()).await;
     if allowance > U256::ZERO {
-        let anvil = anvil();
-        anvil
-            .anvil_set_balance(address, U256::from(10u64).pow(U256::from(18)))
-            .await
-            .unwrap();
-        anvil.anvil_impersonate_account(address).await.unwrap();
-        let approve = abi::approveCall {
-            spender: PERMIT2,
-            value: allowance,
-        };
-        send_from_anvil_account(address, s.permit_token, approve.abi_encode().into()).await;
-        anvil
-            .anvil_stop_impersonating_account(address)
-            .await
-            .unwrap();
+        approve_permit2_as(address, allowance).await;
     }
     payer
+}
+
+/// `owner` approves Permit2 for `allowance` of the test token through a transaction of its own,
+/// sent with anvil's impersonation (given some ETH first). A contract wallet's owner would send
+/// the same call through the wallet; the token sees the same `msg.sender`.
+pub async fn approve_permit2_as(owner: Address, allowance: U256) {
+    let anvil = anvil();
+    anvil
+        .anvil_set_balance(owner, U256::from(10u64).pow(U256::from(18)))
+        .await
+        .unwrap();
+    anvil.anvil_impersonate_account(owner).await.unwrap();
+    let approve = abi::approveCall {
+        spender: PERMIT2,
+        value: allowance,
+    };
+    send_from_anvil_account(owner, stack().permit_token, approve.abi_encode().into()).await;
+    anvil.anvil_stop_impersonating_account(owner).await.unwrap();
 }
 
 /// The token's `allowance(owner, Permit2)` at the latest block.
