@@ -136,8 +136,9 @@ impl Facilitator {
 
     /// Every check of [`ExactEvm::check`], then [`Facilitator::confirm`]; the payer on success.
     /// A Permit2 payload (told apart by its shape, as the reference does), and every `upto`
-    /// payment (Permit2 only), goes to [`ExactEvm::verify_permit2`] instead: its payers sign with
-    /// their own keys, so no contract-wallet standing is asked.
+    /// payment (Permit2 only), goes to [`ExactEvm::check_permit2`] and
+    /// [`Facilitator::confirm_permit2_as`] instead (the one batched `eth_call`, and a contract-wallet
+    /// payer's standing beside it).
     async fn verify_with(
         &self,
         scheme: &ExactEvm,
@@ -145,7 +146,8 @@ impl Facilitator {
     ) -> Result<alloy::primitives::Address, Rejection> {
         let upto = payment.requirements.scheme == UPTO;
         if upto || permit2::is_permit2(&payment.payload) {
-            let checked = scheme.verify_permit2(payment, unix_now()).await?;
+            let checked = scheme.check_permit2(payment, unix_now())?;
+            self.confirm_permit2_as(scheme, &checked, None).await?;
             return Ok(checked.payment.authorization.from);
         }
         let checked = scheme.check(payment, unix_now())?;
@@ -177,13 +179,42 @@ impl Facilitator {
         Ok(gas)
     }
 
+    /// [`ExactEvm::confirm_permit2_as`] and, for a payer whose Permit2 signature is a contract
+    /// wallet's, its standing ([`Facilitator::payer_refusal`]): asked at once, as for EIP-3009.
+    #[tracing::instrument(skip_all, fields(network = %scheme.network().caip2(), method = "permit2"))]
+    pub async fn confirm_permit2_as(
+        &self,
+        scheme: &ExactEvm,
+        checked: &permit2::Permit2Checked,
+        sender: Option<(alloy::primitives::Address, (u128, u128))>,
+    ) -> Result<Option<u64>, Rejection> {
+        let payer = checked.payment.authorization.from;
+        let (confirmed, admitted) = tokio::join!(
+            scheme.confirm_permit2_as(checked, sender),
+            self.admitted(scheme, payer, checked.signed_by_contract())
+        );
+        let gas = confirmed?;
+        admitted?;
+        Ok(gas)
+    }
+
+    async fn payer_admitted(&self, scheme: &ExactEvm, checked: &Checked) -> Result<(), Rejection> {
+        let payer = checked.payment.authorization.from;
+        self.admitted(scheme, payer, checked.signer.is_contract())
+            .await
+    }
+
     /// A payer signing with its own key is never refused here: its transfer's outcome is the
     /// token's, which the simulation covers. A contract wallet is, while its run of reverts lasts.
-    async fn payer_admitted(&self, scheme: &ExactEvm, checked: &Checked) -> Result<(), Rejection> {
-        if !checked.signer.is_contract() {
+    async fn admitted(
+        &self,
+        scheme: &ExactEvm,
+        payer: alloy::primitives::Address,
+        by_contract: bool,
+    ) -> Result<(), Rejection> {
+        if !by_contract {
             return Ok(());
         }
-        let payer = checked.payment.authorization.from;
         match self.payer_refusal(scheme.network().caip2(), payer).await {
             Ok(None) => Ok(()),
             Ok(Some(refused)) => Err(refused),

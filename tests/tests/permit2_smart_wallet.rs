@@ -146,3 +146,32 @@ async fn an_eoas_wrong_signature_is_still_an_invalid_permit2_signature() {
     assert_eq!(rpc_counts().await["methods"], json!({"eth_call": 1}));
     settle_refuses_the_signature(&payment).await;
 }
+
+#[tokio::test]
+async fn with_contract_wallets_off_a_wallets_permit2_payment_is_refused_before_the_chain_is_asked()
+{
+    let _one = ONE_AT_A_TIME.lock().await;
+    let owner = PrivateKeySigner::random();
+    let wallet = funded_wallet(owner.address()).await;
+    let (_server, base) = start_local_server(&[("X402_CONTRACT_WALLETS", "off")]).await;
+
+    reset_rpc_counts().await;
+    let payment = from_wallet(&owner, wallet);
+    for path in ["/verify", "/settle"] {
+        let answer = post_json(&base, path, &payment.body()).await;
+        assert_eq!(answer.status, 200, "{path}: {:?}", answer.json);
+        let (reason, message) = match path {
+            "/verify" => ("invalidReason", "invalidMessage"),
+            _ => ("errorReason", "errorMessage"),
+        };
+        assert_eq!(answer.json[reason], "invalid_permit2_signature", "{path}");
+        let message = answer.json[message].as_str().unwrap_or_default();
+        assert!(message.contains("no contract-wallet"), "{path}: {message}");
+    }
+    assert_eq!(
+        rpc_counts().await["rpc_requests"],
+        0,
+        "refused before the chain is asked"
+    );
+    assert!(find_payment_record(&payment.record_id()).await.is_none());
+}

@@ -170,6 +170,11 @@ impl ExactEvm {
         self.upto
     }
 
+    /// Whether payers that are contract wallets are accepted on this network (`X402_CONTRACT_WALLETS`).
+    pub fn contract_wallets(&self) -> bool {
+        self.contract_wallets
+    }
+
     /// Accepts (the default) or refuses contract-wallet payers (`X402_CONTRACT_WALLETS`).
     pub fn with_contract_wallets(mut self, allowed: bool) -> Self {
         self.contract_wallets = allowed;

@@ -547,7 +547,11 @@ impl Settler {
                 Terms::Eip3009(checked) => {
                     self.facilitator.confirm_as(r.scheme, checked, sender).await
                 }
-                Terms::Permit2(checked) => r.scheme.confirm_permit2_as(checked, sender).await,
+                Terms::Permit2(checked) => {
+                    self.facilitator
+                        .confirm_permit2_as(r.scheme, checked, sender)
+                        .await
+                }
             };
             match confirmed {
                 Err(rejection)

@@ -785,3 +785,23 @@ fn judge_fine() -> ChainFacts {
         settle: Ok(()),
     }
 }
+
+#[test]
+fn with_contract_wallets_off_a_signature_not_the_payers_key_is_refused_before_the_chain() {
+    let off = scheme().with_contract_wallets(false);
+    let key_signed = Case::new();
+    assert!(off.check_permit2(&key_signed.payment(), NOW).is_ok());
+    assert!(off.check_permit2_terms(&key_signed.payment()).is_ok());
+    let mut wallet = Case::new();
+    wallet.signature = format!("0x{}", "11".repeat(100));
+    for refused in [
+        off.check_permit2(&wallet.payment(), NOW).map(drop),
+        off.check_permit2_terms(&wallet.payment()).map(drop),
+    ] {
+        assert_eq!(
+            refused.map_err(|r| r.reason),
+            Err(Reason::Permit2InvalidSignature)
+        );
+    }
+    assert!(scheme().check_permit2(&wallet.payment(), NOW).is_ok());
+}

@@ -8,7 +8,6 @@ use alloy::{
     primitives::{keccak256, Address, Bytes, B256},
     sol_types::SolValue,
 };
-use tracing::instrument;
 
 use super::{
     checks,
@@ -67,6 +66,12 @@ impl Permit2Checked {
         })
     }
 
+    /// Whether the signature is not the payer key's, so Permit2 asks the payer's code about it
+    /// ([`super::signer::signed_by_key`], the worker's reading of the stored calldata).
+    pub fn signed_by_contract(&self) -> bool {
+        !super::signer::signed_by_key(&self.settle_calldata(), self.payment.chain_id)
+    }
+
     /// What the payment moves when it settles: the token's `Transfer(payer → payTo, amount)`,
     /// `amount` being the requirements' (for `exact` the checks made it the permitted amount; for
     /// `upto` at `/settle`, the charge).
@@ -88,34 +93,30 @@ impl ExactEvm {
     pub fn check_permit2(&self, payment: &Payment, now: u64) -> Result<Permit2Checked, Rejection> {
         let typed = self.parse_permit2(payment)?;
         let signature = checks::all(&typed, self.assets(), self.upto(), now)?;
-        Ok(Permit2Checked {
+        self.wallets_allowed(Permit2Checked {
             payment: typed,
             signature,
         })
     }
 
-    /// Full verification of a Permit2 payment: [`ExactEvm::check_permit2`], then one `eth_call`
-    /// (Multicall3) reading the proxy, balance, allowance and nonce and simulating the proxy's
-    /// `settle`, judged by [`facts::judge`]. Reads the chain; writes nothing anywhere (DESIGN I1).
-    #[instrument(skip_all, fields(network = %self.network().caip2(), method = "permit2"))]
-    pub async fn verify_permit2(
-        &self,
-        payment: &Payment,
-        now: u64,
-    ) -> Result<Permit2Checked, Rejection> {
-        let checked = self.check_permit2(payment, now)?;
-        let facts = self
-            .permit2_facts(&checked.payment, &checked.signature)
-            .await?;
-        facts::judge(&checked.payment, &facts)?;
-        Ok(checked)
+    /// With contract wallets turned off (`X402_CONTRACT_WALLETS=off`), a signature that is not the
+    /// payer key's is refused before the chain is asked, as on the EIP-3009 path.
+    fn wallets_allowed(&self, checked: Permit2Checked) -> Result<Permit2Checked, Rejection> {
+        if self.contract_wallets() || !checked.signed_by_contract() {
+            return Ok(checked);
+        }
+        let from = checked.payment.authorization.from;
+        Err(Rejection::new(
+            Reason::Permit2InvalidSignature,
+            format!("the Permit2 signature does not recover to {from}, and this facilitator accepts no contract-wallet (ERC-1271) signatures: sign with {from}'s own key"),
+        ))
     }
 
     /// [`ExactEvm::check_permit2`] without the time window, for `/settle`.
     pub fn check_permit2_terms(&self, payment: &Payment) -> Result<Permit2Checked, Rejection> {
         let typed = self.parse_permit2(payment)?;
         let signature = checks::terms(&typed, self.assets(), self.upto())?;
-        Ok(Permit2Checked {
+        self.wallets_allowed(Permit2Checked {
             payment: typed,
             signature,
         })
