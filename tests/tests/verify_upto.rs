@@ -184,3 +184,17 @@ async fn a_permit2_nonce_used_by_an_exact_payment_is_permit2_invalid_nonce() {
         Some("permit2_invalid_nonce")
     );
 }
+
+#[tokio::test]
+async fn a_signature_by_another_key_is_invalid_permit2_signature() {
+    // Not refused locally (it could be a contract wallet's): the upto simulation, sent from the
+    // facilitator, reverts with Permit2's InvalidSigner, as the node reports it.
+    let payer = approved_payer().await;
+    let payment = Permit2Builder::upto(alloy::signers::local::PrivateKeySigner::random())
+        .edit(|p| p.from = payer.address())
+        .sign();
+    assert_eq!(
+        reason(&payment).await.as_deref(),
+        Some("invalid_permit2_signature")
+    );
+}
