@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use alloy::{
     primitives::{Address, U256},
+    providers::ext::AnvilApi,
     signers::local::PrivateKeySigner,
     sol_types::SolCall,
 };
@@ -174,4 +175,67 @@ async fn with_contract_wallets_off_a_wallets_permit2_payment_is_refused_before_t
         "refused before the chain is asked"
     );
     assert!(find_payment_record(&payment.record_id()).await.is_none());
+}
+
+/// Sets the test wallet's `hostile` switch (storage slot 1): it then burns the gas it is given
+/// and refuses every signature, as its owner could make it do between simulation and mining.
+async fn set_hostile(wallet: Address, hostile: bool) {
+    let value = alloy::primitives::B256::from(U256::from(u8::from(hostile)));
+    anvil()
+        .anvil_set_storage_at(wallet, U256::from(1), value)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_wallet_reverting_its_permit2_settlements_costs_at_most_its_cap_and_is_refused() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let owner = PrivateKeySigner::random();
+    let wallet = funded_wallet(owner.address()).await;
+    let cap = config().networks[0].gas_caps.contract_wallet;
+    for round in 1..=config().payer_reverts.limit {
+        let payment = from_wallet(&owner, wallet);
+        let mining = MiningStopped::start().await;
+        let body = payment.body();
+        let settling = tokio::spawn(async move { settle(&body).await });
+        let id = payment.record_id();
+        let sent = eventually(
+            "the worker's transaction in the pool",
+            300,
+            Duration::from_millis(100),
+            || async {
+                match find_payment_record(&id).await {
+                    Some(r) if r.state == State::Submitted => Ok(r),
+                    seen => Err(seen.map(|r| r.state)),
+                }
+            },
+        )
+        .await;
+        set_hostile(wallet, true).await;
+        mine().await;
+        let answer = settling.await.unwrap();
+        set_hostile(wallet, false).await;
+        drop(mining);
+        assert_eq!(
+            answer.json["success"], false,
+            "round {round}: {:?}",
+            answer.json
+        );
+        let mined = receipt(sent.tx_hash.unwrap()).await.expect("mined");
+        assert!(!mined.status(), "round {round}: the settlement reverted");
+        assert!(
+            mined.gas_used <= cap,
+            "round {round}: {} gas",
+            mined.gas_used
+        );
+    }
+    // Behaving again, the wallet passes simulation, and is refused at /verify and /settle.
+    let next = from_wallet(&owner, wallet);
+    let verified = verify(&next.body()).await;
+    assert_eq!(verified.json["isValid"], false, "{:?}", verified.json);
+    let message = verified.json["invalidMessage"].as_str().unwrap_or_default();
+    assert!(message.contains("reverted on chain"), "{message}");
+    let settled = settle(&next.body()).await;
+    assert_eq!(settled.json["success"], false, "{:?}", settled.json);
+    assert!(find_payment_record(&next.record_id()).await.is_none());
 }
