@@ -1,5 +1,6 @@
-//! The `exact` payment scheme on EVM chains: the EIP-3009 method (`transferWithAuthorization`),
-//! verified and settled, and the Permit2 method ([`permit2`]), verified only so far.
+//! Payments on EVM chains: `exact` by EIP-3009 (`transferWithAuthorization`, from a key, a deployed
+//! ERC-1271 wallet, or an ERC-6492 wallet deployed at settle through an allowed factory:
+//! [`counterfactual`]), and `exact` and `upto` by Permit2 ([`permit2`]), each verified and settled.
 
 pub mod abi;
 pub mod answers;
