@@ -10,10 +10,7 @@
 mod common;
 
 use common::*;
-use facilitator::{
-    settle::lane_for,
-    store::{LaneState, State},
-};
+use facilitator::{settle::lane_for, store::LaneState};
 use serde_json::Value;
 
 /// Runs the lanes tool with the test environment; its output, or a panic with its error.
@@ -128,13 +125,7 @@ async fn lanes_go_from_funding_to_active_to_draining_to_retired() {
     let base_for_flight = base.clone();
     let flight = tokio::spawn(async move { post_json(&base_for_flight, "/settle", &body).await });
     let id = in_flight.record_id();
-    eventually("the in-flight payment broadcast", 300, ms(100), || async {
-        match find_payment_record(&id).await {
-            Some(r) if r.state == State::Submitted => Ok(()),
-            seen => Err(seen.map(|r| r.state)),
-        }
-    })
-    .await;
+    wait_sent(&id).await;
     lanes_tool(&["drain", &first]);
     assert!(
         lanes_tool_refuses(&["retire", &first]).contains("open payments"),

@@ -199,18 +199,7 @@ async fn a_wallet_reverting_its_permit2_settlements_costs_at_most_its_cap_and_is
         let body = payment.body();
         let settling = tokio::spawn(async move { settle(&body).await });
         let id = payment.record_id();
-        let sent = eventually(
-            "the worker's transaction in the pool",
-            300,
-            Duration::from_millis(100),
-            || async {
-                match find_payment_record(&id).await {
-                    Some(r) if r.state == State::Submitted => Ok(r),
-                    seen => Err(seen.map(|r| r.state)),
-                }
-            },
-        )
-        .await;
+        let sent = wait_sent(&id).await;
         set_hostile(wallet, true).await;
         mine().await;
         let answer = settling.await.unwrap();

@@ -130,7 +130,7 @@ async fn crash_after_the_record_is_written_then_replay_settles_once() {
     let id = record_payment(&payment, 0).await;
 
     assert!(replay().await.requeued >= 1);
-    wait_for(&id, &[State::Submitted]).await;
+    wait_sent(&id).await;
     assert!(replay().await.settled >= 1);
     assert_settled_once(&id, &payment, before).await;
 }
@@ -151,7 +151,7 @@ async fn crash_after_signing_takes_no_nonce_and_replay_settles_once() {
     assert_eq!(block_number().await, block, "nothing was sent");
 
     assert!(replay().await.requeued >= 1);
-    wait_for(&id, &[State::Submitted]).await;
+    wait_sent(&id).await;
     assert!(replay().await.settled >= 1);
     let record = assert_settled_once(&id, &payment, before).await;
     assert_lane_in_step(&record).await;
@@ -216,11 +216,13 @@ async fn crash_after_the_receipt_before_the_record_moved_then_replay_settles_onc
         .process(&message(&id))
         .await
         .unwrap();
-    let submitted = payment_record(&id).await;
-    assert_eq!(submitted.state, State::Submitted);
-    let hash = submitted
-        .tx_hash
-        .expect("a submitted record names its transaction");
+    let sent = payment_record(&id).await;
+    assert_eq!(
+        sent.state,
+        State::Signed,
+        "the worker does not record its send"
+    );
+    let hash = sent.tx_hash.expect("a sent record names its transaction");
     assert!(receipt(hash).await.is_some(), "mined");
 
     assert!(replay().await.settled >= 1);
@@ -420,7 +422,7 @@ async fn a_lane_nonce_taken_by_another_transaction_is_signed_afresh_and_settles_
         [State::Queued, State::Signed, State::Submitted].contains(&requeued.state),
         "{requeued:?}"
     );
-    wait_for(&id, &[State::Submitted]).await;
+    wait_sent(&id).await;
     assert!(replay().await.settled >= 1);
     let record = assert_settled_once(&id, &payment, before).await;
     assert_ne!(
@@ -569,7 +571,7 @@ async fn a_message_that_keeps_failing_lands_in_the_dead_letter_queue_and_replay_
     assert!(summary.relaned >= 1, "{summary:?}");
     let moved = payment_record(&id).await;
     assert!(config().lane_keys.contains(&moved.lane), "{moved:?}");
-    wait_for(&id, &[State::Submitted]).await;
+    wait_sent(&id).await;
     assert!(replay().await.settled >= 1);
     assert_settled_once(&id, &payment, before).await;
 }
@@ -638,7 +640,7 @@ async fn with_kms_refusing_to_sign_nothing_is_spent_and_the_retry_settles_once()
             break;
         }
     }
-    assert_eq!(payment_record(&id).await.state, State::Submitted);
+    assert!(sent_record(&id).await.is_some(), "sent (and mined)");
     assert!(replay().await.settled >= 1);
     let record = assert_settled_once(&id, &payment, before).await;
     assert_lane_in_step(&record).await;

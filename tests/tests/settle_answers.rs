@@ -275,7 +275,7 @@ async fn a_lagging_node_never_makes_a_mined_payment_fail() {
         .unwrap();
     assert_eq!(
         record.state,
-        State::Submitted,
+        State::Signed,
         "no failure recorded: {record:?}"
     );
 

@@ -14,7 +14,6 @@ use alloy::{
     sol_types::SolValue,
 };
 use common::*;
-use facilitator::store::State;
 use serde_json::{json, Value};
 
 /// The tests here count RPC requests: they must not run at the same time.
@@ -159,18 +158,7 @@ async fn settle_against_a_hostile_wallet(
     let body = payment.body();
     let settling = tokio::spawn(async move { settle(&body).await });
     let id = payment.record_id();
-    let sent = eventually(
-        "the worker's transaction in the pool",
-        300,
-        ms(100),
-        || async {
-            match find_payment_record(&id).await {
-                Some(r) if r.state == State::Submitted => Ok(r),
-                seen => Err(seen.map(|r| r.state)),
-            }
-        },
-    )
-    .await;
+    let sent = wait_sent(&id).await;
     set_hostile(wallet, true).await;
     mine().await;
     let answer = settling.await.unwrap();
@@ -178,10 +166,6 @@ async fn settle_against_a_hostile_wallet(
     set_hostile(wallet, false).await;
     let hash = sent.tx_hash.unwrap();
     (answer.json, receipt(hash).await.expect("mined"))
-}
-
-fn ms(millis: u64) -> std::time::Duration {
-    std::time::Duration::from_millis(millis)
 }
 
 #[tokio::test]

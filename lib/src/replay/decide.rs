@@ -7,7 +7,7 @@ use crate::{
     lifecycle::UsedBy,
     protocol::Reason,
     settle::lane_for,
-    store::{Failure, Mined, PaymentRecord, State},
+    store::{Failure, Mined, PaymentRecord},
 };
 
 /// What replay does with a `queued` record.
@@ -37,11 +37,11 @@ pub fn queued_plan(record: &PaymentRecord, now: u64, lanes: &[String]) -> Queued
 pub enum InFlightPlan {
     /// Its lane nonce was used by another transaction: none of its own can ever be mined.
     NonceTaken,
-    /// `signed` (a crash between the write-ahead and the broadcast): send the stored bytes.
-    Submit,
     /// Past `validBefore`: ask the worker for a zero-value self-transfer at its nonce.
     Cancel,
-    /// `submitted` and valid: whether the node still has it decides ([`pool_plan`]).
+    /// Valid: whether the node has it decides ([`pool_plan`]). Asked of a `signed` record too: the
+    /// worker does not record its broadcast, so `signed` is either sent and waiting or never sent
+    /// (a crash between the write-ahead and the broadcast), and only the node can tell which.
     CheckPool,
 }
 
@@ -58,17 +58,15 @@ pub fn in_flight_plan(
     } else if expired {
         // Whatever it was, the transfer would now revert: use the nonce without paying.
         InFlightPlan::Cancel
-    } else if record.state == State::Signed {
-        InFlightPlan::Submit
     } else {
         InFlightPlan::CheckPool
     }
 }
 
-/// What replay does with a `submitted`, valid, unmined transaction.
+/// What replay does with a `signed` or `submitted`, valid, unmined transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PoolPlan {
-    /// Dropped from the pool: the same bytes again (I3).
+    /// Not in the pool (dropped, or never sent): the same bytes again (I3).
     Rebroadcast,
     /// Next in its lane and either priced out or passed over: ask the worker for higher fees.
     Bump,
@@ -76,7 +74,7 @@ pub enum PoolPlan {
     Pending,
 }
 
-/// What replay knows of a `submitted`, valid, unmined transaction.
+/// What replay knows of a `signed` or `submitted`, valid, unmined transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolFacts {
     /// The node still has it.
@@ -173,6 +171,7 @@ mod tests {
     use alloy::primitives::B256;
 
     use super::*;
+    use crate::store::State;
 
     fn record(state: State) -> PaymentRecord {
         crate::store::sample(state)
@@ -229,14 +228,6 @@ mod tests {
     }
 
     #[test]
-    fn signed_and_valid_sends_the_stored_bytes() {
-        assert_eq!(
-            in_flight_plan(&record(State::Signed), 7, 7, 999),
-            InFlightPlan::Submit
-        );
-    }
-
-    #[test]
     fn signed_or_submitted_past_valid_before_is_cancelled() {
         for state in [State::Signed, State::Submitted] {
             assert_eq!(
@@ -247,11 +238,15 @@ mod tests {
     }
 
     #[test]
-    fn submitted_and_valid_asks_the_pool() {
-        assert_eq!(
-            in_flight_plan(&record(State::Submitted), 7, 7, 999),
-            InFlightPlan::CheckPool
-        );
+    fn signed_or_submitted_and_valid_asks_the_pool() {
+        // `signed` included: the worker does not record its broadcast, so a `signed` record's
+        // transaction may be in the pool, and sending it again first would only delay a bump.
+        for state in [State::Signed, State::Submitted] {
+            assert_eq!(
+                in_flight_plan(&record(state), 7, 7, 999),
+                InFlightPlan::CheckPool
+            );
+        }
     }
 
     /// A transaction in the pool, next in its lane, fairly priced, sent a second of chain time ago.

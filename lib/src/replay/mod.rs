@@ -16,14 +16,16 @@
 //! - `signed` or `submitted` whose lane nonce another transaction used → `failed` if the
 //!   authorization was used elsewhere, `expired` if it ran out, else back to `queued` to be signed
 //!   afresh (none of its transactions can be mined any more);
-//! - `signed` (a crash between the write-ahead and the broadcast) → the stored bytes are sent;
-//! - `submitted` and dropped from the pool → the stored bytes are sent again (I3): same hash;
-//!   unless it is next in its lane and priced out (nodes drop those and refuse them again): bumped;
-//! - `submitted`, still in the pool and next in its lane, and either priced out (its `maxFeePerGas`
-//!   below the latest base fee) or passed over for `X402_REPLAY_BUMP_AFTER_MS` of *chain* time (the
-//!   latest block's timestamp, which stops when the chain does) → the lane's worker is asked for a
-//!   replacement at the same nonce with higher fees, never above the network's `maxFeePerGas` (the
-//!   only signer stays the worker);
+//! - `signed` or `submitted`, valid, and not in the node's pool → the stored bytes are sent again
+//!   (I3): same hash; a `signed` one moves to `submitted` then. (The worker does not record its
+//!   own broadcast, so `signed` is either sent and waiting or never sent, when the worker died
+//!   between the write-ahead and the broadcast: the node says which.) Unless it is next in its
+//!   lane and priced out (nodes drop those and refuse them again): bumped;
+//! - `signed` or `submitted`, still in the pool and next in its lane, and either priced out (its
+//!   `maxFeePerGas` below the latest base fee) or passed over for `X402_REPLAY_BUMP_AFTER_MS` of
+//!   *chain* time (the latest block's timestamp, which stops when the chain does) → the lane's
+//!   worker is asked for a replacement at the same nonce with higher fees, never above the
+//!   network's `maxFeePerGas` (the only signer stays the worker);
 //! - `signed` or `submitted` past `validBefore` and not mined → the worker is asked to replace it
 //!   with a zero-value self-transfer, so the lane nonce is used and nothing is paid.
 //!
@@ -69,7 +71,7 @@ pub struct Summary {
     pub settled: u32,
     /// `submitted → failed` from the receipt (reverted, or no matching `Transfer`).
     pub failed: u32,
-    /// `submitted`, in the pool, not mined yet, sent less than `X402_REPLAY_BUMP_AFTER_MS` ago.
+    /// In the pool, not mined yet, sent less than `X402_REPLAY_BUMP_AFTER_MS` ago.
     pub pending: u32,
     /// Still unmined after `X402_REPLAY_BUMP_AFTER_MS`: the worker was asked for a replacement
     /// with higher fees.
@@ -78,9 +80,10 @@ pub struct Summary {
     pub cancelling: u32,
     /// Its lane nonce went to another transaction: back to `queued`, to be signed afresh.
     pub resigned: u32,
-    /// `submitted` but dropped by the node: the stored bytes were sent again.
+    /// `submitted` but not in the node's pool: the stored bytes were sent again.
     pub rebroadcast: u32,
-    /// `signed → submitted`: the stored bytes were sent.
+    /// `signed → submitted`: the node did not have the stored bytes (never sent, or dropped);
+    /// they were sent.
     pub submitted: u32,
     /// The node refused the stored bytes; the record is left as it is.
     pub refused: u32,
@@ -351,7 +354,6 @@ impl Replayer {
             InFlightPlan::NonceTaken => {
                 return self.nonce_taken(chain, &record, hash, attempt).await
             }
-            InFlightPlan::Submit => return self.submit(chain, &record).await,
             InFlightPlan::Cancel => Action::Cancelling,
             InFlightPlan::CheckPool => match self
                 .pooled(chain, &record, hash, nonce == mined_nonce)
@@ -381,8 +383,8 @@ impl Replayer {
         }
     }
 
-    /// A `submitted`, valid, unmined transaction, as [`pool_plan`] says: `Ok(Bumped)` when the
-    /// worker is to be asked for a replacement, `Err` with what was done otherwise.
+    /// A `signed` or `submitted`, valid, unmined transaction, as [`pool_plan`] says: `Ok(Bumped)`
+    /// when the worker is to be asked for a replacement, `Err` with what was done otherwise.
     async fn pooled(
         &self,
         chain: &Chain,
@@ -423,6 +425,11 @@ impl Replayer {
             }
         };
         match pool_plan(facts, self.tunables.bump_after) {
+            // Never sent, as far as the node knows (a crash between the write-ahead and the
+            // broadcast, or dropped before replay first saw it): sent now, and `submitted`.
+            PoolPlan::Rebroadcast if record.state == State::Signed => {
+                Err(self.submit(chain, record).await)
+            }
             PoolPlan::Rebroadcast => Err(match lifecycle::send_stored(chain, record).await {
                 Ok(Sent::Accepted) => Action::Rebroadcast,
                 Ok(Sent::Refused(_)) => Action::Refused,

@@ -91,7 +91,6 @@ impl Worker {
                 self.handle_lane(lane, messages, deadline, source.as_ref())
             }))
             .await;
-        self.finish_writes().await;
         let mut response = SqsBatchResponse::default();
         response.batch_item_failures = failures
             .into_iter()

@@ -26,7 +26,8 @@ pub enum Next {
     Expire,
     /// Replay asked for a replacement of the transaction the record still holds.
     Replace,
-    /// `signed` (maybe never sent: a crash after the write-ahead): the stored bytes again.
+    /// `signed` (sent, or never sent: a crash after the write-ahead): the stored bytes again,
+    /// unless the node has them.
     Broadcast,
     /// Anything else: moved on, finished, or a replacement request for a superseded hash.
     Nothing,

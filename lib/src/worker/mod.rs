@@ -121,8 +121,6 @@ pub struct Worker {
     sweep_addresses: Vec<alloy::primitives::Address>,
     /// The lanes' next nonces as this invocation last wrote them ([`nonces`]).
     nonces: nonces::LaneNonces,
-    /// `signed → submitted` writes still running ([`Worker::broadcast`]).
-    submits: std::sync::Mutex<tokio::task::JoinSet<()>>,
     /// How old /settle's simulation may be for its gas to be signed with (`X402_SIMULATION_REUSE_MS`).
     simulation_reuse: Duration,
     /// Whether a lane's new payments of one batch are signed as a run (`X402_LANE_RUNS`).
@@ -150,7 +148,6 @@ impl Worker {
             max_attempts,
             sweep_addresses: Vec::new(),
             nonces: nonces::LaneNonces::default(),
-            submits: Default::default(),
             // Until configured: always simulate again, one payment at a time.
             simulation_reuse: Duration::ZERO,
             lane_runs: false,
@@ -191,9 +188,7 @@ impl Worker {
     pub async fn process(&self, message: &SettlementMessage) -> Result<(), WorkError> {
         // One message is an invocation of its own ([`nonces`]).
         self.nonces.clear();
-        let outcome = self.process_within(message, RETRY_BUDGET).await;
-        self.finish_writes().await;
-        outcome
+        self.process_within(message, RETRY_BUDGET).await
     }
 
     /// [`Worker::process`], where a failure that [`WorkError::retry_in_process`] is tried again
@@ -278,7 +273,7 @@ impl Worker {
                 Ok(())
             }
             Next::Replace => self.replace(record).await,
-            Next::Broadcast => self.broadcast(&record).await.map(drop),
+            Next::Broadcast => self.send_again(&record).await,
             Next::Nothing => Ok(()),
         }
     }
@@ -547,37 +542,30 @@ impl Worker {
         })
     }
 
-    /// Sends a signed record's bytes; what the node said of them. Once the node took them, the
-    /// record's move to `submitted` is written beside the lane's next payment rather than before
-    /// it ([`Worker::finish_writes`]): nothing waits for it (a follower looks for the receipt of a
-    /// `signed` record already), and a lane's payments follow each other one write sooner.
+    /// Sends a signed record's bytes; what the node said of them. The record stays `signed`: the
+    /// worker does not write down that the node took them, as nothing needs it. A follower looks
+    /// for the receipt of a `signed` record, and replay asks the node whether it holds the
+    /// transaction before sending anything again ([`crate::replay`]). One DynamoDB write per
+    /// payment fewer (docs/settlement.md, "What one settlement costs in calls").
     async fn broadcast(&self, record: &PaymentRecord) -> Result<Sent, WorkError> {
         let chain = self.scheme(record)?.chain();
         let sent = lifecycle::send_stored(chain, record).await?;
         self.crash_point(Step::Broadcast)?;
-        if sent == Sent::Accepted {
-            let (store, id) = (self.store.clone(), record.id.clone());
-            self.submits().spawn(async move {
-                if let Err(e) = store.submit(&id).await {
-                    // Left `signed`: replay sends the same bytes again and marks it then.
-                    tracing::warn!(%id, error = %e, "marking a sent payment submitted failed");
-                }
-            });
-        }
         Ok(sent)
     }
 
-    fn submits(&self) -> std::sync::MutexGuard<'_, tokio::task::JoinSet<()>> {
-        self.submits
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Waits for the `submitted` writes [`Worker::broadcast`] left running: before a batch's
-    /// answer, so that none is cut off when the invocation ends.
-    pub async fn finish_writes(&self) {
-        let writes = std::mem::take(&mut *self.submits());
-        writes.join_all().await;
+    /// A `signed` record met again (a redelivered message): the worker that wrote it ahead sent
+    /// it, or died first; it did not record which ([`Worker::broadcast`]). The node says: bytes it
+    /// knows (in its pool, or mined) are not sent again, as a mined transaction's bytes would only
+    /// come back refused ("nonce too low"), which reads as an error in the log.
+    async fn send_again(&self, record: &PaymentRecord) -> Result<(), WorkError> {
+        let chain = self.scheme(record)?.chain();
+        if let Some(hash) = record.tx_hash {
+            if chain.transaction_known(hash).await? {
+                return Ok(());
+            }
+        }
+        self.broadcast(record).await.map(drop)
     }
 
     /// Replaces a `signed` or `submitted` record's transaction with another at the same lane nonce

@@ -9,6 +9,7 @@ use facilitator::store::{PaymentId, PaymentRecord, State, Store};
 use serde::Deserialize;
 
 use super::{
+    chain::transaction,
     stack::{aws, config, stack},
     wait::eventually,
 };
@@ -64,6 +65,28 @@ pub async fn wait_until(
 /// Waits until the record is in one of `states`.
 pub async fn wait_for(id: &str, states: &[State]) -> PaymentRecord {
     wait_until(id, &format!("{states:?}"), |r| states.contains(&r.state)).await
+}
+
+/// The record, if its transaction is sent: `signed` or `submitted`, and the node knows its hash
+/// (in the pool, or mined). The worker does not record its broadcast, so `signed` alone does not
+/// say the transaction left.
+pub async fn sent_record(id: &str) -> Option<PaymentRecord> {
+    let record = find_payment_record(id).await?;
+    let hash = record.tx_hash?;
+    let in_flight = matches!(record.state, State::Signed | State::Submitted);
+    (in_flight && transaction(hash).await.is_some()).then_some(record)
+}
+
+/// Waits until the worker has sent the record's transaction ([`sent_record`]).
+pub async fn wait_sent(id: &str) -> PaymentRecord {
+    let what = format!("{id}'s transaction sent");
+    eventually(&what, 300, Duration::from_millis(100), || async {
+        match sent_record(id).await {
+            Some(record) => Ok(record),
+            None => Err(find_payment_record(id).await.map(|r| (r.state, r.tx_hash))),
+        }
+    })
+    .await
 }
 
 /// An item of the payments table as stored, attribute by attribute, read strongly consistent: for

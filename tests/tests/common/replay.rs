@@ -147,14 +147,13 @@ pub async fn broadcast_unmined(payment: &PaymentBuilder) -> (String, B256) {
         config().require_settle_queue().unwrap().to_owned(),
     );
     queue.enqueue(&id, &config().lane_keys[0]).await.unwrap();
-    let submitted = wait_for(&id, &[State::Submitted]).await;
-    let hash = submitted
-        .tx_hash
-        .expect("a submitted record names its transaction");
-    assert!(
-        transaction(hash).await.is_some(),
-        "the worker's transaction is in the pool"
+    let sent = wait_sent(&id).await;
+    assert_eq!(
+        sent.state,
+        State::Signed,
+        "the worker does not record its send"
     );
+    let hash = sent.tx_hash.expect("a sent record names its transaction");
     assert!(receipt(hash).await.is_none());
     (id, hash)
 }
