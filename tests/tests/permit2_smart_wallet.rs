@@ -65,10 +65,7 @@ async fn settle_refuses_the_signature(payment: &Permit2Builder) {
         "{:?}",
         answer.json
     );
-    assert!(find_payment_record(&payment.record_id()).await.is_none());
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(block_number().await, block, "nothing was sent");
-    assert_eq!(permit_balances(payment).await, before);
+    assert_nothing_recorded_or_sent(payment, before, block).await;
 }
 
 #[tokio::test]
