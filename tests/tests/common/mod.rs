@@ -11,6 +11,7 @@
 //! - [`records`]: DynamoDB's tables read as the library's types;
 //! - [`process`]: processes and threads a test starts and stops however it ends;
 //! - [`wait`]: the one wait-and-ask-again loop;
+//! - [`wallet`]: the ERC-1271 test wallet, its hostile switch, and a settlement it reverts;
 //! - [`own_queue`] (not re-exported): a settlement queue of a test's own, delivered to a worker in
 //!   the test's process;
 //! - [`replay`] (not re-exported): what the replay and fault tests share.
@@ -32,6 +33,7 @@ pub mod records;
 pub mod replay;
 pub mod stack;
 pub mod wait;
+pub mod wallet;
 
 pub use chain::*;
 pub use http::*;
@@ -43,3 +45,4 @@ pub use proxy::*;
 pub use records::*;
 pub use stack::*;
 pub use wait::*;
+pub use wallet::*;
