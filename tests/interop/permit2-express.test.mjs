@@ -14,8 +14,8 @@ import { toClientEvmSigner, x402ExactPermit2ProxyABI, x402ExactPermit2ProxyAddre
 import { registerExactEvmScheme } from "@x402/evm/exact/client";
 import { wrapFetchWithPayment } from "@x402/fetch";
 import { decodeFunctionData, getAddress } from "viem";
-import { PermitChain } from "./lib/permit2.mjs";
-import { startV2ResourceServer } from "./lib/servers.mjs";
+import { PermitChain, permitTokenPrice, permitTokenSpendControls } from "./lib/permit2.mjs";
+import { getPaidReport, startV2ResourceServer } from "./lib/servers.mjs";
 import { facilitatorUrl, loadStack, resourcePort } from "./lib/stack.mjs";
 
 const stack = loadStack();
@@ -29,21 +29,15 @@ const FRONT_ENDS = [
 
 /** The route config's price: the permit token, paid through Permit2. */
 function permit2Price() {
-  return {
-    amount: PRICE.toString(),
-    asset: getAddress(stack.X402_PERMIT_TOKEN),
-    extra: { name: stack.X402_PERMIT_TOKEN_NAME, version: stack.X402_PERMIT_TOKEN_VERSION, assetTransferMethod: "permit2" },
-  };
+  return permitTokenPrice(stack, PRICE, { assetTransferMethod: "permit2" });
 }
 
 /**
- * @x402/fetch paying with `payer` through @x402/evm's exact client. The client refuses any asset
- * but its networks' defaults unless its spend controls allow it: they allow the permit token, up
- * to the price.
+ * @x402/fetch paying with `payer` through @x402/evm's exact client, its spend controls allowing
+ * the permit token up to the price.
  */
 function payingFetch(payer) {
-  const spendControls = { allowedAssets: [{ network: "eip155:84532", asset: getAddress(stack.X402_PERMIT_TOKEN), maxAmountPerPayment: PRICE.toString() }] };
-  const client = registerExactEvmScheme(new x402Client().setSpendControls(spendControls), { signer: toClientEvmSigner(payer, chain.public) });
+  const client = registerExactEvmScheme(new x402Client().setSpendControls(permitTokenSpendControls(stack, PRICE)), { signer: toClientEvmSigner(payer, chain.public) });
   return wrapFetchWithPayment(fetch, client);
 }
 
@@ -52,7 +46,7 @@ for (const frontEnd of FRONT_ENDS) {
     let server;
     let payTo;
     before(async () => {
-      payTo = getAddress(`0x${Buffer.from(crypto.getRandomValues(new Uint8Array(20))).toString("hex")}`);
+      payTo = chain.newPayee();
       server = await startV2ResourceServer({ facilitatorUrl: facilitatorUrl(frontEnd.variable), payTo, port: resourcePort(frontEnd.port), price: permit2Price() });
     });
     after(() => server?.close());
@@ -76,12 +70,7 @@ for (const frontEnd of FRONT_ENDS) {
       const payer = await chain.newPayer({ amount: FUNDED, approved: true });
       const payeeBefore = await chain.balanceOf(payTo);
 
-      const response = await payingFetch(payer)(server.url);
-      assert.equal(response.status, 200, await response.clone().text());
-      assert.deepEqual(await response.json(), { report: "paid content" });
-
-      const settled = decodePaymentResponseHeader(response.headers.get("PAYMENT-RESPONSE"));
-      assert.equal(settled.success, true, JSON.stringify(settled));
+      const settled = await getPaidReport(payingFetch(payer), server.url);
       assert.equal(settled.network, "eip155:84532");
       assert.equal(getAddress(settled.payer), payer.address);
       assert.match(settled.transaction, /^0x[0-9a-f]{64}$/);
@@ -115,7 +104,7 @@ for (const frontEnd of FRONT_ENDS) {
     let server;
     let payTo;
     before(async () => {
-      payTo = getAddress(`0x${Buffer.from(crypto.getRandomValues(new Uint8Array(20))).toString("hex")}`);
+      payTo = chain.newPayee();
       const extensions = { eip2612GasSponsoring: { info: { description: "EIP-2612 permits for Permit2 are submitted by the facilitator", version: "1" } } };
       server = await startV2ResourceServer({ facilitatorUrl: facilitatorUrl(frontEnd.variable), payTo, port: resourcePort(frontEnd.port + 2), price: permit2Price(), extensions });
     });

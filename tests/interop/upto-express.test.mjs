@@ -8,13 +8,13 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { x402Client } from "@x402/core/client";
-import { decodePaymentRequiredHeader, decodePaymentResponseHeader } from "@x402/core/http";
+import { decodePaymentRequiredHeader } from "@x402/core/http";
 import { toClientEvmSigner, x402UptoPermit2ProxyAddress } from "@x402/evm";
 import { UptoEvmScheme } from "@x402/evm/upto/client";
 import { wrapFetchWithPayment } from "@x402/fetch";
 import { getAddress } from "viem";
-import { PermitChain } from "./lib/permit2.mjs";
-import { startV2UptoResourceServer } from "./lib/servers.mjs";
+import { PermitChain, permitTokenPrice, permitTokenSpendControls } from "./lib/permit2.mjs";
+import { getPaidReport, startV2UptoResourceServer } from "./lib/servers.mjs";
 import { facilitatorUrl, loadStack, resourcePort } from "./lib/stack.mjs";
 
 const stack = loadStack();
@@ -31,8 +31,7 @@ const UPTO_SIGNER = getAddress(stack.lanes.at(-1).address);
 
 /** @x402/fetch paying with `payer` through @x402/evm's upto client, allowed the permit token up to the maximum. */
 function payingFetch(payer) {
-  const spendControls = { allowedAssets: [{ network: "eip155:84532", asset: getAddress(stack.X402_PERMIT_TOKEN), maxAmountPerPayment: MAXIMUM.toString() }] };
-  const client = new x402Client().setSpendControls(spendControls).register("eip155:84532", new UptoEvmScheme(toClientEvmSigner(payer, chain.public)));
+  const client = new x402Client().setSpendControls(permitTokenSpendControls(stack, MAXIMUM)).register("eip155:84532", new UptoEvmScheme(toClientEvmSigner(payer, chain.public)));
   return wrapFetchWithPayment(fetch, client);
 }
 
@@ -41,9 +40,8 @@ for (const frontEnd of FRONT_ENDS) {
     let server;
     let payTo;
     before(async () => {
-      payTo = getAddress(`0x${Buffer.from(crypto.getRandomValues(new Uint8Array(20))).toString("hex")}`);
-      const price = { amount: MAXIMUM.toString(), asset: getAddress(stack.X402_PERMIT_TOKEN), extra: { name: stack.X402_PERMIT_TOKEN_NAME, version: stack.X402_PERMIT_TOKEN_VERSION } };
-      server = await startV2UptoResourceServer({ facilitatorUrl: facilitatorUrl(frontEnd.variable), payTo, port: resourcePort(frontEnd.port), price, charge: CHARGE });
+      payTo = chain.newPayee();
+      server = await startV2UptoResourceServer({ facilitatorUrl: facilitatorUrl(frontEnd.variable), payTo, port: resourcePort(frontEnd.port), price: permitTokenPrice(stack, MAXIMUM), charge: CHARGE });
     });
     after(() => server?.close());
 
@@ -60,12 +58,7 @@ for (const frontEnd of FRONT_ENDS) {
       const payer = await chain.newPayer({ amount: FUNDED, approved: true });
       const payeeBefore = await chain.balanceOf(payTo);
 
-      const response = await payingFetch(payer)(server.url);
-      assert.equal(response.status, 200, await response.clone().text());
-      assert.deepEqual(await response.json(), { report: "paid content" });
-
-      const settled = decodePaymentResponseHeader(response.headers.get("PAYMENT-RESPONSE"));
-      assert.equal(settled.success, true, JSON.stringify(settled));
+      const settled = await getPaidReport(payingFetch(payer), server.url);
       assert.equal(settled.amount, CHARGE.toString());
       assert.equal(getAddress(settled.payer), payer.address);
       const receipt = await chain.public.getTransactionReceipt({ hash: settled.transaction });

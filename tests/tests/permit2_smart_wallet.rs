@@ -8,17 +8,14 @@
 
 mod common;
 
-use std::time::Duration;
-
 use alloy::{
     primitives::{Address, U256},
-    providers::ext::AnvilApi,
     signers::local::PrivateKeySigner,
     sol_types::SolCall,
 };
 use common::{replay::*, *};
 use facilitator::store::State;
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// The tests here count RPC requests: they must not run at the same time.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -44,15 +41,6 @@ fn from_wallet(signer: &PrivateKeySigner, wallet: Address) -> Permit2Builder {
         .sign()
 }
 
-async fn verify_reason(body: &Value) -> Value {
-    let answer = verify(body).await;
-    assert_eq!(answer.status, 200, "{:?}", answer.json);
-    match answer.json["isValid"] == true {
-        true => json!("valid"),
-        false => answer.json["invalidReason"].clone(),
-    }
-}
-
 /// `/settle` refuses `payment` with `invalid_permit2_signature`: no record, no transaction,
 /// nothing moved.
 async fn settle_refuses_the_signature(payment: &Permit2Builder) {
@@ -65,10 +53,7 @@ async fn settle_refuses_the_signature(payment: &Permit2Builder) {
         "{:?}",
         answer.json
     );
-    assert!(find_payment_record(&payment.record_id()).await.is_none());
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(block_number().await, block, "nothing was sent");
-    assert_eq!(permit_balances(payment).await, before);
+    assert_nothing_recorded_or_sent(payment, before, block).await;
 }
 
 #[tokio::test]
@@ -177,16 +162,6 @@ async fn with_contract_wallets_off_a_wallets_permit2_payment_is_refused_before_t
     assert!(find_payment_record(&payment.record_id()).await.is_none());
 }
 
-/// Sets the test wallet's `hostile` switch (storage slot 1): it then burns the gas it is given
-/// and refuses every signature, as its owner could make it do between simulation and mining.
-async fn set_hostile(wallet: Address, hostile: bool) {
-    let value = alloy::primitives::B256::from(U256::from(u8::from(hostile)));
-    anvil()
-        .anvil_set_storage_at(wallet, U256::from(1), value)
-        .await
-        .unwrap();
-}
-
 #[tokio::test]
 async fn a_wallet_reverting_its_permit2_settlements_costs_at_most_its_cap_and_is_refused() {
     let _one = ONE_AT_A_TIME.lock().await;
@@ -195,22 +170,13 @@ async fn a_wallet_reverting_its_permit2_settlements_costs_at_most_its_cap_and_is
     let cap = config().networks[0].gas_caps.contract_wallet;
     for round in 1..=config().payer_reverts.limit {
         let payment = from_wallet(&owner, wallet);
-        let mining = MiningStopped::start().await;
-        let body = payment.body();
-        let settling = tokio::spawn(async move { settle(&body).await });
-        let id = payment.record_id();
-        let sent = wait_sent(&id).await;
-        set_hostile(wallet, true).await;
-        mine().await;
-        let answer = settling.await.unwrap();
-        set_hostile(wallet, false).await;
-        drop(mining);
+        let (answer, mined) =
+            settle_against_a_hostile_wallet(payment.body(), payment.record_id(), wallet).await;
         assert_eq!(
             answer.json["success"], false,
             "round {round}: {:?}",
             answer.json
         );
-        let mined = receipt(sent.tx_hash.unwrap()).await.expect("mined");
         assert!(!mined.status(), "round {round}: the settlement reverted");
         assert!(
             mined.gas_used <= cap,

@@ -9,8 +9,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use alloy::primitives::U256;
 use common::{replay::*, *};
 use facilitator::{
@@ -156,10 +154,7 @@ async fn a_permit2_nonce_used_on_chain_is_refused_with_nothing_recorded_or_sent(
     assert_eq!(answer.status, 200, "{:?}", answer.json);
     assert_eq!(outcome(&answer.json), invalid_nonce(), "{:?}", answer.json);
     // Without an event to attribute the use by, no record is made (docs/settlement.md).
-    assert!(find_payment_record(&payment.record_id()).await.is_none());
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(block_number().await, block, "nothing was sent");
-    assert_eq!(permit_balances(&payment).await, before);
+    assert_nothing_recorded_or_sent(&payment, before, block).await;
 }
 
 #[tokio::test]
@@ -176,10 +171,7 @@ async fn a_payer_without_a_permit2_allowance_is_refused_with_nothing_recorded_or
         "{:?}",
         answer.json
     );
-    assert!(find_payment_record(&payment.record_id()).await.is_none());
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(block_number().await, block, "nothing was sent");
-    assert_eq!(permit_balances(&payment).await, before);
+    assert_nothing_recorded_or_sent(&payment, before, block).await;
 }
 
 // ---- a worker crash at each step, then replay: settled exactly once ----
@@ -199,28 +191,9 @@ async fn crash_then_replay_settles_once(step: Step) {
         _ => assert_eq!(left.state, State::Signed, "{left:?}"),
     }
 
-    let mut record = left;
-    for _ in 0..20 {
-        replay().await;
-        record = payment_record(&id).await;
-        if record.state.is_terminal() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    assert_eq!(record.state, State::Settled, "{record:?}");
-    let hash = format!("{:#x}", record.tx_hash.unwrap());
+    // Then the payer's resource server asks: the record answers, with the same transaction.
+    let (hash, _) = replay_until_settled_once(&id, &payment, before, payment.permitted).await;
     assert_through_the_proxy(&hash).await;
-    moved_once(before, permit_balances(&payment).await, payment.permitted);
-
-    // The payer's resource server asks: the record answers, with the same transaction.
-    let answer = settle_to_the_end(&payment.body()).await;
-    assert_eq!(
-        outcome(&answer),
-        (json!(true), Value::Null, json!(hash)),
-        "{answer}"
-    );
-    moved_once(before, permit_balances(&payment).await, payment.permitted);
 }
 
 #[tokio::test]
@@ -344,10 +317,7 @@ async fn a_bad_sponsoring_permit_is_refused_with_nothing_recorded_or_sent() {
             "{:?}",
             answer.json
         );
-        assert!(find_payment_record(&payment.record_id()).await.is_none());
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        assert_eq!(block_number().await, block, "nothing was sent");
-        assert_eq!(permit_balances(&payment).await, before);
+        assert_nothing_recorded_or_sent(&payment, before, block).await;
         assert_eq!(permit2_allowance(payment.from).await, U256::ZERO);
     }
 }

@@ -10,8 +10,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use alloy::primitives::U256;
 use common::{replay::*, *};
 use facilitator::{
@@ -40,14 +38,6 @@ async fn assert_settled_by_the_upto_lane(hash: &str) {
     assert_eq!(mined.to, Some(UPTO_PERMIT2_PROXY), "{mined:?}");
     assert_eq!(mined.from, upto_facilitator(), "sent by the witness's lane");
     println!("{hash}: {} gas through the upto proxy", mined.gas_used);
-}
-
-/// Nothing was recorded, sent or moved for `payment` since `before` and `block`.
-async fn nothing_happened(payment: &Permit2Builder, before: (U256, U256), block: u64) {
-    assert!(find_payment_record(&payment.record_id()).await.is_none());
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(block_number().await, block, "nothing was sent");
-    assert_eq!(permit_balances(payment).await, before);
 }
 
 #[tokio::test]
@@ -143,7 +133,7 @@ async fn a_zero_charge_succeeds_with_no_transaction_and_leaves_the_permit_unused
         "{:?}",
         answer.json
     );
-    nothing_happened(&payment, before, block).await;
+    assert_nothing_recorded_or_sent(&payment, before, block).await;
 
     // Nothing was consumed: the permit can still be charged, once.
     let charged = payment.clone().charging(a_third());
@@ -222,7 +212,7 @@ async fn refused_upto_settlements_record_and_send_nothing() {
             answer.json
         );
         assert!(answer.json.get("amount").is_none(), "{what}: no charge");
-        nothing_happened(&payment, before, block).await;
+        assert_nothing_recorded_or_sent(&payment, before, block).await;
     }
 }
 
@@ -240,7 +230,7 @@ async fn a_short_allowance_is_refused_with_nothing_recorded_or_sent() {
         refused("permit2_allowance_required"),
         "{answer}"
     );
-    nothing_happened(&payment, before, block).await;
+    assert_nothing_recorded_or_sent(&payment, before, block).await;
 }
 
 #[tokio::test]
@@ -258,7 +248,7 @@ async fn a_permit2_nonce_used_elsewhere_is_refused_with_nothing_recorded_or_sent
         refused("permit2_invalid_nonce"),
         "{answer}"
     );
-    nothing_happened(&payment, before, block).await;
+    assert_nothing_recorded_or_sent(&payment, before, block).await;
 }
 
 /// Records an `upto` payment charged a third of its maximum, crashes the worker after `step`, then
@@ -273,27 +263,9 @@ async fn crash_then_replay_settles_the_charge_once(step: Step) {
     let id = record_permit2_payment(&payment).await;
     crash_worker_after(step, &id).await;
     assert_eq!(payment_record(&id).await.state, State::Signed);
-    let mut record = payment_record(&id).await;
-    for _ in 0..20 {
-        replay().await;
-        record = payment_record(&id).await;
-        if record.state.is_terminal() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    assert_eq!(record.state, State::Settled, "{record:?}");
-    let hash = format!("{:#x}", record.tx_hash.unwrap());
+    let (hash, answer) = replay_until_settled_once(&id, &payment, before, a_third()).await;
     assert_settled_by_the_upto_lane(&hash).await;
-    moved_once(before, permit_balances(&payment).await, a_third());
-    let answer = settle_to_the_end(&payment.body()).await;
-    assert_eq!(
-        outcome(&answer),
-        (json!(true), Value::Null, json!(hash)),
-        "{answer}"
-    );
     assert_eq!(answer["amount"], a_third().to_string());
-    moved_once(before, permit_balances(&payment).await, a_third());
 }
 
 #[tokio::test]
@@ -346,7 +318,7 @@ async fn an_upto_payment_waits_for_no_other_lane_than_its_own() {
             .contains("not active"),
         "{answer}"
     );
-    nothing_happened(&payment, before, block).await;
+    assert_nothing_recorded_or_sent(&payment, before, block).await;
 
     let answer = post_json(&base, "/settle", &payment.body()).await.json;
     assert_eq!(answer["success"], true, "{answer}");

@@ -8,13 +8,12 @@
 mod common;
 
 use alloy::{
-    primitives::{Address, Bytes, B256, U256},
-    providers::ext::AnvilApi,
+    primitives::{Address, Bytes, U256},
     signers::local::PrivateKeySigner,
     sol_types::SolValue,
 };
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// The tests here count RPC requests: they must not run at the same time.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -38,15 +37,6 @@ fn wrap_6492(signature: &Bytes) -> Bytes {
     wrapped.into()
 }
 
-async fn reason_of(payment: &PaymentBuilder) -> Value {
-    let answer = verify(&payment.body()).await;
-    assert_eq!(answer.status, 200, "{:?}", answer.json);
-    if answer.json["isValid"] == true {
-        return json!("valid");
-    }
-    answer.json["invalidReason"].clone()
-}
-
 #[tokio::test]
 async fn contract_wallets_pay_through_erc1271() {
     let _one = ONE_AT_A_TIME.lock().await;
@@ -57,7 +47,7 @@ async fn contract_wallets_pay_through_erc1271() {
     reset_rpc_counts().await;
     let payment = from_wallet().sign();
     assert_eq!(
-        reason_of(&payment).await,
+        verify_reason(&payment.body()).await,
         "valid",
         "the owner's 65-byte signature, judged by the wallet"
     );
@@ -71,7 +61,7 @@ async fn contract_wallets_pay_through_erc1271() {
         .sign()
         .edit(|p| p.signature = Some(wrap_6492(p.signature.as_ref().unwrap())));
     assert_eq!(
-        reason_of(&wrapped).await,
+        verify_reason(&wrapped.body()).await,
         "valid",
         "ERC-6492 wrapping of a deployed wallet's signature"
     );
@@ -81,7 +71,7 @@ async fn contract_wallets_pay_through_erc1271() {
         .edit(|p| p.from = wallet)
         .sign();
     assert_eq!(
-        reason_of(&not_owner).await,
+        verify_reason(&not_owner.body()).await,
         "invalid_exact_evm_transaction_simulation_failed",
         "the wallet refuses a signature by someone else, so the simulation fails"
     );
@@ -95,7 +85,7 @@ async fn smart_wallet_signatures_without_a_wallet_get_their_reason() {
         .sign()
         .edit(|p| p.signature = Some(wrap_6492(p.signature.as_ref().unwrap())));
     assert_eq!(
-        reason_of(&counterfactual).await,
+        verify_reason(&counterfactual.body()).await,
         "eip6492_factory_not_allowed"
     );
 
@@ -104,7 +94,7 @@ async fn smart_wallet_signatures_without_a_wallet_get_their_reason() {
         .sign()
         .edit(|p| p.signature = Some(Bytes::from(vec![0x11u8; 100])));
     assert_eq!(
-        reason_of(&long).await,
+        verify_reason(&long.body()).await,
         "invalid_exact_evm_payload_undeployed_smart_wallet"
     );
 }
@@ -137,37 +127,6 @@ async fn with_contract_wallets_off_a_wallets_payment_is_refused_before_the_chain
     assert_eq!(answer.json["isValid"], true, "{:?}", answer.json);
 }
 
-/// Sets the test wallet's `hostile` switch (storage slot 1), as its owner would by front-running
-/// the facilitator's transaction with one of its own.
-async fn set_hostile(wallet: Address, hostile: bool) {
-    let value = B256::from(U256::from(u8::from(hostile)));
-    anvil()
-        .anvil_set_storage_at(wallet, U256::from(1), value)
-        .await
-        .unwrap();
-}
-
-/// One settlement from a wallet that passes every simulation and reverts when mined: `/settle` is
-/// asked with mining stopped, the wallet turns hostile once the worker's transaction is in the
-/// pool, and the block is mined. Returns `/settle`'s answer and the mined receipt.
-async fn settle_against_a_hostile_wallet(
-    payment: &PaymentBuilder,
-    wallet: Address,
-) -> (Value, alloy::rpc::types::TransactionReceipt) {
-    let _mining = MiningStopped::start().await;
-    let body = payment.body();
-    let settling = tokio::spawn(async move { settle(&body).await });
-    let id = payment.record_id();
-    let sent = wait_sent(&id).await;
-    set_hostile(wallet, true).await;
-    mine().await;
-    let answer = settling.await.unwrap();
-    assert_eq!(answer.status, 200, "{:?}", answer.json);
-    set_hostile(wallet, false).await;
-    let hash = sent.tx_hash.unwrap();
-    (answer.json, receipt(hash).await.expect("mined"))
-}
-
 #[tokio::test]
 async fn a_wallet_that_passes_simulation_and_reverts_on_chain_costs_at_most_its_cap_and_is_refused()
 {
@@ -185,7 +144,10 @@ async fn a_wallet_that_passes_simulation_and_reverts_on_chain_costs_at_most_its_
     let (mut gas, mut wei) = (0u64, U256::ZERO);
     for round in 1..=policy.limit {
         let payment = from_wallet();
-        let (answer, mined) = settle_against_a_hostile_wallet(&payment, wallet).await;
+        let (settled, mined) =
+            settle_against_a_hostile_wallet(payment.body(), payment.record_id(), wallet).await;
+        assert_eq!(settled.status, 200, "{:?}", settled.json);
+        let answer = settled.json;
         assert_eq!(answer["success"], false, "round {round}: {answer:?}");
         assert_eq!(
             answer["errorReason"], "invalid_exact_evm_transaction_failed",
@@ -230,7 +192,7 @@ async fn a_wallet_that_passes_simulation_and_reverts_on_chain_costs_at_most_its_
 
     // The payer's own key is not refused: only its wallet's payments are.
     let by_key = PaymentBuilder::new(0).sign();
-    assert_eq!(reason_of(&by_key).await, "valid");
+    assert_eq!(verify_reason(&by_key.body()).await, "valid");
 }
 
 /// The revert counts against moto's DynamoDB: recorders racing on one payer each count theirs (the

@@ -18,7 +18,7 @@ use alloy::{
     sol_types::{SolCall, SolValue},
 };
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// The tests here count RPC requests and blocks: they must not run at the same time.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -117,15 +117,6 @@ async fn code_at(address: Address) -> Bytes {
     anvil().get_code_at(address).await.unwrap()
 }
 
-async fn verified(payment: &PaymentBuilder) -> Value {
-    let answer = verify(&payment.body()).await;
-    assert_eq!(answer.status, 200, "{:?}", answer.json);
-    if answer.json["isValid"] == true {
-        return json!("valid");
-    }
-    answer.json["invalidReason"].clone()
-}
-
 async fn lane_nonces() -> Vec<u64> {
     let mut nonces = Vec::new();
     for lane in &stack().lanes {
@@ -141,7 +132,7 @@ async fn an_undeployed_wallet_from_an_allowed_factory_verifies_in_one_call() {
     let payment = wallet.payment();
 
     reset_rpc_counts().await;
-    assert_eq!(verified(&payment).await, "valid");
+    assert_eq!(verify_reason(&payment.body()).await, "valid");
     assert_eq!(
         rpc_counts().await["methods"],
         json!({"eth_call": 1}),
@@ -158,7 +149,7 @@ async fn an_undeployed_wallet_from_an_allowed_factory_verifies_in_one_call() {
         ..wallet
     };
     assert_eq!(
-        verified(&stranger.payment()).await,
+        verify_reason(&stranger.payment().body()).await,
         "invalid_exact_evm_transaction_simulation_failed",
         "a signature by a key that does not own the wallet the call deploys"
     );
@@ -169,7 +160,10 @@ async fn a_factory_not_on_the_list_is_refused_and_nothing_is_sent() {
     let _one = ONE_AT_A_TIME.lock().await;
     let wallet = Counterfactual::new(unlisted_factory().await).await;
     let payment = wallet.payment();
-    assert_eq!(verified(&payment).await, "eip6492_factory_not_allowed");
+    assert_eq!(
+        verify_reason(&payment.body()).await,
+        "eip6492_factory_not_allowed"
+    );
 
     let (block, nonces) = (block_number().await, lane_nonces().await);
     let answer = settle(&payment.body()).await;
@@ -276,7 +270,7 @@ async fn a_payment_whose_wallet_was_deployed_meanwhile_still_settles() {
     let s = stack();
     let wallet = Counterfactual::new(allowed_factory()).await;
     let payment = wallet.payment();
-    assert_eq!(verified(&payment).await, "valid");
+    assert_eq!(verify_reason(&payment.body()).await, "valid");
     wallet.deploy_now().await;
     let before = token_balance(s.token, wallet.wallet).await;
 
@@ -394,7 +388,7 @@ async fn a_wrapper_naming_no_factory_needs_a_deployed_wallet() {
         ..wallet
     };
     assert_eq!(
-        verified(&no_factory.payment()).await,
+        verify_reason(&no_factory.payment().body()).await,
         "invalid_exact_evm_payload_undeployed_smart_wallet"
     );
 }

@@ -11,23 +11,6 @@ mod common;
 use alloy::primitives::U256;
 use common::*;
 
-/// Verifies `payment` on the local server and returns the answer's reason (`None` when valid),
-/// after checking the envelope every answer about a well-formed payment has.
-async fn reason(payment: &Permit2Builder) -> Option<String> {
-    let answer = verify(&payment.body()).await;
-    assert_eq!(answer.status, 200, "{:?}", answer.json);
-    assert!(
-        same_address(&answer.json["payer"], payment.from),
-        "{:?}",
-        answer.json
-    );
-    match answer.json["isValid"].as_bool() {
-        Some(true) => None,
-        Some(false) => Some(answer.json["invalidReason"].as_str().unwrap().to_owned()),
-        None => panic!("no isValid: {:?}", answer.json),
-    }
-}
-
 #[tokio::test]
 async fn a_permit2_payment_from_an_approved_payer_is_valid_on_every_front_end() {
     let payment = Permit2Builder::new(approved_payer().await).sign();
@@ -55,7 +38,7 @@ async fn a_spender_other_than_the_exact_proxy_is_invalid_permit2_spender() {
             .edit(|p| p.spender = spender)
             .sign();
         assert_eq!(
-            reason(&payment).await.as_deref(),
+            permit2_reason(&payment).await.as_deref(),
             Some("invalid_permit2_spender")
         );
     }
@@ -67,7 +50,7 @@ async fn a_witness_paying_someone_else_is_invalid_permit2_recipient_mismatch() {
         .edit(|p| p.to = stack().payers[3].address)
         .sign();
     assert_eq!(
-        reason(&payment).await.as_deref(),
+        permit2_reason(&payment).await.as_deref(),
         Some("invalid_permit2_recipient_mismatch")
     );
 }
@@ -81,7 +64,7 @@ async fn an_expired_deadline_is_permit2_deadline_expired() {
             .edit(|p| p.deadline = deadline)
             .sign();
         assert_eq!(
-            reason(&payment).await.as_deref(),
+            permit2_reason(&payment).await.as_deref(),
             Some("permit2_deadline_expired")
         );
     }
@@ -93,7 +76,7 @@ async fn a_valid_after_in_the_future_is_permit2_not_yet_valid() {
         .edit(|p| p.valid_after = now() + 120)
         .sign();
     assert_eq!(
-        reason(&payment).await.as_deref(),
+        permit2_reason(&payment).await.as_deref(),
         Some("permit2_not_yet_valid")
     );
 }
@@ -109,7 +92,7 @@ async fn a_permitted_amount_other_than_the_price_is_permit2_amount_mismatch() {
             .edit(|p| p.permitted = permitted)
             .sign();
         assert_eq!(
-            reason(&payment).await.as_deref(),
+            permit2_reason(&payment).await.as_deref(),
             Some("permit2_amount_mismatch")
         );
     }
@@ -121,7 +104,7 @@ async fn a_changed_field_after_signing_is_invalid_permit2_signature() {
         .sign()
         .edit(|p| p.deadline += 1);
     assert_eq!(
-        reason(&payment).await.as_deref(),
+        permit2_reason(&payment).await.as_deref(),
         Some("invalid_permit2_signature")
     );
 }
@@ -131,14 +114,14 @@ async fn a_payer_without_a_permit2_allowance_is_permit2_allowance_required() {
     // The stack's payers hold the token but have never approved Permit2.
     let unapproved = Permit2Builder::from_payer(0).sign();
     assert_eq!(
-        reason(&unapproved).await.as_deref(),
+        permit2_reason(&unapproved).await.as_deref(),
         Some("permit2_allowance_required")
     );
     // An allowance below the price is no better.
     let short = permit2_payer(one_permit_token() - U256::from(1)).await;
     let payment = Permit2Builder::new(short).sign();
     assert_eq!(
-        reason(&payment).await.as_deref(),
+        permit2_reason(&payment).await.as_deref(),
         Some("permit2_allowance_required")
     );
 }
@@ -152,7 +135,7 @@ async fn a_payer_without_the_tokens_is_permit2_insufficient_balance() {
         })
         .sign();
     assert_eq!(
-        reason(&payment).await.as_deref(),
+        permit2_reason(&payment).await.as_deref(),
         Some("permit2_insufficient_balance")
     );
 }
@@ -161,7 +144,7 @@ async fn a_payer_without_the_tokens_is_permit2_insufficient_balance() {
 async fn a_used_permit2_nonce_is_permit2_invalid_nonce() {
     let s = stack();
     let payment = Permit2Builder::new(approved_payer().await).sign();
-    assert_eq!(reason(&payment).await, None);
+    assert_eq!(permit2_reason(&payment).await, None);
     // Someone settles it through the proxy (anyone may call the exact proxy)...
     let before = token_balance(s.permit_token, s.payee.address).await;
     send_from_anvil_account(
@@ -176,7 +159,7 @@ async fn a_used_permit2_nonce_is_permit2_invalid_nonce() {
     );
     // ...and the same signed permit can never pay again.
     assert_eq!(
-        reason(&payment).await.as_deref(),
+        permit2_reason(&payment).await.as_deref(),
         Some("permit2_invalid_nonce")
     );
 }
@@ -214,11 +197,11 @@ async fn a_payer_without_an_allowance_with_a_sponsoring_permit_is_valid() {
     let payer = permit2_payer(U256::ZERO).await;
     let payment = Permit2Builder::new(payer).sign();
     assert_eq!(
-        reason(&payment).await.as_deref(),
+        permit2_reason(&payment).await.as_deref(),
         Some("permit2_allowance_required")
     );
     let sponsored = payment.sponsored(|_| {});
-    assert_eq!(reason(&sponsored).await, None);
+    assert_eq!(permit2_reason(&sponsored).await, None);
     // Verification wrote nothing: the allowance is still none.
     assert_eq!(permit2_allowance(sponsored.from).await, U256::ZERO);
 }
@@ -252,7 +235,7 @@ async fn a_sponsoring_permit_is_refused_in_the_references_words() {
     ];
     for (expected, edit) in cases {
         let refused = payment.clone().sponsored(edit);
-        assert_eq!(reason(&refused).await.as_deref(), Some(expected));
+        assert_eq!(permit2_reason(&refused).await.as_deref(), Some(expected));
     }
     // A permit the token would reject (signed by another key) gives no allowance: the simulated
     // settleWithPermit fails, and the diagnosis is the allowance, as the reference's.
@@ -260,7 +243,7 @@ async fn a_sponsoring_permit_is_refused_in_the_references_words() {
     let other = alloy::signers::local::PrivateKeySigner::random();
     forged.sponsor = forged.sponsor.map(|s| s.sign(&other));
     assert_eq!(
-        reason(&forged).await.as_deref(),
+        permit2_reason(&forged).await.as_deref(),
         Some("permit2_allowance_required")
     );
     // A malformed extension is its format's fault; one without its fields is ignored.

@@ -5,7 +5,7 @@
 
 import assert from "node:assert/strict";
 import { PERMIT2_ADDRESS } from "@x402/evm";
-import { createPublicClient, createTestClient, createWalletClient, http, maxUint256, parseAbi, parseEther } from "viem";
+import { createPublicClient, createTestClient, createWalletClient, getAddress, http, maxUint256, parseAbi, parseEther } from "viem";
 import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
 import { baseSepolia } from "viem/chains";
 
@@ -14,6 +14,26 @@ export const PERMIT_TOKEN_ABI = parseAbi([
   "function mint(address to, uint256 value)",
   "function balanceOf(address account) view returns (uint256)",
 ]);
+
+/**
+ * A route config's price of `amount` (atomic units) in the permit token, with the token's EIP-712
+ * name and version and any `extra` on top (assetTransferMethod "permit2" for an exact route).
+ */
+export function permitTokenPrice(stack, amount, extra = {}) {
+  return {
+    amount: amount.toString(),
+    asset: getAddress(stack.X402_PERMIT_TOKEN),
+    extra: { name: stack.X402_PERMIT_TOKEN_NAME, version: stack.X402_PERMIT_TOKEN_VERSION, ...extra },
+  };
+}
+
+/**
+ * An SDK client's spend controls that let it pay in the permit token, up to `maxAmount` a payment:
+ * the client refuses any asset but its networks' defaults unless they allow it.
+ */
+export function permitTokenSpendControls(stack, maxAmount) {
+  return { allowedAssets: [{ network: "eip155:84532", asset: getAddress(stack.X402_PERMIT_TOKEN), maxAmountPerPayment: maxAmount.toString() }] };
+}
 
 export class PermitChain {
   constructor(stack) {
@@ -41,6 +61,11 @@ export class PermitChain {
       await this.mined(await wallet.writeContract({ address: token, abi: PERMIT_TOKEN_ABI, functionName: "approve", args: [PERMIT2_ADDRESS, maxUint256] }));
     }
     return account;
+  }
+
+  /** A fresh address nobody has paid yet. */
+  newPayee() {
+    return privateKeyToAccount(generatePrivateKey()).address;
   }
 
   /** `account`'s permit token balance, read straight from anvil. */

@@ -1,14 +1,17 @@
 // Resource servers built only from the official SDKs, as a user would build them, each pointed at
-// one of our facilitator front ends. Each sells one route, GET /report, for PRICE.
+// one of our facilitator front ends. Each sells one route, GET /report, for PRICE; getPaidReport
+// is a client's paid GET of it.
 //
 // Nothing about the asset is configured: the SDKs pick Base Sepolia's USDC (address, EIP-712 name
 // "USDC", version "2") from their own tables, and the local stack placed its token there.
 
+import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { once } from "node:events";
 import { openSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import express from "express";
+import { decodePaymentResponseHeader } from "@x402/core/http";
 import { HTTPFacilitatorClient } from "@x402/core/server";
 import { ExactEvmScheme } from "@x402/evm/exact/server";
 import { UptoEvmScheme } from "@x402/evm/upto/server";
@@ -19,6 +22,19 @@ import { paymentMiddleware as paymentMiddlewareV1 } from "x402-express";
 export const PRICE = "$0.001";
 export const PRICE_ATOMIC = 1000n;
 export const ROUTE = "/report";
+
+/**
+ * GETs a server's ROUTE at `url` through `payingFetch` (@x402/fetch's paying fetch): asserts the
+ * paid content came back with 200 and a PAYMENT-RESPONSE telling success, and returns that decoded.
+ */
+export async function getPaidReport(payingFetch, url) {
+  const response = await payingFetch(url);
+  assert.equal(response.status, 200, await response.clone().text());
+  assert.deepEqual(await response.json(), { report: "paid content" });
+  const settled = decodePaymentResponseHeader(response.headers.get("PAYMENT-RESPONSE"));
+  assert.equal(settled.success, true, JSON.stringify(settled));
+  return settled;
+}
 
 /**
  * x402 v2: @x402/express with `facilitator` (HTTPFacilitatorClient at `facilitatorUrl` unless given),

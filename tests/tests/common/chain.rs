@@ -160,30 +160,3 @@ impl Drop for MiningStopped {
         });
     }
 }
-
-alloy::sol! {
-    function initialize(address owner) external;
-}
-
-/// Places the project's ERC-1271 test wallet (`TestSmartWallet.sol`, as the stack compiled it),
-/// owned by `owner`, at a fresh address; it holds nothing yet.
-pub async fn place_test_wallet(owner: Address) -> Address {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../.local/contracts/TestSmartWallet.json"
-    );
-    let artifact: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(path).expect("the stack compiled the contracts"),
-    )
-    .unwrap();
-    let wallet = Address::from_slice(&super::payment::random_nonce()[12..]);
-    let code: Bytes = serde_json::from_value(artifact["deployedBytecode"].clone()).unwrap();
-    anvil().anvil_set_code(wallet, code).await.unwrap();
-    send_from_anvil_account(
-        stack().deployer.address,
-        wallet,
-        initializeCall { owner }.abi_encode().into(),
-    )
-    .await;
-    wallet
-}

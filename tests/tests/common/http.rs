@@ -50,6 +50,17 @@ pub async fn verify(body: &Value) -> Answer {
     post_json(&base_url(), "/verify", body).await
 }
 
+/// `/verify`'s judgement of `body` on the local server: `"valid"`, or its `invalidReason`; the
+/// answer's status must be 200.
+pub async fn verify_reason(body: &Value) -> Value {
+    let answer = verify(body).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.json);
+    match answer.json["isValid"] == true {
+        true => Value::from("valid"),
+        false => answer.json["invalidReason"].clone(),
+    }
+}
+
 pub async fn settle(body: &Value) -> Answer {
     post_json(&base_url(), "/settle", body).await
 }

@@ -1,5 +1,6 @@
 //! What the replay and fault tests share: payment records written as `/settle` writes them, the
-//! replay function in this process, balance checks, and a payment broadcast but held unmined.
+//! replay function in this process, balance checks, a payment broadcast but held unmined, and what
+//! a crash then replay must leave of a Permit2 payment.
 
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use facilitator::{
     replay::{Replayer, Summary},
     store::{Created, NewPayment, PaymentId, PaymentRecord, State},
 };
+use serde_json::{json, Value};
 
 use super::*;
 
@@ -124,6 +126,39 @@ pub async fn crash_worker_after(step: facilitator::worker::Step, id: &str) {
         outcome.is_err(),
         "the worker stopped after {step:?}: {outcome:?}"
     );
+}
+
+/// What a crash then replay must leave of a recorded Permit2 payment (`exact` or `upto`): runs
+/// replay until record `id` is final (at most 20 runs, half a second apart), then asserts it
+/// settled, `value` moved once from `payment`'s payer, and `/settle` answers from the record with
+/// the same transaction, moving nothing again. Returns the transaction's hash and that answer, for
+/// the checks that differ by scheme (the proxy and lane, an `upto` payment's charge).
+pub async fn replay_until_settled_once(
+    id: &str,
+    payment: &Permit2Builder,
+    before: (U256, U256),
+    value: U256,
+) -> (String, Value) {
+    let mut record = payment_record(id).await;
+    for _ in 0..20 {
+        replay().await;
+        record = payment_record(id).await;
+        if record.state.is_terminal() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(record.state, State::Settled, "{record:?}");
+    let hash = format!("{:#x}", record.tx_hash.unwrap());
+    moved_once(before, permit_balances(payment).await, value);
+    let answer = settle_to_the_end(&payment.body()).await;
+    assert_eq!(
+        outcome(&answer),
+        (json!(true), Value::Null, json!(hash)),
+        "{answer}"
+    );
+    moved_once(before, permit_balances(payment).await, value);
+    (hash, answer)
 }
 
 pub async fn balances(payment: &PaymentBuilder) -> (U256, U256) {
