@@ -36,7 +36,7 @@ use crate::{
     },
 };
 
-use pace::{Pace, SigningTime};
+use pace::{receipt_sample, Pace, RunningTime};
 pub use routing::{lane_for, routable, Routes};
 
 /// What cancelling a queued payment came to.
@@ -91,7 +91,10 @@ pub struct Settler {
     routes: Routes,
     timing: Timing,
     /// How long this instance's payments have taken to be signed: when a follower first looks.
-    signing: SigningTime,
+    signing: RunningTime,
+    /// How long after the write-ahead this instance's receipts have been found: when a follower
+    /// first looks for one.
+    receipts: RunningTime,
 }
 
 /// The request's view of the answer: what the wire echoes back.
@@ -269,7 +272,9 @@ impl Settler {
             queue,
             timing,
             // Until a payment has been seen signed: a quarter of the poll, as a guess.
-            signing: SigningTime::new(timing.poll / 4),
+            signing: RunningTime::new(timing.poll / 4),
+            // Until a receipt has been found: at once, as the first guess that costs no latency.
+            receipts: RunningTime::new(Duration::ZERO),
         }
     }
 
@@ -718,7 +723,16 @@ impl Settler {
             if let Some(signing) = round.observe(&record) {
                 self.signing.observe(signing, self.timing.deadline);
             }
-            match self.look(r, &mut record).await {
+            let early = round.before_first_receipt(&record, self.receipts.get());
+            if !early.is_zero() {
+                tokio::time::sleep(early.min(deadline.saturating_duration_since(Instant::now())))
+                    .await;
+            }
+            let looked = self.look(r, &mut record).await;
+            if let Some(took) = round.looked(&looked, &record) {
+                self.receipts.observe(took, self.timing.deadline);
+            }
+            match looked {
                 Looked::Answer(answer) => return answer,
                 Looked::Changed => continue,
                 Looked::Unchanged => {}
@@ -908,6 +922,18 @@ struct Round {
     state_since: Instant,
     read_at: Instant,
     first: bool,
+    /// The payment's receipt lookups, once this follower saw it leave `queued`.
+    receipt: Option<ReceiptLookups>,
+}
+
+/// A follower's receipt lookups for the transaction it saw written ahead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ReceiptLookups {
+    /// The write-ahead's time (the record's `updated_at` then), unix ms.
+    written_ahead: u64,
+    /// The last lookup that found nothing, unix ms.
+    missed: Option<u64>,
+    looked: bool,
 }
 
 impl Round {
@@ -919,6 +945,7 @@ impl Round {
             state_since: Instant::now(),
             read_at: Instant::now(),
             first: true,
+            receipt: None,
         }
     }
 
@@ -934,7 +961,48 @@ impl Round {
         self.last_state = record.state;
         self.state_since = Instant::now();
         self.pace.entered();
+        // Timed from the write-ahead only when this follower saw it happen; a `submitted` record's
+        // `updated_at` is replay's send, not the worker's.
+        self.receipt = (signed && record.state == State::Signed).then_some(ReceiptLookups {
+            written_ahead: record.updated_at,
+            missed: None,
+            looked: false,
+        });
         signed.then(|| Duration::from_millis(record.updated_at.saturating_sub(record.created_at)))
+    }
+
+    /// The wait before this follower's first receipt lookup, as [`Pace::first_receipt_wait`]
+    /// says from `receipts` (how long after the write-ahead receipts have typically been found);
+    /// zero for every other look.
+    fn before_first_receipt(&self, record: &PaymentRecord, receipts: Duration) -> Duration {
+        match self.receipt {
+            Some(lookups) if !lookups.looked && record.state == State::Signed => self
+                .pace
+                .first_receipt_wait(receipts, lookups.written_ahead, now_ms()),
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// Notes what a look at a `signed` record came to; returns how long after the write-ahead
+    /// the receipt took to appear, as far as the lookups tell ([`receipt_sample`]), once it is
+    /// found.
+    fn looked(&mut self, looked: &Looked, record: &PaymentRecord) -> Option<Duration> {
+        let lookups = self.receipt.as_mut()?;
+        let now = now_ms();
+        match looked {
+            Looked::Unchanged if record.state == State::Signed => {
+                lookups.looked = true;
+                lookups.missed = Some(now);
+                None
+            }
+            // Finished from its receipt: by this follower's lookup, so the receipt was there.
+            Looked::Changed => {
+                let lookups = self.receipt.take()?;
+                let since = |t: u64| Duration::from_millis(t.saturating_sub(lookups.written_ahead));
+                Some(receipt_sample(since(now), lookups.missed.map(since)))
+            }
+            _ => None,
+        }
     }
 
     /// How long to wait before the next look.
@@ -1087,6 +1155,51 @@ mod tests {
             ..sample(State::Submitted)
         };
         assert_eq!(round.observe(&submitted), Some(Duration::from_millis(70)));
+    }
+
+    #[test]
+    fn the_first_receipt_lookup_of_a_write_ahead_just_seen_waits_for_the_typical_receipt_time() {
+        let mut round = Round::new(&sample(State::Queued), POLL);
+        let signed = PaymentRecord {
+            updated_at: now_ms(),
+            ..sample(State::Signed)
+        };
+        round.observe(&signed);
+        let wait = round.before_first_receipt(&signed, Duration::from_millis(200));
+        assert!(
+            wait > Duration::from_millis(150) && wait <= Duration::from_millis(200),
+            "{wait:?}"
+        );
+        // Missed: later lookups follow the pace, not the typical time.
+        assert_eq!(round.looked(&Looked::Unchanged, &signed), None);
+        assert_eq!(
+            round.before_first_receipt(&signed, Duration::from_millis(200)),
+            Duration::ZERO
+        );
+        // Found: how long after the write-ahead, as far as the lookups tell (halfway, here).
+        let took = round.looked(&Looked::Changed, &signed).expect("a sample");
+        assert!(took < Duration::from_millis(100), "{took:?}");
+        assert_eq!(
+            round.looked(&Looked::Changed, &signed),
+            None,
+            "one sample a payment"
+        );
+    }
+
+    #[test]
+    fn a_record_not_seen_leaving_the_queue_is_looked_up_at_once_and_teaches_nothing() {
+        // A retry of a payment already signed, and a record replay sent (`submitted`).
+        for state in [State::Signed, State::Submitted] {
+            let mut round = Round::new(&sample(state), POLL);
+            let record = PaymentRecord {
+                updated_at: now_ms(),
+                ..sample(state)
+            };
+            round.observe(&record);
+            let wait = round.before_first_receipt(&record, Duration::from_millis(200));
+            assert_eq!(wait, Duration::ZERO);
+            assert_eq!(round.looked(&Looked::Changed, &record), None);
+        }
     }
 
     #[test]

@@ -5,13 +5,17 @@
 //! looking too often crowds DynamoDB, which the worker needs, when many payments wait at once. So:
 //!
 //! - while `queued`, the first look comes when this instance's recent payments were typically
-//!   signed (its [`SigningTime`], which follows the load: seconds when lanes are backed up,
-//!   tens of milliseconds when they are idle), and later looks a quarter of the time waited so far
-//!   after the last one, so a payment that waits long behind a busy lane is read a few times rather
-//!   than once per poll;
-//! - once `signed` or `submitted`, the receipt is looked for at once, then after 10 ms, doubling up
-//!   to `X402_SETTLE_POLL_MS`: a fast chain answers within one short step of the broadcast, a chain
-//!   with a block time is looked at about once per poll while it mines.
+//!   signed (a [`RunningTime`] of signing, which follows the load: seconds when lanes are backed
+//!   up, tens of milliseconds when they are idle), and later looks a quarter of the time waited so
+//!   far after the last one, so a payment that waits long behind a busy lane is read a few times
+//!   rather than once per poll;
+//! - once `signed` or `submitted`, the first receipt lookup comes when this instance's recent
+//!   receipts were typically there, counted from the write-ahead (another [`RunningTime`], fed by
+//!   [`receipt_sample`]): the worker does not record its broadcast, so a record seen `signed`
+//!   just after the write-ahead names a transaction the node may not have mined, or even received,
+//!   yet. Then after 10 ms, doubling up to `X402_SETTLE_POLL_MS`: a fast chain answers within one
+//!   short step of the broadcast, a chain with a block time is looked at about once per poll while
+//!   it mines.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -21,36 +25,52 @@ use crate::store::State;
 /// The shortest wait between two looks.
 pub(crate) const MIN_WAIT: Duration = Duration::from_millis(10);
 
-/// How long this instance's payments took from being queued to being signed (the record's
-/// `updated_at` at signing minus its `created_at`), as a running average in which each new
-/// payment weighs a quarter.
+/// How long one step of this instance's payments typically took, as a running average in which
+/// each new payment weighs a quarter: from queued to signed (the record's `updated_at` at signing
+/// minus its `created_at`), or from the write-ahead to the receipt found ([`receipt_sample`]).
 #[derive(Debug)]
-pub(crate) struct SigningTime {
-    millis: AtomicU64,
+pub(crate) struct RunningTime {
+    /// Microseconds: whole milliseconds would round every update down, and a receipt's time on a
+    /// fast chain is only a few of them.
+    micros: AtomicU64,
 }
 
-impl SigningTime {
-    /// Starts at `initial` until a payment is seen signed.
+impl RunningTime {
+    /// Starts at `initial` until a payment is seen.
     pub(crate) fn new(initial: Duration) -> Self {
-        SigningTime {
-            millis: AtomicU64::new(initial.as_millis() as u64),
+        RunningTime {
+            micros: AtomicU64::new(initial.as_micros() as u64),
         }
     }
 
     pub(crate) fn get(&self) -> Duration {
-        Duration::from_millis(self.millis.load(Ordering::Relaxed))
+        Duration::from_micros(self.micros.load(Ordering::Relaxed))
     }
 
-    /// One payment's time from queued to signed, bounded by `limit` (the settle deadline), so a
-    /// clock step between the two functions cannot push the average out of range.
+    /// One payment's time, bounded by `limit` (the settle deadline), so a clock step between the
+    /// two functions cannot push the average out of range.
     pub(crate) fn observe(&self, sample: Duration, limit: Duration) {
-        let sample = sample.min(limit).as_millis() as u64;
+        let sample = sample.min(limit).as_micros() as u64;
         // Concurrent followers may interleave; the average then misses a sample, which is harmless.
         let _ = self
-            .millis
+            .micros
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
                 Some((old * 3 + sample) / 4)
             });
+    }
+}
+
+/// What one follower learnt of how long its payment's receipt took to appear after the
+/// write-ahead: `found`, when a lookup found it; `missed`, when the last lookup before that came
+/// back empty, if one did. A lookup only bounds the time. Found after a miss, the receipt appeared
+/// between the two, so the sample is halfway. Found at the first lookup, it was there some time
+/// before, so the sample is a little less (31/32), which lets the average come down when the
+/// chain gets faster, slowly enough that about nine first lookups in ten find the receipt on a
+/// chain as steady as the local one (the unit test below models it).
+pub(crate) fn receipt_sample(found: Duration, missed: Option<Duration>) -> Duration {
+    match missed {
+        Some(missed) if missed < found => missed + (found - missed) / 2,
+        _ => found * 31 / 32,
     }
 }
 
@@ -87,6 +107,22 @@ impl Pace {
             .max(MIN_WAIT)
     }
 
+    /// The wait before the first receipt lookup of a payment written ahead at `written_ahead`
+    /// (unix ms) and seen now (`now`, unix ms): until receipts have typically been there
+    /// (`receipt`); none when that time has passed. At most one poll: on a chain with a block
+    /// time the average is about a block, and waiting it all out would often find a receipt
+    /// later than the polls would have.
+    pub(crate) fn first_receipt_wait(
+        &self,
+        receipt: Duration,
+        written_ahead: u64,
+        now: u64,
+    ) -> Duration {
+        let due = Duration::from_millis(written_ahead) + receipt;
+        due.saturating_sub(Duration::from_millis(now))
+            .min(self.poll)
+    }
+
     /// The wait before the next look, `waited` after this follower started waiting in `state`.
     pub(crate) fn next_wait(&mut self, state: State, waited: Duration) -> Duration {
         match state {
@@ -112,7 +148,7 @@ mod tests {
 
     #[test]
     fn the_signing_time_follows_new_samples_a_quarter_at_a_time() {
-        let signing = SigningTime::new(ms(62));
+        let signing = RunningTime::new(ms(62));
         signing.observe(ms(30), ms(25_000));
         assert_eq!(signing.get(), ms(54)); // (62 * 3 + 30) / 4
         for _ in 0..20 {
@@ -150,5 +186,48 @@ mod tests {
         assert_eq!(waits, [10, 20, 40, 80, 160, 250, 250]);
         pace.entered();
         assert_eq!(pace.next_wait(State::Signed, ms(0)), MIN_WAIT);
+    }
+
+    #[test]
+    fn a_receipt_found_at_once_counts_a_little_less_than_its_time_one_found_after_a_miss_halfway() {
+        assert_eq!(receipt_sample(ms(32), None), ms(31));
+        assert_eq!(receipt_sample(ms(30), Some(ms(20))), ms(25));
+        // A clock step between the two functions cannot make a miss come after the find.
+        assert_eq!(receipt_sample(ms(32), Some(ms(40))), ms(31));
+    }
+
+    #[test]
+    fn receipt_times_settle_just_above_the_chains_own() {
+        // Receipts appear 12 ms after the write-ahead; each follower sees the record at once,
+        // looks when the average says, then every 10 ms. From nothing learnt, the average ends
+        // a little above 12 ms, and about nine first lookups in ten find the receipt.
+        let pace = Pace::new(POLL);
+        let receipt = RunningTime::new(Duration::ZERO);
+        let mut found_at_first = 0;
+        for round in 0..200 {
+            let first = pace.first_receipt_wait(receipt.get(), 1_000, 1_000);
+            let (found, missed) = match first >= ms(12) {
+                true => (first, None),
+                false => (first + MIN_WAIT, Some(first)),
+            };
+            found_at_first += usize::from(round >= 100 && missed.is_none());
+            receipt.observe(receipt_sample(found, missed), ms(25_000));
+        }
+        let learnt = receipt.get();
+        assert!(ms(12) <= learnt && learnt <= ms(14), "{learnt:?}");
+        assert!(
+            found_at_first >= 85,
+            "{found_at_first} of 100 at the first lookup"
+        );
+    }
+
+    #[test]
+    fn the_first_receipt_lookup_waits_until_receipts_are_typically_there() {
+        let pace = Pace::new(POLL);
+        assert_eq!(pace.first_receipt_wait(ms(12), 1_000, 1_003), ms(9));
+        // Seen late: at once.
+        assert_eq!(pace.first_receipt_wait(ms(12), 1_000, 1_050), ms(0));
+        // A chain with a block time: about a block, never more than one poll.
+        assert_eq!(pace.first_receipt_wait(ms(1_500), 1_000, 1_000), POLL);
     }
 }
