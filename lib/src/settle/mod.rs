@@ -728,8 +728,9 @@ impl Settler {
                 tokio::time::sleep(early.min(deadline.saturating_duration_since(Instant::now())))
                     .await;
             }
+            let look_started = now_ms();
             let looked = self.look(r, &mut record).await;
-            if let Some(took) = round.looked(&looked, &record) {
+            if let Some(took) = round.looked(&looked, &record, look_started) {
                 self.receipts.observe(took, self.timing.deadline);
             }
             match looked {
@@ -983,23 +984,30 @@ impl Round {
         }
     }
 
-    /// Notes what a look at a `signed` record came to; returns how long after the write-ahead
-    /// the receipt took to appear, as far as the lookups tell ([`receipt_sample`]), once it is
-    /// found.
-    fn looked(&mut self, looked: &Looked, record: &PaymentRecord) -> Option<Duration> {
+    /// Notes what a look at a `signed` record, started at `started` (unix ms), came to; returns
+    /// how long after the write-ahead the receipt took to appear, as far as the lookups tell
+    /// ([`receipt_sample`]), once it is found. Timed from each lookup's start: a found receipt
+    /// was there when it was asked for, and the write that settles the record after it is not
+    /// the chain's time (counting it grew the average by that write at every payment, to
+    /// hundreds of milliseconds in the load harness).
+    fn looked(
+        &mut self,
+        looked: &Looked,
+        record: &PaymentRecord,
+        started: u64,
+    ) -> Option<Duration> {
         let lookups = self.receipt.as_mut()?;
-        let now = now_ms();
         match looked {
             Looked::Unchanged if record.state == State::Signed => {
                 lookups.looked = true;
-                lookups.missed = Some(now);
+                lookups.missed = Some(started);
                 None
             }
             // Finished from its receipt: by this follower's lookup, so the receipt was there.
             Looked::Changed => {
                 let lookups = self.receipt.take()?;
                 let since = |t: u64| Duration::from_millis(t.saturating_sub(lookups.written_ahead));
-                Some(receipt_sample(since(now), lookups.missed.map(since)))
+                Some(receipt_sample(since(started), lookups.missed.map(since)))
             }
             _ => None,
         }
@@ -1171,19 +1179,18 @@ mod tests {
             "{wait:?}"
         );
         // Missed: later lookups follow the pace, not the typical time.
-        assert_eq!(round.looked(&Looked::Unchanged, &signed), None);
+        let at = signed.updated_at;
+        assert_eq!(round.looked(&Looked::Unchanged, &signed, at + 20), None);
         assert_eq!(
             round.before_first_receipt(&signed, Duration::from_millis(200)),
             Duration::ZERO
         );
-        // Found: how long after the write-ahead, as far as the lookups tell (halfway, here).
-        let took = round.looked(&Looked::Changed, &signed).expect("a sample");
-        assert!(took < Duration::from_millis(100), "{took:?}");
-        assert_eq!(
-            round.looked(&Looked::Changed, &signed),
-            None,
-            "one sample a payment"
-        );
+        // Found: how long after the write-ahead, as far as the lookups tell: halfway between the
+        // two lookups' starts, whatever the look itself took.
+        let took = round.looked(&Looked::Changed, &signed, at + 30);
+        assert_eq!(took, Some(Duration::from_millis(25)));
+        let again = round.looked(&Looked::Changed, &signed, at + 40);
+        assert_eq!(again, None, "one sample a payment");
     }
 
     #[test]
@@ -1198,7 +1205,7 @@ mod tests {
             round.observe(&record);
             let wait = round.before_first_receipt(&record, Duration::from_millis(200));
             assert_eq!(wait, Duration::ZERO);
-            assert_eq!(round.looked(&Looked::Changed, &record), None);
+            assert_eq!(round.looked(&Looked::Changed, &record, now_ms()), None);
         }
     }
 
