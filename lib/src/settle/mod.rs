@@ -36,7 +36,7 @@ use crate::{
     },
 };
 
-use pace::{receipt_sample, Pace, RunningTime};
+use pace::{Pace, ReceiptTime, RunningTime};
 pub use routing::{lane_for, routable, Routes};
 
 /// What cancelling a queued payment came to.
@@ -94,7 +94,7 @@ pub struct Settler {
     signing: RunningTime,
     /// How long after the write-ahead this instance's receipts have been found: when a follower
     /// first looks for one.
-    receipts: RunningTime,
+    receipts: ReceiptTime,
 }
 
 /// The request's view of the answer: what the wire echoes back.
@@ -274,7 +274,7 @@ impl Settler {
             // Until a payment has been seen signed: a quarter of the poll, as a guess.
             signing: RunningTime::new(timing.poll / 4),
             // Until a receipt has been found: at once, as the first guess that costs no latency.
-            receipts: RunningTime::new(Duration::ZERO),
+            receipts: ReceiptTime::default(),
         }
     }
 
@@ -730,8 +730,8 @@ impl Settler {
             }
             let look_started = now_ms();
             let looked = self.look(r, &mut record).await;
-            if let Some(took) = round.looked(&looked, &record, look_started) {
-                self.receipts.observe(took, self.timing.deadline);
+            if let Some((found, missed)) = round.looked(&looked, &record, look_started) {
+                self.receipts.learn(found, missed);
             }
             match looked {
                 Looked::Answer(answer) => return answer,
@@ -984,18 +984,17 @@ impl Round {
         }
     }
 
-    /// Notes what a look at a `signed` record, started at `started` (unix ms), came to; returns
-    /// how long after the write-ahead the receipt took to appear, as far as the lookups tell
-    /// ([`receipt_sample`]), once it is found. Timed from each lookup's start: a found receipt
-    /// was there when it was asked for, and the write that settles the record after it is not
-    /// the chain's time (counting it grew the average by that write at every payment, to
-    /// hundreds of milliseconds in the load harness).
+    /// Notes what a look at a `signed` record, started at `started` (unix ms), came to; once the
+    /// receipt is found, returns when the lookup that found it and the last one that missed it
+    /// started, from the write-ahead ([`pace::ReceiptTime::learn`]). Timed from each lookup's
+    /// start: a found receipt was there when it was asked for, and the write that settles the
+    /// record after it is not the chain's time.
     fn looked(
         &mut self,
         looked: &Looked,
         record: &PaymentRecord,
         started: u64,
-    ) -> Option<Duration> {
+    ) -> Option<(Duration, Option<Duration>)> {
         let lookups = self.receipt.as_mut()?;
         match looked {
             Looked::Unchanged if record.state == State::Signed => {
@@ -1007,7 +1006,7 @@ impl Round {
             Looked::Changed => {
                 let lookups = self.receipt.take()?;
                 let since = |t: u64| Duration::from_millis(t.saturating_sub(lookups.written_ahead));
-                Some(receipt_sample(since(started), lookups.missed.map(since)))
+                Some((since(started), lookups.missed.map(since)))
             }
             _ => None,
         }
@@ -1185,10 +1184,10 @@ mod tests {
             round.before_first_receipt(&signed, Duration::from_millis(200)),
             Duration::ZERO
         );
-        // Found: how long after the write-ahead, as far as the lookups tell: halfway between the
-        // two lookups' starts, whatever the look itself took.
+        // Found: when the two lookups started, from the write-ahead, whatever the look itself took.
         let took = round.looked(&Looked::Changed, &signed, at + 30);
-        assert_eq!(took, Some(Duration::from_millis(25)));
+        let ms = Duration::from_millis;
+        assert_eq!(took, Some((ms(30), Some(ms(20)))));
         let again = round.looked(&Looked::Changed, &signed, at + 40);
         assert_eq!(again, None, "one sample a payment");
     }
