@@ -3,7 +3,9 @@
 //! does not mine; late, after the record finished), worker and replay steps, stopped and resumed
 //! mining, and front-runners executing an authorization themselves. Every third worker step hands
 //! the worker all payments as one SQS batch, so a lane's new payments are signed together as a
-//! run. After each case:
+//! run. About half the `/settle` calls go to a handler that signs a new payment itself when the
+//! lane's lease is free ("Signing in /settle"), so it contends with the worker for the lane.
+//! After each case:
 //!
 //! - at most one caller was told `success` per authorization;
 //! - every success names a mined transaction with a `Transfer` from the payer to **that request's**
@@ -105,6 +107,8 @@ fn ops(rng: &mut Rng, authorizations: usize) -> Vec<Op> {
 /// on the stack's tables and a queue of the test's own.
 struct Path {
     settler: Arc<Settler>,
+    /// The same, signing a payment itself when the lane's lease is free.
+    settler_here: Arc<Settler>,
     worker: Worker,
     replayer: Replayer,
     store: Store,
@@ -129,18 +133,21 @@ impl Path {
         // One lane: a case's payments then share it, and a worker batch often holds a run.
         config.lane_keys.truncate(1);
         config.lane_runs = true;
-        let settler = Settler::new(
-            Facilitator::new(&config, &aws),
-            store().await,
-            Queue::new(sqs, queue_url),
-            config.lane_keys.clone(),
-            Timing {
-                deadline: Duration::from_millis(700),
-                poll: Duration::from_millis(50),
-            },
-        );
+        let settler = || {
+            Settler::new(
+                Facilitator::new(&config, &aws),
+                facilitator::store::Store::from_config(&config, &aws),
+                Queue::new(sqs.clone(), queue_url.clone()),
+                config.lane_keys.clone(),
+                Timing {
+                    deadline: Duration::from_millis(700),
+                    poll: Duration::from_millis(50),
+                },
+            )
+        };
         Path {
-            settler: Arc::new(settler),
+            settler: Arc::new(settler()),
+            settler_here: Arc::new(settler().signing_here(Worker::from_config(&config, &aws))),
             worker: Worker::from_config(&config, &aws),
             replayer: Replayer::from_config(&config, &aws).unwrap(),
             store: store().await,
@@ -293,7 +300,10 @@ async fn run_case(path: &Path, seed: u64) -> Vec<&'static str> {
             Op::Settle { k, conflicting } => {
                 let p = if conflicting { &twins[k] } else { &payments[k] };
                 let (pay_to, value, body) = (p.pay_to, p.value, p.body());
-                let settler = path.settler.clone();
+                let settler = match rng.below(2) {
+                    0 => path.settler.clone(),
+                    _ => path.settler_here.clone(),
+                };
                 calls.push(tokio::spawn(async move {
                     let request = parse_request(&serde_json::to_vec(&body).unwrap()).unwrap();
                     let answer = settler.settle(&request).await;

@@ -50,6 +50,12 @@ pub const CONTRACT_WALLETS_VAR: &str = "X402_CONTRACT_WALLETS";
 /// `on` or `off` (the default): whether the worker signs a lane's new payments of one batch as a run
 /// (docs/settlement.md, "A lane's run").
 pub const LANE_RUNS_VAR: &str = "X402_LANE_RUNS";
+/// `on` or `off` (the default): whether `/settle` signs a new payment itself when its lane is free,
+/// instead of queueing it for the worker (docs/settlement.md, "Signing in /settle").
+pub const SETTLE_SIGNS_VAR: &str = "X402_SETTLE_SIGNS";
+/// How long a lane's lease lasts, in milliseconds: what a signer that died holding it costs the
+/// lane at most (docs/settlement.md, "The lane's lease").
+pub const LANE_LEASE_VAR: &str = "X402_LANE_LEASE_MS";
 /// The attempts the worker makes at a payment before it gives up on it (docs/settlement.md).
 pub const WORKER_MAX_ATTEMPTS_VAR: &str = "X402_WORKER_MAX_ATTEMPTS";
 /// How many of a contract-wallet payer's settlements may revert on chain before its contract-wallet
@@ -78,6 +84,9 @@ const MAX_SETTLE_DEADLINE: Duration = Duration::from_secs(28);
 const DEFAULT_SETTLE_POLL: Duration = Duration::from_millis(250);
 /// About a block on Base: the state /settle simulated against is at most a block old.
 const DEFAULT_SIMULATION_REUSE: Duration = Duration::from_secs(2);
+/// Long enough for a `Sign` and a write-ahead on a slow day; short enough that a signer that died
+/// holding the lease stalls the lane for about a second (I10).
+pub const DEFAULT_LANE_LEASE: Duration = Duration::from_secs(1);
 /// Longer than `/settle`'s deadline, so replay never races a live follower or a busy worker.
 const DEFAULT_REPLAY_MIN_AGE: Duration = Duration::from_secs(60);
 const DEFAULT_REPLAY_MAX_RECORDS: usize = 500;
@@ -134,6 +143,10 @@ pub struct Config {
     pub contract_wallets: bool,
     /// Whether the worker signs a lane's new payments of one batch as a run.
     pub lane_runs: bool,
+    /// Whether `/settle` signs a new payment itself when its lane's lease is free.
+    pub settle_signs: bool,
+    /// How long a signer holds a lane's lease (`X402_LANE_LEASE_MS`).
+    pub lane_lease: Duration,
     /// When a contract-wallet payer whose settlements revert on chain is refused.
     pub payer_reverts: RevertPolicy,
     /// The rate limit of an API key that has none of its own (`None`: not limited).
@@ -253,6 +266,8 @@ impl Config {
     }
 
     /// Reads configuration through `lookup`, so tests need not touch the process environment.
+    /// It is longer than 60 lines because it is one struct literal, a line per setting, read in the
+    /// order errors are reported.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let vars = Vars(lookup);
         // Read in this order so that, of several bad variables, the same one is reported first.
@@ -299,6 +314,8 @@ impl Config {
             )?,
             contract_wallets: vars.switch(CONTRACT_WALLETS_VAR, true)?,
             lane_runs: vars.switch(LANE_RUNS_VAR, false)?,
+            settle_signs: vars.switch(SETTLE_SIGNS_VAR, false)?,
+            lane_lease: vars.millis(LANE_LEASE_VAR, DEFAULT_LANE_LEASE)?,
             payer_reverts: revert_policy(&vars)?,
             key_limit: key_limit(&vars)?,
             lane_activation_wei: native_amount(

@@ -46,7 +46,7 @@ impl Replayer {
         let started = now_ms();
         // Names this run's lease, and its queue messages so SQS deduplication does not swallow
         // them; random, so that two runs started in the same millisecond differ.
-        let attempt = format!("replay-{started}-{}", random_hex());
+        let attempt = format!("replay-{started}-{}", crate::store::random_hex());
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let until = lease_until(started, left);
         if let Lease::Held { holder, until } = self
@@ -261,17 +261,4 @@ fn quarantine(item: &Undecodable) {
         problem = %item.problem,
         "replay quarantined an item it cannot decode: skipped until it is mended (docs/runbook.md#replay-quarantined)"
     );
-}
-
-/// 64 random bits in hex; the time in nanoseconds if the system has no randomness to give.
-fn random_hex() -> String {
-    let mut bytes = [0u8; 8];
-    if getrandom::fill(&mut bytes).is_err() {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        bytes[..4].copy_from_slice(&nanos.to_be_bytes());
-    }
-    alloy::hex::encode(bytes)
 }

@@ -34,6 +34,7 @@ use crate::{
         Binding, Claimant, Created, Failure, Mined, NewPayment, PaymentId, PaymentRecord, State,
         Store,
     },
+    worker::{Here, Worker},
 };
 
 use pace::{Pace, ReceiptTime, RunningTime};
@@ -95,6 +96,9 @@ pub struct Settler {
     /// How long after the write-ahead this instance's receipts have been found: when a follower
     /// first looks for one.
     receipts: ReceiptTime,
+    /// Signs a new payment here when its lane is free (`X402_SETTLE_SIGNS`); `None`: every
+    /// payment goes through the queue.
+    signs_here: Option<Worker>,
 }
 
 /// The request's view of the answer: what the wire echoes back.
@@ -275,12 +279,25 @@ impl Settler {
             signing: RunningTime::new(timing.poll / 4),
             // Until a receipt has been found: at once, as the first guess that costs no latency.
             receipts: ReceiptTime::default(),
+            signs_here: None,
         }
+    }
+
+    /// Signs new payments here, with `worker`'s lanes and clients, when their lane's lease is free
+    /// (docs/settlement.md, "Signing in /settle").
+    pub fn signing_here(mut self, worker: Worker) -> Self {
+        self.signs_here = Some(worker);
+        self
     }
 
     /// Builds the settle function's clients from the configuration; calls nothing.
     pub fn from_config(config: &Config, aws: &aws_config::SdkConfig) -> Result<Self, ConfigError> {
-        Ok(Self::from_config_unrouted(config, aws)?.with_lane_state_ttl(config.lane_state_ttl))
+        let settler =
+            Self::from_config_unrouted(config, aws)?.with_lane_state_ttl(config.lane_state_ttl);
+        Ok(match config.settle_signs {
+            true => settler.signing_here(Worker::from_config(config, aws)),
+            false => settler,
+        })
     }
 
     /// How long this instance trusts what it read of the lanes' states.
@@ -626,8 +643,21 @@ impl Settler {
             Ok(Created::Exists(existing)) => return self.answer_from(r, *existing).await,
             Err(answer) => return answer,
         }
-        if let Err(e) = self.queue.enqueue_created(&record, simulated).await {
-            // Not queued, so nothing will ever sign it: cancel it so it cannot settle later unseen.
+        let here = match &self.signs_here {
+            Some(worker) => worker.sign_here(&record, simulated).await,
+            None => Here::Queue,
+        };
+        let queued = match here {
+            Here::Sent(written) => return self.follow_sent(r, *written).await,
+            Here::Stopped(step) => {
+                return r.unexpected(format!("stopped after {step:?} (fault injection)"))
+            }
+            Here::Queue => self.queue.enqueue_created(&record, simulated).await,
+            Here::FromRecord => self.queue.enqueue(r.id.as_str(), &record.lane).await,
+        };
+        if let Err(e) = queued {
+            // Not queued, so nothing will ever sign it: cancel it so it cannot settle later unseen
+            // (a record signed here meanwhile is not `queued`, and is not cancelled).
             let why = format!("could not queue the payment: {e}");
             if self.cancel(&r.id, &why).await == Cancel::Done {
                 return r.unexpected(why);
@@ -716,9 +746,25 @@ impl Settler {
     /// Reads the record until it is final or the deadline passes, finishing `signed` and
     /// `submitted` records from their receipts on the way, and claiming a settled one's success.
     /// What each look does: [`answer_for`]; when it looks again: [`pace`].
-    async fn follow(&self, r: &Request<'_>, mut record: PaymentRecord) -> SettleResponse {
+    async fn follow(&self, r: &Request<'_>, record: PaymentRecord) -> SettleResponse {
+        let round = Round::new(&record, self.timing.poll);
+        self.follow_from(r, record, round).await
+    }
+
+    /// [`Settler::follow`] for a payment signed and sent here: its transaction is known without
+    /// reading the record, and its receipt is timed from the write-ahead as a worker's would be.
+    async fn follow_sent(&self, r: &Request<'_>, written: PaymentRecord) -> SettleResponse {
+        let round = Round::sent(&written, self.timing.poll);
+        self.follow_from(r, written, round).await
+    }
+
+    async fn follow_from(
+        &self,
+        r: &Request<'_>,
+        mut record: PaymentRecord,
+        mut round: Round,
+    ) -> SettleResponse {
         let deadline = r.started + self.timing.deadline;
-        let mut round = Round::new(&record, self.timing.poll);
         loop {
             if let Some(signing) = round.observe(&record) {
                 self.signing.observe(signing, self.timing.deadline);
@@ -947,6 +993,19 @@ impl Round {
             read_at: Instant::now(),
             first: true,
             receipt: None,
+        }
+    }
+
+    /// A round for a record this instance wrote ahead and sent itself: its first receipt lookup
+    /// waits, as for a write-ahead seen happen ([`Round::observe`]).
+    fn sent(record: &PaymentRecord, poll: Duration) -> Self {
+        Round {
+            receipt: Some(ReceiptLookups {
+                written_ahead: record.updated_at,
+                missed: None,
+                looked: false,
+            }),
+            ..Round::new(record, poll)
         }
     }
 

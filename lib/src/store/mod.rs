@@ -6,6 +6,7 @@
 
 mod control;
 mod item;
+mod lane_lease;
 mod lanes;
 mod payer;
 mod record;
@@ -25,6 +26,7 @@ use tracing::instrument;
 
 use crate::clock::now_ms;
 pub use control::{IndexPosition, Lease, OpenEntry, OpenFilter, Undecodable};
+pub use lane_lease::{LaneLease, LeaseAfter};
 pub use lanes::LaneState;
 pub use payer::{refused_until, Standing};
 pub use record::{
@@ -382,16 +384,26 @@ impl Store {
     /// when either condition failed (the record moved on or no longer holds what `record` says, or
     /// another sender took that nonce): then nothing was written.
     #[instrument(skip_all, fields(id = %record.id, lane = %record.lane, nonce = signed.nonce), err(level = "warn"))]
-    pub async fn sign(&self, record: &PaymentRecord, signed: &Signed) -> Result<bool, StoreError> {
-        self.sign_run(&[(record, signed)]).await
+    pub async fn sign(
+        &self,
+        record: &PaymentRecord,
+        signed: &Signed,
+        lease: LeaseAfter<'_>,
+    ) -> Result<bool, StoreError> {
+        self.sign_run(&[(record, signed)], lease).await
     }
 
     /// The write-ahead of a lane's run ([`Store::sign`] for several payments at once): each record
     /// `queued → signed` with its transaction, and the lane's next nonce stepped past all of them,
     /// in one transaction. The run's nonces must follow each other from the first; every record
-    /// must be on the first one's lane and network. All or nothing: false when any condition failed.
+    /// must be on the first one's lane and network. All or nothing: false when any condition failed,
+    /// and another signer's live lease on the lane fails it too ([`lane_lease`]).
     #[instrument(skip_all, fields(payments = run.len()), err(level = "warn"))]
-    pub async fn sign_run(&self, run: &[(&PaymentRecord, &Signed)]) -> Result<bool, StoreError> {
+    pub async fn sign_run(
+        &self,
+        run: &[(&PaymentRecord, &Signed)],
+        lease: LeaseAfter<'_>,
+    ) -> Result<bool, StoreError> {
         let Some(((first, first_signed), rest)) = run.split_first() else {
             return Ok(true);
         };
@@ -415,10 +427,10 @@ impl Store {
             );
         }
         let step = self.nonce_step(
-            lane,
-            network,
+            (lane, network),
             first_signed.nonce,
             first_signed.nonce + 1 + rest.len() as u64,
+            lease,
         )?;
         let request = request
             .transact_items(TransactWriteItem::builder().update(step).build())
@@ -463,26 +475,44 @@ impl Store {
     }
 
     /// The lane's next nonce on `network` from `from` to `to`: only if no transaction holds `from`
-    /// or a later nonce yet (the counter is at or below `from`); a lane never used there starts
-    /// wherever the chain says.
+    /// or a later nonce yet (the counter is at or below `from`), and no other signer holds a live
+    /// lease on the lane; a lane never used there starts wherever the chain says. The lease is
+    /// kept or given back as `lease` says.
     fn nonce_step(
         &self,
-        lane: &str,
-        network: &str,
+        (lane, network): (&str, &str),
         from: u64,
         to: u64,
+        lease: LeaseAfter<'_>,
     ) -> Result<Update, StoreError> {
-        Update::builder()
+        let (until_name, by_name) = lane_lease::lease_attributes(network);
+        let now = now_ms();
+        let (lease_change, until) = match lease {
+            LeaseAfter::Keep { until, .. } => (", #until = :until, #by = :holder", Some(until)),
+            LeaseAfter::Release { .. } => (" REMOVE #until, #by", None),
+        };
+        let mut update = Update::builder()
             .table_name(&self.lanes)
             .key("lane", AttributeValue::S(lane.to_owned()))
-            .update_expression("SET #nonce = :next, updated_at = :now")
-            .condition_expression("attribute_not_exists(#nonce) OR #nonce <= :from")
+            .update_expression(format!(
+                "SET #nonce = :next, updated_at = :now{lease_change}"
+            ))
+            .condition_expression(format!(
+                "(attribute_not_exists(#nonce) OR #nonce <= :from) AND {}",
+                lane_lease::FREE_OR_MINE
+            ))
             .expression_attribute_names("#nonce", nonce_attribute(network))
+            .expression_attribute_names("#until", until_name)
+            .expression_attribute_names("#by", by_name)
             .expression_attribute_values(":from", AttributeValue::N(from.to_string()))
             .expression_attribute_values(":next", AttributeValue::N(to.to_string()))
-            .expression_attribute_values(":now", AttributeValue::N(now_ms().to_string()))
-            .build()
-            .map_err(fail("build Update"))
+            .expression_attribute_values(":now", AttributeValue::N(now.to_string()))
+            .expression_attribute_values(":holder", AttributeValue::S(lease.holder().to_owned()));
+        if let Some(until) = until {
+            update =
+                update.expression_attribute_values(":until", AttributeValue::N(until.to_string()));
+        }
+        update.build().map_err(fail("build Update"))
     }
 
     /// The lane's next nonce on `network` set to `next`, only upward (or where it is not set yet).
@@ -864,4 +894,17 @@ impl<'a> Change<'a> {
 
 fn state_value(state: State) -> AttributeValue {
     AttributeValue::S(state.as_str().to_owned())
+}
+
+/// 64 random bits in hex; the time in nanoseconds if the system has no randomness to give.
+pub fn random_hex() -> String {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        bytes[..4].copy_from_slice(&nanos.to_be_bytes());
+    }
+    alloy::hex::encode(bytes)
 }

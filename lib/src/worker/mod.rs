@@ -8,6 +8,7 @@
 
 mod batch;
 mod decide;
+mod here;
 mod nonces;
 mod run;
 mod sweep;
@@ -29,7 +30,9 @@ use crate::{
     protocol::Reason,
     queue::{Queue, SettlementMessage, Simulated},
     signer::{LaneError, LaneSigner},
-    store::{Failure, PaymentId, PaymentRecord, Signed, State, Store, StoreError},
+    store::{
+        Failure, LaneLease, LeaseAfter, PaymentId, PaymentRecord, Signed, State, Store, StoreError,
+    },
 };
 
 pub use decide::{
@@ -37,6 +40,7 @@ pub use decide::{
     nonce_too_low, replacement, replacement_plan, retry_budget, visibility_backoff, AfterFailure,
     AfterLost, GasLimit, Next, ReplacementPlan, MIN_TIME_TO_START, RETRY_BUDGET,
 };
+pub use here::Here;
 
 /// Why a payment could not be moved on now. Every variant sends the message back to the queue
 /// (and, after the queue's maxReceiveCount, to the dead-letter queue, where replay still finishes
@@ -55,6 +59,12 @@ pub enum WorkError {
     /// Another sender took the lane nonce between the read and the write-ahead.
     #[error("lane {lane} nonce {nonce} was taken; the next attempt takes the next one")]
     NonceTaken { lane: String, nonce: u64 },
+    /// Another signer holds the lane's lease ([`crate::store::LaneLease`]): it is signing there
+    /// now, and this payment waits its turn.
+    #[error(
+        "lane {lane} is leased to another signer until {until} (unix ms); trying again after it"
+    )]
+    LaneBusy { lane: String, until: u64 },
     #[error("{0} is not configured here")]
     UnknownNetwork(String),
     #[error("lane {0} is not one of X402_LANE_KEYS; leaving the payment for reconciliation")]
@@ -125,6 +135,10 @@ pub struct Worker {
     simulation_reuse: Duration,
     /// Whether a lane's new payments of one batch are signed as a run (`X402_LANE_RUNS`).
     lane_runs: bool,
+    /// Who this instance is when it takes a lane's lease: random per instance.
+    holder: String,
+    /// How long it holds a lease (`X402_LANE_LEASE_MS`).
+    lease: Duration,
 }
 
 impl Worker {
@@ -151,6 +165,8 @@ impl Worker {
             // Until configured: always simulate again, one payment at a time.
             simulation_reuse: Duration::ZERO,
             lane_runs: false,
+            holder: format!("signer-{}", crate::store::random_hex()),
+            lease: crate::config::DEFAULT_LANE_LEASE,
         }
     }
 
@@ -180,7 +196,17 @@ impl Worker {
         worker.sweep_addresses = config.sweep_addresses.clone();
         worker.simulation_reuse = config.simulation_reuse;
         worker.lane_runs = config.lane_runs;
+        worker.lease = config.lane_lease;
         worker
+    }
+
+    /// The lease terms of the worker's write-aheads: it keeps the lane while it works the lane's
+    /// messages, and the lease lapses a lease's length after its last.
+    fn keep_lease(&self) -> LeaseAfter<'_> {
+        LeaseAfter::Keep {
+            holder: &self.holder,
+            until: now_ms() + lease_ms(self.lease),
+        }
     }
 
     /// Moves one payment forward as far as this worker can, or replaces its transaction when the
@@ -317,15 +343,7 @@ impl Worker {
         );
         let gas = match self.limit(chain, &record, estimate, cap).await? {
             GasLimit::Limit(gas) => gas,
-            GasLimit::OverCap { needed, cap } => {
-                let why = format!("the transfer would use {needed} gas, more than this facilitator pays for one settlement on {} ({cap})", record.network);
-                // In the payment method's own words, as verify would have said it.
-                let reason = match record.id.is_permit2() {
-                    true => Reason::Permit2SimulationFailed,
-                    false => Reason::SimulationFailed,
-                };
-                return self.fail(&record, reason, why).await;
-            }
+            GasLimit::OverCap { needed, cap } => return self.over_cap(&record, needed, cap).await,
             GasLimit::UsedBefore(revert) => {
                 let record = match read {
                     true => record,
@@ -349,7 +367,26 @@ impl Worker {
             raw: signed.raw,
             hash: signed.hash,
         };
-        self.write_ahead_and_send(record, signed).await
+        let lease = self.keep_lease();
+        self.write_ahead_and_send(record, signed, lease)
+            .await
+            .map(drop)
+    }
+
+    /// Fails a payment whose transfer needs more gas than the network's cap.
+    async fn over_cap(
+        &self,
+        record: &PaymentRecord,
+        needed: u64,
+        cap: u64,
+    ) -> Result<(), WorkError> {
+        let why = format!("the transfer would use {needed} gas, more than this facilitator pays for one settlement on {} ({cap})", record.network);
+        // In the payment method's own words, as verify would have said it.
+        let reason = match record.id.is_permit2() {
+            true => Reason::Permit2SimulationFailed,
+            false => Reason::SimulationFailed,
+        };
+        self.fail(record, reason, why).await
     }
 
     /// The fees to offer, and the simulation's gas or revert. The simulation runs as the
@@ -362,7 +399,7 @@ impl Worker {
         record: &PaymentRecord,
         from: alloy::primitives::Address,
         simulated: Option<Simulated>,
-    ) -> Result<((u128, u128), Result<u64, String>), ChainError> {
+    ) -> Simulation {
         let fees = chain.offered_fees().await?;
         let reuse = u64::try_from(self.simulation_reuse.as_millis()).unwrap_or(u64::MAX);
         let estimate = match simulated.filter(|s| now_ms().saturating_sub(s.at_ms) < reuse) {
@@ -429,9 +466,10 @@ impl Worker {
 
     /// The nonce to sign the record's transaction at: the lanes table's counter, which every
     /// write-ahead steps (I4), so it never runs ahead of a transaction some record holds, as this
-    /// invocation last wrote it ([`nonces`]) or else as read; the chain's pending count only for the
-    /// lane's first payment on the network. A table behind the chain shows as the node's "nonce
-    /// too low" ([`Worker::behind_the_chain`]).
+    /// invocation last wrote it ([`nonces`]) or else as read when taking the lane's lease; the
+    /// chain's pending count only for the lane's first payment on the network. A table behind the
+    /// chain shows as the node's "nonce too low" ([`Worker::behind_the_chain`]). A lane another
+    /// signer holds is [`WorkError::LaneBusy`]: tried again after a wait, as any lost race is.
     async fn next_nonce(
         &self,
         chain: &Chain,
@@ -441,7 +479,27 @@ impl Worker {
         if let Some(next) = self.nonces.get(&record.lane, &record.network) {
             return Ok(next);
         }
-        match self.store.lane_nonce(&record.lane, &record.network).await? {
+        let now = now_ms();
+        let lease = self
+            .store
+            .take_lane_lease(
+                &record.lane,
+                &record.network,
+                &self.holder,
+                (now, now + lease_ms(self.lease)),
+            )
+            .await?;
+        let next = match lease {
+            LaneLease::Taken { next } => next,
+            LaneLease::NoRow => None,
+            LaneLease::Held { until } => {
+                return Err(WorkError::LaneBusy {
+                    lane: record.lane.clone(),
+                    until,
+                })
+            }
+        };
+        match next {
             Some(next) => Ok(next),
             None => Ok(chain.pending_nonce(sender).await?),
         }
@@ -464,16 +522,18 @@ impl Worker {
     }
 
     /// The write-ahead (I3, I4), then the broadcast; when the write-ahead's condition fails, what
-    /// the record has become decides ([`after_lost_write_ahead`]).
+    /// the record has become decides ([`after_lost_write_ahead`]). The record as written ahead
+    /// when this write-ahead is the one that landed.
     async fn write_ahead_and_send(
         &self,
         record: PaymentRecord,
         signed: Signed,
-    ) -> Result<(), WorkError> {
+        lease: LeaseAfter<'_>,
+    ) -> Result<Option<PaymentRecord>, WorkError> {
         // Forgotten until this write-ahead is known to have stepped the counter: a write that lost
         // its condition, or whose outcome is unknown, leaves the table to say.
         self.nonces.forget(&record.lane, &record.network);
-        if !self.store.sign(&record, &signed).await? {
+        if !self.store.sign(&record, &signed, lease).await? {
             let latest = self.store.get(&record.id).await?;
             return match after_lost_write_ahead(latest.as_ref()) {
                 AfterLost::TakeNextNonce => Err(WorkError::NonceTaken {
@@ -481,10 +541,10 @@ impl Worker {
                     nonce: signed.nonce,
                 }),
                 AfterLost::Broadcast => match latest {
-                    Some(latest) => self.broadcast(&latest).await.map(drop),
-                    None => Ok(()),
+                    Some(latest) => self.broadcast(&latest).await.map(|_| None),
+                    None => Ok(None),
                 },
-                AfterLost::Nothing => Ok(()),
+                AfterLost::Nothing => Ok(None),
             };
         }
         self.nonces
@@ -497,13 +557,17 @@ impl Worker {
             lane_nonce: Some(signed.nonce),
             sender: Some(signed.sender),
             state: State::Signed,
+            // As the write-ahead stamped it, to the millisecond or so: a follower times the
+            // receipt from it.
+            updated_at: now_ms(),
             ..record
         };
         match self.broadcast(&written).await? {
-            Sent::Refused(refusal) if nonce_too_low(&refusal) => {
-                self.behind_the_chain(&written, &refusal).await
-            }
-            _ => Ok(()),
+            Sent::Refused(refusal) if nonce_too_low(&refusal) => self
+                .behind_the_chain(&written, &refusal)
+                .await
+                .map(|()| None),
+            _ => Ok(Some(written)),
         }
     }
 
@@ -705,6 +769,14 @@ impl Worker {
             .await?;
         Ok(signer.clone())
     }
+}
+
+/// What [`Worker::simulate`] found: the fees to offer, and the gas the transfer needs or the
+/// revert's text.
+type Simulation = Result<((u128, u128), Result<u64, String>), ChainError>;
+
+fn lease_ms(lease: Duration) -> u64 {
+    u64::try_from(lease.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Up to `wait` more, so that retries of many payments do not fall in step.

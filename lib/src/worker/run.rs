@@ -251,7 +251,7 @@ impl Worker {
             .map(|(_, record, ..)| record)
             .zip(&signed)
             .collect();
-        let stored = self.store.sign_run(&pairs).await;
+        let stored = self.store.sign_run(&pairs, self.keep_lease()).await;
         if !matches!(stored, Ok(true)) {
             // Lost (a record moved on, or another sender took a nonce) or unknown: each goes on
             // alone; its write-ahead's condition sorts out what this one may have written.

@@ -1,0 +1,145 @@
+//! `/settle` signing a new payment itself, when its lane is free (docs/settlement.md, "Signing in
+//! /settle").
+//!
+//! The queue hop costs a payment an SQS message, a wait for the worker's invocation, and the
+//! follower's read of the record to learn the transaction: at concurrency 1 most of what a
+//! settlement takes beyond the chain. When nobody is signing on the payment's lane, `/settle`
+//! does what the worker would: it takes the lane's lease (which reads the counter in the same
+//! call), signs at the counter, writes ahead with the nonce step (I3, I4: the same conditional
+//! write as the worker's, which also gives the lease back) and sends. Everything else (a lane
+//! another signer holds, a payment that needs more than a plain signature, any failure) goes to
+//! the queue as before, so the worker still decides every hard case.
+
+use super::{decide, next_step, Next, Step, WorkError, Worker};
+use crate::{
+    clock::{now_ms, unix_now},
+    queue::Simulated,
+    store::{LaneLease, LeaseAfter, PaymentRecord, Signed, State},
+};
+
+/// What became of a payment `/settle` tried to sign itself.
+#[derive(Debug)]
+pub enum Here {
+    /// Written ahead and sent: the record as written (`signed`, with its transaction).
+    Sent(Box<PaymentRecord>),
+    /// Nothing was written: the payment goes to the queue as created, with `/settle`'s simulation.
+    Queue,
+    /// Signed, and its write-ahead may have landed (its outcome is not known, or the send after it
+    /// failed): the payment goes to the queue, and the worker goes on from the record as it is.
+    FromRecord,
+    /// Fault injection stopped it here, as if `/settle`'s process had died ([`Worker::stop_after`]).
+    Stopped(Step),
+}
+
+impl Worker {
+    /// Signs, writes ahead and sends a payment `/settle` has just recorded, if it is a plain one
+    /// (signed by a key, simulated by `/settle` just now and within the gas cap) and its lane's
+    /// lease is free; otherwise says where it goes instead.
+    pub async fn sign_here(&self, record: &PaymentRecord, simulated: Option<Simulated>) -> Here {
+        let plain = record.state == State::Queued
+            && !record.signed_by_contract()
+            && next_step(record, None, unix_now(), true) == Next::Sign;
+        let (Some(simulated), true, Ok(scheme)) = (simulated, plain, self.scheme(record)) else {
+            return Here::Queue;
+        };
+        let signer = match self.signer(&record.lane).await {
+            Ok(signer) => signer,
+            Err(e) => {
+                tracing::warn!(id = %record.id, lane = %record.lane, error = %e, "cannot sign here; queueing the payment");
+                return Here::Queue;
+            }
+        };
+        let chain = scheme.chain();
+        let now = now_ms();
+        let lease = super::lease_ms(self.lease);
+        let (simulation, lease) = tokio::join!(
+            self.simulate(chain, record, signer.address(), Some(simulated)),
+            self.store.take_lane_lease(
+                &record.lane,
+                &record.network,
+                &self.holder,
+                (now, now + lease)
+            )
+        );
+        let next = match lease {
+            Ok(LaneLease::Taken { next }) => next,
+            Ok(LaneLease::Held { .. } | LaneLease::NoRow) => return Here::Queue,
+            Err(e) => {
+                tracing::warn!(id = %record.id, error = %e, "the lane's lease could not be taken; queueing the payment");
+                return Here::Queue;
+            }
+        };
+        let here = self.sign_leased(record, &signer, simulation, next).await;
+        if matches!(here, Here::Queue | Here::FromRecord) {
+            // Let the worker in at once; the lease's expiry covers a release that fails.
+            let released = self
+                .store
+                .release_lane_lease(&record.lane, &record.network, &self.holder)
+                .await;
+            tracing::debug!(id = %record.id, ?released, "gave the lane's lease back");
+        }
+        here
+    }
+
+    /// [`Worker::sign_here`] once the lease is held: the gas from `/settle`'s simulation, the
+    /// nonce from the counter (or the chain, for a lane's first payment on the network), then
+    /// `Sign`, the write-ahead that gives the lease back, and the send.
+    async fn sign_leased(
+        &self,
+        record: &PaymentRecord,
+        signer: &crate::signer::LaneSigner,
+        simulation: super::Simulation,
+        next: Option<u64>,
+    ) -> Here {
+        let Ok(scheme) = self.scheme(record) else {
+            return Here::Queue;
+        };
+        let chain = scheme.chain();
+        let cap = decide::gas_cap(
+            &record.calldata,
+            scheme.network().chain_id(),
+            chain.gas_caps(),
+        );
+        let (fees, gas) = match simulation.map(|(fees, e)| (fees, decide::gas_limit(e, cap))) {
+            Ok((fees, decide::GasLimit::Limit(gas))) => (fees, gas),
+            // A revert, a cap or an unanswered node: the worker's to decide.
+            _ => return Here::Queue,
+        };
+        let nonce = match next {
+            Some(next) => next,
+            None => match chain.pending_nonce(signer.address()).await {
+                Ok(pending) => pending,
+                Err(_) => return Here::Queue,
+            },
+        };
+        let tx = decide::transfer_tx(record, scheme.network().chain_id(), nonce, gas, fees);
+        let Ok(signed) = signer.sign(tx).await else {
+            return Here::Queue;
+        };
+        if self.crash_point(Step::Signed).is_err() {
+            return Here::Stopped(Step::Signed);
+        }
+        let signed = Signed {
+            sender: signer.address(),
+            nonce,
+            raw: signed.raw,
+            hash: signed.hash,
+        };
+        let release = LeaseAfter::Release {
+            holder: &self.holder,
+        };
+        match self
+            .write_ahead_and_send(record.clone(), signed, release)
+            .await
+        {
+            Ok(Some(written)) => Here::Sent(Box::new(written)),
+            // Another writer moved the record: the worker reads what it became.
+            Ok(None) => Here::FromRecord,
+            Err(WorkError::Stopped(step)) => Here::Stopped(step),
+            Err(e) => {
+                tracing::warn!(id = %record.id, lane = %record.lane, nonce, error = %e, "signed here but not finished; the worker goes on from the record");
+                Here::FromRecord
+            }
+        }
+    }
+}
