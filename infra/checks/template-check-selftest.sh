@@ -42,7 +42,11 @@ doctored wildcard-admin "names kms:Describe* by wildcard" \
 doctored account-grants "lets iam::\${AWS::AccountId}:root call kms:creategrant" \
   'text = text.replace("Action: [kms:DescribeKey, kms:GetKeyPolicy,", "Action: [kms:CreateGrant, kms:DescribeKey, kms:GetKeyPolicy,", 1)'
 doctored replay-signs "ReplayFunction: key policy statement SenderSignsDigests allows kms:Sign" \
-  'text = text.replace("Principal: {AWS: [!GetAtt SettleWorkerRole.Arn]}\n            Action: kms:Sign", "Principal: {AWS: [!GetAtt SettleWorkerRole.Arn, !GetAtt ReplayRole.Arn]}\n            Action: kms:Sign", 1)'
+  'text = text.replace("Principal: {AWS: [!GetAtt SettleWorkerRole.Arn, !GetAtt SettleRole.Arn]}\n            Action: kms:Sign", "Principal: {AWS: [!GetAtt SettleWorkerRole.Arn, !GetAtt SettleRole.Arn, !GetAtt ReplayRole.Arn]}\n            Action: kms:Sign", 1)'
+doctored supported-signs "SupportedFunction: key policy statement SenderSignsDigests allows kms:Sign" \
+  'text = text.replace("Principal: {AWS: [!GetAtt SettleWorkerRole.Arn, !GetAtt SettleRole.Arn]}\n            Action: kms:Sign", "Principal: {AWS: [!GetAtt SettleWorkerRole.Arn, !GetAtt SettleRole.Arn, !GetAtt SupportedRole.Arn]}\n            Action: kms:Sign", 1)'
+doctored settle-cannot-sign "SettleFunction: may not sign with LaneKey0" \
+  'text = text.replace("Principal: {AWS: [!GetAtt SettleWorkerRole.Arn, !GetAtt SettleRole.Arn]}\n            Action: kms:Sign", "Principal: {AWS: [!GetAtt SettleWorkerRole.Arn]}\n            Action: kms:Sign", 1)'
 doctored admin-signs "key policy lets KeyAdminRoleArn call kms:Sign" \
   'text = text.replace("Action: [kms:PutKeyPolicy, kms:CreateGrant,", "Action: [kms:Sign, kms:PutKeyPolicy, kms:CreateGrant,", 1)'
 doctored unreported-key "LaneKey3: no EventBridge rule reports" \

@@ -4,7 +4,8 @@
 #      `sam validate --lint` (the SAM CLI's own transform and lint, from .local/sam-venv);
 #   2. who may do what: every permission of every function, from its IAM role and from the KMS key
 #      policies, printed as a table; fails if a function other than the settlement worker may call
-#      kms:Sign (DESIGN I7), if the worker may not sign with every lane key, or if a permission
+#      kms:Sign (DESIGN I7; the settlement worker, and settle, which signs a payment itself when its
+#      lane is free), if either may not sign with every lane key, or if a permission
 #      comes from somewhere this check cannot read (SAM Policies, managed policies);
 #   3. key custody (docs/security.md): fails if a key policy names a KMS action by wildcard, if
 #      anyone but the KeyAdminRoleArn parameter may call kms:CreateGrant or kms:PutKeyPolicy on a
@@ -42,9 +43,10 @@ fi
 SAM_CLI_TELEMETRY=0 "$SAM" validate --lint --template "$TEMPLATE" --region us-east-1
 fi
 
-# The function allowed to sign. Replay re-sends stored bytes and must not; if it ever signs fee
-# bumps, add ReplayFunction here and its role to the key policies' SenderSignsDigests.
-SIGNERS="SettleWorkerFunction"
+# The functions allowed to sign: the worker, and settle (docs/settlement.md, "Signing in /settle").
+# Replay re-sends stored bytes and must not; if it ever signs fee bumps, add ReplayFunction here and
+# its role to the key policies' SenderSignsDigests.
+SIGNERS="SettleWorkerFunction SettleFunction"
 
 "$VENV/bin/python" - "$TEMPLATE" "$SIGNERS" <<'PY'
 """Who may do what, from the template alone (cfn-lint's own YAML reader, so !Ref and friends parse)."""

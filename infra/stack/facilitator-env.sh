@@ -20,12 +20,15 @@ set -a
 # deployed can pay (the wallet is deployed when its payment settles).
 X402_NETWORKS="[{\"network\":\"$X402_NETWORK\",\"rpcUrl\":\"$RPC_URL\",\"assets\":[\"$X402_TOKEN\",\"$X402_PERMIT_TOKEN\"],\"uptoFacilitator\":\"${X402_LANE_ADDRESSES##*,}\",\"eip6492AllowedFactories\":[\"$X402_ERC6492_FACTORY\"]}]"
 RUST_LOG="${RUST_LOG:-info}"
+# /settle signs a payment itself when its lane is free, as template.yaml deploys it
+# (docs/settlement.md, "Signing in /settle"); a caller may set off to measure or test the queue path.
+X402_SETTLE_SIGNS="${X402_SETTLE_SIGNS:-on}"
 # Where a retired lane's gas may be swept on the local stack: an address nobody holds a key for.
 X402_SWEEP_ADDRESSES="${X402_SWEEP_ADDRESSES:-0x5ee1000000000000000000000000000000005ee1}"
 set +a
 {
   for var in AWS_ENDPOINT_URL AWS_REGION AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY X402_LANE_KEYS \
-    X402_PAYMENTS_TABLE X402_LANES_TABLE X402_SETTLE_QUEUE_URL X402_SWEEP_ADDRESSES RUST_LOG; do
+    X402_PAYMENTS_TABLE X402_LANES_TABLE X402_SETTLE_QUEUE_URL X402_SWEEP_ADDRESSES X402_SETTLE_SIGNS RUST_LOG; do
     printf '%s=%s\n' "$var" "${!var}"
   done
   # Switches a deployment may set, passed on when the caller set them (the load harness and the

@@ -16,8 +16,10 @@ use serde_json::json;
 #[tokio::test]
 async fn nothing_broadcast_by_the_deadline_is_cancelled_for_good() {
     let s = stack();
-    // A queue nobody consumes (the dead-letter queue), so the payment stays queued.
+    // A queue nobody consumes (the dead-letter queue), and a /settle that does not sign itself
+    // (as when the lane is leased), so the payment stays queued.
     let (_server, base) = start_local_server(&[
+        ("X402_SETTLE_SIGNS", "off"),
         ("X402_SETTLE_QUEUE_URL", stack().settle_dlq_url.as_str()),
         ("X402_SETTLE_DEADLINE_MS", "1500"),
     ])
@@ -114,6 +116,7 @@ async fn a_deadline_cancel_that_cannot_be_written_answers_pending_not_a_hang() {
     let aws = CuttableAws::start().await;
     let (_server, base) = start_local_server(&[
         ("AWS_ENDPOINT_URL", aws.url.as_str()),
+        ("X402_SETTLE_SIGNS", "off"),
         ("X402_SETTLE_QUEUE_URL", stack().settle_dlq_url.as_str()),
         ("X402_SETTLE_DEADLINE_MS", "1500"),
     ])

@@ -479,17 +479,7 @@ impl Worker {
         if let Some(next) = self.nonces.get(&record.lane, &record.network) {
             return Ok(next);
         }
-        let now = now_ms();
-        let lease = self
-            .store
-            .take_lane_lease(
-                &record.lane,
-                &record.network,
-                &self.holder,
-                (now, now + lease_ms(self.lease)),
-            )
-            .await?;
-        let next = match lease {
+        let next = match self.lease_lane(record).await? {
             LaneLease::Taken { next } => next,
             LaneLease::NoRow => None,
             LaneLease::Held { until } => {
@@ -503,6 +493,27 @@ impl Worker {
             Some(next) => Ok(next),
             None => Ok(chain.pending_nonce(sender).await?),
         }
+    }
+
+    /// Takes the record's lane's lease; when another signer holds it, waits until it runs out (a
+    /// lease's length at most) and asks once more. A signer that holds it is signing one payment
+    /// (`/settle`) or died holding it: either way it is free within the lease, and waiting keeps a
+    /// lane's run together where failing would split it into single payments.
+    async fn lease_lane(&self, record: &PaymentRecord) -> Result<LaneLease, WorkError> {
+        let lease = lease_ms(self.lease);
+        let take = || {
+            let now = now_ms();
+            let (lane, network) = (&record.lane, &record.network);
+            self.store
+                .take_lane_lease(lane, network, &self.holder, (now, now + lease))
+        };
+        let first = take().await?;
+        let LaneLease::Held { until } = first else {
+            return Ok(first);
+        };
+        let wait = until.saturating_sub(now_ms()).min(lease) + 5;
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        Ok(take().await?)
     }
 
     /// Checked again before signing, for a payment queued before its payer was refused: what the
