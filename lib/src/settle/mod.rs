@@ -286,7 +286,7 @@ impl Settler {
     /// Signs new payments here, with `worker`'s lanes and clients, when their lane's lease is free
     /// (docs/settlement.md, "Signing in /settle").
     pub fn signing_here(mut self, worker: Worker) -> Self {
-        self.signs_here = Some(worker);
+        self.signs_here = Some(worker.for_settle());
         self
     }
 
@@ -1265,6 +1265,24 @@ mod tests {
             assert_eq!(wait, Duration::ZERO);
             assert_eq!(round.looked(&Looked::Changed, &record, now_ms()), None);
         }
+    }
+
+    #[test]
+    fn a_payment_signed_here_is_timed_from_its_own_write_ahead() {
+        let written = PaymentRecord {
+            updated_at: now_ms(),
+            ..sample(State::Signed)
+        };
+        let mut round = Round::sent(&written, POLL);
+        // Waits for the typical receipt time after the write-ahead, as for a worker's.
+        let wait = round.before_first_receipt(&written, Duration::from_millis(200));
+        assert!(
+            wait > Duration::from_millis(150) && wait <= POLL,
+            "{wait:?}"
+        );
+        // And learns from what its lookups found.
+        let found = round.looked(&Looked::Changed, &written, written.updated_at + 12);
+        assert_eq!(found, Some((Duration::from_millis(12), None)));
     }
 
     #[test]

@@ -12,11 +12,25 @@
 //!
 //! Attributes of the lane's row, per network (nonces are counted per chain): `lease#<network>`,
 //! until when (unix ms), and `lease_by#<network>`, the holder.
+//!
+//! A worker takes over another worker's lease, live or not: SQS hands a lane's messages to one
+//! invocation at a time (the FIFO message group), so a worker's lease another worker finds is an
+//! earlier invocation's, and waiting it out would cost the lane up to a lease each time Lambda
+//! gives the lane's next batch to another instance. The lease is what keeps `/settle` and the
+//! worker apart.
 
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
+use aws_sdk_dynamodb::{
+    error::SdkError,
+    operation::update_item::UpdateItemError,
+    types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure},
+};
 use tracing::instrument;
 
-use super::{conditional_update, nonce_attribute, Store, StoreError};
+use super::{conditional_update, fail, nonce_attribute, Store, StoreError};
+
+fn number(value: &AttributeValue) -> Option<u64> {
+    value.as_n().ok()?.parse().ok()
+}
 
 /// What taking a lane's lease found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,14 +69,28 @@ pub(super) fn lease_attributes(network: &str) -> (String, String) {
     (format!("lease#{network}"), format!("lease_by#{network}"))
 }
 
-/// The condition that nobody but `:holder` holds a live lease at `:now`; it names the lease's
-/// attributes `#until` and `#by`.
-pub(super) const FREE_OR_MINE: &str =
-    "(attribute_not_exists(#until) OR #until < :now OR #by = :holder)";
+/// How a worker's holder name starts; `/settle`'s starts with [`SETTLE_HOLDER`].
+pub const WORKER_HOLDER: &str = "worker-";
+pub const SETTLE_HOLDER: &str = "settle-";
+
+/// The condition that the lease is free for `:takes_over` at `:now`: nobody holds a live lease, or
+/// its holder's name starts with `:takes_over` ([`takes_over`]). It names the lease's attributes
+/// `#until` and `#by`.
+pub(super) const FREE_FOR: &str =
+    "(attribute_not_exists(#until) OR #until < :now OR begins_with(#by, :takes_over))";
+
+/// Whose live lease `holder` may take: a worker any worker's, `/settle` only its own.
+pub(super) fn takes_over(holder: &str) -> AttributeValue {
+    let prefix = match holder.starts_with(WORKER_HOLDER) {
+        true => WORKER_HOLDER,
+        false => holder,
+    };
+    AttributeValue::S(prefix.to_owned())
+}
 
 impl Store {
-    /// Takes (or renews) the lane's lease on `network` for `holder` until `until`, if nobody else
-    /// holds a live one at `now`, and reads the lane's next nonce in the same call.
+    /// Takes (or renews) the lane's lease on `network` for `holder` until `until`, if it is free for
+    /// `holder` at `now` ([`FREE_FOR`]), and reads the lane's next nonce in the same call.
     #[instrument(skip_all, fields(lane, network, holder), err(level = "warn"))]
     pub async fn take_lane_lease(
         &self,
@@ -79,32 +107,37 @@ impl Store {
             .key("lane", AttributeValue::S(lane.to_owned()))
             .update_expression("SET #until = :until, #by = :holder")
             // Never creates a row: a row without a state reads as an active lane.
-            .condition_expression(format!("attribute_exists(lane) AND {FREE_OR_MINE}"))
+            .condition_expression(format!("attribute_exists(lane) AND {FREE_FOR}"))
             .expression_attribute_names("#until", until_name.clone())
             .expression_attribute_names("#by", by_name)
             .expression_attribute_values(":until", AttributeValue::N(until.to_string()))
             .expression_attribute_values(":now", AttributeValue::N(now.to_string()))
             .expression_attribute_values(":holder", AttributeValue::S(holder.to_owned()))
+            .expression_attribute_values(":takes_over", takes_over(holder))
             .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send();
-        if let Some(answer) = conditional_update(Box::pin(request)).await? {
-            let next = answer
-                .attributes()
-                .and_then(|row| row.get(&nonce_attribute(network)))
-                .and_then(|v| v.as_n().ok())
-                .and_then(|n| n.parse().ok());
-            return Ok(LaneLease::Taken { next });
+        match Box::pin(request).await {
+            Ok(answer) => {
+                let next = answer
+                    .attributes()
+                    .and_then(|row| row.get(&nonce_attribute(network)))
+                    .and_then(number);
+                Ok(LaneLease::Taken { next })
+            }
+            // Lost: the row as it is comes back with the refusal (`ALL_OLD`), so saying why costs
+            // no read; no row comes back only when there is none.
+            Err(SdkError::ServiceError(e)) => match e.err() {
+                UpdateItemError::ConditionalCheckFailedException(lost) => Ok(match lost.item() {
+                    Some(row) => LaneLease::Held {
+                        until: row.get(&until_name).and_then(number).unwrap_or(0),
+                    },
+                    None => LaneLease::NoRow,
+                }),
+                _ => Err(fail("UpdateItem")(SdkError::ServiceError(e))),
+            },
+            Err(e) => Err(fail("UpdateItem")(e)),
         }
-        // Lost: read why, which costs a call only when the lane is contended.
-        let Some(row) = self.read_item(&self.lanes, "lane", lane).await? else {
-            return Ok(LaneLease::NoRow);
-        };
-        let until = row
-            .get(&until_name)
-            .and_then(|v| v.as_n().ok())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
-        Ok(LaneLease::Held { until })
     }
 
     /// Gives the lease back if `holder` still holds it: a signer that took it and then signed
@@ -130,5 +163,40 @@ impl Store {
             .expression_attribute_values(":holder", AttributeValue::S(holder.to_owned()))
             .send();
         Ok(conditional_update(Box::pin(request)).await?.is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_takes_over_any_workers_lease_and_settle_only_its_own() {
+        let prefix = |holder: &str| takes_over(holder).as_s().unwrap().clone();
+        assert_eq!(prefix("worker-00ff"), "worker-");
+        assert_eq!(prefix("settle-00ff"), "settle-00ff");
+        // A name of neither kind (an operator's, a test's) is taken over by nobody.
+        assert_eq!(prefix("test-holder"), "test-holder");
+    }
+
+    #[test]
+    fn a_lease_is_named_per_network() {
+        assert_eq!(
+            lease_attributes("eip155:8453"),
+            (
+                "lease#eip155:8453".to_owned(),
+                "lease_by#eip155:8453".to_owned()
+            )
+        );
+    }
+
+    #[test]
+    fn both_write_ahead_terms_name_their_holder() {
+        let keep = LeaseAfter::Keep {
+            holder: "worker-1",
+            until: 5,
+        };
+        let release = LeaseAfter::Release { holder: "settle-2" };
+        assert_eq!((keep.holder(), release.holder()), ("worker-1", "settle-2"));
     }
 }

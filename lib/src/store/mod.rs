@@ -26,7 +26,7 @@ use tracing::instrument;
 
 use crate::clock::now_ms;
 pub use control::{IndexPosition, Lease, OpenEntry, OpenFilter, Undecodable};
-pub use lane_lease::{LaneLease, LeaseAfter};
+pub use lane_lease::{LaneLease, LeaseAfter, SETTLE_HOLDER, WORKER_HOLDER};
 pub use lanes::LaneState;
 pub use payer::{refused_until, Standing};
 pub use record::{
@@ -499,7 +499,7 @@ impl Store {
             ))
             .condition_expression(format!(
                 "(attribute_not_exists(#nonce) OR #nonce <= :from) AND {}",
-                lane_lease::FREE_OR_MINE
+                lane_lease::FREE_FOR
             ))
             .expression_attribute_names("#nonce", nonce_attribute(network))
             .expression_attribute_names("#until", until_name)
@@ -507,10 +507,15 @@ impl Store {
             .expression_attribute_values(":from", AttributeValue::N(from.to_string()))
             .expression_attribute_values(":next", AttributeValue::N(to.to_string()))
             .expression_attribute_values(":now", AttributeValue::N(now.to_string()))
-            .expression_attribute_values(":holder", AttributeValue::S(lease.holder().to_owned()));
+            .expression_attribute_values(":takes_over", lane_lease::takes_over(lease.holder()));
+        // Named only where the lease is kept: DynamoDB refuses a value the expressions do not use.
         if let Some(until) = until {
-            update =
-                update.expression_attribute_values(":until", AttributeValue::N(until.to_string()));
+            update = update
+                .expression_attribute_values(":until", AttributeValue::N(until.to_string()))
+                .expression_attribute_values(
+                    ":holder",
+                    AttributeValue::S(lease.holder().to_owned()),
+                );
         }
         update.build().map_err(fail("build Update"))
     }

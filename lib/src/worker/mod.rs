@@ -165,9 +165,24 @@ impl Worker {
             // Until configured: always simulate again, one payment at a time.
             simulation_reuse: Duration::ZERO,
             lane_runs: false,
-            holder: format!("signer-{}", crate::store::random_hex()),
+            holder: format!(
+                "{}{}",
+                crate::store::WORKER_HOLDER,
+                crate::store::random_hex()
+            ),
             lease: crate::config::DEFAULT_LANE_LEASE,
         }
+    }
+
+    /// This worker as `/settle`'s signer ([`here`]): its lease is `/settle`'s, which a worker waits
+    /// out rather than takes over ([`crate::store::LaneLease`]).
+    pub fn for_settle(mut self) -> Self {
+        self.holder = format!(
+            "{}{}",
+            crate::store::SETTLE_HOLDER,
+            crate::store::random_hex()
+        );
+        self
     }
 
     /// Fault injection for tests: every payment stops after `step`, as if the process died there.

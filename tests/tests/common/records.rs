@@ -148,10 +148,25 @@ pub async fn all_records() -> Vec<PaymentRecord> {
 /// A row of the lanes table: the lane's state and its next nonce on each network. The library
 /// keeps the row private (`Store::lane_next_nonce` reads one nonce); the tests compare the whole
 /// table, every attribute.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct LaneRow {
     pub lane: String,
     pub item: Item,
+}
+
+/// Two rows are the same when everything but their leases is: a lease is a hint a signer takes
+/// and gives back without writing anything ahead (docs/settlement.md, "The lane's lease"), so a
+/// crash after signing may leave one where no nonce was taken.
+impl PartialEq for LaneRow {
+    fn eq(&self, other: &Self) -> bool {
+        let without_lease = |item: &Item| -> Item {
+            item.iter()
+                .filter(|(name, _)| !name.starts_with("lease#") && !name.starts_with("lease_by#"))
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect()
+        };
+        self.lane == other.lane && without_lease(&self.item) == without_lease(&other.item)
+    }
 }
 
 impl LaneRow {
