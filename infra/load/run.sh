@@ -21,6 +21,7 @@
 #                                             ours settling again per lane count with a deployment's network modelled:
 #                                             every chain RPC request and AWS call held that long by the counting proxies ("" skips)
 #   X402_LANE_RUNS (unset: off)              passed on to ours as deployed (docs/configuration.md); on to measure a lane's runs
+#   X402_SETTLE_SIGNS (unset: on)            as the template deploys it; off measures every payment through the queue
 #   LOAD_BIN_DIR ($CARGO_TARGET_DIR or target, /release)   where the built binaries are: release, what
 #                                             deploys (a .../debug directory measures debug builds, and the report says so)
 #   LOAD_BUILD (1)                            0 measures the binaries as they are, without building first
@@ -153,7 +154,7 @@ run_settle() {
     --aws-counter "http://127.0.0.1:$AWS_COUNTER_PORT" --pid $pids "${infra[@]}" --poller-trace "$X402_POLLER_TRACE" \
     --requests "${LOAD_SETTLE_REQUESTS:-200}" --seconds "${LOAD_SETTLE_SECONDS:-20}" \
     --concurrency "${LOAD_SETTLE_CONCURRENCY:-1,8,32}" \
-    --settings "X402_SETTLE_POLL_MS=$SETTLE_POLL_MS, X402_SETTLE_DEADLINE_MS=$SETTLE_DEADLINE_MS" --out "$out"
+    --settings "X402_SETTLE_POLL_MS=$SETTLE_POLL_MS, X402_SETTLE_DEADLINE_MS=$SETTLE_DEADLINE_MS, X402_SETTLE_SIGNS=$X402_SETTLE_SIGNS" --out "$out"
 }
 
 step "tools and build"

@@ -280,7 +280,8 @@ export function settleSection({ settle, others = [], networked = [], verify, com
       + `${s.maxRequestsPerPhase} settlements or ${s.maxSecondsPerPhase} s (answers in flight finish), after ${s.warmup} warm-up `
       + "settlements per facilitator; a `settlement_pending` answer is sent again once, as the SDK's client does, and the latency "
       + "is to the last answer. A settle counts as settled only for `success: true` with a transaction hash. "
-      + `"ours" is \`${ours}\` serving \`/settle\` (the settle handler, as in the Lambda function) with the \`settle-worker\` `
+      + `"ours" is \`${ours}\` serving \`/settle\` (the settle handler, as in the Lambda function; with \`X402_SETTLE_SIGNS=on\` it `
+      + "signs and sends a payment itself when its lane's lease is free, docs/settlement.md \"Signing in /settle\") with the \`settle-worker\` "
       + "function under cargo-lambda's runtime emulator, fed from the SQS FIFO queue by `infra/lambda/sqs-poller.sh` as Lambda's event "
       + "source mapping feeds it (one batch of up to 10 messages per lane at once, lanes side by side, one instance of the "
       + `function per lane), signing with moto's KMS; ${s.lanes} signer lane${s.lanes === 1 ? "" : "s"}; ${s.ours}. `
