@@ -978,9 +978,9 @@ struct Round {
 struct ReceiptLookups {
     /// The write-ahead's time (the record's `updated_at` then), unix ms.
     written_ahead: u64,
-    /// The last lookup that found nothing, unix ms.
+    /// The last lookup that found nothing, unix ms; `None` until one has (a lookup that finds the
+    /// receipt ends the lookups, so `None` also says none has been made).
     missed: Option<u64>,
-    looked: bool,
 }
 
 impl Round {
@@ -1003,7 +1003,6 @@ impl Round {
             receipt: Some(ReceiptLookups {
                 written_ahead: record.updated_at,
                 missed: None,
-                looked: false,
             }),
             ..Round::new(record, poll)
         }
@@ -1026,7 +1025,6 @@ impl Round {
         self.receipt = (signed && record.state == State::Signed).then_some(ReceiptLookups {
             written_ahead: record.updated_at,
             missed: None,
-            looked: false,
         });
         signed.then(|| Duration::from_millis(record.updated_at.saturating_sub(record.created_at)))
     }
@@ -1036,7 +1034,7 @@ impl Round {
     /// zero for every other look.
     fn before_first_receipt(&self, record: &PaymentRecord, receipts: Duration) -> Duration {
         match self.receipt {
-            Some(lookups) if !lookups.looked && record.state == State::Signed => self
+            Some(lookups) if lookups.missed.is_none() && record.state == State::Signed => self
                 .pace
                 .first_receipt_wait(receipts, lookups.written_ahead, now_ms()),
             _ => Duration::ZERO,
@@ -1057,7 +1055,6 @@ impl Round {
         let lookups = self.receipt.as_mut()?;
         match looked {
             Looked::Unchanged if record.state == State::Signed => {
-                lookups.looked = true;
                 lookups.missed = Some(started);
                 None
             }
