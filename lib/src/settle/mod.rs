@@ -85,7 +85,7 @@ pub struct Timing {
 /// The settle function's state, built once per instance.
 #[derive(Debug)]
 pub struct Settler {
-    facilitator: Facilitator,
+    facilitator: std::sync::Arc<Facilitator>,
     store: Store,
     queue: Queue,
     /// The lanes new payments may go to (the configured ones that are active).
@@ -263,7 +263,7 @@ impl Request<'_> {
 
 impl Settler {
     pub fn new(
-        facilitator: Facilitator,
+        facilitator: impl Into<std::sync::Arc<Facilitator>>,
         store: Store,
         queue: Queue,
         lanes: Vec<String>,
@@ -271,7 +271,7 @@ impl Settler {
     ) -> Self {
         Settler {
             routes: Routes::new(store.clone(), lanes, crate::config::DEFAULT_LANE_STATE_TTL),
-            facilitator,
+            facilitator: facilitator.into(),
             store,
             queue,
             timing,
@@ -295,7 +295,10 @@ impl Settler {
         let settler =
             Self::from_config_unrouted(config, aws)?.with_lane_state_ttl(config.lane_state_ttl);
         Ok(match config.settle_signs {
-            true => settler.signing_here(Worker::from_config(config, aws)),
+            true => {
+                let (facilitator, store) = (settler.facilitator.clone(), settler.store.clone());
+                settler.signing_here(Worker::sharing(facilitator, store, config, aws))
+            }
             false => settler,
         })
     }

@@ -115,7 +115,9 @@ pub enum Step {
 /// The worker's state, built once per instance.
 #[derive(Debug)]
 pub struct Worker {
-    facilitator: Facilitator,
+    /// Shared with `/settle` when it signs there ([`Worker::sharing`]): one fee cache, one RPC
+    /// client, one read of the RPC secrets per instance.
+    facilitator: std::sync::Arc<Facilitator>,
     store: Store,
     kms: aws_sdk_kms::Client,
     /// The configured lanes: the only keys this worker will sign with.
@@ -143,7 +145,7 @@ pub struct Worker {
 
 impl Worker {
     pub fn new(
-        facilitator: Facilitator,
+        facilitator: impl Into<std::sync::Arc<Facilitator>>,
         store: Store,
         clients: (aws_sdk_kms::Client, aws_sdk_sqs::Client),
         lanes: Vec<String>,
@@ -151,7 +153,7 @@ impl Worker {
     ) -> Self {
         let (kms, sqs) = clients;
         Worker {
-            facilitator,
+            facilitator: facilitator.into(),
             store,
             kms,
             lanes,
@@ -201,9 +203,21 @@ impl Worker {
 
     /// Builds the worker's clients from the configuration; calls nothing.
     pub fn from_config(config: &crate::config::Config, aws: &aws_config::SdkConfig) -> Self {
+        let facilitator = std::sync::Arc::new(Facilitator::new(config, aws));
+        Self::sharing(facilitator, Store::from_config(config, aws), config, aws)
+    }
+
+    /// [`Worker::from_config`] with the facilitator's clients and the store it is given (those
+    /// `/settle` already holds, when it signs itself).
+    pub fn sharing(
+        facilitator: std::sync::Arc<Facilitator>,
+        store: Store,
+        config: &crate::config::Config,
+        aws: &aws_config::SdkConfig,
+    ) -> Self {
         let mut worker = Worker::new(
-            Facilitator::new(config, aws),
-            Store::from_config(config, aws),
+            facilitator,
+            store,
             (aws_sdk_kms::Client::new(aws), aws_sdk_sqs::Client::new(aws)),
             config.lane_keys.clone(),
             config.worker_max_attempts,
