@@ -65,7 +65,7 @@ step "tools"
 bash infra/install.sh --if-needed --interop
 export PATH="$REPO/.local/venv/bin:$PATH" # cargo-lambda (and the zig it brings)
 
-step "template (cfn-lint, sam validate --lint, only the worker may sign, key custody; the check refuses doctored templates; the deploy docs agree with it)"
+step "template (cfn-lint, sam validate --lint, only the worker and settle may sign, key custody; the check refuses doctored templates; the deploy docs agree with it)"
 bash infra/deploy/install-sam.sh --if-needed
 bash infra/deploy/template-check.sh
 bash infra/checks/template-check-selftest.sh

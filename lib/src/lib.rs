@@ -4,8 +4,9 @@
 //! - [`evm`]: the `exact` scheme on EVM chains (EIP-3009): checks, EIP-712, signatures, chain access.
 //! - [`facilitator`]: routing a payment to its scheme; what `/supported` lists.
 //! - [`config`]: the environment variables, read once at cold start.
-//! - [`settle`]: `POST /settle`: record, queue, follow to an honest answer.
-//! - [`worker`]: the settlement queue's consumer, the only code that signs.
+//! - [`settle`]: `POST /settle`: record, sign here or queue, follow to an honest answer.
+//! - [`worker`]: the settlement queue's consumer, and the only code that signs (`/settle` signs
+//!   through it).
 //! - [`replay`]: the scheduled reconciliation.
 //! - [`lifecycle`]: the payment record's shared steps, used by the three above.
 //! - [`store`] (DynamoDB) and [`queue`] (SQS).

@@ -1,5 +1,6 @@
-//! The settle Lambda: `POST /settle` behind the HTTP API. Records and queues payments and follows
-//! them to an answer; it never signs (no `kms:Sign`). Glue only; the work is in `facilitator`.
+//! The settle Lambda: `POST /settle` behind the HTTP API. Records payments, signs and sends one
+//! itself when its lane is free (`X402_SETTLE_SIGNS`) or queues it, and follows it to an answer.
+//! Glue only; the work is in `facilitator`.
 
 use facilitator::{
     auth,

@@ -1,8 +1,9 @@
-//! `POST /settle`: check the payment, record it once, queue it on its lane, and follow its record
-//! to an honest answer within the deadline (docs/settlement.md; DESIGN I2, I3, I5).
+//! `POST /settle`: check the payment, record it once, sign and send it here when its lane is free
+//! or else queue it on its lane, and follow its record to an honest answer within the deadline
+//! (docs/settlement.md; DESIGN I2, I3, I5).
 //!
-//! This side never signs: the worker ([`worker`]) does, so only the worker function needs
-//! `kms:Sign` (I7).
+//! Signing here is the worker's own code ([`Worker::sign_here`]), behind the lane's lease, so the
+//! settle and worker functions are the two that need `kms:Sign` (I7).
 
 mod pace;
 mod routing;

@@ -67,8 +67,9 @@ impl Lanes {
     }
 }
 
-/// One lane's sender: signs transactions with its KMS key. Only the settlement worker builds these
-/// (I7: the other functions hold no signer and may not call `kms:Sign`).
+/// One lane's sender: signs transactions with its KMS key. Only the worker's code builds these, in
+/// the settlement worker and in `/settle` when it signs itself (I7: verify, supported and replay
+/// hold no signer and may not call `kms:Sign`).
 #[derive(Debug, Clone)]
 pub struct LaneSigner {
     key: String,

@@ -1,4 +1,5 @@
-//! The settlement worker: the consumer of the settlement queue, and the only code that signs.
+//! The settlement worker: the consumer of the settlement queue, and the only code that signs
+//! (`/settle` signs through it when a lane is free: [`here`]).
 //! It shares the record's lifecycle steps with `/settle` and replay ([`crate::lifecycle`]).
 //!
 //! For each message, one lane at a time (the FIFO message group): simulate with `eth_estimateGas`,
