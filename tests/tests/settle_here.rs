@@ -68,6 +68,18 @@ async fn lane_row(lane: &str) -> (u64, Option<u64>) {
     (row.next_nonce(NETWORK), lease)
 }
 
+/// Waits until nobody holds `lane`'s lease (a worker that failed an attempt may hold it a lease
+/// longer), so that the test's `/settle` finds it free.
+async fn wait_lane_free(lane: &str) {
+    eventually("the lane's lease free", 100, Duration::from_millis(50), || async {
+        match lane_row(lane).await.1 {
+            Some(until) if until >= now_ms() => Err(format!("leased until {until}")),
+            _ => Ok(()),
+        }
+    })
+    .await;
+}
+
 /// Leases every lane by hand for a minute, as if another signer were working them.
 async fn lease_every_lane() {
     let store = store().await;
@@ -114,7 +126,9 @@ async fn a_payment_on_a_free_lane_is_signed_and_sent_by_settle_itself() {
     .await;
     let payment = PaymentBuilder::new(0).sign();
     let before = balances(&payment).await;
-    let lane_before = lane_row(&config().lane_keys[lane_index(&payment)]).await;
+    let lane = config().lane_keys[lane_index(&payment)].clone();
+    wait_lane_free(&lane).await;
+    let lane_before = lane_row(&lane).await;
 
     let answer = post_json(&base, "/settle", &payment.body()).await;
 
@@ -200,6 +214,7 @@ async fn a_settle_that_dies_after_its_write_ahead_leaves_the_payment_to_replay()
     let settler = dying_settler(&queue, Step::WrittenAhead, Duration::from_secs(1)).await;
     let payment = PaymentBuilder::new(2).sign();
     let before = balances(&payment).await;
+    wait_lane_free(&config().lane_keys[lane_index(&payment)]).await;
 
     let died = settle_in_process(&settler, &payment).await;
 
@@ -240,6 +255,7 @@ async fn a_settle_that_dies_holding_the_lease_costs_the_lane_only_the_lease() {
     let payment = PaymentBuilder::new(3).sign();
     let before = balances(&payment).await;
     let lane = config().lane_keys[lane_index(&payment)].clone();
+    wait_lane_free(&lane).await;
     let (counter, _) = lane_row(&lane).await;
 
     let died = settle_in_process(&settler, &payment).await;

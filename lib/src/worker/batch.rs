@@ -116,6 +116,7 @@ impl Worker {
     ) -> Vec<String> {
         let mut failures = Vec::new();
         let mut visible_again = Vec::new();
+        self.nonces.expect(&lane, messages.len());
         let mut ran = self.run_first(&lane, &messages, deadline).await;
         for (index, message) in messages.into_iter().enumerate() {
             let id = message.message_id.clone().unwrap_or_default();
@@ -139,6 +140,7 @@ impl Worker {
                 self.handle_message(&message, &lane, left, source, from_record)
                     .await
             };
+            self.nonces.handled_one(&lane);
             if let Handled::Back(delay) = handled {
                 failures.push(id);
                 if let (Some(delay), Some(receipt)) = (delay, message.receipt_handle) {

@@ -230,12 +230,18 @@ impl Worker {
         worker
     }
 
-    /// The lease terms of the worker's write-aheads: it keeps the lane while it works the lane's
-    /// messages, and the lease lapses a lease's length after its last.
-    fn keep_lease(&self) -> LeaseAfter<'_> {
-        LeaseAfter::Keep {
-            holder: &self.holder,
-            until: now_ms() + lease_ms(self.lease),
+    /// The lease terms of a write-ahead of `signing` payments on `lane`: the worker keeps the lane
+    /// while its batch holds more of the lane's messages, and gives it back with the last
+    /// ([`nonces::LaneNonces::more_than`]).
+    fn lease_after(&self, lane: &str, signing: usize) -> LeaseAfter<'_> {
+        match self.nonces.more_than(lane, signing) {
+            true => LeaseAfter::Keep {
+                holder: &self.holder,
+                until: now_ms() + lease_ms(self.lease),
+            },
+            false => LeaseAfter::Release {
+                holder: &self.holder,
+            },
         }
     }
 
@@ -397,7 +403,7 @@ impl Worker {
             raw: signed.raw,
             hash: signed.hash,
         };
-        let lease = self.keep_lease();
+        let lease = self.lease_after(&record.lane, 1);
         self.write_ahead_and_send(record, signed, lease)
             .await
             .map(drop)

@@ -251,7 +251,8 @@ impl Worker {
             .map(|(_, record, ..)| record)
             .zip(&signed)
             .collect();
-        let stored = self.store.sign_run(&pairs, self.keep_lease()).await;
+        let lease = self.lease_after(lane, run.len());
+        let stored = self.store.sign_run(&pairs, lease).await;
         if !matches!(stored, Ok(true)) {
             // Lost (a record moved on, or another sender took a nonce) or unknown: each goes on
             // alone; its write-ahead's condition sorts out what this one may have written.
