@@ -131,7 +131,11 @@ const verifyMs = param("verify-ms", Math.ceil(v.p50 + v.rpcPerRequest * rpcMs),
 const settleMs = param("settle-ms", Math.ceil(s.p50 + pathAws * awsMs + pathRpc * rpcMs + blockMs),
   `ours' settle p50 at c=${c} (${s.p50.toFixed(1)} ms) + ${pathAws.toFixed(2)} AWS calls × aws-ms + ${pathRpc.toFixed(2)} RPC × rpc-ms on the path + block-ms`);
 const hop = s.queueHop;
-const perBatch = param("messages-per-batch", hop ? hop.messages / hop.batches : 1, hop ? `the poller trace at c=${c}` : "no poller trace: 1");
+const perBatch = param("messages-per-batch", hop?.batches ? hop.messages / hop.batches : 1, hop?.batches ? `the poller trace at c=${c}` : "no batch in the poller trace: 1");
+// With X402_SETTLE_SIGNS=on, /settle signs a payment itself when its lane is free: only the payments
+// it queued cost a worker invocation's share, the worker's time and the event source mapping's calls.
+const queued = param("queued-share", s.sqsPerSettle?.SendMessage ?? 0,
+  `SQS SendMessage per settle at c=${c}: the share of payments /settle queued for the worker rather than signed itself`);
 const workerLocal = hop ? hop.workerMsPerMessage.mean : param("worker-local-ms");
 const workerRpc = Math.max(0, s.rpcPerSettle - receipts - handlerSimulations);
 const workerMs = param("worker-ms", Math.ceil(workerLocal + sum(Object.values(workerAws).map(sum)) * awsMs + workerRpc * rpcMs),
@@ -144,8 +148,8 @@ const gb = memoryMb / 1024;
 const lines = []; // [item, verify quantity, verify USD, settle quantity, settle USD] per payment
 const add = (item, vq, vp, sq, sp) => lines.push({ item, vq, vUsd: vq * vp, sq, sUsd: sq * sp });
 const gbSecond = param(`lambda-gb-s-${arch}`);
-const workerInvocations = 1 / perBatch;
-add(`Lambda compute, GB-s (${memoryMb} MB, ${arch})`, (gb * verifyMs) / 1000, gbSecond, (gb * (settleMs + workerMs)) / 1000, gbSecond);
+const workerInvocations = queued / perBatch;
+add(`Lambda compute, GB-s (${memoryMb} MB, ${arch})`, (gb * verifyMs) / 1000, gbSecond, (gb * (settleMs + queued * workerMs)) / 1000, gbSecond);
 const authorizer = param("authorizer-per-request");
 add("Lambda invocations", 1 + authorizer, param("lambda-request"), 1 + s.retries / s.requests + workerInvocations + authorizer, param("lambda-request"));
 add("API Gateway HTTP API requests", 1, param("http-api-request"), 1 + s.retries / s.requests, param("http-api-request"));
@@ -172,7 +176,7 @@ add("DynamoDB writes, WRU (≤ 1 KB; TransactWriteItems 2 per item)", vu.wru, pa
 add("DynamoDB index writes, WRU (open-by-age)", 0, param("dynamodb-wru"), indexWru, param("dynamodb-wru"));
 const sqsOurs = sum(s.sqsPerSettle);
 add("SQS FIFO requests (ours + the event source mapping's receive and delete)", sum(Object.values(v.awsCalls?.sqs ?? {})) / v.requests,
-  param("sqs-fifo-request"), sqsOurs + param("esm-requests-per-batch") / perBatch, param("sqs-fifo-request"));
+  param("sqs-fifo-request"), sqsOurs + (queued * param("esm-requests-per-batch")) / perBatch, param("sqs-fifo-request"));
 add("KMS Sign (asymmetric)", (v.awsCalls?.kms?.Sign ?? 0) / v.requests, param("kms-sign"), s.kmsSignPerSettle ?? 1, param("kms-sign"));
 const overhead = param("log-event-overhead");
 const logBytesV = param("log-bytes-verify") + param("log-bytes-invocation") + param("log-events-verify") * overhead;
@@ -220,7 +224,8 @@ const text = [
   "",
   `Billed durations: verify ${verifyMs} ms, the settle handler ${settleMs} ms (it is billed for the whole time it waits `
     + `for the worker's answer and the receipt, so on Base that includes the ${blockMs} ms block), the worker ${workerMs} ms `
-    + `per payment; ${qty(perBatch)} payment${perBatch === 1 ? "" : "s"} per worker invocation. The network round trips `
+    + `per payment it signs, for the ${qty(queued)} of payments /settle queued rather than signed itself; `
+    + `${qty(perBatch)} payment${perBatch === 1 ? "" : "s"} per worker invocation. The network round trips `
     + `are modelled (${rpcMs} ms per chain RPC, ${awsMs} ms per AWS call) on top of the local figures, since the local `
     + "stack answers in microseconds to milliseconds.",
   "",

@@ -96,7 +96,7 @@ for (const target of targets) {
 }
 
 const perSettle = (nested, n) => Object.fromEntries(Object.entries(nested ?? {}).map(([service, ops]) =>
-  [service, Object.fromEntries(Object.entries(ops).map(([op, k]) => [op, k / n]))]));
+  [service, Object.fromEntries(Object.entries(ops ?? {}).map(([op, k]) => [op, k / n]))]));
 const total = (ops) => Object.values(ops ?? {}).reduce((a, b) => a + b, 0);
 
 async function measure(target, concurrency) {
