@@ -50,6 +50,7 @@ export const ASSUMPTIONS = {
   "worker-ms": [null, "billed ms of the worker per payment"],
   "worker-local-ms": [25, "the worker's ms per payment on the local stack when the run has no poller trace (a traced run's 23.8 ms + the emulator's 1.4 ms)"],
   "messages-per-batch": [null, "payments per worker invocation (the poller trace's, else 1)"],
+  "queued-share": [null, "the share of payments /settle queued for the worker instead of signing them itself (X402_SETTLE_SIGNS)"],
   "esm-requests-per-batch": [2, "SQS requests the event source mapping makes per batch (ReceiveMessage, DeleteMessageBatch)"],
   "authorizer-per-request": [0, "authorizer invocations per request (0: API Gateway caches a key's answer AuthorizerCacheSeconds)"],
   "index-wru-per-settle": [null, "write units per settle on the payments table's open-by-age index"],

@@ -71,12 +71,17 @@ async fn lane_row(lane: &str) -> (u64, Option<u64>) {
 /// Waits until nobody holds `lane`'s lease (a worker that failed an attempt may hold it a lease
 /// longer), so that the test's `/settle` finds it free.
 async fn wait_lane_free(lane: &str) {
-    eventually("the lane's lease free", 100, Duration::from_millis(50), || async {
-        match lane_row(lane).await.1 {
-            Some(until) if until >= now_ms() => Err(format!("leased until {until}")),
-            _ => Ok(()),
-        }
-    })
+    eventually(
+        "the lane's lease free",
+        100,
+        Duration::from_millis(50),
+        || async {
+            match lane_row(lane).await.1 {
+                Some(until) if until >= now_ms() => Err(format!("leased until {until}")),
+                _ => Ok(()),
+            }
+        },
+    )
     .await;
 }
 

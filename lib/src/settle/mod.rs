@@ -287,7 +287,7 @@ impl Settler {
     /// Signs new payments here, with `worker`'s lanes and clients, when their lane's lease is free
     /// (docs/settlement.md, "Signing in /settle").
     pub fn signing_here(mut self, worker: Worker) -> Self {
-        self.signs_here = Some(worker.for_settle());
+        self.signs_here = Some(worker);
         self
     }
 

@@ -13,6 +13,12 @@
 //! Attributes of the lane's row, per network (nonces are counted per chain): `lease#<network>`,
 //! until when (unix ms), and `lease_by#<network>`, the holder.
 //!
+//! `/settle` names each attempt a holder of its own (one instance may serve several requests at
+//! once, as the local server does), and takes the lease only while no worker has asked for the
+//! lane: a worker that finds `/settle` holding it marks the lane wanted (`wanted#<network>`,
+//! until when) and polls, so a stream of `/settle` calls cannot keep the lane from the payments
+//! they queued. The worker's take clears the mark.
+//!
 //! A worker takes over another worker's lease, live or not: SQS hands a lane's messages to one
 //! invocation at a time (the FIFO message group), so a worker's lease another worker finds is an
 //! earlier invocation's, and waiting it out would cost the lane up to a lease each time Lambda
@@ -69,6 +75,16 @@ pub(super) fn lease_attributes(network: &str) -> (String, String) {
     (format!("lease#{network}"), format!("lease_by#{network}"))
 }
 
+/// The attribute that says a worker waits for the lane on `network`, until when (unix ms).
+fn wanted_attribute(network: &str) -> String {
+    format!("wanted#{network}")
+}
+
+/// Whether `holder` is a worker's.
+fn is_worker(holder: &str) -> bool {
+    holder.starts_with(WORKER_HOLDER)
+}
+
 /// How a worker's holder name starts; `/settle`'s starts with [`SETTLE_HOLDER`].
 pub const WORKER_HOLDER: &str = "worker-";
 pub const SETTLE_HOLDER: &str = "settle-";
@@ -81,7 +97,7 @@ pub(super) const FREE_FOR: &str =
 
 /// Whose live lease `holder` may take: a worker any worker's, `/settle` only its own.
 pub(super) fn takes_over(holder: &str) -> AttributeValue {
-    let prefix = match holder.starts_with(WORKER_HOLDER) {
+    let prefix = match is_worker(holder) {
         true => WORKER_HOLDER,
         false => holder,
     };
@@ -90,7 +106,8 @@ pub(super) fn takes_over(holder: &str) -> AttributeValue {
 
 impl Store {
     /// Takes (or renews) the lane's lease on `network` for `holder` until `until`, if it is free for
-    /// `holder` at `now` ([`FREE_FOR`]), and reads the lane's next nonce in the same call.
+    /// `holder` at `now` ([`FREE_FOR`]), and reads the lane's next nonce in the same call. A worker's
+    /// take clears the lane's wanted mark; `/settle`'s is refused while a live one is there.
     #[instrument(skip_all, fields(lane, network, holder), err(level = "warn"))]
     pub async fn take_lane_lease(
         &self,
@@ -100,16 +117,27 @@ impl Store {
         (now, until): (u64, u64),
     ) -> Result<LaneLease, StoreError> {
         let (until_name, by_name) = lease_attributes(network);
+        let (update, condition) = match is_worker(holder) {
+            true => (
+                "SET #until = :until, #by = :holder REMOVE #wanted",
+                format!("attribute_exists(lane) AND {FREE_FOR}"),
+            ),
+            false => (
+                "SET #until = :until, #by = :holder",
+                format!("attribute_exists(lane) AND {FREE_FOR} AND (attribute_not_exists(#wanted) OR #wanted < :now)"),
+            ),
+        };
         let request = self
             .client
             .update_item()
             .table_name(&self.lanes)
             .key("lane", AttributeValue::S(lane.to_owned()))
-            .update_expression("SET #until = :until, #by = :holder")
+            .update_expression(update)
             // Never creates a row: a row without a state reads as an active lane.
-            .condition_expression(format!("attribute_exists(lane) AND {FREE_FOR}"))
+            .condition_expression(condition)
             .expression_attribute_names("#until", until_name.clone())
             .expression_attribute_names("#by", by_name)
+            .expression_attribute_names("#wanted", wanted_attribute(network))
             .expression_attribute_values(":until", AttributeValue::N(until.to_string()))
             .expression_attribute_values(":now", AttributeValue::N(now.to_string()))
             .expression_attribute_values(":holder", AttributeValue::S(holder.to_owned()))
@@ -129,6 +157,8 @@ impl Store {
             // no read; no row comes back only when there is none.
             Err(SdkError::ServiceError(e)) => match e.err() {
                 UpdateItemError::ConditionalCheckFailedException(lost) => Ok(match lost.item() {
+                    // Free but wanted (only `/settle` is refused for that): held until the worker
+                    // that wants it takes it.
                     Some(row) => LaneLease::Held {
                         until: row.get(&until_name).and_then(number).unwrap_or(0),
                     },
@@ -138,6 +168,23 @@ impl Store {
             },
             Err(e) => Err(fail("UpdateItem")(e)),
         }
+    }
+
+    /// Marks the lane wanted by a worker on `network` until `until`: `/settle` takes its lease no
+    /// more until then or until the worker has taken it. Never creates a row.
+    #[instrument(skip_all, fields(lane, network), err(level = "warn"))]
+    pub async fn want_lane(&self, lane: &str, network: &str, until: u64) -> Result<(), StoreError> {
+        let request = self
+            .client
+            .update_item()
+            .table_name(&self.lanes)
+            .key("lane", AttributeValue::S(lane.to_owned()))
+            .update_expression("SET #wanted = :until")
+            .condition_expression("attribute_exists(lane)")
+            .expression_attribute_names("#wanted", wanted_attribute(network))
+            .expression_attribute_values(":until", AttributeValue::N(until.to_string()))
+            .send();
+        conditional_update(Box::pin(request)).await.map(drop)
     }
 
     /// Gives the lease back if `holder` still holds it: a signer that took it and then signed

@@ -14,7 +14,7 @@ use super::{decide, next_step, Next, Step, WorkError, Worker};
 use crate::{
     clock::{now_ms, unix_now},
     queue::Simulated,
-    store::{LaneLease, LeaseAfter, PaymentRecord, Signed, State},
+    store::{LaneLease, LeaseAfter, PaymentRecord, Signed, State, SETTLE_HOLDER},
 };
 
 /// What became of a payment `/settle` tried to sign itself.
@@ -52,14 +52,13 @@ impl Worker {
         let chain = scheme.chain();
         let now = now_ms();
         let lease = super::lease_ms(self.lease);
+        // A holder of its own per attempt: one instance may serve several requests at once (the
+        // local server does), and each must hold the lane alone.
+        let holder = format!("{SETTLE_HOLDER}{}", crate::store::random_hex());
         let (simulation, lease) = tokio::join!(
             self.simulate(chain, record, signer.address(), Some(simulated)),
-            self.store.take_lane_lease(
-                &record.lane,
-                &record.network,
-                &self.holder,
-                (now, now + lease)
-            )
+            self.store
+                .take_lane_lease(&record.lane, &record.network, &holder, (now, now + lease))
         );
         let next = match lease {
             Ok(LaneLease::Taken { next }) => next,
@@ -69,12 +68,14 @@ impl Worker {
                 return Here::Queue;
             }
         };
-        let here = self.sign_leased(record, &signer, simulation, next).await;
+        let here = self
+            .sign_leased(record, &signer, (simulation, next), &holder)
+            .await;
         if matches!(here, Here::Queue | Here::FromRecord) {
             // Let the worker in at once; the lease's expiry covers a release that fails.
             let released = self
                 .store
-                .release_lane_lease(&record.lane, &record.network, &self.holder)
+                .release_lane_lease(&record.lane, &record.network, &holder)
                 .await;
             tracing::debug!(id = %record.id, ?released, "gave the lane's lease back");
         }
@@ -88,8 +89,8 @@ impl Worker {
         &self,
         record: &PaymentRecord,
         signer: &crate::signer::LaneSigner,
-        simulation: super::Simulation,
-        next: Option<u64>,
+        (simulation, next): (super::Simulation, Option<u64>),
+        holder: &str,
     ) -> Here {
         let Ok(scheme) = self.scheme(record) else {
             return Here::Queue;
@@ -125,9 +126,7 @@ impl Worker {
             raw: signed.raw,
             hash: signed.hash,
         };
-        let release = LeaseAfter::Release {
-            holder: &self.holder,
-        };
+        let release = LeaseAfter::Release { holder };
         match self
             .write_ahead_and_send(record.clone(), signed, release)
             .await

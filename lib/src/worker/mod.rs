@@ -177,17 +177,6 @@ impl Worker {
         }
     }
 
-    /// This worker as `/settle`'s signer ([`here`]): its lease is `/settle`'s, which a worker waits
-    /// out rather than takes over ([`crate::store::LaneLease`]).
-    pub fn for_settle(mut self) -> Self {
-        self.holder = format!(
-            "{}{}",
-            crate::store::SETTLE_HOLDER,
-            crate::store::random_hex()
-        );
-        self
-    }
-
     /// Fault injection for tests: every payment stops after `step`, as if the process died there.
     /// Nothing sets it in the deployed functions.
     pub fn stop_after(mut self, step: Step) -> Self {
@@ -531,25 +520,39 @@ impl Worker {
         }
     }
 
-    /// Takes the record's lane's lease; when another signer holds it, waits until it runs out (a
-    /// lease's length at most) and asks once more. A signer that holds it is signing one payment
-    /// (`/settle`) or died holding it: either way it is free within the lease, and waiting keeps a
-    /// lane's run together where failing would split it into single payments.
+    /// Takes the record's lane's lease. When `/settle` holds it (a worker's is taken over), marks
+    /// the lane wanted, so that no new `/settle` takes it, and asks again after 10 ms, doubling up
+    /// to 100 ms, until the held lease has run out: `/settle` holds it for one `Sign` and
+    /// write-ahead, and one that died holds it a lease at most. Waiting keeps a lane's run together
+    /// where failing would split it into single payments.
     async fn lease_lane(&self, record: &PaymentRecord) -> Result<LaneLease, WorkError> {
         let lease = lease_ms(self.lease);
+        let (lane, network) = (&record.lane, &record.network);
         let take = || {
             let now = now_ms();
-            let (lane, network) = (&record.lane, &record.network);
             self.store
                 .take_lane_lease(lane, network, &self.holder, (now, now + lease))
         };
-        let first = take().await?;
-        let LaneLease::Held { until } = first else {
-            return Ok(first);
-        };
-        let wait = until.saturating_sub(now_ms()).min(lease) + 5;
-        tokio::time::sleep(Duration::from_millis(wait)).await;
-        Ok(take().await?)
+        let (started, mut wait, mut wanted) = (Instant::now(), Duration::from_millis(10), false);
+        loop {
+            let taken = take().await?;
+            let LaneLease::Held { until } = taken else {
+                return Ok(taken);
+            };
+            // Asked for a lease's length: whoever holds it is no signer that dies (or one whose
+            // clock is far off); the caller's retries take over.
+            if started.elapsed() >= self.lease {
+                return Ok(taken);
+            }
+            if !wanted {
+                // Until the held lease has run out and a lease more, for this worker to take it.
+                let until = until.max(now_ms()) + lease;
+                self.store.want_lane(lane, network, until).await?;
+                wanted = true;
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_millis(100));
+        }
     }
 
     /// Checked again before signing, for a payment queued before its payer was refused: what the
