@@ -10,12 +10,43 @@
 //! another signer holds, a payment that needs more than a plain signature, any failure) goes to
 //! the queue as before, so the worker still decides every hard case.
 
+use std::collections::HashMap;
+
 use super::{decide, next_step, Next, Step, WorkError, Worker};
 use crate::{
     clock::{now_ms, unix_now},
     queue::Simulated,
     store::{LaneLease, LeaseAfter, PaymentRecord, Signed, State, SETTLE_HOLDER},
 };
+
+/// The lanes this instance found held by another signer, and until when it leaves them to the
+/// queue (unix ms). Under load a lane is mostly held (the worker works its backlog, or another
+/// `/settle` signs): asking for its lease on every payment would cost a refused write each and set
+/// `/settle` racing the worker for the lane. So one refusal sends this instance's payments on that
+/// lane to the queue for a lease's length, without asking; at concurrency 1 nothing is refused
+/// and every payment is signed here.
+#[derive(Debug, Default)]
+pub(super) struct BusyLanes(std::sync::Mutex<HashMap<(String, String), u64>>);
+
+impl BusyLanes {
+    fn busy(&self, lane: &str, network: &str, now: u64) -> bool {
+        self.map()
+            .get(&(lane.to_owned(), network.to_owned()))
+            .is_some_and(|until| *until > now)
+    }
+
+    fn saw_held(&self, lane: &str, network: &str, until: u64) {
+        self.map()
+            .insert((lane.to_owned(), network.to_owned()), until);
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), u64>> {
+        // Held for a map operation only; a panic elsewhere cannot leave it half-changed.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
 
 /// What became of a payment `/settle` tried to sign itself.
 #[derive(Debug)]
@@ -34,11 +65,15 @@ pub enum Here {
 impl Worker {
     /// Signs, writes ahead and sends a payment `/settle` has just recorded, if it is a plain one
     /// (signed by a key, simulated by `/settle` just now and within the gas cap) and its lane's
-    /// lease is free; otherwise says where it goes instead.
+    /// lease is free (and this instance did not find it held within a lease: [`BusyLanes`]);
+    /// otherwise says where it goes instead.
     pub async fn sign_here(&self, record: &PaymentRecord, simulated: Option<Simulated>) -> Here {
         let plain = record.state == State::Queued
             && !record.signed_by_contract()
-            && next_step(record, None, unix_now(), true) == Next::Sign;
+            && next_step(record, None, unix_now(), true) == Next::Sign
+            && !self
+                .busy_lanes
+                .busy(&record.lane, &record.network, now_ms());
         let (Some(simulated), true, Ok(scheme)) = (simulated, plain, self.scheme(record)) else {
             return Here::Queue;
         };
@@ -51,18 +86,24 @@ impl Worker {
         };
         let chain = scheme.chain();
         let now = now_ms();
-        let lease = super::lease_ms(self.lease);
+        let hold = super::lease_ms(self.lease);
         // A holder of its own per attempt: one instance may serve several requests at once (the
         // local server does), and each must hold the lane alone.
         let holder = format!("{SETTLE_HOLDER}{}", crate::store::random_hex());
         let (simulation, lease) = tokio::join!(
             self.simulate(chain, record, signer.address(), Some(simulated)),
             self.store
-                .take_lane_lease(&record.lane, &record.network, &holder, (now, now + lease))
+                .take_lane_lease(&record.lane, &record.network, &holder, (now, now + hold))
         );
         let next = match lease {
             Ok(LaneLease::Taken { next }) => next,
-            Ok(LaneLease::Held { .. } | LaneLease::NoRow) => return Here::Queue,
+            Ok(LaneLease::Held { .. }) => {
+                let until = now_ms() + hold;
+                self.busy_lanes
+                    .saw_held(&record.lane, &record.network, until);
+                return Here::Queue;
+            }
+            Ok(LaneLease::NoRow) => return Here::Queue,
             Err(e) => {
                 tracing::warn!(id = %record.id, error = %e, "the lane's lease could not be taken; queueing the payment");
                 return Here::Queue;
@@ -140,5 +181,24 @@ impl Worker {
                 Here::FromRecord
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lane_found_held_is_left_to_the_queue_until_then_and_per_network() {
+        let busy = BusyLanes::default();
+        assert!(!busy.busy("key-1", "eip155:8453", 1_000));
+        busy.saw_held("key-1", "eip155:8453", 2_000);
+        assert!(busy.busy("key-1", "eip155:8453", 1_999));
+        assert!(
+            !busy.busy("key-1", "eip155:8453", 2_000),
+            "asks again after"
+        );
+        assert!(!busy.busy("key-1", "eip155:84532", 1_500));
+        assert!(!busy.busy("key-2", "eip155:8453", 1_500));
     }
 }

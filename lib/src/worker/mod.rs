@@ -142,6 +142,8 @@ pub struct Worker {
     holder: String,
     /// How long it holds a lease (`X402_LANE_LEASE_MS`).
     lease: Duration,
+    /// In `/settle`: the lanes it leaves to the queue for now ([`here::BusyLanes`]).
+    busy_lanes: here::BusyLanes,
 }
 
 impl Worker {
@@ -174,6 +176,7 @@ impl Worker {
                 crate::store::random_hex()
             ),
             lease: crate::config::DEFAULT_LANE_LEASE,
+            busy_lanes: here::BusyLanes::default(),
         }
     }
 
