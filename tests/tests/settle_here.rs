@@ -36,6 +36,15 @@ fn config_on(queue: &OwnQueue) -> Config {
     config
 }
 
+/// Another local server whose `/settle` signs when the lane is free and queues on `queue`.
+async fn signing_server(queue: &OwnQueue) -> (LocalServer, String) {
+    start_local_server(&[
+        ("X402_SETTLE_SIGNS", "on"),
+        ("X402_SETTLE_QUEUE_URL", &queue.url),
+    ])
+    .await
+}
+
 /// A settle handler in this process on `queue`, signing here with a worker that stops after
 /// `step` as if `/settle`'s process died there.
 async fn dying_settler(queue: &OwnQueue, step: Step, lease: Duration) -> Settler {
@@ -124,11 +133,7 @@ fn success_with(answer: &Value, record: &PaymentRecord) {
 async fn a_payment_on_a_free_lane_is_signed_and_sent_by_settle_itself() {
     let _one = ONE_AT_A_TIME.lock().await;
     let queue = OwnQueue::create("here-free", 3).await;
-    let (_server, base) = start_local_server(&[
-        ("X402_SETTLE_SIGNS", "on"),
-        ("X402_SETTLE_QUEUE_URL", &queue.url),
-    ])
-    .await;
+    let (_server, base) = signing_server(&queue).await;
     let payment = PaymentBuilder::new(0).sign();
     let before = balances(&payment).await;
     let lane = config().lane_keys[lane_index(&payment)].clone();
@@ -163,11 +168,7 @@ fn lane_index(payment: &PaymentBuilder) -> usize {
 async fn a_leased_lane_sends_the_payment_through_the_queue_and_the_worker_waits_its_turn() {
     let _one = ONE_AT_A_TIME.lock().await;
     let queue = OwnQueue::create("here-leased", 3).await;
-    let (_server, base) = start_local_server(&[
-        ("X402_SETTLE_SIGNS", "on"),
-        ("X402_SETTLE_QUEUE_URL", &queue.url),
-    ])
-    .await;
+    let (_server, base) = signing_server(&queue).await;
     let payment = PaymentBuilder::new(1).sign();
     let before = balances(&payment).await;
     lease_every_lane().await;

@@ -41,10 +41,7 @@ impl BusyLanes {
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), u64>> {
-        // Held for a map operation only; a panic elsewhere cannot leave it half-changed.
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        super::nonces::lock(&self.0)
     }
 }
 
@@ -110,7 +107,7 @@ impl Worker {
             }
         };
         let here = self
-            .sign_leased(record, &signer, (simulation, next), &holder)
+            .sign_leased(record, (scheme, &signer), (simulation, next), &holder)
             .await;
         if matches!(here, Here::Queue | Here::FromRecord) {
             // Let the worker in at once; the lease's expiry covers a release that fails.
@@ -129,13 +126,10 @@ impl Worker {
     async fn sign_leased(
         &self,
         record: &PaymentRecord,
-        signer: &crate::signer::LaneSigner,
+        (scheme, signer): (&crate::evm::ExactEvm, &crate::signer::LaneSigner),
         (simulation, next): (super::Simulation, Option<u64>),
         holder: &str,
     ) -> Here {
-        let Ok(scheme) = self.scheme(record) else {
-            return Here::Queue;
-        };
         let chain = scheme.chain();
         let cap = decide::gas_cap(
             &record.calldata,

@@ -66,7 +66,7 @@ impl LaneNonces {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Held for a map operation only; a panic elsewhere cannot leave it half-changed.
     mutex
         .lock()
