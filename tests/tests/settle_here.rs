@@ -287,3 +287,49 @@ async fn a_settle_that_dies_holding_the_lease_costs_the_lane_only_the_lease() {
     assert_eq!(lane_row(&lane).await.0, counter + 1);
     moved_once(before, balances(&payment).await, payment.value);
 }
+
+/// The lane's lease is asked for beside the record's create. A repeated `/settle` that finds the
+/// record there gives back the lease it took, signs nothing, and leaves the record as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_settle_gives_back_the_lease_it_took_beside_the_create() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let queue = OwnQueue::create("here-again", 3).await;
+    // The first /settle queues the payment where nothing consumes it, and cancels it at its
+    // deadline: the authorization stays unused on chain, so a second /settle passes the
+    // simulation and reaches the create, as a concurrent repeat does.
+    let (_server, base) = start_local_server(&[
+        ("X402_SETTLE_SIGNS", "off"),
+        ("X402_SETTLE_QUEUE_URL", &queue.url),
+        ("X402_SETTLE_DEADLINE_MS", "1500"),
+    ])
+    .await;
+    let payment = PaymentBuilder::new(1).sign();
+    let first = post_json(&base, "/settle", &payment.body()).await;
+    assert_eq!(first.json["success"], json!(false), "{:?}", first.json);
+    let id = payment.record_id();
+    assert_eq!(payment_record(&id).await.state, State::Cancelled);
+    let lane = config().lane_keys[lane_index(&payment)].clone();
+    wait_lane_free(&lane).await;
+    let (counter, _) = lane_row(&lane).await;
+    let block = block_number().await;
+
+    let config = config_on(&queue);
+    let aws = aws().await;
+    let settler = Settler::from_config(&config, &aws)
+        .unwrap()
+        .signing_here(Worker::from_config(&config, &aws));
+    let again = settle_in_process(&settler, &payment).await;
+
+    assert_eq!(
+        (again["success"].clone(), again["errorReason"].clone()),
+        (json!(false), json!("unexpected_settle_error")),
+        "{again}"
+    );
+    assert_eq!(
+        lane_row(&lane).await,
+        (counter, None),
+        "nothing written ahead, and the lease taken beside the create given back"
+    );
+    assert_eq!(payment_record(&id).await.state, State::Cancelled);
+    assert_eq!(block_number().await, block, "nothing was broadcast");
+}

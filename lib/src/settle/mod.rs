@@ -35,7 +35,7 @@ use crate::{
         Binding, Claimant, Created, Failure, Mined, NewPayment, PaymentId, PaymentRecord, State,
         Store,
     },
-    worker::{Here, Worker},
+    worker::{Here, Leasing, Worker},
 };
 
 use pace::{Pace, ReceiptTime, RunningTime};
@@ -620,8 +620,8 @@ impl Settler {
         }
     }
 
-    /// Records a new payment `queued` on `lane` (the one chosen for it), queues it with
-    /// `/settle`'s simulation and follows it.
+    /// Records a new payment `queued` on `lane` (the one chosen for it), signs and sends it here
+    /// when the lane's lease was free or else queues it with `/settle`'s simulation, and follows it.
     async fn record_and_follow(
         &self,
         r: &Request<'_>,
@@ -642,13 +642,12 @@ impl Settler {
             Err(e) => return r.unexpected(e.to_string()),
         };
         let record = PaymentRecord::queued(&r.new_payment(&lane), now_ms());
-        match self.create(r, &record).await {
-            Ok(Created::New) => {}
-            Ok(Created::Exists(existing)) => return self.answer_from(r, *existing).await,
+        let leasing = match self.create_and_lease(r, &record, simulated).await {
+            Ok(leasing) => leasing,
             Err(answer) => return answer,
-        }
+        };
         let here = match &self.signs_here {
-            Some(worker) => worker.sign_here(&record, simulated).await,
+            Some(worker) => worker.sign_here(&record, leasing).await,
             None => Here::Queue,
         };
         let queued = match here {
@@ -668,6 +667,38 @@ impl Settler {
             }
         }
         self.follow(r, record).await
+    }
+
+    /// Creates a new payment's record and, beside it, asks for its lane's lease when `/settle`
+    /// signs ([`Worker::lease_here`]): asked after the create, the lease would cost the path one
+    /// more DynamoDB round trip. Nothing is signed before the create says the payment is new. `Err`
+    /// is the answer when it is not (the record found, or the deadline's answer); a lease taken
+    /// for it is given back first.
+    async fn create_and_lease(
+        &self,
+        r: &Request<'_>,
+        record: &PaymentRecord,
+        simulated: Option<Simulated>,
+    ) -> Result<Leasing<'_>, SettleResponse> {
+        let (created, leasing) = tokio::join!(self.create(r, record), async {
+            match &self.signs_here {
+                Some(worker) => worker.lease_here(record, simulated).await,
+                None => Leasing::Queue,
+            }
+        });
+        let existing = match created {
+            Ok(Created::New) => return Ok(leasing),
+            Ok(Created::Exists(existing)) => Ok(existing),
+            Err(answer) => Err(answer),
+        };
+        // Before following the record found: the lane's signers need not wait for that.
+        if let Some(worker) = &self.signs_here {
+            worker.give_back(record, leasing).await;
+        }
+        Err(match existing {
+            Ok(existing) => self.answer_from(r, *existing).await,
+            Err(answer) => answer,
+        })
     }
 
     /// Creates the record, or finds the one that is there. A write whose outcome is unknown (an

@@ -59,12 +59,41 @@ pub enum Here {
     Stopped(Step),
 }
 
+/// A lane's lease `/settle` took for a payment, with what signing the payment needs.
+#[derive(Debug)]
+pub struct Leased<'w> {
+    scheme: &'w crate::evm::ExactEvm,
+    signer: crate::signer::LaneSigner,
+    simulation: super::Simulation,
+    /// The lane's next nonce, as the take read it.
+    next: Option<u64>,
+    holder: String,
+    /// When the lease runs out (unix ms).
+    until: u64,
+}
+
+/// What asking for a payment's lane found ([`Worker::lease_here`]).
+#[derive(Debug)]
+pub enum Leasing<'w> {
+    /// Taken: the payment is signed here once its record is known to be new.
+    Taken(Box<Leased<'w>>),
+    /// Another signer holds the lane.
+    Held,
+    /// Not a payment to sign here, or the lease could not be asked for.
+    Queue,
+}
+
 impl Worker {
-    /// Signs, writes ahead and sends a payment `/settle` has just recorded, if it is a plain one
-    /// (signed by a key, simulated by `/settle` just now and within the gas cap) and its lane's
-    /// lease is free (and this instance did not find it held within a lease: [`BusyLanes`]);
-    /// otherwise says where it goes instead.
-    pub async fn sign_here(&self, record: &PaymentRecord, simulated: Option<Simulated>) -> Here {
+    /// The first half of signing a payment in `/settle`, run beside the creation of its record:
+    /// takes the lane's lease if the payment is a plain one (signed by a key, simulated by
+    /// `/settle` just now, within the gas cap) and this instance did not find the lane held within
+    /// a lease ([`BusyLanes`]). Nothing is signed yet: a request whose record turns out to be there
+    /// already costs the take and its give-back ([`Worker::give_back`]), never a `Sign`.
+    pub async fn lease_here(
+        &self,
+        record: &PaymentRecord,
+        simulated: Option<Simulated>,
+    ) -> Leasing<'_> {
         let plain = record.state == State::Queued
             && !record.signed_by_contract()
             && next_step(record, None, unix_now(), true) == Next::Sign
@@ -72,76 +101,113 @@ impl Worker {
                 .busy_lanes
                 .busy(&record.lane, &record.network, now_ms());
         let (Some(simulated), true, Ok(scheme)) = (simulated, plain, self.scheme(record)) else {
-            return Here::Queue;
+            return Leasing::Queue;
         };
         let signer = match self.signer(&record.lane).await {
             Ok(signer) => signer,
             Err(e) => {
                 tracing::warn!(id = %record.id, lane = %record.lane, error = %e, "cannot sign here; queueing the payment");
-                return Here::Queue;
+                return Leasing::Queue;
             }
         };
-        let chain = scheme.chain();
         let now = now_ms();
-        let hold = super::lease_ms(self.lease);
+        let until = now + super::lease_ms(self.lease);
         // A holder of its own per attempt: one instance may serve several requests at once (the
         // local server does), and each must hold the lane alone.
         let holder = format!("{SETTLE_HOLDER}{}", crate::store::random_hex());
         let (simulation, lease) = tokio::join!(
-            self.simulate(chain, record, signer.address(), Some(simulated)),
+            self.simulate(scheme.chain(), record, signer.address(), Some(simulated)),
             self.store
-                .take_lane_lease(&record.lane, &record.network, &holder, (now, now + hold))
+                .take_lane_lease(&record.lane, &record.network, &holder, (now, until))
         );
-        let next = match lease {
-            Ok(LaneLease::Taken { next }) => next,
-            Ok(LaneLease::Held { .. }) => {
-                let until = now_ms() + hold;
+        match lease {
+            Ok(LaneLease::Taken { next }) => Leasing::Taken(Box::new(Leased {
+                scheme,
+                signer,
+                simulation,
+                next,
+                holder,
+                until,
+            })),
+            Ok(LaneLease::Held { .. }) => Leasing::Held,
+            Ok(LaneLease::NoRow) => Leasing::Queue,
+            Err(e) => {
+                tracing::warn!(id = %record.id, error = %e, "the lane's lease could not be taken; queueing the payment");
+                Leasing::Queue
+            }
+        }
+    }
+
+    /// The second half, once `/settle` created the payment's record: signs, writes ahead and
+    /// sends it if its lane's lease was taken and is still live; otherwise says where it goes
+    /// instead. A lane found held is left to the queue for a lease's length ([`BusyLanes`]).
+    pub async fn sign_here(&self, record: &PaymentRecord, leasing: Leasing<'_>) -> Here {
+        let leased = match leasing {
+            Leasing::Taken(leased) => leased,
+            Leasing::Held => {
+                let until = now_ms() + super::lease_ms(self.lease);
                 self.busy_lanes
                     .saw_held(&record.lane, &record.network, until);
                 return Here::Queue;
             }
-            Ok(LaneLease::NoRow) => return Here::Queue,
-            Err(e) => {
-                tracing::warn!(id = %record.id, error = %e, "the lane's lease could not be taken; queueing the payment");
-                return Here::Queue;
-            }
+            Leasing::Queue => return Here::Queue,
         };
-        let here = self
-            .sign_leased(record, (scheme, &signer), (simulation, next), &holder)
-            .await;
+        // Creating the record took longer than the lease (DynamoDB retried): another signer may
+        // hold the lane now, so the worker signs it instead of a `Sign` that could be wasted.
+        let here = match now_ms() < leased.until {
+            true => self.sign_leased(record, &leased).await,
+            false => Here::Queue,
+        };
         if matches!(here, Here::Queue | Here::FromRecord) {
-            // Let the worker in at once; the lease's expiry covers a release that fails.
-            let released = self
-                .store
-                .release_lane_lease(&record.lane, &record.network, &holder)
-                .await;
-            tracing::debug!(id = %record.id, ?released, "gave the lane's lease back");
+            self.release(record, &leased.holder).await;
         }
         here
+    }
+
+    /// A request whose record was there already (a repeated `/settle`), or could not be written,
+    /// gives back the lease it took beside the create.
+    pub async fn give_back(&self, record: &PaymentRecord, leasing: Leasing<'_>) {
+        if let Leasing::Taken(leased) = leasing {
+            self.release(record, &leased.holder).await;
+        }
+    }
+
+    /// Lets the worker in at once; the lease's expiry covers a release that fails.
+    async fn release(&self, record: &PaymentRecord, holder: &str) {
+        let released = self
+            .store
+            .release_lane_lease(&record.lane, &record.network, holder)
+            .await;
+        tracing::debug!(id = %record.id, ?released, "gave the lane's lease back");
     }
 
     /// [`Worker::sign_here`] once the lease is held: the gas from `/settle`'s simulation, the
     /// nonce from the counter (or the chain, for a lane's first payment on the network), then
     /// `Sign`, the write-ahead that gives the lease back, and the send.
-    async fn sign_leased(
-        &self,
-        record: &PaymentRecord,
-        (scheme, signer): (&crate::evm::ExactEvm, &crate::signer::LaneSigner),
-        (simulation, next): (super::Simulation, Option<u64>),
-        holder: &str,
-    ) -> Here {
+    async fn sign_leased(&self, record: &PaymentRecord, leased: &Leased<'_>) -> Here {
+        let Leased {
+            scheme,
+            signer,
+            simulation,
+            next,
+            holder,
+            ..
+        } = leased;
         let chain = scheme.chain();
         let cap = decide::gas_cap(
             &record.calldata,
             scheme.network().chain_id(),
             chain.gas_caps(),
         );
-        let (fees, gas) = match simulation.map(|(fees, e)| (fees, decide::gas_limit(e, cap))) {
+        let limit = simulation
+            .as_ref()
+            .map(|(fees, e)| (*fees, decide::gas_limit(e.clone(), cap)));
+        let (fees, gas) = match limit {
             Ok((fees, decide::GasLimit::Limit(gas))) => (fees, gas),
             // A revert, a cap or an unanswered node: the worker's to decide.
             _ => return Here::Queue,
         };
-        let nonce = match next {
+        let nonce = match *next {
             Some(next) => next,
             None => match chain.pending_nonce(signer.address()).await {
                 Ok(pending) => pending,

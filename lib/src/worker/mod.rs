@@ -41,7 +41,7 @@ pub use decide::{
     nonce_too_low, replacement, replacement_plan, retry_budget, visibility_backoff, AfterFailure,
     AfterLost, GasLimit, Next, ReplacementPlan, MIN_TIME_TO_START, RETRY_BUDGET,
 };
-pub use here::Here;
+pub use here::{Here, Leased, Leasing};
 
 /// Why a payment could not be moved on now. Every variant sends the message back to the queue
 /// (and, after the queue's maxReceiveCount, to the dead-letter queue, where replay still finishes
