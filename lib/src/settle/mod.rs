@@ -2,8 +2,8 @@
 //! or else queue it on its lane, and follow its record to an honest answer within the deadline
 //! (docs/settlement.md; DESIGN I2, I3, I5).
 //!
-//! Signing here is the worker's own code ([`Worker::sign_here`]), behind the lane's lease, so the
-//! settle and worker functions are the two that need `kms:Sign` (I7).
+//! Signing here is the worker's own code ([`Worker::lease_here`], [`Worker::sign_here`]), behind
+//! the lane's lease, so the settle and worker functions are the two that need `kms:Sign` (I7).
 
 mod pace;
 mod routing;
