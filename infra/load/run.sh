@@ -10,7 +10,8 @@
 #
 #   bash infra/load/run.sh
 #
-# Takes about 10 minutes once built and installed. Only 127.0.0.1 is ever driven. Env (defaults):
+# Takes about 10 minutes once built and installed. Only 127.0.0.1 is ever driven. One run at a time per
+# LOAD_STACK_DIR: a second one refuses to start (a lock file there). Env (defaults):
 #   LOAD_REQUESTS (3000), LOAD_SECONDS (10)   per facilitator and phase, whichever is reached first
 #   LOAD_CONCURRENCY (1,8,32)                 verify concurrency levels; /supported runs at 8
 #   LOAD_PERMIT2_REQUESTS (1000)              per verify phase of `exact` Permit2 payments, at the same levels (0 skips them)
@@ -67,6 +68,17 @@ cleanup() {
   bash infra/stack/stack.sh down >/dev/null
   rm -rf "${X402_STACK_DIR:?}/bin" # the binaries' copies: ~300 MB each in a debug build
 }
+# One run at a time per stack directory, taken before the cleanup trap: a second run on the same
+# directory and ports would otherwise tear down the first one's stack as it starts, and both would
+# measure nonsense.
+mkdir -p "$X402_STACK_DIR"
+exec 8>"$X402_STACK_DIR/run.lock"
+if ! flock -n 8; then
+  echo "load: another run is using $X402_STACK_DIR; wait for it to finish, or give this one its own" \
+    "LOAD_STACK_DIR and LOAD_*_PORT values (a process an earlier run left behind holds it too:" \
+    "X402_STACK_DIR=$X402_STACK_DIR bash infra/stack/stack.sh down)" >&2
+  exit 1
+fi
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
