@@ -95,6 +95,8 @@ const used = {};
 const given = (name) => (opts[name] !== undefined ? (Number.isNaN(Number(opts[name])) ? opts[name] : Number(opts[name])) : undefined);
 function param(name, derived, how) {
   const table = PRICES[name] ? PRICES : ASSUMPTIONS;
+  // Every parameter is listed, so the section's table can say what it is and `--<name>` can set it.
+  if (!table[name]) throw new Error(`cost.mjs: parameter "${name}" is in neither PRICES nor ASSUMPTIONS; add it there`);
   const override = given(name);
   const value = override ?? table[name][0] ?? derived;
   used[name] = { value, what: table[name][1], source: override !== undefined ? "given" : table[name][0] !== null ? "default" : how };
