@@ -55,6 +55,8 @@ def stages(request, mine):
 
     sent, invoke = first("sqs", "SentTimestamp"), first("poller", "invoke")
     worker_first, broadcast = first("worker", ""), first("chain", "eth_sendRawTransaction")
+    if not sent and first("handler", "kms Sign"):
+        return signed_here(request, mine, first, last)
     if not (sent and invoke and worker_first and broadcast):
         return None
     return {
@@ -63,6 +65,36 @@ def stages(request, mine):
         "emulator: invoke → the worker's first call": worker_first[0] - invoke[0],
         "worker: first call → broadcast": broadcast[0] - worker_first[0],
         "handler: broadcast → answer": request["t1"] - broadcast[0],
+        "whole /settle": request["t1"] - request["t0"],
+    }
+
+
+def signed_here(request, mine, first, last):
+    """The stages of a payment /settle signed itself (docs/settlement.md, "Signing in /settle"):
+    its calls one after another, and what the handler spent between them."""
+    simulation, create = first("chain", "eth_estimateGas"), first("handler", "dynamodb PutItem")
+    lease, sign = first("handler", "dynamodb UpdateItem"), first("handler", "kms Sign")
+    write_ahead = first("handler", "dynamodb TransactWriteItems")
+    broadcast, settling = first("chain", "eth_sendRawTransaction"), last("handler", "dynamodb UpdateItem")
+    receipt = last("chain", "eth_getTransactionReceipt")
+    if not all((simulation, create, lease, sign, write_ahead, broadcast, receipt)) or settling is lease:
+        return None
+    calls = [e for e in mine if e[2] in ("handler", "chain")]
+    # The union of the calls' spans: what remains of the request is the handler's own time.
+    busy, end = 0.0, request["t0"]
+    for t0, t1, _, _ in calls:
+        busy += max(0.0, t1 - max(t0, end))
+        end = max(end, t1)
+    both = (min(create[0], lease[0]), max(create[1], lease[1]))
+    return {
+        "here: simulation (eth_estimateGas)": simulation[1] - simulation[0],
+        "here: record PutItem beside the lease's UpdateItem": both[1] - both[0],
+        "here: KMS Sign": sign[1] - sign[0],
+        "here: write-ahead (TransactWriteItems)": write_ahead[1] - write_ahead[0],
+        "here: broadcast (eth_sendRawTransaction)": broadcast[1] - broadcast[0],
+        "here: broadcast → receipt found": receipt[1] - broadcast[1],
+        "here: settling UpdateItem": settling[1] - settling[0],
+        "here: the handler between its calls (and the HTTP hops)": (request["t1"] - request["t0"]) - busy,
         "whole /settle": request["t1"] - request["t0"],
     }
 
