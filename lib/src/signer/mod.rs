@@ -73,7 +73,8 @@ impl Lanes {
 #[derive(Debug, Clone)]
 pub struct LaneSigner {
     key: String,
-    signer: AwsSigner,
+    kms: aws_sdk_kms::Client,
+    address: Address,
 }
 
 /// A transaction signed and encoded for `eth_sendRawTransaction`.
@@ -88,13 +89,17 @@ impl LaneSigner {
     /// chain id is part of each transaction it signs.
     pub async fn connect(kms: aws_sdk_kms::Client, key: String) -> Result<Self, LaneError> {
         // Boxed, like every SDK future here: their types are deep enough to hit rustc's query limit.
-        let signer = Box::pin(AwsSigner::new(kms, key.clone(), None))
+        let signer = Box::pin(AwsSigner::new(kms.clone(), key.clone(), None))
             .await
             .map_err(|e| LaneError {
                 key: key.clone(),
                 problem: e.to_string(),
             })?;
-        Ok(LaneSigner { key, signer })
+        Ok(LaneSigner {
+            address: signer.address(),
+            key,
+            kms,
+        })
     }
 
     /// The KMS key id: the lane's name.
@@ -103,7 +108,7 @@ impl LaneSigner {
     }
 
     pub fn address(&self) -> Address {
-        self.signer.address()
+        self.address
     }
 
     /// Signs an EIP-1559 transaction: one KMS `Sign` of its digest.
@@ -113,17 +118,144 @@ impl LaneSigner {
             consensus::{SignableTransaction, TxEnvelope},
             eips::eip2718::Encodable2718,
         };
+        use aws_sdk_kms::{
+            error::DisplayErrorContext,
+            primitives::Blob,
+            types::{MessageType, SigningAlgorithmSpec},
+        };
+        let digest = tx.signature_hash();
         let started = std::time::Instant::now();
-        let signature = Box::pin(self.signer.sign_hash(&tx.signature_hash())).await;
-        crate::metrics::kms_sign(started.elapsed(), signature.is_ok());
-        let signature = signature.map_err(|e| LaneError {
+        let signed = Box::pin(
+            self.kms
+                .sign()
+                .key_id(&self.key)
+                .message(Blob::new(digest.as_slice()))
+                .message_type(MessageType::Digest)
+                .signing_algorithm(SigningAlgorithmSpec::EcdsaSha256)
+                .send(),
+        )
+        .await;
+        crate::metrics::kms_sign(started.elapsed(), signed.is_ok());
+        let problem = |problem: String| LaneError {
             key: self.key.clone(),
-            problem: e.to_string(),
-        })?;
+            problem,
+        };
+        let der = signed
+            .map_err(|e| problem(format!("KMS Sign failed: {}", DisplayErrorContext(&e))))?
+            .signature
+            .ok_or_else(|| problem("KMS Sign answered without a signature".into()))?;
+        let signature =
+            ethereum_signature(&digest, der.as_ref(), self.address).ok_or_else(|| {
+                problem(format!(
+                "KMS answered a signature that is not the lane's ({}): is the key ECC_SECG_P256K1?",
+                self.address
+            ))
+            })?;
         let envelope = TxEnvelope::from(tx.into_signed(signature));
         Ok(SignedTx {
             raw: envelope.encoded_2718().into(),
             hash: *envelope.tx_hash(),
         })
+    }
+}
+
+/// KMS's signature of `digest` (ASN.1 DER, any `s`) as Ethereum takes it: `s` in the lower half of
+/// the order (EIP-2), and the parity under which it recovers to `signer`. `None` if it is not a
+/// signature of `signer`'s. The parity is found by recovering with libsecp256k1 (about 40 µs each,
+/// at most two): alloy-signer-aws did it with the pure-Rust curve, which verified each candidate
+/// too, 0.3 ms per signature, a tenth of `/settle`'s CPU per payment (docs/benchmarks.md).
+fn ethereum_signature(
+    digest: &alloy::primitives::B256,
+    der: &[u8],
+    signer: Address,
+) -> Option<alloy::primitives::Signature> {
+    use crate::evm::signature::{recover, EcdsaSignature};
+    use alloy::primitives::{B256, U256};
+    let mut signature = secp256k1::ecdsa::Signature::from_der(der).ok()?;
+    signature.normalize_s();
+    let compact = signature.serialize_compact();
+    let (r, s) = (
+        B256::from_slice(&compact[..32]),
+        B256::from_slice(&compact[32..]),
+    );
+    [27u8, 28].into_iter().find_map(|v| {
+        (recover(digest, &EcdsaSignature { r, s, v }) == Some(signer)).then(|| {
+            alloy::primitives::Signature::new(
+                U256::from_be_bytes(r.0),
+                U256::from_be_bytes(s.0),
+                v == 28,
+            )
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloy::primitives::{keccak256, B256, U256};
+    use secp256k1::{ecdsa::Signature, Message, PublicKey, Secp256k1, SecretKey};
+
+    /// secp256k1's group order n.
+    const ORDER: U256 = alloy::primitives::uint!(
+        0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141_U256
+    );
+
+    fn key(byte: u8) -> (SecretKey, Address) {
+        let secret = SecretKey::from_byte_array([byte; 32]).unwrap();
+        let public = PublicKey::from_secret_key(&Secp256k1::signing_only(), &secret);
+        let address = Address::from_slice(&keccak256(&public.serialize_uncompressed()[1..])[12..]);
+        (secret, address)
+    }
+
+    /// What KMS answers: DER, with `s` in either half of the order (KMS does not normalise it).
+    fn kms_der(digest: &B256, secret: &SecretKey, high_s: bool) -> Vec<u8> {
+        let low = Secp256k1::signing_only().sign_ecdsa(Message::from_digest(digest.0), secret);
+        if !high_s {
+            return low.serialize_der().to_vec();
+        }
+        let compact = low.serialize_compact();
+        let s = ORDER - U256::from_be_slice(&compact[32..]);
+        let mut flipped = compact;
+        flipped[32..].copy_from_slice(&s.to_be_bytes::<32>());
+        Signature::from_compact(&flipped)
+            .unwrap()
+            .serialize_der()
+            .to_vec()
+    }
+
+    #[test]
+    fn a_kms_signature_becomes_a_low_s_ethereum_signature_recovering_to_the_lane() {
+        let (secret, address) = key(0x11);
+        for (i, high_s) in [(1u8, false), (2, true), (3, false), (4, true)] {
+            let digest = keccak256([i]);
+            let signature =
+                ethereum_signature(&digest, &kms_der(&digest, &secret, high_s), address)
+                    .unwrap_or_else(|| panic!("digest {i}, high s {high_s}"));
+            assert!(
+                signature.s() <= ORDER / U256::from(2),
+                "EIP-2: s in the lower half"
+            );
+            assert_eq!(
+                signature.recover_address_from_prehash(&digest).unwrap(),
+                address,
+                "digest {i}, high s {high_s}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_signature_by_another_key_or_not_der_is_refused() {
+        let (secret, _) = key(0x11);
+        let (_, other) = key(0x22);
+        let digest = keccak256(b"payment");
+        assert_eq!(
+            ethereum_signature(&digest, &kms_der(&digest, &secret, false), other),
+            None
+        );
+        assert_eq!(
+            ethereum_signature(&digest, &[0x30, 0x02, 0x01], other),
+            None
+        );
+        assert_eq!(ethereum_signature(&digest, &[], other), None);
     }
 }
