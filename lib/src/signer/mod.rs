@@ -164,7 +164,7 @@ impl LaneSigner {
 /// signature of `signer`'s. The parity is found by recovering with libsecp256k1 (about 40 µs each,
 /// at most two): alloy-signer-aws did it with the pure-Rust curve, which verified each candidate
 /// too, 0.3 ms per signature, a tenth of `/settle`'s CPU per payment (docs/benchmarks.md).
-fn ethereum_signature(
+pub fn ethereum_signature(
     digest: &alloy::primitives::B256,
     der: &[u8],
     signer: Address,
