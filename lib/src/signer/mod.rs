@@ -4,8 +4,7 @@
 //! once per Lambda instance, on the first request that needs it, so that a cold start makes no KMS
 //! call and a KMS hiccup fails one request, not the instance.
 
-use alloy::signers::aws::AwsSigner;
-use alloy::{primitives::Address, signers::Signer};
+use alloy::primitives::{keccak256, Address};
 use futures_util::future::join_all;
 use tokio::sync::OnceCell;
 use tracing::instrument;
@@ -89,17 +88,25 @@ impl LaneSigner {
     /// chain id is part of each transaction it signs.
     pub async fn connect(kms: aws_sdk_kms::Client, key: String) -> Result<Self, LaneError> {
         // Boxed, like every SDK future here: their types are deep enough to hit rustc's query limit.
-        let signer = Box::pin(AwsSigner::new(kms.clone(), key.clone(), None))
+        let problem = |problem: String| LaneError {
+            key: key.clone(),
+            problem,
+        };
+        let answer = Box::pin(kms.get_public_key().key_id(&key).send())
             .await
-            .map_err(|e| LaneError {
-                key: key.clone(),
-                problem: e.to_string(),
+            .map_err(|e| {
+                problem(format!(
+                    "KMS GetPublicKey failed: {}",
+                    aws_sdk_kms::error::DisplayErrorContext(&e)
+                ))
             })?;
-        Ok(LaneSigner {
-            address: signer.address(),
-            key,
-            kms,
-        })
+        let public_key = answer
+            .public_key
+            .ok_or_else(|| problem("KMS GetPublicKey answered without a public key".into()))?;
+        let address = address_of_public_key(public_key.as_ref()).ok_or_else(|| {
+            problem("the key is not a secp256k1 key: a lane needs KeySpec ECC_SECG_P256K1".into())
+        })?;
+        Ok(LaneSigner { address, key, kms })
     }
 
     /// The KMS key id: the lane's name.
@@ -159,6 +166,24 @@ impl LaneSigner {
     }
 }
 
+/// The DER header of a secp256k1 public key as KMS `GetPublicKey` answers it (X.509
+/// SubjectPublicKeyInfo: id-ecPublicKey, the curve secp256k1 (1.3.132.0.10), then a 66-byte bit
+/// string); the uncompressed point (0x04, X, Y) follows.
+const SECP256K1_SPKI_HEADER: [u8; 23] = [
+    0x30, 0x56, 0x30, 0x10, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x05, 0x2b,
+    0x81, 0x04, 0x00, 0x0a, 0x03, 0x42, 0x00,
+];
+
+/// The Ethereum address of a KMS key from its public key (SubjectPublicKeyInfo, DER); `None` if it
+/// is not a valid point on secp256k1.
+fn address_of_public_key(spki: &[u8]) -> Option<Address> {
+    let point = spki.strip_prefix(SECP256K1_SPKI_HEADER.as_slice())?;
+    let key = secp256k1::PublicKey::from_slice(point).ok()?;
+    Some(Address::from_slice(
+        &keccak256(&key.serialize_uncompressed()[1..])[12..],
+    ))
+}
+
 /// KMS's signature of `digest` (ASN.1 DER, any `s`) as Ethereum takes it: `s` in the lower half of
 /// the order (EIP-2), and the parity under which it recovers to `signer`. `None` if it is not a
 /// signature of `signer`'s. The parity is found by recovering with libsecp256k1 (about 40 µs each,
@@ -192,7 +217,7 @@ pub fn ethereum_signature(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use alloy::primitives::{keccak256, B256, U256};
+    use alloy::primitives::{B256, U256};
     use secp256k1::{ecdsa::Signature, Message, PublicKey, Secp256k1, SecretKey};
 
     /// secp256k1's group order n.
@@ -241,6 +266,29 @@ mod tests {
                 "digest {i}, high s {high_s}"
             );
         }
+    }
+
+    #[test]
+    fn a_lane_address_comes_from_a_secp256k1_public_key_and_nothing_else() {
+        let (secret, address) = key(0x11);
+        let public = PublicKey::from_secret_key(&Secp256k1::signing_only(), &secret);
+        let spki = [
+            SECP256K1_SPKI_HEADER.as_slice(),
+            &public.serialize_uncompressed(),
+        ]
+        .concat();
+        assert_eq!(address_of_public_key(&spki), Some(address));
+        assert_eq!(
+            address_of_public_key(&spki[..spki.len() - 1]),
+            None,
+            "truncated"
+        );
+        let mut other_curve = spki.clone();
+        other_curve[19] = 0x22; // secp384r1, 1.3.132.0.34
+        assert_eq!(address_of_public_key(&other_curve), None);
+        let mut off_curve = spki;
+        off_curve[30] ^= 0x01;
+        assert_eq!(address_of_public_key(&off_curve), None, "not a point");
     }
 
     #[test]
