@@ -87,11 +87,11 @@ impl LaneSigner {
     /// Reads the key's public key (one KMS `GetPublicKey`). A lane is not tied to a chain: the
     /// chain id is part of each transaction it signs.
     pub async fn connect(kms: aws_sdk_kms::Client, key: String) -> Result<Self, LaneError> {
-        // Boxed, like every SDK future here: their types are deep enough to hit rustc's query limit.
         let problem = |problem: String| LaneError {
             key: key.clone(),
             problem,
         };
+        // Boxed, like every SDK future here: their types are deep enough to hit rustc's query limit.
         let answer = Box::pin(kms.get_public_key().key_id(&key).send())
             .await
             .map_err(|e| {
@@ -151,13 +151,14 @@ impl LaneSigner {
             .map_err(|e| problem(format!("KMS Sign failed: {}", DisplayErrorContext(&e))))?
             .signature
             .ok_or_else(|| problem("KMS Sign answered without a signature".into()))?;
-        let signature =
-            ethereum_signature(&digest, der.as_ref(), self.address).ok_or_else(|| {
-                problem(format!(
-                "KMS answered a signature that is not the lane's ({}): is the key ECC_SECG_P256K1?",
-                self.address
+        let not_ours = || {
+            let address = self.address;
+            problem(format!(
+                "KMS answered a signature that is not the lane's ({address})"
             ))
-            })?;
+        };
+        let signature =
+            ethereum_signature(&digest, der.as_ref(), self.address).ok_or_else(not_ours)?;
         let envelope = TxEnvelope::from(tx.into_signed(signature));
         Ok(SignedTx {
             raw: envelope.encoded_2718().into(),
