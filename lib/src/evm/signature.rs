@@ -120,8 +120,13 @@ pub fn recover(digest: &B256, sig: &EcdsaSignature) -> Option<Address> {
     let key = SECP
         .recover_ecdsa(Message::from_digest(digest.0), &signature)
         .ok()?;
-    let uncompressed = key.serialize_uncompressed();
-    Some(Address::from_slice(&keccak256(&uncompressed[1..])[12..]))
+    Some(address_of(&key))
+}
+
+/// The Ethereum address of a secp256k1 public key: the last 20 bytes of the keccak256 of its
+/// uncompressed point without the 0x04 prefix.
+pub fn address_of(key: &secp256k1::PublicKey) -> Address {
+    Address::from_slice(&keccak256(&key.serialize_uncompressed()[1..])[12..])
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! once per Lambda instance, on the first request that needs it, so that a cold start makes no KMS
 //! call and a KMS hiccup fails one request, not the instance.
 
-use alloy::primitives::{keccak256, Address};
+use alloy::primitives::Address;
 use futures_util::future::join_all;
 use tokio::sync::OnceCell;
 use tracing::instrument;
@@ -180,9 +180,7 @@ const SECP256K1_SPKI_HEADER: [u8; 23] = [
 fn address_of_public_key(spki: &[u8]) -> Option<Address> {
     let point = spki.strip_prefix(SECP256K1_SPKI_HEADER.as_slice())?;
     let key = secp256k1::PublicKey::from_slice(point).ok()?;
-    Some(Address::from_slice(
-        &keccak256(&key.serialize_uncompressed()[1..])[12..],
-    ))
+    Some(crate::evm::signature::address_of(&key))
 }
 
 /// KMS's signature of `digest` (ASN.1 DER, any `s`) as Ethereum takes it: `s` in the lower half of
@@ -218,7 +216,7 @@ pub fn ethereum_signature(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use alloy::primitives::{B256, U256};
+    use alloy::primitives::{keccak256, B256, U256};
     use secp256k1::{ecdsa::Signature, Message, PublicKey, Secp256k1, SecretKey};
 
     /// secp256k1's group order n.
@@ -229,7 +227,7 @@ mod tests {
     fn key(byte: u8) -> (SecretKey, Address) {
         let secret = SecretKey::from_byte_array([byte; 32]).unwrap();
         let public = PublicKey::from_secret_key(&Secp256k1::signing_only(), &secret);
-        let address = Address::from_slice(&keccak256(&public.serialize_uncompressed()[1..])[12..]);
+        let address = crate::evm::signature::address_of(&public);
         (secret, address)
     }
 
