@@ -76,7 +76,8 @@ def signed_here(request, mine, first, last):
     lease, sign = first("handler", "dynamodb UpdateItem"), first("handler", "kms Sign")
     write_ahead = first("handler", "dynamodb TransactWriteItems")
     broadcast, settling = first("chain", "eth_sendRawTransaction"), last("handler", "dynamodb UpdateItem")
-    receipt = last("chain", "eth_getTransactionReceipt")
+    # A send that waited for its receipt (eth_sendRawTransactionSync) needs no lookup after it.
+    receipt = last("chain", "eth_getTransactionReceipt") or (broadcast if broadcast and "Sync" in broadcast[3] else None)
     if not all((simulation, create, lease, sign, write_ahead, broadcast, receipt)) or settling is lease:
         return None
     calls = [e for e in mine if e[2] in ("handler", "chain")]
@@ -91,7 +92,7 @@ def signed_here(request, mine, first, last):
         "here: record PutItem beside the lease's UpdateItem": both[1] - both[0],
         "here: KMS Sign": sign[1] - sign[0],
         "here: write-ahead (TransactWriteItems)": write_ahead[1] - write_ahead[0],
-        "here: broadcast (eth_sendRawTransaction)": broadcast[1] - broadcast[0],
+        "here: broadcast (eth_sendRawTransaction, or ...Sync with the receipt)": broadcast[1] - broadcast[0],
         "here: broadcast → receipt found": receipt[1] - broadcast[1],
         "here: settling UpdateItem": settling[1] - settling[0],
         "here: the handler between its calls (and the HTTP hops)": (request["t1"] - request["t0"]) - busy,

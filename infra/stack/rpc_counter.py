@@ -8,7 +8,7 @@ make the chain misbehave on purpose (fault tests, DESIGN §7).
     GET  /__counts     {"http_requests": N, "rpc_requests": M, "methods": {"eth_call": k, ...}}
     POST /__reset      zero the counts
     GET  /__fault      the current fault
-    POST /__fault      {"mode": "none"|"error"|"hang"|"drop"|"node_error"|"lag"|"unauthorized"|"poor",
+    POST /__fault      {"mode": "none"|"error"|"hang"|"drop"|"node_error"|"lag"|"unauthorized"|"poor"|"missing",
                         "methods": ["eth_call", ...], "count": N}
     GET  /__latency    the added latency
     POST /__latency    {"ms": N}: hold every forwarded request N ms first, as a remote RPC
@@ -28,7 +28,10 @@ provider does for an API key it no longer accepts (a rotated key); "poor" answer
 eth_estimateGas that offers a fee (maxFeePerGas or gasPrice above zero) as geth does when the
 sender cannot pay for the gas at that fee ({"code": -32000, "message": "gas required exceeds
 allowance (0)"}) and forwards everything else, so every sender looks out of gas (anvil does not cap
-an estimate by the sender's balance, so a lane without gas cannot be had for real). `methods` limits the fault to
+an estimate by the sender's balance, so a lane without gas cannot be had for real); "missing" answers
+HTTP 200 with geth's JSON-RPC "method not found" per entry ({"code": -32601, "message": "the method
+... does not exist/is not available"}), as a node without an optional method (say
+eth_sendRawTransactionSync) does. `methods` limits the fault to
 requests that contain one of those methods; absent or empty means every request.
 `count` (optional) lifts the fault by itself after that many faulted requests.
 
@@ -46,7 +49,7 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 HANG_LIMIT_S = 600
-FAULT_MODES = ("none", "error", "hang", "drop", "node_error", "lag", "unauthorized", "poor")
+FAULT_MODES = ("none", "error", "hang", "drop", "node_error", "lag", "unauthorized", "poor", "missing")
 NODE_ERROR = {"code": -32005, "message": "rate limit exceeded"}
 # geth's answer to an estimate whose sender cannot pay for any gas at the fee it offers.
 NO_GAS_MONEY = {"code": -32000, "message": "gas required exceeds allowance (0)"}
@@ -116,6 +119,12 @@ class Fault:
         with self._changed:
             current = (self.mode, self.methods)
             self._changed.wait_for(lambda: (self.mode, self.methods) != current, HANG_LIMIT_S)
+
+
+def method_not_found(entry):
+    """geth's answer to a method it does not have."""
+    message = f"the method {entry.get('method')} does not exist/is not available"
+    return {"jsonrpc": "2.0", "id": entry.get("id"), "error": {"code": -32601, "message": message}}
 
 
 def rpc_methods(body):
@@ -226,6 +235,9 @@ class Handler(BaseHTTPRequestHandler):
             return
         if mode == "node_error":
             self.reply(200, self.per_entry(body, lambda e: {"jsonrpc": "2.0", "id": e.get("id"), "error": NODE_ERROR}))
+            return
+        if mode == "missing":
+            self.reply(200, self.per_entry(body, method_not_found))
             return
         if mode == "poor":
             priced = priced_estimate(body)

@@ -45,6 +45,7 @@ impl Facilitator {
                 let chain = Chain::new(n.rpc.clone(), Some(secrets.clone()), config.rpc_timeout)
                     .with_network(n.network.caip2())
                     .with_fee_cache(config.fee_cache)
+                    .with_send_sync(config.send_sync)
                     .with_logs_lookback(config.logs_lookback)
                     .with_fee_cap(n.max_fee_per_gas)
                     .with_gas_caps(n.gas_caps);

@@ -447,10 +447,16 @@ async fn with_the_rpc_down_answers_stay_clear_and_replay_finishes_once_it_is_bac
         async move { post_raw(&url, body).await }
     };
 
-    // Receipts cannot be read: the transfer is sent and mined, but /settle cannot see it.
+    // Receipts cannot be read: the transfer is sent and mined, but /settle cannot see it (nor
+    // have it with the send's answer: the send that waits for its receipt fails too, and the
+    // bytes go the usual way).
     let pending = PaymentBuilder::new(3).sign();
     let before = balances(&pending).await;
-    let fault = RpcFault::set("error", &["eth_getTransactionReceipt"]).await;
+    let fault = RpcFault::set(
+        "error",
+        &["eth_getTransactionReceipt", "eth_sendRawTransactionSync"],
+    )
+    .await;
     let answer = settle_at(&pending.body()).await;
     assert_eq!(answer.status, 200);
     assert_eq!(answer.json["success"], false, "{:?}", answer.json);

@@ -111,7 +111,8 @@ async fn rpc_requests_per_upto_verify() {
 }
 
 /// A settlement on a lane already in use: one simulation (/settle's `eth_estimateGas` from the
-/// lane, whose gas the worker signs with), the broadcast and the receipt lookups. The lane's nonce
+/// lane, whose gas the worker signs with), the broadcast and the receipt lookups, or, for a
+/// payment `/settle` signs itself, the broadcast that waits for its receipt. The lane's nonce
 /// comes from the lanes table, not from `eth_getTransactionCount`; fees come from a cache in each
 /// function (an `eth_feeHistory` from each whose cache ran out).
 #[tokio::test]
@@ -152,14 +153,24 @@ async fn rpc_requests_per_settle() {
             (0, 1),
             "one simulation, /settle's from the lane, whose gas the worker signs with: {counts}"
         );
-        assert_eq!(count("eth_sendRawTransaction"), 1, "{counts}");
-        assert!(count("eth_getTransactionReceipt") >= 1, "{counts}");
+        // Signed in /settle, the send waits for the receipt in the same request; through the
+        // queue, the worker sends and /settle's follower looks the receipt up.
+        let (sync, plain) = (
+            count("eth_sendRawTransactionSync"),
+            count("eth_sendRawTransaction"),
+        );
+        assert_eq!(sync + plain, 1, "one send: {counts}");
+        match sync {
+            1 => assert_eq!(count("eth_getTransactionReceipt"), 0, "{counts}"),
+            _ => assert!(count("eth_getTransactionReceipt") >= 1, "{counts}"),
+        }
         // /settle and the worker each keep fees for X402_FEE_CACHE_MS.
         assert!(count("eth_feeHistory") <= 2, "{counts}");
         let known = [
             "eth_call",
             "eth_estimateGas",
             "eth_sendRawTransaction",
+            "eth_sendRawTransactionSync",
             "eth_getTransactionReceipt",
             "eth_feeHistory",
             "eth_getBlockByNumber",

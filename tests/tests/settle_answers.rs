@@ -254,7 +254,13 @@ async fn a_lagging_node_never_makes_a_mined_payment_fail() {
     let (_server, base) = start_local_server(&[("X402_SETTLE_DEADLINE_MS", "2000")]).await;
     let payment = PaymentBuilder::new(0).sign();
     let before = balances(&payment).await;
-    let lagging = RpcFault::set("lag", &["eth_getTransactionReceipt"]).await;
+    // A send that would wait for the receipt lags too (answered `null`): the bytes go the usual
+    // way, and the receipt is looked up from the lagging node.
+    let lagging = RpcFault::set(
+        "lag",
+        &["eth_getTransactionReceipt", "eth_sendRawTransactionSync"],
+    )
+    .await;
 
     let pending = post_json(&base, "/settle", &payment.body()).await;
     assert_eq!(

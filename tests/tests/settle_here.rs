@@ -333,3 +333,83 @@ async fn a_repeated_settle_gives_back_the_lease_it_took_beside_the_create() {
     assert_eq!(payment_record(&id).await.state, State::Cancelled);
     assert_eq!(block_number().await, block, "nothing was broadcast");
 }
+
+/// A settle handler in this process on `queue`, signing here; a fresh one has its own chain
+/// client, so what it learned of the node (that it lacks `eth_sendRawTransactionSync`) is its own.
+async fn signing_settler(queue: &OwnQueue) -> Settler {
+    let config = config_on(queue);
+    let aws = aws().await;
+    Settler::from_config(&config, &aws)
+        .unwrap()
+        .signing_here(Worker::from_config(&config, &aws))
+}
+
+/// The counting proxy's count of `method` since its last reset.
+async fn rpc_count(method: &str) -> u64 {
+    rpc_counts().await["methods"][method].as_u64().unwrap_or(0)
+}
+
+/// `/settle` sends a payment it signed with `eth_sendRawTransactionSync` (EIP-7966; anvil has
+/// it): the receipt comes with the send's answer, so the payment is settled with no receipt
+/// lookup, two chain requests in all (the simulation and the send).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_signed_here_is_sent_and_confirmed_in_one_request() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let queue = OwnQueue::create("here-sync", 3).await;
+    let settler = signing_settler(&queue).await;
+    let payment = PaymentBuilder::new(2).sign();
+    let before = balances(&payment).await;
+    wait_lane_free(&config().lane_keys[lane_index(&payment)]).await;
+    reset_rpc_counts().await;
+
+    let answer = settle_in_process(&settler, &payment).await;
+
+    let record = payment_record(&payment.record_id()).await;
+    assert_eq!(record.state, State::Settled, "{record:?}");
+    success_with(&answer, &record);
+    let counts = rpc_counts().await;
+    assert_eq!(
+        (
+            rpc_count("eth_sendRawTransactionSync").await,
+            rpc_count("eth_sendRawTransaction").await,
+            rpc_count("eth_getTransactionReceipt").await,
+        ),
+        (1, 0, 0),
+        "sent and confirmed in one request: {counts}"
+    );
+    assert_eq!(queue.depth().await, 0, "nothing went through the queue");
+    moved_once(before, balances(&payment).await, payment.value);
+}
+
+/// A node without `eth_sendRawTransactionSync` (the proxy answers JSON-RPC's "method not found",
+/// as geth does for a method it lacks): the payment is sent the usual way and its receipt looked
+/// up, and the same handler does not ask the node for the method again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_the_sync_send_gets_a_send_and_receipt_lookups_and_is_not_asked_again() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let queue = OwnQueue::create("here-nosync", 3).await;
+    let settler = signing_settler(&queue).await;
+    set_rpc_fault("missing", &["eth_sendRawTransactionSync"]).await;
+    let mut sends = Vec::new();
+    for i in [2, 3] {
+        let payment = PaymentBuilder::new(i).sign();
+        let before = balances(&payment).await;
+        wait_lane_free(&config().lane_keys[lane_index(&payment)]).await;
+        reset_rpc_counts().await;
+        let answer = settle_in_process(&settler, &payment).await;
+        let record = payment_record(&payment.record_id()).await;
+        success_with(&answer, &record);
+        moved_once(before, balances(&payment).await, payment.value);
+        sends.push((
+            rpc_count("eth_sendRawTransactionSync").await,
+            rpc_count("eth_sendRawTransaction").await,
+            rpc_count("eth_getTransactionReceipt").await >= 1,
+        ));
+    }
+    set_rpc_fault("none", &[]).await;
+    assert_eq!(
+        sends,
+        [(1, 1, true), (0, 1, true)],
+        "asked once, then sent the usual way with its receipt looked up"
+    );
+}

@@ -44,8 +44,13 @@ async fn an_rpc_outage_longer_than_the_workers_retries_costs_the_lane_seconds_no
 
     // The worker's broadcast (eth_sendRawTransaction, its one chain call once /settle has
     // simulated) fails for 7 s: longer than its in-process retries (5 s), far shorter than the
-    // local queue's visibility timeout (60 s). /settle's own simulation passes.
-    let fault = RpcFault::set("error", &["eth_sendRawTransaction"]).await;
+    // local queue's visibility timeout (60 s). /settle's own simulation passes; a payment it signs
+    // itself fails its send too (either way of sending), and goes to the worker.
+    let fault = RpcFault::set(
+        "error",
+        &["eth_sendRawTransaction", "eth_sendRawTransactionSync"],
+    )
+    .await;
     let started = Instant::now();
     let lift = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(7)).await;

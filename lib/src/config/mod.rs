@@ -53,6 +53,10 @@ pub const LANE_RUNS_VAR: &str = "X402_LANE_RUNS";
 /// `on` or `off` (the default): whether `/settle` signs a new payment itself when its lane is free,
 /// instead of queueing it for the worker (docs/settlement.md, "Signing in /settle").
 pub const SETTLE_SIGNS_VAR: &str = "X402_SETTLE_SIGNS";
+/// `on` (the default) or `off`: whether `/settle`, sending a payment it signed, asks the node to
+/// wait for the receipt in the same request (`eth_sendRawTransactionSync`, EIP-7966), falling back
+/// to a send and receipt lookups where the node cannot (docs/settlement.md, "Signing in /settle").
+pub const SEND_SYNC_VAR: &str = "X402_SEND_SYNC";
 /// How long a lane's lease lasts, in milliseconds: what a signer that died holding it costs the
 /// lane at most (docs/settlement.md, "The lane's lease").
 pub const LANE_LEASE_VAR: &str = "X402_LANE_LEASE_MS";
@@ -145,6 +149,8 @@ pub struct Config {
     pub lane_runs: bool,
     /// Whether `/settle` signs a new payment itself when its lane's lease is free.
     pub settle_signs: bool,
+    /// Whether a send that waits for its receipt asks `eth_sendRawTransactionSync` first.
+    pub send_sync: bool,
     /// How long a signer holds a lane's lease (`X402_LANE_LEASE_MS`).
     pub lane_lease: Duration,
     /// When a contract-wallet payer whose settlements revert on chain is refused.
@@ -315,6 +321,7 @@ impl Config {
             contract_wallets: vars.switch(CONTRACT_WALLETS_VAR, true)?,
             lane_runs: vars.switch(LANE_RUNS_VAR, false)?,
             settle_signs: vars.switch(SETTLE_SIGNS_VAR, false)?,
+            send_sync: vars.switch(SEND_SYNC_VAR, true)?,
             lane_lease: vars.millis(LANE_LEASE_VAR, DEFAULT_LANE_LEASE)?,
             payer_reverts: revert_policy(&vars)?,
             key_limit: key_limit(&vars)?,

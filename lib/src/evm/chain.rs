@@ -17,7 +17,7 @@ use alloy::{
 use tracing::instrument;
 
 pub use super::answers::{node_answer, ChainError, NodeAnswer, NODE_ANSWERS};
-use super::rpc::{BoxFuture, Rpc};
+use super::rpc::{BoxFuture, Once, Rpc};
 use crate::config::RpcSource;
 
 /// How an `eth_call` ended, when the node answered.
@@ -28,6 +28,22 @@ pub enum CallOutcome {
     Reverted {
         message: String,
     },
+}
+
+/// What an `eth_sendRawTransactionSync` (EIP-7966) came to.
+#[derive(Debug)]
+pub enum SyncSent {
+    /// Mined within the node's wait: its receipt.
+    Mined(Box<TransactionReceipt>),
+    /// The node took the bytes but had no receipt within its wait (EIP-7966's codes 4 and 5), or
+    /// answered for a transaction it ran: the receipt is looked up as after any send.
+    InPool,
+    /// The pool refused the bytes by its rules, in the node's words (as `eth_sendRawTransaction`
+    /// would have answered).
+    Refused(String),
+    /// No answer that says what became of the bytes (the node lacks the method, failed or did not
+    /// answer in time): they are sent the usual way, which is safe to repeat.
+    Unanswered,
 }
 
 /// One chain, through its RPC URLs.
@@ -43,6 +59,9 @@ pub struct Chain {
     fee_cap: u128,
     /// The most gas one settlement may use.
     gas_caps: crate::config::GasCaps,
+    /// Whether a send that waits for its receipt asks `eth_sendRawTransactionSync`: configured
+    /// (`X402_SEND_SYNC`), and turned off for this instance once the node says it lacks it.
+    send_sync: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Chain {
@@ -71,7 +90,15 @@ impl Chain {
             logs_lookback: 0,
             fee_cap: crate::config::DEFAULT_MAX_FEE_PER_GAS,
             gas_caps: crate::config::GasCaps::default(),
+            send_sync: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Lets a send that waits for its receipt ask `eth_sendRawTransactionSync` ([`Chain::send_raw_sync`]).
+    pub fn with_send_sync(self, on: bool) -> Self {
+        self.send_sync
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+        self
     }
 
     /// Names the chain's network (CAIP-2) in its RPC metrics and logs.
@@ -286,6 +313,36 @@ impl Chain {
         .await
     }
 
+    /// Sends signed bytes and waits for their receipt in the same request
+    /// (`eth_sendRawTransactionSync`, EIP-7966): one round trip instead of a send and a receipt
+    /// lookup, for a caller that waits for the receipt anyway. Asked of the first healthy URL only
+    /// and never retried: whatever does not say what became of the bytes is
+    /// [`SyncSent::Unanswered`], and the caller sends them with [`Chain::send_raw`]. A node that
+    /// lacks the method is not asked again by this instance.
+    pub async fn send_raw_sync(&self, raw: &Bytes) -> SyncSent {
+        use std::sync::atomic::Ordering::Relaxed;
+        if !self.send_sync.load(Relaxed) {
+            return SyncSent::Unanswered;
+        }
+        let answer = self
+            .rpc
+            .call_once(|p| {
+                let raw = raw.clone();
+                Box::pin(async move { p.send_raw_transaction_sync(&raw).await })
+            })
+            .await;
+        let (sent, not_again) = sync_sent(answer);
+        if not_again {
+            tracing::warn!(
+                "the chain's RPC node lacks eth_sendRawTransactionSync, or held it past the RPC \
+                 timeout; this instance sends and then looks up receipts from now on \
+                 (X402_SEND_SYNC=off avoids the first try)"
+            );
+            self.send_sync.store(false, Relaxed);
+        }
+        sent
+    }
+
     /// Whether the node knows the transaction at all (`eth_getTransactionByHash`): in its pool or
     /// mined. A broadcast transaction it does not know was dropped, and its bytes can be sent again.
     pub async fn transaction_known(&self, hash: B256) -> Result<bool, ChainError> {
@@ -351,6 +408,37 @@ impl Chain {
     }
 }
 
+/// What a node's answer to `eth_sendRawTransactionSync` means, and whether the node is not to be
+/// asked again: it lacks the method (JSON-RPC's "method not found", or an error naming it), or it
+/// held the request past the whole call's timeout (it waits longer for a receipt than a send may
+/// take here, as Arbitrum's nodes do by default).
+fn sync_sent(answer: Once<TransactionReceipt>) -> (SyncSent, bool) {
+    let (code, message) = match answer {
+        Once::Value(receipt) => return (SyncSent::Mined(Box::new(receipt)), false),
+        Once::Timeout => return (SyncSent::Unanswered, true),
+        Once::Failed => return (SyncSent::Unanswered, false),
+        Once::Error(code, message) => (code, message),
+    };
+    // EIP-7966: 4, taken but not mined within the wait; 5, taken but not ready to run (a nonce
+    // gap, or funds). Checked before the table, whose words ("insufficient funds") 5 may use.
+    if code == 4 || code == 5 {
+        return (SyncSent::InPool, false);
+    }
+    match node_answer(code, &message) {
+        NodeAnswer::Refused => (SyncSent::Refused(message), false),
+        NodeAnswer::Revert => (SyncSent::InPool, false),
+        NodeAnswer::Transient => {
+            let lower = message.to_ascii_lowercase();
+            let lacks = code == -32601
+                || lower.contains("method not found")
+                || lower.contains("not supported")
+                || lower.contains("unsupported")
+                || lower.contains("sendrawtransactionsync");
+            (SyncSent::Unanswered, lacks)
+        }
+    }
+}
+
 /// Whether an estimate's revert is the node's gas cap: what a sender short of gas money and a call
 /// that never ends both get.
 fn beyond_allowance(why: &str) -> bool {
@@ -383,6 +471,39 @@ mod tests {
             "insufficient funds for gas * price + value",
         ] {
             assert!(!super::beyond_allowance(revert), "{revert}");
+        }
+    }
+
+    /// eth_sendRawTransactionSync's answers as nodes give them: EIP-7966's codes for "taken, no
+    /// receipt yet", the pool's refusals, and the ways a node says it lacks the method, which
+    /// alone (with a wait past the call's timeout) stop this instance from asking again.
+    #[test]
+    fn a_sync_send_answer_says_what_became_of_the_bytes() {
+        use super::{sync_sent, Once, SyncSent};
+        let error = |code: i64, message: &str| Once::Error(code, message.to_owned());
+        let cases: [(Once<_>, &str, bool); 11] = [
+            (error(4, "The transaction was added to the mempool but wasn't processed in 2s."), "InPool", false),
+            (error(5, "added to the mempool but not processed due to a missing nonce or insufficient funds"), "InPool", false),
+            (error(-32000, "nonce too low: next nonce 5, tx nonce 4"), "Refused", false),
+            (error(-32000, "replacement transaction underpriced"), "Refused", false),
+            (error(3, "execution reverted"), "InPool", false),
+            (error(-32601, "the method eth_sendRawTransactionSync does not exist/is not available"), "Unanswered", true),
+            (error(-32600, "Unsupported method: eth_sendRawTransactionSync"), "Unanswered", true),
+            (error(-32005, "rate limit exceeded"), "Unanswered", false),
+            (error(-32603, "internal error"), "Unanswered", false),
+            (Once::Failed, "Unanswered", false),
+            (Once::Timeout, "Unanswered", true),
+        ];
+        for (answer, expected, not_again) in cases {
+            let shown = format!("{answer:?}");
+            let (sent, stop) = sync_sent(answer);
+            let kind = match sent {
+                SyncSent::Mined(_) => "Mined",
+                SyncSent::InPool => "InPool",
+                SyncSent::Refused(_) => "Refused",
+                SyncSent::Unanswered => "Unanswered",
+            };
+            assert_eq!((kind, stop), (expected, not_again), "{shown}");
         }
     }
 

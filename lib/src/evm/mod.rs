@@ -20,6 +20,6 @@ pub(crate) mod test_keys;
 pub mod verify;
 
 pub use attribution::Transfer;
-pub use chain::{CallOutcome, Chain, ChainError};
+pub use chain::{CallOutcome, Chain, ChainError, SyncSent};
 pub use payload::{Authorization, ExactPayment, TokenDomain};
 pub use verify::{Checked, ExactEvm};

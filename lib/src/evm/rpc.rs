@@ -34,6 +34,18 @@ const FORCED_READ_INTERVAL: Duration = Duration::from_secs(10);
 /// stop settlements) and the read is tried again this much later.
 const SECRET_RETRY: Duration = Duration::from_secs(30);
 
+/// What one request to one node came to ([`Rpc::call_once`]).
+#[derive(Debug)]
+pub(crate) enum Once<T> {
+    Value(T),
+    /// The node's error answer: its JSON-RPC code and message.
+    Error(i64, String),
+    /// No answer within the call's timeout.
+    Timeout,
+    /// No answer: the URLs could not be had, or the transport failed.
+    Failed,
+}
+
 /// One URL and its client. The URL is kept only to scrub it from errors and to compare lists.
 struct Endpoint {
     url: String,
@@ -153,6 +165,31 @@ impl Rpc {
                 }
                 Err((_, error)) => return Err(error),
             }
+        }
+    }
+
+    /// One request to the first healthy URL only, within the call's timeout, and what came of
+    /// it, the node's error answer unclassified. For a request whose failure the caller handles
+    /// by another request (an optional method a node may not have): nothing is failed over, and
+    /// no URL is set aside for it.
+    pub(crate) async fn call_once<T>(
+        &self,
+        request: impl Fn(RootProvider) -> BoxFuture<TransportResult<T>>,
+    ) -> Once<T> {
+        let Ok(urls) = self.urls(false).await else {
+            return Once::Failed;
+        };
+        let Some(&first) = lock(&urls.health).order(Instant::now()).first() else {
+            return Once::Failed;
+        };
+        let endpoint = &urls.endpoints[first];
+        match tokio::time::timeout(self.timeout, request(endpoint.provider.clone())).await {
+            Ok(Ok(value)) => Once::Value(value),
+            Ok(Err(error)) => match error.as_error_resp() {
+                Some(payload) => Once::Error(payload.code, payload.message.to_string()),
+                None => Once::Failed,
+            },
+            Err(_) => Once::Timeout,
         }
     }
 

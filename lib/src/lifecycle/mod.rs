@@ -8,7 +8,7 @@
 pub mod receipt;
 
 use crate::{
-    evm::{Chain, ChainError},
+    evm::{Chain, ChainError, SyncSent},
     protocol::Reason,
     store::{Failure, Mined, PaymentId, PaymentRecord, State, Store, StoreError},
 };
@@ -39,23 +39,53 @@ pub enum Sent {
 
 /// Sends a record's stored raw transaction, the same bytes every time (I3).
 pub async fn send_stored(chain: &Chain, record: &PaymentRecord) -> Result<Sent, LifecycleError> {
-    let raw = record.raw_tx.clone().ok_or(LifecycleError::Malformed {
+    let raw = stored_bytes(record)?;
+    Ok(match chain.send_raw(raw).await? {
+        Ok(()) => Sent::Accepted,
+        Err(message) => refusal(record, message),
+    })
+}
+
+/// What sending a signed record's bytes and waiting for their receipt came to.
+#[derive(Debug)]
+pub enum Delivered {
+    /// Mined while the send waited: the receipt, to finish the record from.
+    Mined(Box<alloy::rpc::types::TransactionReceipt>),
+    /// Sent; the receipt is to be looked up.
+    Sent(Sent),
+}
+
+/// [`send_stored`] for a caller that waits for the receipt anyway (`/settle`, for a payment it
+/// signed): asks the node to send and wait in one request (`eth_sendRawTransactionSync`,
+/// [`Chain::send_raw_sync`]), and sends the usual way when that gives no usable answer.
+pub async fn send_stored_and_wait(
+    chain: &Chain,
+    record: &PaymentRecord,
+) -> Result<Delivered, LifecycleError> {
+    let raw = stored_bytes(record)?;
+    Ok(match chain.send_raw_sync(&raw).await {
+        SyncSent::Mined(receipt) => Delivered::Mined(receipt),
+        SyncSent::InPool => Delivered::Sent(Sent::Accepted),
+        SyncSent::Refused(message) => Delivered::Sent(refusal(record, message)),
+        SyncSent::Unanswered => Delivered::Sent(send_stored(chain, record).await?),
+    })
+}
+
+fn stored_bytes(record: &PaymentRecord) -> Result<alloy::primitives::Bytes, LifecycleError> {
+    record.raw_tx.clone().ok_or(LifecycleError::Malformed {
         id: record.id.clone(),
         problem: "has no raw_tx to send",
-    })?;
-    match chain.send_raw(raw).await? {
-        Ok(()) => Ok(Sent::Accepted),
-        // Already in the pool (a re-send of the same bytes): as good as sent.
-        Err(message)
-            if message.contains("already known") || message.contains("known transaction") =>
-        {
-            Ok(Sent::Accepted)
-        }
-        Err(message) => {
-            tracing::error!(id = %record.id, %message, "the node refused a signed settlement");
-            Ok(Sent::Refused(message))
-        }
+    })
+}
+
+/// A node's refusal of a record's bytes, as [`Sent`] says it.
+fn refusal(record: &PaymentRecord, message: String) -> Sent {
+    // Already in the pool (a re-send of the same bytes): as good as sent.
+    if message.contains("already known") || message.contains("known transaction") {
+        return Sent::Accepted;
     }
+    tracing::error!(id = %record.id, %message, "the node refused a signed settlement");
+    Sent::Refused(message)
 }
 
 /// Sends a `signed` record's bytes and moves it to `submitted`. A refused send leaves it `signed`

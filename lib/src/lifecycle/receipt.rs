@@ -1,5 +1,7 @@
 //! Finishing a broadcast payment from its receipt, and naming the reason of a revert.
 
+use alloy::rpc::types::TransactionReceipt;
+
 use super::{LifecycleError, UsedBy};
 use crate::{
     evm::Chain,
@@ -89,13 +91,34 @@ pub async fn finish(
     let mut mined = None;
     for hash in record.hashes() {
         if let Some(receipt) = chain.receipt(hash).await? {
-            mined = Some((hash, receipt));
+            mined = Some(receipt);
             break;
         }
     }
-    let Some((hash, receipt)) = mined else {
-        return Ok(None);
-    };
+    match mined {
+        Some(receipt) => finish_mined(chain, store, record, receipt, claim)
+            .await
+            .map(Some),
+        None => Ok(None),
+    }
+}
+
+/// [`finish`] from a receipt already in hand (one of the record's transactions, mined): the
+/// verdict, and the record as it is afterwards.
+pub async fn finish_mined(
+    chain: &Chain,
+    store: &Store,
+    record: &PaymentRecord,
+    receipt: TransactionReceipt,
+    claim: Option<&Claimant>,
+) -> Result<PaymentRecord, LifecycleError> {
+    let hash = receipt.transaction_hash;
+    if !record.hashes().any(|h| h == hash) {
+        return Err(LifecycleError::Malformed {
+            id: record.id.clone(),
+            problem: "was given a receipt of a transaction that is not its own",
+        });
+    }
     let transfer = record.transfer();
     // The contract the settlement calls (the token, or the exact Permit2 proxy); the `Transfer`
     // that proves the payment is the token's either way.
@@ -119,10 +142,16 @@ pub async fn finish(
             if reverted && record.signed_by_contract() {
                 count_revert(store, record, receipt.gas_used).await;
             }
-            Ok(Some(finished))
+            Ok(finished)
         }
         // A concurrent follower (or replay) moved it first: the record says what happened.
-        None => Ok(store.get(&record.id).await?),
+        None => store
+            .get(&record.id)
+            .await?
+            .ok_or(LifecycleError::Malformed {
+                id: record.id.clone(),
+                problem: "vanished while it was being finished",
+            }),
     }
 }
 

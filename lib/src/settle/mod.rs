@@ -35,7 +35,7 @@ use crate::{
         Binding, Claimant, Created, Failure, Mined, NewPayment, PaymentId, PaymentRecord, State,
         Store,
     },
-    worker::{Here, Leasing, Worker},
+    worker::{Here, Leasing, Worker, Written},
 };
 
 use pace::{Pace, ReceiptTime, RunningTime};
@@ -788,9 +788,30 @@ impl Settler {
 
     /// [`Settler::follow`] for a payment signed and sent here: its transaction is known without
     /// reading the record, and its receipt is timed from the write-ahead as a worker's would be.
-    async fn follow_sent(&self, r: &Request<'_>, written: PaymentRecord) -> SettleResponse {
-        let round = Round::sent(&written, self.timing.poll);
-        self.follow_from(r, written, round).await
+    /// A receipt that came with the send's answer finishes the record at once, with no lookup.
+    async fn follow_sent(&self, r: &Request<'_>, written: Written) -> SettleResponse {
+        let Written {
+            mut record,
+            receipt,
+        } = written;
+        if let Some(receipt) = receipt {
+            let finished = receipt::finish_mined(
+                r.scheme.chain(),
+                &self.store,
+                &record,
+                *receipt,
+                Some(&r.claimant),
+            )
+            .await;
+            match finished {
+                Ok(finished) => record = finished,
+                Err(e) => {
+                    tracing::warn!(error = %e, id = %record.id, "finishing the payment from its receipt failed; looking again");
+                }
+            }
+        }
+        let round = Round::sent(&record, self.timing.poll);
+        self.follow_from(r, record, round).await
     }
 
     async fn follow_from(

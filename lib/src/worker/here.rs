@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 
-use super::{decide, next_step, Next, Step, WorkError, Worker};
+use super::{decide, next_step, Delivery, Next, Step, WorkError, Worker};
 use crate::{
     clock::{now_ms, unix_now},
     queue::Simulated,
@@ -48,8 +48,9 @@ impl BusyLanes {
 /// What became of a payment `/settle` tried to sign itself.
 #[derive(Debug)]
 pub enum Here {
-    /// Written ahead and sent: the record as written (`signed`, with its transaction).
-    Sent(Box<PaymentRecord>),
+    /// Written ahead and sent: the record as written (`signed`, with its transaction), and its
+    /// receipt when the send waited for it and it was mined.
+    Sent(Box<super::Written>),
     /// Nothing was written: the payment goes to the queue as created, with `/settle`'s simulation.
     Queue,
     /// Signed, and its write-ahead may have landed (its outcome is not known, or the send after it
@@ -229,7 +230,7 @@ impl Worker {
         };
         let release = LeaseAfter::Release { holder };
         match self
-            .write_ahead_and_send(record.clone(), signed, release)
+            .write_ahead_and_send(record.clone(), signed, release, Delivery::SendAndWait)
             .await
         {
             Ok(Some(written)) => Here::Sent(Box::new(written)),

@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use alloy::primitives::B256;
+use alloy::{primitives::B256, rpc::types::TransactionReceipt};
 use tokio::sync::{Mutex, OnceCell};
 use tracing::instrument;
 
@@ -94,6 +94,24 @@ impl WorkError {
                 | WorkError::Stopped(_)
         )
     }
+}
+
+/// How a payment just written ahead is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    /// Sent; its receipt is someone else's to look up (the worker's way).
+    Send,
+    /// Sent with the receipt waited for in the same request when the node can (`/settle`, which
+    /// waits for it anyway).
+    SendAndWait,
+}
+
+/// A payment written ahead and sent by this call: the record as written, and its receipt when the
+/// send waited for it and it was mined.
+#[derive(Debug)]
+pub struct Written {
+    pub record: PaymentRecord,
+    pub receipt: Option<Box<TransactionReceipt>>,
 }
 
 /// The first wait between two in-process attempts; it doubles up to [`MAX_BACKOFF`], with up to
@@ -396,7 +414,9 @@ impl Worker {
             hash: signed.hash,
         };
         let lease = self.lease_after(&record.lane, 1);
-        self.write_ahead_and_send(record, signed, lease)
+        // Not waiting: the worker's invocation goes on to the lane's next payment, and `/settle`'s
+        // follower looks the receipt up.
+        self.write_ahead_and_send(record, signed, lease, Delivery::Send)
             .await
             .map(drop)
     }
@@ -574,15 +594,16 @@ impl Worker {
             .await?)
     }
 
-    /// The write-ahead (I3, I4), then the broadcast; when the write-ahead's condition fails, what
-    /// the record has become decides ([`after_lost_write_ahead`]). The record as written ahead
-    /// when this write-ahead is the one that landed.
+    /// The write-ahead (I3, I4), then the broadcast as `delivery` says; when the write-ahead's
+    /// condition fails, what the record has become decides ([`after_lost_write_ahead`]). The
+    /// record as written ahead when this write-ahead is the one that landed.
     async fn write_ahead_and_send(
         &self,
         record: PaymentRecord,
         signed: Signed,
         lease: LeaseAfter<'_>,
-    ) -> Result<Option<PaymentRecord>, WorkError> {
+        delivery: Delivery,
+    ) -> Result<Option<Written>, WorkError> {
         // Forgotten until this write-ahead is known to have stepped the counter: a write that lost
         // its condition, or whose outcome is unknown, leaves the table to say.
         self.nonces.forget(&record.lane, &record.network);
@@ -615,12 +636,19 @@ impl Worker {
             updated_at: now_ms(),
             ..record
         };
-        match self.broadcast(&written).await? {
+        let (sent, receipt) = match delivery {
+            Delivery::Send => (self.broadcast(&written).await?, None),
+            Delivery::SendAndWait => self.broadcast_and_wait(&written).await?,
+        };
+        match sent {
             Sent::Refused(refusal) if nonce_too_low(&refusal) => self
                 .behind_the_chain(&written, &refusal)
                 .await
                 .map(|()| None),
-            _ => Ok(Some(written)),
+            _ => Ok(Some(Written {
+                record: written,
+                receipt,
+            })),
         }
     }
 
@@ -669,6 +697,22 @@ impl Worker {
         let sent = lifecycle::send_stored(chain, record).await?;
         self.crash_point(Step::Broadcast)?;
         Ok(sent)
+    }
+
+    /// [`Worker::broadcast`] for `/settle`, which waits for the receipt anyway: the node is asked
+    /// to send and wait in one request ([`lifecycle::send_stored_and_wait`]); the receipt when it
+    /// came with the answer.
+    async fn broadcast_and_wait(
+        &self,
+        record: &PaymentRecord,
+    ) -> Result<(Sent, Option<Box<TransactionReceipt>>), WorkError> {
+        let chain = self.scheme(record)?.chain();
+        let delivered = lifecycle::send_stored_and_wait(chain, record).await?;
+        self.crash_point(Step::Broadcast)?;
+        Ok(match delivered {
+            lifecycle::Delivered::Mined(receipt) => (Sent::Accepted, Some(receipt)),
+            lifecycle::Delivered::Sent(sent) => (sent, None),
+        })
     }
 
     /// A `signed` record met again (a redelivered message): the worker that wrote it ahead sent
