@@ -35,6 +35,10 @@ const { values: opts } = parseArgs({
     events: { type: "string", default: "events" },
     logs: { type: "string", default: "." },
     out: { type: "string" },
+    // A cgroup directory each process starts in (infra/load/memory.sh: a Lambda memory size's CPU
+    // share), and that size for AWS_LAMBDA_FUNCTION_MEMORY_SIZE.
+    cgroup: { type: "string" },
+    "memory-mb": { type: "string", default: "128" },
   },
 });
 const port = Number(opts["emulator-port"]);
@@ -65,9 +69,14 @@ const readEvent = (name) => readFileSync(resolve(opts.events, name), "utf8");
 
 async function once(fn, binary, event, log) {
   const started = performance.now();
-  const child = spawn(binary, [], {
+  // In a cgroup, a shell joins it and then becomes the function, so nothing of the function's
+  // start runs outside it (moving the process after the spawn would race its first steps).
+  const [command, args] = opts.cgroup
+    ? ["/bin/sh", ["-c", 'echo $$ > "$1/cgroup.procs" && exec "$0"', binary, opts.cgroup]]
+    : [binary, []];
+  const child = spawn(command, args, {
     env: { ...process.env, AWS_LAMBDA_FUNCTION_NAME: fn, AWS_LAMBDA_FUNCTION_VERSION: "1",
-      AWS_LAMBDA_FUNCTION_MEMORY_SIZE: "128", AWS_LAMBDA_RUNTIME_API: `http://127.0.0.1:${port}/.rt/${fn}` },
+      AWS_LAMBDA_FUNCTION_MEMORY_SIZE: opts["memory-mb"], AWS_LAMBDA_RUNTIME_API: `http://127.0.0.1:${port}/.rt/${fn}` },
     stdio: ["ignore", log, log],
   });
   const exited = new Promise((done) => child.once("exit", done));
@@ -120,5 +129,6 @@ for (const fn of opts.functions.split(",")) {
     + `peak RSS ${summary.peakRssMB.median.toFixed(1)} MB`);
   functions.push(summary);
 }
-const report = { date: new Date().toISOString(), loadAverage1m, runsPerFunction: runs, functions };
+const report = { date: new Date().toISOString(), loadAverage1m, runsPerFunction: runs, cgroup: opts.cgroup ?? null,
+  functions };
 if (opts.out) writeFileSync(opts.out, JSON.stringify(report, null, 2) + "\n");
