@@ -39,7 +39,7 @@ export const PRICES = {
 // ---- Assumptions --------------------------------------------------------------------------------
 // null: derived from the results or template.yaml (the section says how); override with a number.
 export const ASSUMPTIONS = {
-  "memory-mb": [null, "MB of memory per function (template.yaml's MemorySize)"],
+  "memory-mb": [null, "MB of memory of verify, settle and the worker (template.yaml's PaymentFunctionMemory default)"],
   architecture: [null, "arm64 or x86_64 (template.yaml's Architecture default)"],
   concurrency: [1, "the settle and verify phase whose figures are used (its counts and durations)"],
   "rpc-ms": [40, "ms of a chain RPC round trip to a hosted provider (as LOAD_NET_RPC_MS models it)"],
@@ -106,7 +106,8 @@ function param(name, derived, how) {
 // ---- The measured figures ----------------------------------------------------------------------
 
 const template = readFileSync(opts.template, "utf8");
-const memoryMb = param("memory-mb", Number(/^\s+MemorySize:\s*(\d+)/m.exec(template)?.[1] ?? NaN), "template.yaml");
+const memoryMb = param("memory-mb",
+  Number(/^ {2}PaymentFunctionMemory:\n(?: {4}.*\n)*? {4}Default:\s*(\d+)/m.exec(template)?.[1] ?? NaN), "template.yaml");
 const arch = param("architecture", /^\s{2}Architecture:\s*\n(?:\s{4}.*\n)*?\s{4}Default:\s*(\S+)/m.exec(template)?.[1] ?? "arm64", "template.yaml");
 const c = param("concurrency");
 const ours = (report) => report.results.filter((r) => r.target === report.targets[0].name);
