@@ -389,7 +389,7 @@ async fn a_node_without_the_sync_send_gets_a_send_and_receipt_lookups_and_is_not
     let _one = ONE_AT_A_TIME.lock().await;
     let queue = OwnQueue::create("here-nosync", 3).await;
     let settler = signing_settler(&queue).await;
-    set_rpc_fault("missing", &["eth_sendRawTransactionSync"]).await;
+    let missing = RpcFault::set("missing", &["eth_sendRawTransactionSync"]).await;
     let mut sends = Vec::new();
     for i in [2, 3] {
         let payment = PaymentBuilder::new(i).sign();
@@ -406,10 +406,69 @@ async fn a_node_without_the_sync_send_gets_a_send_and_receipt_lookups_and_is_not
             rpc_count("eth_getTransactionReceipt").await >= 1,
         ));
     }
-    set_rpc_fault("none", &[]).await;
+    drop(missing);
     assert_eq!(
         sends,
         [(1, 1, true), (0, 1, true)],
         "asked once, then sent the usual way with its receipt looked up"
+    );
+}
+
+/// A node that holds the send that waits for its receipt (the proxy hangs it): the wait stops at
+/// `/settle`'s deadline, not at the RPC timeout, the bytes go the usual way, and the payment is
+/// paid once. Cut short by the deadline, the node is not blamed: the next payment asks it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_that_waits_for_its_receipt_stops_at_the_settle_deadline() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let queue = OwnQueue::create("here-sync-deadline", 3).await;
+    let mut config = config_on(&queue);
+    config.settle_deadline = Duration::from_millis(1500);
+    config.rpc_timeout = Duration::from_secs(10);
+    let aws = aws().await;
+    let settler = Settler::from_config(&config, &aws)
+        .unwrap()
+        .signing_here(Worker::from_config(&config, &aws));
+    let payment = PaymentBuilder::new(2).sign();
+    let before = balances(&payment).await;
+    wait_lane_free(&config.lane_keys[lane_index(&payment)]).await;
+
+    let held = RpcFault::set("hang", &["eth_sendRawTransactionSync"]).await;
+    let started = std::time::Instant::now();
+    let answer = settle_in_process(&settler, &payment).await;
+    let took = started.elapsed();
+    drop(held);
+
+    assert!(
+        took < Duration::from_secs(5),
+        "answered {took:?} after the request, not at the 10 s RPC timeout: {answer}"
+    );
+    assert!(
+        answer["success"] == json!(true) || answer["errorReason"] == json!("settlement_pending"),
+        "{answer}"
+    );
+    // Pending at the deadline is an honest answer too; the client's retry then finds it settled.
+    let answer = match answer["success"] == json!(true) {
+        true => answer,
+        false => settle_in_process(&settler, &payment).await,
+    };
+    let record = payment_record(&payment.record_id()).await;
+    assert_eq!(record.state, State::Settled, "{record:?}");
+    assert_eq!(
+        answer["transaction"],
+        json!(format!("{:#x}", record.tx_hash.unwrap())),
+        "{answer}"
+    );
+    moved_once(before, balances(&payment).await, payment.value);
+
+    let next = PaymentBuilder::new(3).sign();
+    wait_lane_free(&config.lane_keys[lane_index(&next)]).await;
+    reset_rpc_counts().await;
+    let again = settle_in_process(&settler, &next).await;
+    assert_eq!(again["success"], json!(true), "{again}");
+    assert_eq!(
+        rpc_count("eth_sendRawTransactionSync").await,
+        1,
+        "asked again: {}",
+        rpc_counts().await
     );
 }

@@ -317,21 +317,30 @@ impl Chain {
     /// (`eth_sendRawTransactionSync`, EIP-7966): one round trip instead of a send and a receipt
     /// lookup, for a caller that waits for the receipt anyway. Asked of the first healthy URL only
     /// and never retried: whatever does not say what became of the bytes is
-    /// [`SyncSent::Unanswered`], and the caller sends them with [`Chain::send_raw`]. A node that
-    /// lacks the method is not asked again by this instance.
-    pub async fn send_raw_sync(&self, raw: &Bytes) -> SyncSent {
+    /// [`SyncSent::Unanswered`], and the caller sends them with [`Chain::send_raw`]. Waits until
+    /// `until` at the latest (the caller's own deadline), and never longer than any RPC call. A
+    /// node that lacks the method, or holds it for a whole RPC call's time, is not asked again by
+    /// this instance.
+    pub async fn send_raw_sync(&self, raw: &Bytes, until: std::time::Instant) -> SyncSent {
         use std::sync::atomic::Ordering::Relaxed;
         if !self.send_sync.load(Relaxed) {
             return SyncSent::Unanswered;
         }
+        let full = self.rpc.timeout();
+        let limit = until
+            .saturating_duration_since(std::time::Instant::now())
+            .min(full);
         let answer = self
             .rpc
-            .call_once(|p| {
+            .call_once(limit, |p| {
                 let raw = raw.clone();
                 Box::pin(async move { p.send_raw_transaction_sync(&raw).await })
             })
             .await;
+        // Cut short by the caller's deadline, the node is not to blame.
+        let cut_short = matches!(answer, Once::Timeout) && limit < full;
         let (sent, not_again) = sync_sent(answer);
+        let not_again = not_again && !cut_short;
         if not_again {
             tracing::warn!(
                 "the chain's RPC node lacks eth_sendRawTransactionSync, or held it past the RPC \

@@ -168,12 +168,13 @@ impl Rpc {
         }
     }
 
-    /// One request to the first healthy URL only, within the call's timeout, and what came of
-    /// it, the node's error answer unclassified. For a request whose failure the caller handles
-    /// by another request (an optional method a node may not have): nothing is failed over, and
-    /// no URL is set aside for it.
+    /// One request to the first healthy URL only, within `limit`, and what came of it, the node's
+    /// error answer unclassified. For a request whose failure the caller handles by another
+    /// request (an optional method a node may not have): nothing is failed over, and no URL is set
+    /// aside for it.
     pub(crate) async fn call_once<T>(
         &self,
+        limit: Duration,
         request: impl Fn(RootProvider) -> BoxFuture<TransportResult<T>>,
     ) -> Once<T> {
         let Ok(urls) = self.urls(false).await else {
@@ -183,7 +184,7 @@ impl Rpc {
             return Once::Failed;
         };
         let endpoint = &urls.endpoints[first];
-        match tokio::time::timeout(self.timeout, request(endpoint.provider.clone())).await {
+        match tokio::time::timeout(limit, request(endpoint.provider.clone())).await {
             Ok(Ok(value)) => Once::Value(value),
             Ok(Err(error)) => match error.as_error_resp() {
                 Some(payload) => Once::Error(payload.code, payload.message.to_string()),
@@ -191,6 +192,11 @@ impl Rpc {
             },
             Err(_) => Once::Timeout,
         }
+    }
+
+    /// The bound on one call, across all the URLs (`X402_RPC_TIMEOUT_MS`).
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// Tries `order`'s URLs one after another until one answers. On failure: whether a URL

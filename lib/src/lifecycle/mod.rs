@@ -57,13 +57,15 @@ pub enum Delivered {
 
 /// [`send_stored`] for a caller that waits for the receipt anyway (`/settle`, for a payment it
 /// signed): asks the node to send and wait in one request (`eth_sendRawTransactionSync`,
-/// [`Chain::send_raw_sync`]), and sends the usual way when that gives no usable answer.
+/// [`Chain::send_raw_sync`]) until `until` at the latest, and sends the usual way when that gives
+/// no usable answer.
 pub async fn send_stored_and_wait(
     chain: &Chain,
     record: &PaymentRecord,
+    until: std::time::Instant,
 ) -> Result<Delivered, LifecycleError> {
     let raw = stored_bytes(record)?;
-    Ok(match chain.send_raw_sync(&raw).await {
+    Ok(match chain.send_raw_sync(&raw, until).await {
         SyncSent::Mined(receipt) => Delivered::Mined(receipt),
         SyncSent::InPool => Delivered::Sent(Sent::Accepted),
         SyncSent::Refused(message) => Delivered::Sent(refusal(record, message)),

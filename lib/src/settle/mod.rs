@@ -647,7 +647,10 @@ impl Settler {
             Err(answer) => return answer,
         };
         let here = match &self.signs_here {
-            Some(worker) => worker.sign_here(&record, leasing).await,
+            Some(worker) => {
+                let deadline = r.started + self.timing.deadline;
+                worker.sign_here(&record, leasing, deadline).await
+            }
             None => Here::Queue,
         };
         let queued = match here {

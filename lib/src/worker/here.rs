@@ -142,7 +142,14 @@ impl Worker {
     /// The second half, once `/settle` created the payment's record: signs, writes ahead and
     /// sends it if its lane's lease was taken and is still live; otherwise says where it goes
     /// instead. A lane found held is left to the queue for a lease's length ([`BusyLanes`]).
-    pub async fn sign_here(&self, record: &PaymentRecord, leasing: Leasing<'_>) -> Here {
+    /// `deadline`: when `/settle` answers at the latest, which a send that waits for its receipt
+    /// does not pass.
+    pub async fn sign_here(
+        &self,
+        record: &PaymentRecord,
+        leasing: Leasing<'_>,
+        deadline: std::time::Instant,
+    ) -> Here {
         let leased = match leasing {
             Leasing::Taken(leased) => leased,
             Leasing::Held => {
@@ -156,7 +163,7 @@ impl Worker {
         // Creating the record took longer than the lease (DynamoDB retried): another signer may
         // hold the lane now, so the worker signs it instead of a `Sign` that could be wasted.
         let here = match now_ms() < leased.until {
-            true => self.sign_leased(record, &leased).await,
+            true => self.sign_leased(record, &leased, deadline).await,
             false => Here::Queue,
         };
         if matches!(here, Here::Queue | Here::FromRecord) {
@@ -185,35 +192,20 @@ impl Worker {
     /// [`Worker::sign_here`] once the lease is held: the gas from `/settle`'s simulation, the
     /// nonce from the counter (or the chain, for a lane's first payment on the network), then
     /// `Sign`, the write-ahead that gives the lease back, and the send.
-    async fn sign_leased(&self, record: &PaymentRecord, leased: &Leased<'_>) -> Here {
+    async fn sign_leased(
+        &self,
+        record: &PaymentRecord,
+        leased: &Leased<'_>,
+        deadline: std::time::Instant,
+    ) -> Here {
         let Leased {
             scheme,
             signer,
-            simulation,
-            next,
             holder,
             ..
         } = leased;
-        let chain = scheme.chain();
-        let cap = decide::gas_cap(
-            &record.calldata,
-            scheme.network().chain_id(),
-            chain.gas_caps(),
-        );
-        let limit = simulation
-            .as_ref()
-            .map(|(fees, e)| (*fees, decide::gas_limit(e.clone(), cap)));
-        let (fees, gas) = match limit {
-            Ok((fees, decide::GasLimit::Limit(gas))) => (fees, gas),
-            // A revert, a cap or an unanswered node: the worker's to decide.
-            _ => return Here::Queue,
-        };
-        let nonce = match *next {
-            Some(next) => next,
-            None => match chain.pending_nonce(signer.address()).await {
-                Ok(pending) => pending,
-                Err(_) => return Here::Queue,
-            },
+        let Some((fees, gas, nonce)) = Self::gas_and_nonce(record, leased).await else {
+            return Here::Queue;
         };
         let tx = decide::transfer_tx(record, scheme.network().chain_id(), nonce, gas, fees);
         let Ok(signed) = signer.sign(tx).await else {
@@ -230,7 +222,12 @@ impl Worker {
         };
         let release = LeaseAfter::Release { holder };
         match self
-            .write_ahead_and_send(record.clone(), signed, release, Delivery::SendAndWait)
+            .write_ahead_and_send(
+                record.clone(),
+                signed,
+                release,
+                Delivery::SendAndWait(deadline),
+            )
             .await
         {
             Ok(Some(written)) => Here::Sent(Box::new(written)),
@@ -242,6 +239,34 @@ impl Worker {
                 Here::FromRecord
             }
         }
+    }
+
+    /// The fees and gas limit from `/settle`'s simulation, and the nonce from the counter (or the
+    /// chain, for a lane's first payment on the network). `None` for a revert, a cap or an
+    /// unanswered node: the worker's to decide.
+    async fn gas_and_nonce(
+        record: &PaymentRecord,
+        leased: &Leased<'_>,
+    ) -> Option<((u128, u128), u64, u64)> {
+        let chain = leased.scheme.chain();
+        let cap = decide::gas_cap(
+            &record.calldata,
+            leased.scheme.network().chain_id(),
+            chain.gas_caps(),
+        );
+        let limit = leased
+            .simulation
+            .as_ref()
+            .map(|(fees, e)| (*fees, decide::gas_limit(e.clone(), cap)));
+        let (fees, gas) = match limit {
+            Ok((fees, decide::GasLimit::Limit(gas))) => (fees, gas),
+            _ => return None,
+        };
+        let nonce = match leased.next {
+            Some(next) => next,
+            None => chain.pending_nonce(leased.signer.address()).await.ok()?,
+        };
+        Some((fees, gas, nonce))
     }
 }
 

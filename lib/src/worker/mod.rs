@@ -97,13 +97,13 @@ impl WorkError {
 }
 
 /// How a payment just written ahead is sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 enum Delivery {
     /// Sent; its receipt is someone else's to look up (the worker's way).
     Send,
     /// Sent with the receipt waited for in the same request when the node can (`/settle`, which
-    /// waits for it anyway).
-    SendAndWait,
+    /// waits for it anyway), until the instant given at the latest (`/settle`'s deadline).
+    SendAndWait(Instant),
 }
 
 /// A payment written ahead and sent by this call: the record as written, and its receipt when the
@@ -638,7 +638,7 @@ impl Worker {
         };
         let (sent, receipt) = match delivery {
             Delivery::Send => (self.broadcast(&written).await?, None),
-            Delivery::SendAndWait => self.broadcast_and_wait(&written).await?,
+            Delivery::SendAndWait(until) => self.broadcast_and_wait(&written, until).await?,
         };
         match sent {
             Sent::Refused(refusal) if nonce_too_low(&refusal) => self
@@ -705,9 +705,10 @@ impl Worker {
     async fn broadcast_and_wait(
         &self,
         record: &PaymentRecord,
+        until: Instant,
     ) -> Result<(Sent, Option<Box<TransactionReceipt>>), WorkError> {
         let chain = self.scheme(record)?.chain();
-        let delivered = lifecycle::send_stored_and_wait(chain, record).await?;
+        let delivered = lifecycle::send_stored_and_wait(chain, record, until).await?;
         self.crash_point(Step::Broadcast)?;
         Ok(match delivered {
             lifecycle::Delivered::Mined(receipt) => (Sent::Accepted, Some(receipt)),
