@@ -182,3 +182,49 @@ async fn rpc_requests_per_settle() {
         println!("settle {i}: {counts}");
     }
 }
+
+/// Callers that find the fee estimate stale together share one fetch: one `eth_feeHistory` for
+/// sixteen of them. When the node fails it, they share the failure too: one request in all, not
+/// one per caller, each waiting for the one before it.
+#[tokio::test]
+async fn callers_who_find_the_fees_stale_together_share_one_fetch() {
+    use facilitator::{config::RpcSource, evm::chain::Chain};
+    use std::time::Duration;
+    let _one = ONE_AT_A_TIME.lock().await;
+    let chain = || {
+        Chain::new(
+            RpcSource::url(stack().rpc_proxy_url.clone()),
+            None,
+            Duration::from_secs(5),
+        )
+        .with_fee_cache(Duration::from_secs(60))
+    };
+    let fee_requests = || async {
+        rpc_counts().await["methods"]["eth_feeHistory"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+
+    let shared = chain();
+    reset_rpc_counts().await;
+    let answers = futures_util::future::join_all((0..16).map(|_| shared.fees())).await;
+    assert_eq!(fee_requests().await, 1, "{}", rpc_counts().await);
+    let first = answers[0].clone().unwrap();
+    assert!(answers.iter().all(|a| a == &Ok(first)), "{answers:?}");
+
+    let failing = RpcFault::set("error", &["eth_feeHistory"]).await;
+    reset_rpc_counts().await;
+    assert!(chain().fees().await.is_err());
+    let one_caller = fee_requests().await;
+    let shared = chain();
+    reset_rpc_counts().await;
+    let answers = futures_util::future::join_all((0..16).map(|_| shared.fees())).await;
+    let sixteen_callers = fee_requests().await;
+    drop(failing);
+    assert!(answers.iter().all(Result::is_err), "{answers:?}");
+    assert!(one_caller >= 1, "the fault was reached");
+    assert_eq!(
+        sixteen_callers, one_caller,
+        "a failed fetch is shared by those who waited on it"
+    );
+}

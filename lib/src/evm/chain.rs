@@ -46,13 +46,55 @@ pub enum SyncSent {
     Unanswered,
 }
 
+/// The last fee estimate and when it was fetched, and the last fetch that failed, for the callers
+/// that waited on it ([`Chain::fees`]).
+#[derive(Debug, Default)]
+struct FeeCache {
+    fetched: Option<(std::time::Instant, (u128, u128))>,
+    failed: Option<(std::time::Instant, ChainError)>,
+}
+
+impl FeeCache {
+    fn fresh(&self, ttl: Duration) -> Option<(u128, u128)> {
+        self.fetched
+            .filter(|(at, _)| at.elapsed() < ttl)
+            .map(|(_, fees)| fees)
+    }
+
+    /// What a fetch that ended after `asked` said: the answer for a caller that waited on it.
+    fn since(
+        &self,
+        asked: std::time::Instant,
+        ttl: Duration,
+    ) -> Option<Result<(u128, u128), ChainError>> {
+        if let Some(fees) = self.fresh(ttl) {
+            return Some(Ok(fees));
+        }
+        match &self.failed {
+            Some((at, error)) if *at >= asked => Some(Err(error.clone())),
+            _ => None,
+        }
+    }
+
+    fn keep(&mut self, answer: &Result<(u128, u128), ChainError>) {
+        let now = std::time::Instant::now();
+        match answer {
+            Ok(fees) => self.fetched = Some((now, *fees)),
+            Err(error) => self.failed = Some((now, error.clone())),
+        }
+    }
+}
+
 /// One chain, through its RPC URLs.
 pub struct Chain {
     rpc: Rpc,
     /// How long a fee estimate is reused: about a block, so fees are fetched once per block rather
     /// than once per settlement (DESIGN §8). Zero turns the reuse off.
     fee_ttl: Duration,
-    fee_cache: std::sync::Mutex<Option<(std::time::Instant, (u128, u128))>>,
+    fee_cache: std::sync::Mutex<FeeCache>,
+    /// Taken by the caller that fetches fees, so that callers who find the cache stale at once
+    /// share one request instead of sending one each (a stampede every block under load).
+    fee_fetch: tokio::sync::Mutex<()>,
     /// How many blocks back a search for an authorization's use looks (0: the whole chain).
     logs_lookback: u64,
     /// The most a transaction of ours offers per unit of gas (wei).
@@ -86,7 +128,8 @@ impl Chain {
         Chain {
             rpc: Rpc::new(source, secrets, timeout),
             fee_ttl: Duration::ZERO,
-            fee_cache: std::sync::Mutex::new(None),
+            fee_cache: std::sync::Mutex::new(FeeCache::default()),
+            fee_fetch: tokio::sync::Mutex::const_new(()),
             logs_lookback: 0,
             fee_cap: crate::config::DEFAULT_MAX_FEE_PER_GAS,
             gas_caps: crate::config::GasCaps::default(),
@@ -272,27 +315,37 @@ impl Chain {
 
     /// EIP-1559 fees for the next block: `(max_fee_per_gas, max_priority_fee_per_gas)`, reused for
     /// the fee TTL. A reused estimate stays safe: alloy's max fee is twice the base fee plus the tip,
-    /// more than a few blocks of base-fee rises can reach.
+    /// more than a few blocks of base-fee rises can reach. Callers who find the estimate stale
+    /// together wait for one fetch and share its answer, a failure included: a node that does not
+    /// answer costs each of them one wait, not one wait per caller ahead of it.
     pub async fn fees(&self) -> Result<(u128, u128), ChainError> {
-        let cached = *self
-            .fee_cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((at, fees)) = cached {
-            if at.elapsed() < self.fee_ttl {
-                return Ok(fees);
-            }
+        if self.fee_ttl.is_zero() {
+            return self.fetch_fees().await;
         }
+        let asked = std::time::Instant::now();
+        if let Some(fees) = self.fee_cache().fresh(self.fee_ttl) {
+            return Ok(fees);
+        }
+        let _turn = self.fee_fetch.lock().await;
+        if let Some(answer) = self.fee_cache().since(asked, self.fee_ttl) {
+            return answer;
+        }
+        let answer = self.fetch_fees().await;
+        self.fee_cache().keep(&answer);
+        answer
+    }
+
+    fn fee_cache(&self) -> std::sync::MutexGuard<'_, FeeCache> {
+        self.fee_cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn fetch_fees(&self) -> Result<(u128, u128), ChainError> {
         let estimate = self
             .read(|p| Box::pin(async move { p.estimate_eip1559_fees().await }))
             .await?;
-        let fees = (estimate.max_fee_per_gas, estimate.max_priority_fee_per_gas);
-        *self
-            .fee_cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) =
-            Some((std::time::Instant::now(), fees));
-        Ok(fees)
+        Ok((estimate.max_fee_per_gas, estimate.max_priority_fee_per_gas))
     }
 
     /// The fees a first signature offers ([`Chain::fees`], held under the network's cap): what
@@ -463,6 +516,27 @@ pub fn capped((max_fee, tip): (u128, u128), cap: u128) -> (u128, u128) {
 
 #[cfg(test)]
 mod tests {
+    /// A caller that waited on a fetch takes its answer, a failure included; a failure from
+    /// before it asked is not its answer, and an estimate past its TTL is nobody's.
+    #[test]
+    fn a_waiting_caller_takes_the_answer_of_the_fetch_it_waited_on() {
+        use super::{ChainError, Duration, FeeCache};
+        let ttl = Duration::from_secs(60);
+        let mut cache = FeeCache::default();
+        let before = std::time::Instant::now();
+        cache.keep(&Err(ChainError::Timeout(Duration::from_secs(1))));
+        std::thread::sleep(Duration::from_millis(1));
+        let asked = std::time::Instant::now();
+        assert_eq!(cache.since(asked, ttl), None, "failed before it asked");
+        assert_eq!(
+            cache.since(before, ttl),
+            Some(Err(ChainError::Timeout(Duration::from_secs(1))))
+        );
+        cache.keep(&Ok((7, 1)));
+        assert_eq!(cache.since(asked, ttl), Some(Ok((7, 1))));
+        assert_eq!(cache.fresh(Duration::ZERO), None, "past its TTL");
+    }
+
     /// The answers geth, reth and nethermind give when an estimate reaches the gas cap, and some
     /// reverts that are the payment's own.
     #[test]
