@@ -636,10 +636,7 @@ impl Worker {
             updated_at: now_ms(),
             ..record
         };
-        let (sent, receipt) = match delivery {
-            Delivery::Send => (self.broadcast(&written).await?, None),
-            Delivery::SendAndWait(until) => self.broadcast_and_wait(&written, until).await?,
-        };
+        let (sent, receipt) = self.deliver(&written, delivery).await?;
         match sent {
             Sent::Refused(refusal) if nonce_too_low(&refusal) => self
                 .behind_the_chain(&written, &refusal)
@@ -693,22 +690,28 @@ impl Worker {
     /// transaction before sending anything again ([`crate::replay`]). One DynamoDB write per
     /// payment fewer (docs/settlement.md, "What one settlement costs in calls").
     async fn broadcast(&self, record: &PaymentRecord) -> Result<Sent, WorkError> {
-        let chain = self.scheme(record)?.chain();
-        let sent = lifecycle::send_stored(chain, record).await?;
-        self.crash_point(Step::Broadcast)?;
-        Ok(sent)
+        self.deliver(record, Delivery::Send)
+            .await
+            .map(|(sent, _)| sent)
     }
 
-    /// [`Worker::broadcast`] for `/settle`, which waits for the receipt anyway: the node is asked
-    /// to send and wait in one request ([`lifecycle::send_stored_and_wait`]); the receipt when it
-    /// came with the answer.
-    async fn broadcast_and_wait(
+    /// [`Worker::broadcast`] as `delivery` says: for `/settle`, which waits for the receipt
+    /// anyway, the node is asked to send and wait in one request
+    /// ([`lifecycle::send_stored_and_wait`]). The receipt when it came with the answer.
+    async fn deliver(
         &self,
         record: &PaymentRecord,
-        until: Instant,
+        delivery: Delivery,
     ) -> Result<(Sent, Option<Box<TransactionReceipt>>), WorkError> {
         let chain = self.scheme(record)?.chain();
-        let delivered = lifecycle::send_stored_and_wait(chain, record, until).await?;
+        let delivered = match delivery {
+            Delivery::Send => {
+                lifecycle::Delivered::Sent(lifecycle::send_stored(chain, record).await?)
+            }
+            Delivery::SendAndWait(until) => {
+                lifecycle::send_stored_and_wait(chain, record, until).await?
+            }
+        };
         self.crash_point(Step::Broadcast)?;
         Ok(match delivered {
             lifecycle::Delivered::Mined(receipt) => (Sent::Accepted, Some(receipt)),
